@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 wr=.venv/bin/why-route
 $wr lab up --variant ultimate
 $wr lab status
-$wr --netns wr-route 192.168.1.169 8.8.8.8
+$wr 192.168.1.169 8.8.8.8 --netns wr-route

@@ -7,6 +7,7 @@ commands that need them so that `why-route --help` starts instantly.
 import click
 
 from tracer import __version__
+from tracer.lab import cli as lab_commands
 
 
 class ExplainByDefault(click.Group):
@@ -29,6 +30,4 @@ def cli():
     """
 
 
-@cli.group()
-def lab():
-    """Build the seed network (or your own topology) in network namespaces."""
+cli.add_command(lab_commands.lab)
