@@ -1,0 +1,35 @@
+"""Shared fixtures for the netfilter tests: fixture loading and the namespace lab."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import nflab  # noqa: E402
+
+FIXTURES = HERE / "fixtures"
+
+
+@pytest.fixture
+def raw_fixture():
+    def load(name: str) -> dict:
+        return json.loads((FIXTURES / f"{name}.json").read_text())
+    return load
+
+
+@pytest.fixture
+def lab(request):
+    """A fresh client/router/server namespace trio, always deleted afterwards."""
+    why = nflab.can_run()
+    if why:
+        print(f"skipping kernel test: {why}")
+        pytest.skip(why)
+    ipv6 = bool(getattr(request, "param", False))
+    lab = nflab.Lab(ipv6=ipv6)
+    request.addfinalizer(lab.down)
+    lab.up()
+    return lab

@@ -1,0 +1,1 @@
+"""Collectors: read live kernel state (optionally inside a network namespace) into plain data."""
