@@ -98,8 +98,9 @@ def collect_netfilter(netns: str | None = None, *, timeout: float = 20.0) -> dic
     elif j["status"] == "error":
         err = j.get("stderr", "")
         if any(s in err for s in _PERMISSION) or (os.geteuid() != 0 and not j.get("stdout")):
-            raise EnvironmentProblem(f"nft cannot read the ruleset: {_first_line(err) or 'permission denied'} "
-                                     "(run as root or with CAP_NET_ADMIN)")
+            why = _first_line(err) or "permission denied"
+            hint = "" if "root" in why else " (run as root or with CAP_NET_ADMIN)"
+            raise EnvironmentProblem(f"nft cannot read the ruleset: {why}{hint}")
         nft.update(status="error", error=_first_line(err) or f"nft exited {j.get('rc')}")
     else:
         try:
