@@ -246,7 +246,9 @@ class HookTraversal:
 # ---------------------------------------------------------------- queries
 
 @dataclass(frozen=True)
-class NatRule:
+class RuleRef:
+    """Where a rule lives, for the query results below."""
+
     family: str
     table: str
     chain: str
@@ -254,23 +256,20 @@ class NatRule:
     hooks: tuple[str, ...]  # hooks from which the chain is reachable
     handle: int | None
     text: str
-    type: str
-    addr: str | None
-    port: str | None
-    conditions: tuple[str, ...]
 
 
 @dataclass(frozen=True)
-class MssClamp:
-    family: str
-    table: str
-    chain: str
-    source: str
-    hooks: tuple[str, ...]
-    handle: int | None
-    text: str
-    mss: str | None
-    conditions: tuple[str, ...]
+class NatRule(RuleRef):
+    type: str = ""
+    addr: str | None = None
+    port: str | None = None
+    conditions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MssClamp(RuleRef):
+    mss: str | None = None
+    conditions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -304,29 +304,26 @@ def _fib(v: dict):
 PAYLOAD_L4 = {"tcp": 6, "udp": 17, "udplite": 136, "sctp": 132, "dccp": 33}
 
 
+# (protocol, field) -> (kind, family, EvalState attribute, label) for L3 fields
+_L3_FIELDS = {
+    ("ip", "saddr"): ("ipv4_addr", "src_i", "source"),
+    ("ip", "daddr"): ("ipv4_addr", "dst_i", "destination"),
+    ("ip", "protocol"): ("inet_proto", "proto", "protocol"),
+    ("ip", "dscp"): ("dscp", "dscp", "dscp"),
+    ("ip", "length"): ("int", "length", "length"),
+    ("ip6", "saddr"): ("ipv6_addr", "src_i", "source"),
+    ("ip6", "daddr"): ("ipv6_addr", "dst_i", "destination"),
+    ("ip6", "nexthdr"): ("inet_proto", "proto", "next header"),
+    ("ip6", "dscp"): ("dscp", "dscp", "dscp"),
+}
+
+
 def _payload(v: dict):
     proto, fld = v.get("protocol"), v.get("field")
-    if proto == "ip":
-        if fld == "saddr":
-            return "ipv4_addr", _need_fam("ip", "src_i", "source")
-        if fld == "daddr":
-            return "ipv4_addr", _need_fam("ip", "dst_i", "destination")
-        if fld == "protocol":
-            return "inet_proto", _need_fam("ip", "proto", "protocol")
-        if fld == "dscp":
-            return "dscp", _need_fam("ip", "dscp", "dscp")
-        if fld == "length":
-            return "int", _need_fam("ip", "length", "length")
-    elif proto == "ip6":
-        if fld == "saddr":
-            return "ipv6_addr", _need_fam("ip6", "src_i", "source")
-        if fld == "daddr":
-            return "ipv6_addr", _need_fam("ip6", "dst_i", "destination")
-        if fld == "nexthdr":
-            return "inet_proto", _need_fam("ip6", "proto", "next header")
-        if fld == "dscp":
-            return "dscp", _need_fam("ip6", "dscp", "dscp")
-    elif proto in PAYLOAD_L4 and fld in ("sport", "dport"):
+    if (proto, fld) in _L3_FIELDS:
+        kind, attr, label = _L3_FIELDS[(proto, fld)]
+        return kind, _need_fam(proto, attr, label)
+    if proto in PAYLOAD_L4 and fld in ("sport", "dport"):
         return "inet_service", _need_l4(frozenset({PAYLOAD_L4[proto]}), proto, fld, fld)
     elif proto == "th" and fld in ("sport", "dport"):
         return "inet_service", _need_l4(PORT_PROTOS, "a port protocol", fld, fld)
@@ -595,32 +592,27 @@ def value_expr(e: Any, scope: Scope, kind_hint: str = "int") -> Callable[[EvalSt
 
 # ------------------------------------------------------------- statements
 
+def _setter(kind: str, text: str, attr: str, label: str, get, need_ct: bool, mask: int) -> Stmt:
+    """A statement that stores a computed value into one EvalState field."""
+    def apply(st):
+        if need_ct and (st.untracked or not st.ct_attached):
+            return Miss("no conntrack entry to set the mark on")
+        x = get(st)
+        if isinstance(x, (Miss, Unknown)):
+            return x
+        setattr(st, attr, x & mask)
+        return f"{label} set {x & mask:#x}"
+    return Stmt(kind, text, apply)
+
+
 def _mangle(v: dict, scope: Scope) -> Stmt:
     key = v["key"]
     text = render({"mangle": v})
     kk, kv = next(iter(key.items()))
     if kk == "meta" and kv["key"] == "mark":
-        get = value_expr(v["value"], scope, "mark")
-
-        def apply(st):
-            x = get(st)
-            if isinstance(x, (Miss, Unknown)):
-                return x
-            st.mark = x & 0xFFFFFFFF
-            return f"mark set {st.mark:#x}"
-        return Stmt("mark", text, apply)
+        return _setter("mark", text, "mark", "mark", value_expr(v["value"], scope, "mark"), False, 0xFFFFFFFF)
     if kk == "ct" and kv["key"] == "mark" and not kv.get("dir"):
-        get = value_expr(v["value"], scope, "mark")
-
-        def apply(st):
-            if st.untracked or not st.ct_attached:
-                return Miss("no conntrack entry to set the mark on")
-            x = get(st)
-            if isinstance(x, (Miss, Unknown)):
-                return x
-            st.ct_mark = x & 0xFFFFFFFF
-            return f"ct mark set {st.ct_mark:#x}"
-        return Stmt("ctmark", text, apply)
+        return _setter("ctmark", text, "ct_mark", "ct mark", value_expr(v["value"], scope, "mark"), True, 0xFFFFFFFF)
     if kk == "meta" and kv["key"] == "nftrace":
         def apply(st):
             st.nftrace = True
@@ -631,15 +623,7 @@ def _mangle(v: dict, scope: Scope) -> Stmt:
         mss = "pmtu" if isinstance(val, dict) and "rt" in val else str(render(val))
         return Stmt("tcpmss", text, lambda st: f"TCP MSS clamp ({mss})", mss=mss)
     if kk == "payload" and kv.get("field") == "dscp":
-        get = value_expr(v["value"], scope, "dscp")
-
-        def apply(st):
-            x = get(st)
-            if isinstance(x, (Miss, Unknown)):
-                return x
-            st.dscp = x
-            return f"dscp set {x}"
-        return Stmt("dscp", text, apply)
+        return _setter("dscp", text, "dscp", "dscp", value_expr(v["value"], scope, "dscp"), False, 0x3F)
     if kk == "payload" and kv.get("field") in ("saddr", "daddr", "sport", "dport"):
         return Stmt("unknown", text, lambda st: Unknown(f"stateless rewrite {text} not modelled"))
     return Stmt("other", text, lambda st: text)
@@ -856,20 +840,18 @@ def xt_target_from_text(name: str, text: str) -> list:
             r = [Stmt("mark", f"meta mark set {val:#x}", apply)]
         else:
             r = None
-    elif name == "CONNMARK" and "meta mark set ct mark" in text:
+    elif name == "CONNMARK" and ("meta mark set ct mark" in text or "ct mark set mark" in text):
+        to_ct = "ct mark set mark" in text
+
         def apply(st):
             if st.untracked or not st.ct_attached:
                 return Miss("no conntrack entry")
+            if to_ct:
+                st.ct_mark = st.mark
+                return f"ct mark set {st.ct_mark:#x}"
             st.mark = st.ct_mark
             return f"mark set {st.mark:#x} (from ct mark)"
-        r = [Stmt("mark", "meta mark set ct mark", apply)]
-    elif name == "CONNMARK" and "ct mark set mark" in text:
-        def apply(st):
-            if st.untracked or not st.ct_attached:
-                return Miss("no conntrack entry")
-            st.ct_mark = st.mark
-            return f"ct mark set {st.ct_mark:#x}"
-        r = [Stmt("ctmark", "ct mark set mark", apply)]
+        r = [Stmt("ctmark" if to_ct else "mark", "ct mark set mark" if to_ct else "meta mark set ct mark", apply)]
     elif name in ("LOG", "NFLOG"):
         r = [Stmt("log", "log", lambda st: "logged")]
     elif name == "TRACE":

@@ -448,26 +448,19 @@ def _target(name: str, opts: dict[str, list[str]], family: str, text: str) -> li
     if name == "CONNMARK":
         nfmask = parse_int(opts.get("--nfmask", ["0xffffffff"])[0])
         ctmask = parse_int(opts.get("--ctmask", ["0xffffffff"])[0])
-        if "--restore-mark" in opts:
-            if "--mask" in opts:
-                nfmask = ctmask = parse_int(opts["--mask"][0])
-
+        if "--mask" in opts:
+            nfmask = ctmask = parse_int(opts["--mask"][0])
+        restore = "--restore-mark" in opts
+        if restore or "--save-mark" in opts:
             def apply(st):
                 if st.untracked or not st.ct_attached:
-                    return "no conntrack entry: mark unchanged"
-                st.mark = (st.mark & ~nfmask & 0xFFFFFFFF) ^ (st.ct_mark & ctmask)
-                return f"mark set {st.mark:#x} (restored from ct mark)"
-            return [Stmt("mark", t, apply)]
-        if "--save-mark" in opts:
-            if "--mask" in opts:
-                nfmask = ctmask = parse_int(opts["--mask"][0])
-
-            def apply(st):
-                if st.untracked or not st.ct_attached:
-                    return "no conntrack entry"
+                    return "no conntrack entry: nothing copied"
+                if restore:
+                    st.mark = (st.mark & ~nfmask & 0xFFFFFFFF) ^ (st.ct_mark & ctmask)
+                    return f"mark set {st.mark:#x} (restored from ct mark)"
                 st.ct_mark = (st.ct_mark & ~ctmask & 0xFFFFFFFF) ^ (st.mark & nfmask)
                 return f"ct mark set {st.ct_mark:#x}"
-            return [Stmt("ctmark", t, apply)]
+            return [Stmt("mark" if restore else "ctmark", t, apply)]
         key = "--set-xmark" if "--set-xmark" in opts else "--set-mark" if "--set-mark" in opts else None
         if key:
             v, m = _vm(opts[key][0])
