@@ -280,6 +280,15 @@ RULESETS: dict[str, list] = {
     ],
 }
 
+RULESETS["postrouting_iif"] = [("nft", """
+    table inet p {
+      chain po { type filter hook postrouting priority 0; policy accept;
+        iifname "r0" oifname "r1" counter
+        iif "r0" counter
+        iifname "r1" counter
+      }
+    }""")]
+
 RULESETS["local_out"] = [("nft", """
     table inet lo_t {
       chain outc { type route hook output priority mangle; policy accept;

@@ -195,6 +195,12 @@ def test_ipv6_ip6tables_nft_and_inet(lab, dport, verdict):
     assert {c.source for c in trs[1].chains} == {"iptables-nft", "nft"}
 
 
+def test_postrouting_sees_the_input_device_of_forwarded_packets(lab):
+    rs, trs = run(lab, "postrouting_iif", udp(5000, 48500), lambda: lab.send_udp(SERVER4, 5000, 48500))
+    check_agrees(lab, rs, trs)
+    assert [s.matched for s in trs[2].chains[0].steps] == [True, True, False]
+
+
 def test_local_out_mark_and_nat(lab):
     pkt = PacketView("ip", ROUTER_OUT4, "198.51.100.99", 17, 48000, 6000, oif="r1", uid=0, length=29)
     lab.load(nflab.RULESETS["local_out"])

@@ -571,8 +571,9 @@ def _state(packet: PacketView, hook: str, addresses: AddressInfo) -> EvalState:
         setattr(st, name, getattr(packet, name))
     st.set_src(packet.src)
     st.set_dst(packet.dst)
-    # devices the hook has (nf_hook_state in/out)
-    st.iif = packet.iif if hook in ("prerouting", "input", "forward") else None
+    # devices the hook has (nf_hook_state in/out); at postrouting `in` is the
+    # skb's device, i.e. the input device of a forwarded packet (ip_output)
+    st.iif = packet.iif if hook in ("prerouting", "input", "forward", "postrouting") else None
     st.oif = packet.oif if hook in ("forward", "output", "postrouting") else None
     if st.iif and st.iifkind is None:
         st.iifkind = addresses.interface_kind(st.iif)
