@@ -1,0 +1,171 @@
+"""Collect one namespace's whole network state from the live kernel into a HostState.
+
+Netlink dumps (links, addresses, rules, routes of every table, neighbours), the
+sysctls routing depends on, rt_tables names, the netfilter ruleset and the
+conntrack table. Read-only: nothing here changes the system.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tracer.collect import netns as netns_mod
+from tracer.collect.netfilter import collect_netfilter
+from tracer.collect.netlink import RtnlSocket
+from tracer.model import ConntrackEntry, HostState
+
+# Per-interface conf keys that decide forwarding, rp_filter and source checks.
+_CONF_KEYS = {
+    "ipv4": ("forwarding", "rp_filter", "src_valid_mark", "accept_local", "route_localnet",
+             "ignore_routes_with_linkdown", "arp_ignore", "proxy_arp"),
+    "ipv6": ("forwarding", "ignore_routes_with_linkdown", "disable_ipv6"),
+}
+_GLOBAL_KEYS = ("net/ipv4/ip_forward", "net/ipv4/fib_multipath_hash_policy",
+                "net/ipv4/fib_multipath_use_neigh", "net/ipv6/fib_multipath_hash_policy",
+                "net/ipv4/ip_nonlocal_bind", "net/ipv4/tcp_mtu_probing",
+                "net/ipv4/ip_no_pmtu_disc", "net/netfilter/nf_conntrack_max")
+
+
+def read_sysctls(root: Path = Path("/proc/sys")) -> dict[str, str]:
+    """The routing-relevant sysctls of the current namespace, keyed like `sysctl` prints them."""
+    values: dict[str, str] = {}
+
+    def read(rel: str) -> None:
+        try:
+            values[rel.replace("/", ".")] = (root / rel).read_text().strip()
+        except OSError:
+            pass  # absent on this kernel (or module not loaded)
+
+    for rel in _GLOBAL_KEYS:
+        read(rel)
+    for family, keys in _CONF_KEYS.items():
+        conf = root / "net" / family / "conf"
+        try:
+            interfaces = sorted(os.listdir(conf))
+        except OSError:
+            continue
+        for ifname in interfaces:
+            for key in keys:
+                read(f"net/{family}/conf/{ifname}/{key}")
+    return values
+
+
+def rt_tables_files(directory: Path) -> list[Path]:
+    main = directory / "rt_tables"
+    if not main.exists():  # iproute2 >= 6.5 keeps the defaults under /usr/share
+        main = Path("/usr/share/iproute2/rt_tables")
+    extra = directory / "rt_tables.d"
+    return [main, *sorted(extra.glob("*.conf"))] if extra.is_dir() else [main]
+
+
+def read_rt_tables(files: list[Path]) -> tuple[dict[int, str], list[list]]:
+    """(id → name as `ip` shows it, every entry as [id, name, file]).
+
+    Like iproute2's rtnl_tab_initialize, a later line for the same id wins; the
+    full entry list keeps the duplicates for the checks."""
+    names: dict[int, str] = {}
+    entries: list[list] = []
+    for path in files:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split("#", 1)[0].split()
+            if len(fields) < 2:
+                continue
+            try:
+                table = int(fields[0], 0)
+            except ValueError:
+                continue
+            names[table] = fields[1]
+            entries.append([table, fields[1], str(path)])
+    return names, entries
+
+
+_CT_PAIR = re.compile(r"(\w+)=(\S+)")
+
+
+def parse_conntrack(text: str) -> tuple[ConntrackEntry, ...]:
+    """Parse `conntrack -L` lines: the first src/dst/sport/dport set is the
+    original direction, the second the reply direction."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or not fields[1].isdigit():
+            continue
+        proto = int(fields[1])
+        state = fields[3] if len(fields) > 3 and fields[3].isupper() and "=" not in fields[3] else None
+        orig: dict[str, str] = {}
+        reply: dict[str, str] = {}
+        extra: dict[str, str] = {}
+        for key, value in _CT_PAIR.findall(line):
+            if key in ("src", "dst", "sport", "dport"):
+                (reply if key in orig else orig).setdefault(key, value)
+            else:
+                extra.setdefault(key, value)
+        if "src" not in orig or "src" not in reply:
+            continue
+
+        def port(d, key):
+            return int(d[key]) if key in d else None
+
+        entries.append(ConntrackEntry(
+            proto=proto, orig_src=orig["src"], orig_dst=orig["dst"],
+            reply_src=reply["src"], reply_dst=reply["dst"],
+            orig_sport=port(orig, "sport"), orig_dport=port(orig, "dport"),
+            reply_sport=port(reply, "sport"), reply_dport=port(reply, "dport"),
+            mark=int(extra.get("mark", "0"), 0), state=state, text=line.strip(),
+        ))
+    return tuple(entries)
+
+
+def read_conntrack(warnings: list[str]) -> tuple[ConntrackEntry, ...]:
+    if not shutil.which("conntrack"):
+        warnings.append("conntrack tool not installed: existing connections not read")
+        return ()
+    entries = []
+    for family in ("ipv4", "ipv6"):
+        result = subprocess.run(["conntrack", "-L", "-f", family], capture_output=True, text=True)
+        if result.returncode:
+            message = result.stderr.strip().splitlines()[-1:] or ["unknown error"]
+            warnings.append(f"conntrack -L -f {family}: {message[0]}")
+            continue
+        entries.extend(parse_conntrack(result.stdout))
+    return tuple(entries)
+
+
+def collect_state(netns: str | None = None, *, netfilter: bool = True, conntrack: bool = True) -> HostState:
+    """Everything an explanation needs, from the namespace `netns` (None: this one)."""
+    warnings: list[str] = []
+    with netns_mod.entered(netns):
+        with RtnlSocket() as rtnl:
+            links = rtnl.links()
+            addresses = rtnl.addresses()
+            rules = rtnl.rules()
+            routes = rtnl.routes()
+            neighbours = rtnl.neighbours()
+        sysctls = read_sysctls()
+        # Subprocesses inherit the namespace we are in; no `ip netns exec` needed.
+        raw_netfilter = collect_netfilter(None) if netfilter else {}
+        entries = read_conntrack(warnings) if conntrack else ()
+    table_names, table_entries = read_rt_tables(rt_tables_files(netns_mod.iproute2_dir(netns)))
+    if raw_netfilter:
+        raw_netfilter["netns"] = netns
+    meta = {
+        "hostname": socket.gethostname(),
+        "netns": netns,
+        "kernel": os.uname().release,
+        "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rt_tables_entries": table_entries,
+        "warnings": warnings,
+    }
+    return HostState(links=tuple(links), addresses=tuple(addresses), rules=tuple(rules),
+                     routes=tuple(routes), table_names=table_names, neighbours=tuple(neighbours),
+                     sysctls=sysctls, netfilter=raw_netfilter, conntrack=entries, meta=meta)
