@@ -4,9 +4,12 @@ Heavy libraries (pyroute2, bcc, scapy, pyshark) are imported inside the
 commands that need them so that `why-route --help` starts instantly.
 """
 
+import sys
+
 import click
 
 from tracer import __version__
+from tracer.errors import UsageError
 from tracer.lab import cli as lab_commands
 
 
@@ -26,8 +29,122 @@ def cli():
 
     \b
     why-route 192.168.1.169 8.8.8.8     explain a forwarded flow (same as `explain`)
+    why-route 8.8.8.8                   explain a locally generated flow
+    why-route snapshot -o router.json   save the state for offline explanations
     why-route lab up --variant ultimate build the seed network in namespaces
     """
+
+
+def flow_options(command):
+    """The options that describe a flow: shared by `explain` and `batch` lines."""
+    options = [
+        click.argument("addresses", nargs=-1, required=True, metavar="[SRC] DST"),
+        click.option("--iif", help="Input interface (default: inferred from the route back to SRC)."),
+        click.option("--oif", help="Force the output interface (like `ip route get … oif`)."),
+        click.option("--proto", help="tcp, udp, icmp, sctp or a protocol number."),
+        click.option("--sport", help="Source port."),
+        click.option("--dport", help="Destination port."),
+        click.option("--mark", help="Firewall mark (fwmark), e.g. 0x10."),
+        click.option("--tos", "--dsfield", "tos", help="TOS / DS field byte, e.g. 0x10."),
+        click.option("--uid", help="Socket owner uid (locally generated flows)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def flow_from_params(params: dict):
+    from tracer.sim.explain import make_flow
+
+    addresses = params["addresses"]
+    if len(addresses) > 2:
+        raise UsageError(f"expected [SRC] DST, got {len(addresses)} addresses: {' '.join(addresses)}")
+    dst = addresses[-1]
+    src = addresses[0] if len(addresses) == 2 else None
+    return make_flow(dst, src, **{k: params[k] for k in ("iif", "oif", "proto", "sport", "dport", "mark", "tos", "uid")})
+
+
+def source_options(command):
+    command = click.option("--netns", metavar="NAME", help="Explain inside this network namespace (live).")(command)
+    return click.option("--snapshot", metavar="FILE", help="Explain offline from a snapshot file.")(command)
+
+
+@cli.command()
+@flow_options
+@source_options
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON contract (docs/json.md).")
+def explain(snapshot, netns, as_json, **params):
+    """Explain one flow: ip rules, table, route, netfilter, NAT, egress.
+
+    \b
+    why-route 192.168.1.169 8.8.8.8 --netns wr-route
+    why-route 192.168.1.169 8.8.8.8 --proto tcp --dport 443 --snapshot router.json
+    why-route 8.8.8.8 --mark 0x10 --json
+    """
+    from tracer.app import StateSource, explain_flow
+
+    flow = flow_from_params(params)
+    source = StateSource(snapshot, netns)
+    doc = explain_flow(source.load(), flow, source)
+    if as_json:
+        from tracer.output.json_out import render
+        click.echo(render(doc))
+    else:
+        from tracer.output import text, style
+        click.echo(text.render(doc, colour=style.use_colour()), nl=False)
+    if doc["kernel"] is not None and not doc["kernel"]["agrees"]:
+        return 1
+    return 0
+
+
+@cli.command("snapshot")
+@click.option("-o", "--output", default="-", metavar="FILE", help="Write here (default: stdout).")
+@click.option("--netns", metavar="NAME", help="Snapshot this network namespace.")
+def snapshot_command(output, netns):
+    """Save everything an explanation needs into one versioned JSON file.
+
+    \b
+    why-route snapshot -o router.json
+    why-route snapshot --netns wr-route -o route.json
+    """
+    from tracer import snapshot
+    from tracer.collect.live import collect_state
+
+    snapshot.save(collect_state(netns), output)
+    if output != "-":
+        click.echo(f"snapshot written to {output}", err=True)
+
+
+@cli.command()
+@click.argument("queries", type=click.File("r"))
+@source_options
+def batch(queries, snapshot, netns):
+    """Explain many flows: one query per line (`SRC DST --dport 443`, or `DST`),
+    `-` for stdin, `#` comments. Prints one JSON object per line.
+
+    \b
+    why-route batch --snapshot router.json flows.txt
+    printf '192.168.1.169 8.8.8.8\\n' | why-route batch --netns wr-route -
+    """
+    from tracer.app import StateSource, run_batch
+
+    source = StateSource(snapshot, netns)
+    state = source.load()
+    for line in run_batch(state, source, queries, _parse_query):
+        click.echo(line)
+        sys.stdout.flush()
+
+
+# A batch line is parsed by the same options as the command line.
+_QUERY_LINE = click.command("query")(flow_options(lambda **params: params))
+
+
+def _parse_query(argv: list[str]):
+    try:
+        with _QUERY_LINE.make_context("query", list(argv)) as ctx:
+            return flow_from_params(ctx.params)
+    except click.ClickException as exc:
+        raise UsageError(exc.format_message()) from None
 
 
 cli.add_command(lab_commands.lab)

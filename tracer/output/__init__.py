@@ -1,0 +1,1 @@
+"""Renderers: they take plain dicts (an explanation's to_dict) and return text."""
