@@ -10,6 +10,7 @@ import click
 
 from tracer import __version__
 from tracer.errors import UsageError
+from tracer.checks import cli as check_commands
 from tracer.lab import cli as lab_commands
 
 
@@ -148,3 +149,5 @@ def _parse_query(argv: list[str]):
 
 
 cli.add_command(lab_commands.lab)
+cli.add_command(check_commands.check)
+cli.add_command(check_commands.rules)

@@ -1,0 +1,66 @@
+from tracer.checks import Check
+from tracer.checks.context import prefix_text, reserved, route_text, rule_text, table_arg
+
+
+class RuleTableNoRoute(Check):
+    """A policy rule's table has no route for the traffic the rule selects
+
+    ## What it checks
+    For every `lookup` rule of a non-reserved table that holds routes (empty
+    tables are WR001), and that does not use `suppress_prefixlength` or
+    `suppress_ifgroup`: the table must hold a route (of any type, `throw`
+    included) whose prefix contains the rule's whole destination selector —
+    the rule's `to` prefix, or everything (`0.0.0.0/0`, i.e. a default route)
+    for a rule without `to`.
+
+    ## Why it breaks forwarding
+    A lookup that finds no route falls through to the next rule, so the
+    traffic the rule was written for quietly follows `main` for every
+    destination the table lacks: half of the policy works, the rest leaves by
+    the wrong uplink with the wrong source address. A `throw` or
+    `unreachable` route covering the selector is an explicit decision and
+    passes this check.
+
+    ## Example
+    ```
+    ip rule add from 192.168.1.169 table fast
+    ip route add 10.0.0.0/8 via 123.150.232.1 dev ppp0 table fast   # no default route in "fast"
+    ```
+
+    ## Fix
+    Add the missing route to the table (the finding proposes the route `main`
+    uses for that traffic when it goes through the same uplink), or a
+    `throw` route if falling through is intended:
+    `ip route add default via 123.150.232.1 dev ppp0 table fast`.
+    """
+
+    id = "WR002"
+    severity = "warning"
+    title = "rule's table has no route for the traffic it selects"
+
+    def check(self, ctx):
+        state = ctx.state
+        for rule in ctx.rules:
+            if (rule.action != "lookup" or rule.l3mdev or reserved(rule.table)
+                    or rule.suppress_prefixlength >= 0 or rule.suppress_ifgroup >= 0
+                    or not ctx.table_has_routes(rule.family, rule.table)):
+                continue
+            dst = rule.dst or ("0.0.0.0" if rule.family == 4 else "::")
+            if ctx.covering_route(rule.family, rule.table, dst, rule.dst_len if rule.dst else 0) is not None:
+                continue
+            name = state.table_name(rule.table)
+            wanted = prefix_text(rule.dst, rule.dst_len, rule.family) if rule.dst else "default"
+            message = (f"rule {rule_text(rule, state)}: table {name} has routes but none for {wanted}, "
+                       f"so the traffic the rule selects falls through to the later rules for every "
+                       f"destination the table lacks")
+            main = ctx.covering_route(rule.family, 254, dst, rule.dst_len if rule.dst else 0)
+            gateways = {r.dev: r for r in ctx.table_routes(rule.family, rule.table) if r.gateway}
+            fixes = []
+            if main is not None:
+                message += f" (main decides them: {route_text(main, state)})"
+            for dev, r in sorted(gateways.items()):
+                fixes.append(f"ip route add {wanted} via {r.gateway} dev {dev}{table_arg(state, rule.table)}")
+            if not fixes:
+                fixes.append(f"ip route add {wanted} via GATEWAY dev DEVICE{table_arg(state, rule.table)}")
+            fixes.append(f"ip route add throw {wanted}{table_arg(state, rule.table)}   # if falling through is intended")
+            yield self.finding(message, fixes, rule=rule.priority, table=rule.table)

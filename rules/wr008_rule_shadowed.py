@@ -1,0 +1,110 @@
+import ipaddress
+
+from tracer.checks import Check
+from tracer.checks.context import rule_text
+
+
+class RuleShadowed(Check):
+    """A rule can never match: an earlier rule always decides first
+
+    ## What it checks
+    A rule R2 is shadowed by an earlier rule R1 (lower priority, same family)
+    when R1 selects a superset of R2's traffic — every selector of R1 is
+    absent or contains R2's (`from`/`to` prefixes, `iif`, `oif`, `fwmark/mask`,
+    `tos`, `ipproto`, port and uid ranges; neither rule inverted, R1 not
+    `l3mdev`) — and R1 is terminal for that traffic: its action is
+    `blackhole`, `unreachable` or `prohibit`; or `lookup` of a table holding a
+    non-`throw` default route with no `suppress_*` option; or `goto` past R2.
+    R2 is reported only if it would do something (its table holds routes, or
+    it is not a `lookup`).
+
+    ## Why it breaks forwarding
+    The rule is dead configuration: the traffic it was written for is
+    decided by R1. The classic case is a policy rule given a priority after
+    `32766: from all lookup main` — `main` has a default route, so the rule
+    is never reached.
+
+    ## Example
+    ```
+    ip rule add from 192.168.1.169 lookup sunusroute priority 40000   # after main (32766)
+    ```
+
+    ## Fix
+    Move the rule before the one that shadows it:
+    `ip rule del priority 40000 && ip rule add from 192.168.1.169 lookup sunusroute priority 32765`.
+    """
+
+    id = "WR008"
+    severity = "warning"
+    title = "rule shadowed by an earlier terminal rule"
+
+    def check(self, ctx):
+        state = ctx.state
+        for family in (4, 6):
+            rules = ctx.rules_of(family)
+            terminal = [r for r in rules if _terminal(ctx, r)]
+            for r2 in rules:
+                if r2.action == "lookup" and not r2.l3mdev and not ctx.table_has_routes(family, r2.table):
+                    continue
+                for r1 in terminal:
+                    if r1.priority >= r2.priority:
+                        break
+                    if r1.action == "goto" and not (r1.goto or 0) > r2.priority:
+                        continue
+                    if not _covers(r1, r2):
+                        continue
+                    how = "jumps over it" if r1.action == "goto" else "always decides first"
+                    message = (f"rule {rule_text(r2, state)} can never match: the earlier rule "
+                               f"{rule_text(r1, state)} selects all its traffic and {how}")
+                    free = _free_priority(rules, r1.priority)
+                    spec = rule_text(r2, state).split(":", 1)[1].strip()
+                    fixes = [f"ip rule del priority {r2.priority}"]
+                    if free is not None:
+                        fixes.append(f"ip {'-6 ' if family == 6 else ''}rule add {spec} priority {free}")
+                    yield self.finding(message, fixes, rule=r2.priority, shadowed_by=r1.priority)
+                    break
+
+
+def _terminal(ctx, rule) -> bool:
+    if rule.invert or rule.l3mdev:
+        return False
+    if rule.action in ("blackhole", "unreachable", "prohibit", "goto"):
+        return True
+    if rule.action != "lookup" or rule.suppress_prefixlength >= 0 or rule.suppress_ifgroup >= 0:
+        return False
+    return any(r.type != "throw" for r in ctx.defaults.get((rule.family, rule.table), ()))
+
+
+def _prefix_covers(a, alen, b, blen) -> bool:
+    if not a or alen == 0:
+        return True
+    if not b or blen < alen:
+        return False
+    return ipaddress.ip_network(f"{b}/{blen}", strict=False).subnet_of(ipaddress.ip_network(f"{a}/{alen}", strict=False))
+
+
+def _range_covers(a, b) -> bool:
+    return a is None or (b is not None and a[0] <= b[0] and b[1] <= a[1])
+
+
+def _covers(r1, r2) -> bool:
+    if r2.invert:
+        return False
+    if r1.fwmask or r1.fwmark:
+        mask = r1.fwmask or 0xFFFFFFFF
+        if (r2.fwmask & mask) != mask or (r2.fwmark & mask) != r1.fwmark:
+            return False
+    return (_prefix_covers(r1.src, r1.src_len, r2.src, r2.src_len)
+            and _prefix_covers(r1.dst, r1.dst_len, r2.dst, r2.dst_len)
+            and r1.iif in (None, r2.iif) and r1.oif in (None, r2.oif)
+            and r1.tos in (0, r2.tos) and r1.ipproto in (0, r2.ipproto)
+            and _range_covers(r1.sport, r2.sport) and _range_covers(r1.dport, r2.dport)
+            and _range_covers(r1.uidrange, r2.uidrange))
+
+
+def _free_priority(rules, before: int) -> int | None:
+    used = {r.priority for r in rules}
+    for p in range(before - 1, 0, -1):
+        if p not in used:
+            return p
+    return None

@@ -1,0 +1,525 @@
+"""What a check sees: the HostState plus cached indexes and helpers.
+
+Everything expensive is computed once, lazily, and shared by all rules:
+routes are walked once and indexed by table (a million-route table must not
+be scanned per rule), prefix lookups use per-table hash indexes, and derived
+flows (the traffic a router is evidently meant to forward) are routed once
+through the FIB simulation and the netfilter model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from functools import cached_property
+
+from tracer.model import AF_INET, AF_INET6, SCOPE_HOST, SCOPE_LINK, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN, Address, HostState, Route
+
+SCOPE_LINK_ROUTE = SCOPE_LINK
+RESERVED_TABLES = (TABLE_DEFAULT, TABLE_MAIN, TABLE_LOCAL)
+# Destinations used to stand for "the Internet" when deriving flows: the first
+# one that no more specific route covers is taken.
+PROBE_DESTINATIONS = ("8.8.8.8", "1.1.1.1", "9.9.9.9", "208.67.222.222")
+PROBE_SPORT, PROBE_DPORT = 40000, 443
+TCP = 6
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+def ip_int(address: str, family: int = AF_INET) -> int:
+    kfam = socket.AF_INET if family == AF_INET else socket.AF_INET6
+    return int.from_bytes(socket.inet_pton(kfam, address), "big")
+
+
+def family_of(address: str) -> int:
+    return AF_INET6 if ":" in address else AF_INET
+
+
+def bits(family: int) -> int:
+    return 32 if family == AF_INET else 128
+
+
+def prefix_text(address: str | None, length: int, family: int) -> str:
+    if not address or length == 0:
+        return "all" if not address else "default"
+    return address if length == bits(family) else f"{address}/{length}"
+
+
+def is_private(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_private or (ip.version == 4 and ip in _CGNAT)
+
+
+def rule_text(rule, state: HostState) -> str:
+    """A rule as `ip rule` prints it (the selectors and the action)."""
+    parts = [f"{rule.priority}:"]
+    if rule.invert:
+        parts.append("not")
+    parts.append("from " + (prefix_text(rule.src, rule.src_len, rule.family) if rule.src else "all"))
+    if rule.dst:
+        parts.append("to " + prefix_text(rule.dst, rule.dst_len, rule.family))
+    if rule.tos:
+        parts.append(f"tos {rule.tos:#x}")
+    if rule.fwmark or rule.fwmask:
+        parts.append(f"fwmark {rule.fwmark:#x}" + (f"/{rule.fwmask:#x}" if rule.fwmask != 0xFFFFFFFF else ""))
+    if rule.iif:
+        parts.append(f"iif {rule.iif}")
+    if rule.oif:
+        parts.append(f"oif {rule.oif}")
+    if rule.ipproto:
+        parts.append(f"ipproto {rule.ipproto}")
+    for name, rng in (("sport", rule.sport), ("dport", rule.dport), ("uidrange", rule.uidrange)):
+        if rng:
+            parts.append(f"{name} {rng[0]}" if rng[0] == rng[1] and name != "uidrange" else f"{name} {rng[0]}-{rng[1]}")
+    if rule.l3mdev:
+        parts.append("lookup [l3mdev-table]")
+    elif rule.action == "lookup":
+        parts.append(f"lookup {state.table_name(rule.table)}")
+    elif rule.action == "goto":
+        parts.append(f"goto {rule.goto}")
+    else:
+        parts.append(rule.action)
+    if rule.suppress_prefixlength >= 0:
+        parts.append(f"suppress_prefixlength {rule.suppress_prefixlength}")
+    return " ".join(parts)
+
+
+def route_text(route: Route, state: HostState) -> str:
+    parts = [] if route.type == "unicast" else [route.type]
+    parts.append(route.prefix)
+    if len(route.nexthops) == 1:
+        nh = route.nexthops[0]
+        if nh.gateway:
+            parts.append(f"via {nh.gateway}")
+        if nh.dev:
+            parts.append(f"dev {nh.dev}")
+    elif route.nexthops:
+        parts.append(" ".join(f"nexthop via {n.gateway} dev {n.dev}" if n.gateway else f"nexthop dev {n.dev}"
+                              for n in route.nexthops))
+    if route.metric:
+        parts.append(f"metric {route.metric}")
+    if route.table != TABLE_MAIN:
+        parts.append(f"table {state.table_name(route.table)}")
+    return " ".join(parts)
+
+
+def table_arg(state: HostState, table: int) -> str:
+    """How to name the table on an `ip` command line (omitted for main)."""
+    return "" if table == TABLE_MAIN else f" table {state.table_name(table)}"
+
+
+@dataclass(frozen=True)
+class Connected:
+    """A prefix reachable directly on an interface (from one of its addresses)."""
+
+    ifname: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    address: Address
+
+    @property
+    def family(self) -> int:
+        return self.address.family
+
+    def __contains__(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return ip.version == self.network.version and ip in self.network
+
+
+@dataclass(frozen=True)
+class GatewayUse:
+    count: int  # routes using this gateway on this device
+    sample: tuple[Route, ...]  # the first few of them
+    nexthop: object  # one Nexthop (flags: onlink, dead, linkdown)
+
+    def routes_text(self, state: HostState) -> str:
+        shown = ", ".join(route_text(r, state) for r in self.sample)
+        return shown + (f" and {self.count - len(self.sample)} more" if self.count > len(self.sample) else "")
+
+
+@dataclass(frozen=True)
+class FlowPath:
+    """One flow through this host as the FIB and netfilter models see it."""
+
+    src: str
+    dst: str
+    iif: str | None
+    proto: int
+    sport: int | None
+    dport: int | None
+    why: str  # where the flow comes from ("source of rule 32765", "a host of the LAN …")
+    result: object  # fib.FibResult
+    mark: int = 0  # after prerouting
+    forward: object = None  # HookTraversal at forward (forwarded flows)
+    post: object = None  # HookTraversal at postrouting
+    out_src: str | None = None  # the source as the packet leaves (after SNAT)
+    snat: tuple = ()  # NatRewrite of the source
+
+    @property
+    def family(self) -> int:
+        return family_of(self.dst)
+
+    @property
+    def oif(self) -> str | None:
+        return None if self.result is None or self.result.error else self.result.dev
+
+    @property
+    def forwarded(self) -> bool:
+        return self.iif is not None and self.iif != "lo"
+
+    @property
+    def dropped_by(self) -> str | None:
+        for hook in (self.forward, self.post):
+            if hook is not None and hook.verdict in ("drop", "reject"):
+                return hook.decided_by or hook.hook
+        return None
+
+    def decision_text(self, state: HostState) -> str:
+        r = self.result
+        if r is None or r.error:
+            return f"no route ({r.error if r else 'unknown'})"
+        rule = rule_text(r.rule, state) if r.rule else "the main table"
+        route = route_text(r.route, state) if r.route is not None else f"dev {r.dev}"
+        return f"rule {rule} → {route}"
+
+
+class CheckContext:
+    """The host under check; every helper is computed at most once."""
+
+    def __init__(self, state: HostState):
+        self.state = state
+
+    # -- netfilter -----------------------------------------------------------
+    @cached_property
+    def ruleset(self):
+        from tracer.sim.netfilter import load_ruleset
+
+        return load_ruleset(self.state.netfilter or {})
+
+    @cached_property
+    def netfilter_known(self) -> bool:
+        """False when the snapshot holds no netfilter dump at all (then NAT/filter checks stay quiet)."""
+        nf = self.state.netfilter or {}
+        return bool(nf.get("nft") or nf.get("iptables_nft") or nf.get("iptables_legacy"))
+
+    @cached_property
+    def address_info(self):
+        from tracer.sim.netfilter import AddressInfo
+
+        local = self.local_addresses
+        kinds = {link.name: link.kind for link in self.state.links}
+
+        def address_type(addr):
+            ip = ipaddress.ip_address(addr)
+            if str(ip) in local or ip.is_loopback:
+                return "local"
+            if ip.is_multicast:
+                return "multicast"
+            if ip.version == 4 and (str(ip) == "255.255.255.255" or self._is_broadcast(str(ip))):
+                return "broadcast"
+            return "unicast"
+
+        def interface_address(ifname, family):
+            fam = AF_INET if family == "ip" else AF_INET6
+            return self.primary_address(ifname, fam)
+
+        def masquerade_source(oif, dst):
+            return self.primary_address(oif, family_of(dst)) if oif else None
+
+        return AddressInfo(masquerade_source, address_type, interface_address, kinds.get)
+
+    def _is_broadcast(self, ip: str) -> bool:
+        for c in self.connected:
+            if c.family == AF_INET and c.network.prefixlen < 31 and str(c.network.broadcast_address) == ip:
+                return True
+        return False
+
+    # -- links and addresses -------------------------------------------------
+    @cached_property
+    def links(self) -> dict:
+        return {link.name: link for link in self.state.links}
+
+    @cached_property
+    def local_addresses(self) -> frozenset[str]:
+        return frozenset(a.local for a in self.state.addresses)
+
+    def is_local(self, address: str) -> bool:
+        return address in self.local_addresses
+
+    @cached_property
+    def connected(self) -> tuple[Connected, ...]:
+        out = []
+        for a in self.state.addresses:
+            if a.scope == SCOPE_HOST or a.ifname == "lo":
+                continue
+            out.append(Connected(a.ifname, ipaddress.ip_network(f"{a.network_address}/{a.prefixlen}", strict=False), a))
+        return tuple(out)
+
+    def connected_on(self, ifname: str, family: int | None = None) -> list[Connected]:
+        return [c for c in self.connected if c.ifname == ifname and (family is None or c.family == family)]
+
+    def connected_containing(self, address: str) -> Connected | None:
+        """The longest connected prefix holding `address`, or None."""
+        best = None
+        for c in self.connected:
+            if address in c and (best is None or c.network.prefixlen > best.network.prefixlen):
+                best = c
+        return best
+
+    def primary_address(self, ifname: str, family: int = AF_INET) -> str | None:
+        addrs = [a for a in self.state.addresses_of(ifname, family) if a.scope != SCOPE_HOST]
+        primary = [a for a in addrs if not a.secondary] or addrs
+        return primary[0].local if primary else None
+
+    def dynamic_reason(self, ifname: str) -> str | None:
+        """Why `ifname` looks like it gets its address dynamically (PPP, DHCP), or None."""
+        link = self.links.get(ifname)
+        if link is not None and link.kind in ("ppp", "pppoe"):
+            return f"{ifname} is a PPP device"
+        if ifname.startswith(("ppp", "pppoe")):
+            return f"{ifname} is named like a PPP device"
+        for route in self.routes_on_dev.get(ifname, ()):
+            if route.protocol in ("dhcp", "ra"):
+                return f"routes on {ifname} are installed by {route.protocol.upper()}"
+        return None
+
+    # -- sysctls -------------------------------------------------------------
+    def conf(self, ifname: str, key: str, family: int = AF_INET) -> int:
+        return self.state.conf(family, ifname, key)
+
+    def rp_filter(self, ifname: str) -> int:
+        """The effective rp_filter of an interface: the max of `all` and the interface."""
+        return max(self.conf("all", "rp_filter"), self.conf(ifname, "rp_filter"))
+
+    def src_valid_mark(self, ifname: str) -> bool:
+        return bool(self.conf("all", "src_valid_mark") or self.conf(ifname, "src_valid_mark"))
+
+    @cached_property
+    def ip_forward(self) -> bool:
+        return self.state.sysctl("net.ipv4.ip_forward", "0") == "1"
+
+    # -- rules and routes ----------------------------------------------------
+    @cached_property
+    def rules(self) -> tuple:
+        """ip rules of every family, in kernel order (family, then priority)."""
+        return tuple(sorted(self.state.rules, key=lambda r: (r.family, r.priority)))
+
+    def rules_of(self, family: int) -> list:
+        return [r for r in self.rules if r.family == family]
+
+    def _index_routes(self):
+        by_table: dict[tuple[int, int], list[Route]] = {}
+        defaults: dict[tuple[int, int], list[Route]] = {}
+        by_dev: dict[str, list[Route]] = {}
+        gateways: dict[tuple[str, str | None], list] = {}
+        for route in self.state.routes:  # the only pass over every route
+            key = (route.family, route.table)
+            bucket = by_table.get(key)
+            if bucket is None:
+                bucket = by_table[key] = []
+            bucket.append(route)
+            if route.dst_len == 0 and route.src_len == 0:
+                defaults.setdefault(key, []).append(route)
+            if route.table != TABLE_LOCAL and route.type == "unicast":
+                for nh in route.nexthops:
+                    if nh.gateway is not None:
+                        seen = gateways.get((nh.gateway, nh.dev))
+                        if seen is None:
+                            gateways[(nh.gateway, nh.dev)] = [0, [], nh]
+                            seen = gateways[(nh.gateway, nh.dev)]
+                        seen[0] += 1
+                        if len(seen[1]) < 3:
+                            seen[1].append(route)
+                    if nh.dev is not None:
+                        devs = by_dev.get(nh.dev)
+                        if devs is None:
+                            devs = by_dev[nh.dev] = []
+                        if len(devs) < 64:  # only a sample is ever needed per device
+                            devs.append(route)
+        self.__dict__.update(routes_by_table=by_table, defaults=defaults, routes_on_dev=by_dev,
+                             gateways={k: GatewayUse(v[0], tuple(v[1]), v[2]) for k, v in gateways.items()})
+
+    @cached_property
+    def routes_by_table(self) -> dict[tuple[int, int], list[Route]]:
+        self._index_routes()
+        return self.__dict__["routes_by_table"]
+
+    @cached_property
+    def defaults(self) -> dict[tuple[int, int], list[Route]]:
+        self._index_routes()
+        return self.__dict__["defaults"]
+
+    @cached_property
+    def gateways(self) -> dict[tuple[str, str | None], "GatewayUse"]:
+        """Every (gateway, device) pair used by a unicast route: how many routes, a sample."""
+        self._index_routes()
+        return self.__dict__["gateways"]
+
+    @cached_property
+    def routes_on_dev(self) -> dict[str, list[Route]]:
+        self._index_routes()
+        return self.__dict__["routes_on_dev"]
+
+    def table_routes(self, family: int, table: int) -> list[Route]:
+        return self.routes_by_table.get((family, table), [])
+
+    def table_has_routes(self, family: int, table: int) -> bool:
+        return bool(self.routes_by_table.get((family, table)))
+
+    def _prefix_index(self, family: int, table: int) -> dict[int, dict[int, list[Route]]]:
+        """{prefix length: {network as int: [routes]}} for one table, built on first use."""
+        cache = self.__dict__.setdefault("_prefix_indexes", {})
+        index = cache.get((family, table))
+        if index is None:
+            index = {}
+            for route in self.table_routes(family, table):
+                if route.src_len:
+                    continue  # IPv6 source-specific routes do not serve every source
+                index.setdefault(route.dst_len, {}).setdefault(ip_int(route.dst, family), []).append(route)
+            cache[(family, table)] = index
+        return index
+
+    def covering_route(self, family: int, table: int, address: str, prefixlen: int | None = None) -> Route | None:
+        """The longest-prefix route in `table` whose prefix holds the whole of address/prefixlen
+        (lowest metric among equals), or None. Route types are not filtered."""
+        width = bits(family)
+        plen = width if prefixlen is None else prefixlen
+        value = ip_int(address, family)
+        index = self._prefix_index(family, table)
+        for length in sorted((n for n in index if n <= plen), reverse=True):
+            mask = ((1 << length) - 1) << (width - length) if length else 0
+            hits = index[length].get(value & mask)
+            if hits:
+                return min(hits, key=lambda r: r.metric)
+        return None
+
+    def tables_looked_up(self) -> set[tuple[int, int]]:
+        return {(r.family, r.table) for r in self.rules if r.action == "lookup" and not r.l3mdev}
+
+    def probe_destination(self, family: int = AF_INET) -> str:
+        """An Internet address that only default routes cover, where possible."""
+        tables = [t for (fam, t) in self.tables_looked_up() if fam == family]
+        for candidate in PROBE_DESTINATIONS:
+            if all((r := self.covering_route(family, t, candidate)) is None or r.dst_len == 0 for t in tables):
+                return candidate
+        return PROBE_DESTINATIONS[0]
+
+    # -- the FIB simulation --------------------------------------------------
+    def route(self, dst: str, *, src: str | None = None, iif: str | None = None, oif: str | None = None,
+              mark: int = 0, proto: int = 0, sport: int | None = None, dport: int | None = None):
+        """fib.route() for one query, cached."""
+        from tracer.sim import fib
+
+        key = (dst, src, iif, oif, mark, proto, sport, dport)
+        cache = self.__dict__.setdefault("_fib_cache", {})
+        if key not in cache:
+            cache[key] = fib.route(self.state, fib.FibQuery(
+                family=family_of(dst), dst=dst, src=src, iif=iif, oif=oif, mark=mark,
+                proto=proto, sport=sport, dport=dport))
+        return cache[key]
+
+    def flow(self, src: str, dst: str, iif: str | None, *, why: str = "", proto: int = TCP,
+             sport: int | None = PROBE_SPORT, dport: int | None = PROBE_DPORT, mark: int = 0,
+             ct_state: str = "new") -> FlowPath:
+        """A forwarded flow entering on `iif`: prerouting (marks), routing, forward, postrouting (NAT)."""
+        from tracer.sim.netfilter import PacketView, traverse
+
+        key = (src, dst, iif, proto, sport, dport, mark, ct_state)
+        cache = self.__dict__.setdefault("_flow_cache", {})
+        if key in cache:
+            return cache[key]
+        pf = "ip" if family_of(dst) == AF_INET else "ip6"
+        new = ct_state == "new"
+        packet = PacketView(pf, src, dst, proto, sport=sport, dport=dport, iif=iif, mark=mark, ct_state=ct_state,
+                            tcp_flags=(0x02 if new else 0x12) if proto == TCP else None, length=60,
+                            icmp_type=(8 if new else 0) if proto == 1 else None, icmp_code=0 if proto == 1 else None,
+                            iifkind=self.links[iif].kind if iif in self.links else None)
+        rs, info = self.ruleset, self.address_info
+        pre = traverse(rs, "prerouting", packet, addresses=info)
+        packet = pre.packet
+        result = self.route(packet.dst, src=packet.src, iif=iif, mark=packet.mark, proto=proto,
+                            sport=sport, dport=dport)
+        path = FlowPath(src, dst, iif, proto, sport, dport, why, result, mark=packet.mark)
+        if not result.error and result.dev and result.type in (None, "unicast"):
+            link = self.links.get(result.dev)
+            packet = _replace(packet, oif=result.dev, oifkind=link.kind if link else None)
+            forward = traverse(rs, "forward", packet, addresses=info)
+            post = traverse(rs, "postrouting", forward.packet, addresses=info) if forward.verdict == "accept" else None
+            snat = tuple(n for n in (post.nat if post else ()) if n.field == "src")
+            path = FlowPath(src, dst, iif, proto, sport, dport, why, result, mark=packet.mark,
+                            forward=forward, post=post,
+                            out_src=post.packet.src if post else packet.src, snat=snat)
+        cache[key] = path
+        return path
+
+    def flow_from_explanation(self, explanation) -> FlowPath | None:
+        """The FlowPath of an explained forwarded flow (None for local flows)."""
+        flow = explanation.flow
+        if explanation.origin != "forwarded" or not flow.src or not flow.iif:
+            return None
+        return self.flow(flow.src, flow.dst, flow.iif, why="the flow asked about",
+                         proto=flow.proto, sport=flow.sport, dport=flow.dport, mark=flow.mark)
+
+    def source_routed_back_via(self, source: str, ifname: str) -> bool:
+        """Whether the far side of `ifname` can answer `source`: it is an address or a
+        connected prefix of `ifname`, or this host routes it (more specifically than a
+        default) through `ifname`."""
+        family = family_of(source)
+        if any(source in c for c in self.connected_on(ifname, family)):
+            return True
+        if source in {a.local for a in self.state.addresses_of(ifname, family)}:
+            return True
+        route = self.covering_route(family, TABLE_MAIN, source)
+        return route is not None and route.dst_len > 0 and any(nh.dev == ifname for nh in route.nexthops)
+
+    @cached_property
+    def derived_flows(self) -> tuple[FlowPath, ...]:
+        """The IPv4 traffic this host is evidently meant to forward to the Internet:
+        from each non-local `from` rule source, and from each private connected subnet,
+        to a probe destination, TCP SYN to port 443."""
+        dst = self.probe_destination(AF_INET)
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for rule in self.rules_of(AF_INET):
+            if rule.src is None or rule.invert or rule.action not in ("lookup", "goto"):
+                continue
+            host = self.representative_host(rule.src, rule.src_len)
+            if host is None:
+                continue
+            lan = self.connected_containing(host)
+            if lan is None:
+                continue
+            key = (host, lan.ifname)
+            if key not in seen:
+                seen.add(key)
+                out.append(self.flow(host, dst, lan.ifname, why=f"source of rule {rule.priority}"))
+        for c in self.connected:
+            if c.family != AF_INET or c.network.prefixlen >= 31 or not c.network.is_private:
+                continue
+            host = self.representative_host(str(c.network.network_address), c.network.prefixlen)
+            if host is None or (host, c.ifname) in seen:
+                continue
+            seen.add((host, c.ifname))
+            out.append(self.flow(host, dst, c.ifname, why=f"a host of the LAN {c.network} on {c.ifname}"))
+        return tuple(out)
+
+    def representative_host(self, network: str, prefixlen: int) -> str | None:
+        """A non-local host address inside network/prefixlen (the address itself for a host prefix)."""
+        family = family_of(network)
+        if prefixlen == bits(family):
+            return None if self.is_local(network) else network
+        net = ipaddress.ip_network(f"{network}/{prefixlen}", strict=False)
+        for offset in range(1, min(net.num_addresses - 1, 16)):
+            host = str(net.network_address + offset)
+            if not self.is_local(host):
+                return host
+        return None
+
+
+def _replace(packet, **changes):
+    import dataclasses
+
+    return dataclasses.replace(packet, **changes)
+
+
+def reserved(table: int) -> bool:
+    return table in RESERVED_TABLES
