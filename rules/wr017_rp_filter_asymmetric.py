@@ -12,8 +12,9 @@ class RpFilterAsymmetric(Check):
     O (from the remote address to the flow's original source, after
     conntrack undoes the SNAT) and, for each IPv4 address of O, a new
     connection from the Internet to that address. The kernel's strict
-    reverse-path check (`fib_validate_source`) drops such a packet with
-    `EXDEV` when the route back to its source does not leave by O.
+    reverse-path check (`fib_validate_source`) drops such a packet (`EXDEV`
+    when forwarding, `EINVAL` for local delivery) when the route back to its
+    source does not leave by O.
 
     ## Why it breaks forwarding
     Policy routing makes the path asymmetric: the route back to 8.8.8.8 is
@@ -51,7 +52,7 @@ class RpFilterAsymmetric(Check):
             table = ctx.state.table_name(flow.result.table) if flow.result.table is not None else "TABLE"
             for address in ctx.state.addresses_of(oif, 4):
                 result = ctx.route(address.local, src=flow.dst, iif=oif)
-                if result.error == "EXDEV":
+                if ctx.rp_filter_drop(result):
                     yield self._finding(ctx, oif, f"new connections to this host's address {address.local}",
                                         flow.dst, address.local, severity="warning",
                                         extra=f"ip rule add from {address.local} lookup {table}")
@@ -61,14 +62,14 @@ class RpFilterAsymmetric(Check):
         if oif is None or flow.dropped_by or ctx.rp_filter(oif) != 1:
             return
         reply = ctx.route(flow.src, src=flow.dst, iif=oif, proto=flow.proto, sport=flow.dport, dport=flow.sport)
-        if reply.error == "EXDEV":
+        if ctx.rp_filter_drop(reply):
             yield self._finding(ctx, oif, f"replies to forwarded traffic from {flow.src} ({flow.why})",
                                 flow.dst, flow.src, severity="error")
 
     def _finding(self, ctx, oif, what, remote, target, *, severity, extra=None):
         where = "net.ipv4.conf.all.rp_filter" if ctx.conf("all", "rp_filter") == 1 else f"rp_filter on {oif}"
         message = (f"{what} arrive on {oif}, but the route back to {remote} (from {target}) does not leave by "
-                   f"{oif}, and strict {where}=1 drops them (EXDEV)")
+                   f"{oif}, and strict {where}=1 drops them")
         fixes = [sysctl_set("all", "rp_filter", 2), sysctl_set(oif, "rp_filter", 2)]
         if extra:
             fixes.append(extra)

@@ -49,8 +49,8 @@ class ReplyPath(Check):
         reply = ctx.flow(flow.dst, flow.src, oif, why=f"reply to {flow.src}", proto=flow.proto,
                          sport=flow.dport, dport=flow.sport, ct_state="established")
         result = reply.result
-        if result.error == "EXDEV":
-            return
+        if ctx.rp_filter_drop(result):
+            return  # WR017
         what = f"replies from {flow.dst} to {flow.src} (for {flow.why}) arriving on {oif}"
         if result.error:
             message = f"{what} cannot be routed: {result.error} ({result.error_reason or 'no route'})"

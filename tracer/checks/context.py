@@ -451,6 +451,12 @@ class CheckContext:
         cache[key] = path
         return path
 
+    @staticmethod
+    def rp_filter_drop(result) -> bool:
+        """Whether a FibResult is a reverse-path drop: EXDEV when forwarding, EINVAL
+        (martian source) for local delivery."""
+        return result.error == "EXDEV" or (result.error == "EINVAL" and "rp_filter" in (result.error_reason or ""))
+
     def flow_from_explanation(self, explanation) -> FlowPath | None:
         """The FlowPath of an explained forwarded flow (None for local flows)."""
         flow = explanation.flow
@@ -499,7 +505,9 @@ class CheckContext:
             if host is None or (host, c.ifname) in seen:
                 continue
             seen.add((host, c.ifname))
-            out.append(self.flow(host, dst, c.ifname, why=f"a host of the LAN {c.network} on {c.ifname}"))
+            flow = self.flow(host, dst, c.ifname, why=f"a host of the LAN {c.network} on {c.ifname}")
+            if flow.oif != c.ifname:  # an uplink's own subnet is not a LAN behind this host
+                out.append(flow)
         return tuple(out)
 
     def representative_host(self, network: str, prefixlen: int) -> str | None:
