@@ -11,6 +11,7 @@ import click
 from tracer import __version__
 from tracer.errors import UsageError
 from tracer.checks import cli as check_commands
+from tracer import replay_cli
 from tracer.lab import cli as lab_commands
 
 
@@ -151,3 +152,4 @@ def _parse_query(argv: list[str]):
 cli.add_command(lab_commands.lab)
 cli.add_command(check_commands.check)
 cli.add_command(check_commands.rules)
+cli.add_command(replay_cli.lint)
