@@ -41,6 +41,7 @@ class PolicyTableNoConnected(Check):
 
     def check(self, ctx):
         state = ctx.state
+        seen = set()
         for rule in ctx.rules_of(AF_INET):
             if (not rule.src or rule.invert or rule.action != "lookup" or reserved(rule.table)
                     or not ctx.table_has_routes(AF_INET, rule.table)):
@@ -49,6 +50,9 @@ class PolicyTableNoConnected(Check):
             local = ctx.is_local(host)
             home = ctx.connected_containing(host)
             iif = None if local or home is None else home.ifname
+            if (rule.table, iif, local) in seen:
+                continue
+            seen.add((rule.table, iif, local))
             for c in ctx.connected:
                 if c.family != AF_INET or (not local and host in c):
                     continue

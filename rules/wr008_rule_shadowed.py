@@ -1,7 +1,7 @@
 import ipaddress
 
 from tracer.checks import Check
-from tracer.checks.context import rule_text
+from tracer.checks.context import ip_int, rule_text
 
 
 class RuleShadowed(Check):
@@ -42,27 +42,54 @@ class RuleShadowed(Check):
         state = ctx.state
         for family in (4, 6):
             rules = ctx.rules_of(family)
-            terminal = [r for r in rules if _terminal(ctx, r)]
+            # Terminal rules that select by source prefix only are indexed by that prefix
+            # (earliest priority first), so a rule is compared with at most one per prefix
+            # length of its source instead of with every earlier rule.
+            by_src: dict[tuple[int, int], object] = {}
+            others = []
+            for r1 in rules:
+                if not _terminal(ctx, r1):
+                    continue
+                if _src_only(r1):
+                    key = (_net(r1.src, r1.src_len, family), r1.src_len)
+                    by_src.setdefault(key, r1)
+                else:
+                    others.append(r1)
+            lengths = sorted({length for _, length in by_src})
             for r2 in rules:
                 if r2.action == "lookup" and not r2.l3mdev and not ctx.table_has_routes(family, r2.table):
                     continue
-                for r1 in terminal:
-                    if r1.priority >= r2.priority:
-                        break
-                    if r1.action == "goto" and not (r1.goto or 0) > r2.priority:
-                        continue
-                    if not _covers(r1, r2):
-                        continue
-                    how = "jumps over it" if r1.action == "goto" else "always decides first"
-                    message = (f"rule {rule_text(r2, state)} can never match: the earlier rule "
-                               f"{rule_text(r1, state)} selects all its traffic and {how}")
-                    free = _free_priority(rules, r1.priority)
-                    spec = rule_text(r2, state).split(":", 1)[1].strip()
-                    fixes = [f"ip rule del priority {r2.priority}"]
-                    if free is not None:
-                        fixes.append(f"ip {'-6 ' if family == 6 else ''}rule add {spec} priority {free}")
-                    yield self.finding(message, fixes, rule=r2.priority, shadowed_by=r1.priority)
-                    break
+                candidates = [by_src.get((_net(r2.src, length, family), length)) for length in lengths
+                              if length <= r2.src_len]
+                candidates += [r1 for r1 in others if r1.priority < r2.priority]
+                shadows = sorted((r1 for r1 in candidates if r1 is not None and r1.priority < r2.priority
+                                  and (r1.action != "goto" or (r1.goto or 0) > r2.priority) and _covers(r1, r2)),
+                                 key=lambda r: r.priority)
+                if not shadows:
+                    continue
+                r1 = shadows[0]
+                how = "jumps over it" if r1.action == "goto" else "always decides first"
+                message = (f"rule {rule_text(r2, state)} can never match: the earlier rule "
+                           f"{rule_text(r1, state)} selects all its traffic and {how}")
+                free = _free_priority(rules, r1.priority)
+                spec = rule_text(r2, state).split(":", 1)[1].strip()
+                fixes = [f"ip rule del priority {r2.priority}"]
+                if free is not None:
+                    fixes.append(f"ip {'-6 ' if family == 6 else ''}rule add {spec} priority {free}")
+                yield self.finding(message, fixes, rule=r2.priority, shadowed_by=r1.priority)
+
+
+def _src_only(rule) -> bool:
+    return (not rule.dst and not rule.iif and not rule.oif and not rule.fwmark and not rule.fwmask
+            and not rule.tos and not rule.ipproto and rule.sport is None and rule.dport is None
+            and rule.uidrange is None)
+
+
+def _net(address, length: int, family: int) -> int:
+    if not address or length == 0:
+        return 0
+    width = 32 if family == 4 else 128
+    return ip_int(address, family) >> (width - length) << (width - length)
 
 
 def _terminal(ctx, rule) -> bool:
@@ -103,7 +130,7 @@ def _covers(r1, r2) -> bool:
 
 
 def _free_priority(rules, before: int) -> int | None:
-    used = {r.priority for r in rules}
+    used = {r.priority for r in rules if r.priority < before}
     for p in range(before - 1, 0, -1):
         if p not in used:
             return p

@@ -42,10 +42,8 @@ class FwmarkWithoutSrcValidMark(Check):
         for rule in ctx.rules_of(4):
             if not (rule.fwmark or rule.fwmask) or rule.action != "lookup":
                 continue
-            for route in ctx.table_routes(4, rule.table):
-                for nh in route.nexthops:
-                    if nh.dev:
-                        uplinks.setdefault(nh.dev, rule_text(rule, state))
+            for dev in sorted(ctx.table_devs.get((4, rule.table), ())):
+                uplinks.setdefault(dev, rule_text(rule, state))
         for dev, rule in sorted(uplinks.items()):
             rp = ctx.rp_filter(dev)
             if rp == 0 or ctx.src_valid_mark(dev):

@@ -311,6 +311,7 @@ class CheckContext:
         defaults: dict[tuple[int, int], list[Route]] = {}
         by_dev: dict[str, list[Route]] = {}
         gateways: dict[tuple[str, str | None], list] = {}
+        table_devs: dict[tuple[int, int], set] = {}
         for route in self.state.routes:  # the only pass over every route
             key = (route.family, route.table)
             bucket = by_table.get(key)
@@ -321,6 +322,11 @@ class CheckContext:
                 defaults.setdefault(key, []).append(route)
             if route.table != TABLE_LOCAL and route.type == "unicast":
                 for nh in route.nexthops:
+                    if nh.dev is not None:
+                        devs_of_table = table_devs.get(key)
+                        if devs_of_table is None:
+                            devs_of_table = table_devs[key] = set()
+                        devs_of_table.add(nh.dev)
                     if nh.gateway is not None:
                         seen = gateways.get((nh.gateway, nh.dev))
                         if seen is None:
@@ -335,7 +341,7 @@ class CheckContext:
                             devs = by_dev[nh.dev] = []
                         if len(devs) < 64:  # only a sample is ever needed per device
                             devs.append(route)
-        self.__dict__.update(routes_by_table=by_table, defaults=defaults, routes_on_dev=by_dev,
+        self.__dict__.update(routes_by_table=by_table, defaults=defaults, routes_on_dev=by_dev, table_devs=table_devs,
                              gateways={k: GatewayUse(v[0], tuple(v[1]), v[2]) for k, v in gateways.items()})
 
     @cached_property
@@ -353,6 +359,12 @@ class CheckContext:
         """Every (gateway, device) pair used by a unicast route: how many routes, a sample."""
         self._index_routes()
         return self.__dict__["gateways"]
+
+    @cached_property
+    def table_devs(self) -> dict[tuple[int, int], set]:
+        """(family, table) → the devices its unicast routes leave by."""
+        self._index_routes()
+        return self.__dict__["table_devs"]
 
     @cached_property
     def routes_on_dev(self) -> dict[str, list[Route]]:
@@ -479,25 +491,25 @@ class CheckContext:
 
     @cached_property
     def derived_flows(self) -> tuple[FlowPath, ...]:
-        """The IPv4 traffic this host is evidently meant to forward to the Internet:
-        from each non-local `from` rule source, and from each private connected subnet,
-        to a probe destination, TCP SYN to port 443."""
+        """The IPv4 traffic this host is evidently meant to forward to the Internet, TCP
+        SYN to port 443 towards a probe destination: from the source of the first
+        non-local `from` rule of each (action target, input interface) — rules that share
+        a table and an input interface are represented by the first — and from a host of
+        each private connected subnet. Flows that leave by their input interface (an
+        uplink's own subnet) are left out."""
         dst = self.probe_destination(AF_INET)
-        seen: set[tuple[str, str]] = set()
+        seen: set = set()
         out = []
         for rule in self.rules_of(AF_INET):
             if rule.src is None or rule.invert or rule.action not in ("lookup", "goto"):
                 continue
             host = self.representative_host(rule.src, rule.src_len)
-            if host is None:
+            lan = self.connected_containing(host) if host else None
+            if lan is None or (rule.action, rule.table, rule.goto, lan.ifname) in seen:
                 continue
-            lan = self.connected_containing(host)
-            if lan is None:
-                continue
-            key = (host, lan.ifname)
-            if key not in seen:
-                seen.add(key)
-                out.append(self.flow(host, dst, lan.ifname, why=f"source of rule {rule.priority}"))
+            seen.add((rule.action, rule.table, rule.goto, lan.ifname))
+            seen.add((host, lan.ifname))
+            out.append(self.flow(host, dst, lan.ifname, why=f"source of rule {rule.priority}"))
         for c in self.connected:
             if c.family != AF_INET or c.network.prefixlen >= 31 or not c.network.is_private:
                 continue
@@ -505,10 +517,8 @@ class CheckContext:
             if host is None or (host, c.ifname) in seen:
                 continue
             seen.add((host, c.ifname))
-            flow = self.flow(host, dst, c.ifname, why=f"a host of the LAN {c.network} on {c.ifname}")
-            if flow.oif != c.ifname:  # an uplink's own subnet is not a LAN behind this host
-                out.append(flow)
-        return tuple(out)
+            out.append(self.flow(host, dst, c.ifname, why=f"a host of the LAN {c.network} on {c.ifname}"))
+        return tuple(f for f in out if f.oif != f.iif)
 
     def representative_host(self, network: str, prefixlen: int) -> str | None:
         """A non-local host address inside network/prefixlen (the address itself for a host prefix)."""
