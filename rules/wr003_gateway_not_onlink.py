@@ -1,5 +1,6 @@
 from tracer.checks import Check
-from tracer.checks.context import SCOPE_LINK_ROUTE, table_arg
+from tracer.checks.context import table_arg
+from tracer.model import SCOPE_LINK
 
 
 class GatewayNotOnLink(Check):
@@ -69,6 +70,6 @@ def _on_link(ctx, gw: str, dev: str, use) -> bool:
         return True
     for table in {254, *(r.table for r in use.sample)}:
         route = ctx.covering_route(family, table, gw)
-        if route is not None and route.scope == SCOPE_LINK_ROUTE and route.gateway is None and route.dev == dev:
+        if route is not None and route.scope == SCOPE_LINK and route.gateway is None and route.dev == dev:
             return True
     return False

@@ -221,3 +221,17 @@ def test_cli_colour_only_when_asked_for():
 
     findings = engine.run(load("WR019", "bad"))
     assert "\033[" in render.text(findings, colour=True, source="x", rules_run=1)
+
+
+def test_flow_findings_for_why_route_src_dst():
+    """The `findings` of an explanation: the flow-level rules on that one flow."""
+    from tracer.checks import flow_findings
+    from tracer.sim.explain import explain, make_flow
+
+    state = load("WR024", "bad")
+    dropped = explain(state, make_flow("8.8.8.8", "192.168.1.169", proto="tcp", dport="443"))
+    assert [f.id for f in flow_findings(dropped)] == ["WR024"]
+    local = explain(state, make_flow("8.8.8.8"))
+    assert flow_findings(local) == []
+    nosnat = explain(load("WR019", "bad"), make_flow("8.8.8.8", "192.168.1.169", proto="tcp", dport="443"))
+    assert "WR019" in [f.id for f in flow_findings(nosnat)]

@@ -9,6 +9,7 @@ through the FIB simulation and the netfilter model.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from functools import cached_property
 
 from tracer.model import AF_INET, AF_INET6, SCOPE_HOST, SCOPE_LINK, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN, Address, HostState, Route
 
-SCOPE_LINK_ROUTE = SCOPE_LINK
 RESERVED_TABLES = (TABLE_DEFAULT, TABLE_MAIN, TABLE_LOCAL)
 # Destinations used to stand for "the Internet" when deriving flows: the first
 # one that no more specific route covers is taken.
@@ -155,16 +155,8 @@ class FlowPath:
     snat: tuple = ()  # NatRewrite of the source
 
     @property
-    def family(self) -> int:
-        return family_of(self.dst)
-
-    @property
     def oif(self) -> str | None:
         return None if self.result is None or self.result.error else self.result.dev
-
-    @property
-    def forwarded(self) -> bool:
-        return self.iif is not None and self.iif != "lo"
 
     @property
     def dropped_by(self) -> str | None:
@@ -292,10 +284,6 @@ class CheckContext:
 
     def src_valid_mark(self, ifname: str) -> bool:
         return bool(self.conf("all", "src_valid_mark") or self.conf(ifname, "src_valid_mark"))
-
-    @cached_property
-    def ip_forward(self) -> bool:
-        return self.state.sysctl("net.ipv4.ip_forward", "0") == "1"
 
     # -- rules and routes ----------------------------------------------------
     @cached_property
@@ -453,7 +441,7 @@ class CheckContext:
         path = FlowPath(src, dst, iif, proto, sport, dport, why, result, mark=packet.mark)
         if not result.error and result.dev and result.type in (None, "unicast"):
             link = self.links.get(result.dev)
-            packet = _replace(packet, oif=result.dev, oifkind=link.kind if link else None)
+            packet = dataclasses.replace(packet, oif=result.dev, oifkind=link.kind if link else None)
             forward = traverse(rs, "forward", packet, addresses=info)
             post = traverse(rs, "postrouting", forward.packet, addresses=info) if forward.verdict == "accept" else None
             snat = tuple(n for n in (post.nat if post else ()) if n.field == "src")
@@ -531,12 +519,6 @@ class CheckContext:
             if not self.is_local(host):
                 return host
         return None
-
-
-def _replace(packet, **changes):
-    import dataclasses
-
-    return dataclasses.replace(packet, **changes)
 
 
 def reserved(table: int) -> bool:
