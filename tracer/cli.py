@@ -75,6 +75,7 @@ def source_options(command):
 @flow_options
 @source_options
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON contract (docs/json.md).")
+@click.option("--with", "with_script", metavar="SCRIPT", help="What-if: the flow after SCRIPT (replayed, see lint).")
 def explain(snapshot, netns, as_json, **params):
     """Explain one flow: ip rules, table, route, netfilter, NAT, egress.
 
@@ -87,7 +88,10 @@ def explain(snapshot, netns, as_json, **params):
 
     flow = flow_from_params(params)
     source = StateSource(snapshot, netns)
-    doc = explain_flow(source.load(), flow, source)
+    if params.get("with_script"):
+        doc = replay_cli.what_if(source.load(), flow, params["with_script"])
+    else:
+        doc = explain_flow(source.load(), flow, source)
     if as_json:
         from tracer.output.json_out import render
         click.echo(render(doc))
@@ -153,3 +157,4 @@ cli.add_command(lab_commands.lab)
 cli.add_command(check_commands.check)
 cli.add_command(check_commands.rules)
 cli.add_command(replay_cli.lint)
+cli.add_command(replay_cli.verify)

@@ -48,3 +48,76 @@ def lint(script, snapshot, netns, as_json):
         from tracer.output.style import use_colour
         click.echo(text(report, colour=use_colour()), nl=False)
     return ExitStatus.PROBLEMS_FOUND if report.failed else ExitStatus.SUCCESS
+
+
+@click.command()
+@click.argument("expectations", metavar="EXPECTATIONS.toml")
+@click.option("--snapshot", metavar="FILE", help="Verify a snapshot file instead of the live host.")
+@click.option("--netns", metavar="NAME", help="Verify this network namespace (live).")
+@click.option("--with", "with_script", metavar="SCRIPT", help="Verify the state as it would be after SCRIPT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+def verify(expectations, snapshot, netns, with_script, as_json):
+    """Check a router's config against expectations (docs/verify.md); exit 1 on a mismatch.
+
+    \b
+    why-route verify router.toml --snapshot router.json
+    why-route verify router.toml --netns wr-route --with fix.sh
+    """
+    from tracer.lint import verify as verify_mod
+    from tracer.output.style import Style, use_colour
+
+    wanted = verify_mod.load_expectations(expectations)  # a broken file fails before any collection
+    state, label = load_source(snapshot, netns)
+    if with_script:
+        label = f"{label} after {with_script}"
+        state = _state_after(state, with_script)
+    outcomes = verify_mod.verify(state, wanted)
+    failed = [o for o in outcomes if not o.ok]
+    if as_json:
+        click.echo(json.dumps({"expectations": expectations, "source": label, "ok": not failed,
+                               "outcomes": [o.to_dict() for o in outcomes]}, indent=2))
+    else:
+        from tracer.output import text
+
+        colour = use_colour()
+        style = Style(colour)
+        click.echo(style(f"why-route verify {expectations}: on {label}", "bold"))
+        for o in outcomes:
+            mark = style("ok  ", "green") if o.ok else style("FAIL", "bold", "red")
+            click.echo(f"  {mark}  {o.expectation.title}")
+            for mismatch in o.mismatches:
+                click.echo(f"        {mismatch}")
+        for o in failed:
+            if o.doc is not None:
+                click.echo("\n" + style(f"Why {o.expectation.title} fails:", "bold"))
+                click.echo(text.render(o.doc, colour=colour), nl=False)
+        click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} expectations hold")
+    return ExitStatus.PROBLEMS_FOUND if failed else ExitStatus.SUCCESS
+
+
+def _state_after(state, script: str):
+    from tracer.lint.run import read_script
+    from tracer.replay import require_root, state_after
+
+    read_script(script)
+    require_root()
+    return state_after(state, script)[0]
+
+
+def what_if(state, flow, script: str) -> dict:
+    """`why-route SRC DST --with SCRIPT`: the explanation in the state after SCRIPT, computed offline
+    from the replay's result; the script's failed lines are reported on stderr."""
+    from tracer.app import StateSource, explain_flow
+    from tracer.lint.run import read_script
+    from tracer.replay import require_root, state_after
+
+    read_script(script)
+    require_root()
+    after, report = state_after(state, script)
+    # An offline source: the after-state exists only as data once the replay namespace is gone.
+    doc = explain_flow(after, flow, StateSource(snapshot=script))
+    for line in report.failed:
+        click.echo(f"why-route: {script} line {line.lineno} failed, so it is not part of this what-if: "
+                   f"{line.message.splitlines()[0]}", err=True)
+    doc["notes"] = [f"what-if: the state after {script} (replayed in a throwaway namespace)", *doc["notes"]]
+    return doc

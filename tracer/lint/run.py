@@ -10,8 +10,10 @@ decisions changed, and the rules engine's findings that the script introduced.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from tracer.errors import UsageError
 from tracer.lint import flows as flows_mod
@@ -106,6 +108,13 @@ def read_script(path: str) -> str:
 
 
 def lint_state(state: HostState, script_path: str, *, source: str = "") -> LintReport:
+    with linted(state, script_path, source=source) as report:
+        return report
+
+
+@contextmanager
+def linted(state: HostState, script_path: str, *, source: str = "") -> Iterator[LintReport]:
+    """The report, while its namespace (report.namespace, in the state after the script) still exists."""
     from tracer.replay import Replay
 
     started = time.monotonic()
@@ -121,12 +130,11 @@ def lint_state(state: HostState, script_path: str, *, source: str = "") -> LintR
                 else _run_step(replay, step, ctx)
             report.lines.append(result)
             previous = (step.lineno, result.status)
-        after = replay.collect()
-    report.after = _as_source(after, state, replay)
-    report.flows = _flow_changes(state, report.after, report.notes)
-    report.new_findings = _new_findings(state, report.after, report.notes)
-    report.seconds = time.monotonic() - started
-    return report
+        report.after = _as_source(replay.collect(), state, replay)
+        report.flows = _flow_changes(state, report.after, report.notes)
+        report.new_findings = _new_findings(state, report.after, report.notes)
+        report.seconds = time.monotonic() - started
+        yield report
 
 
 def _skipped(step: Step, reason: str) -> LineResult:
