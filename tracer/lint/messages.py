@@ -148,10 +148,16 @@ def _ip(argv: list[str], message: str, ctx: Context) -> tuple[str | None, str | 
         return _route_exists(argv, ctx)
     if "already assigned" in message or ("File exists" in message and obj[:1] and "address".startswith(obj[0])):
         return "this address is already configured on that interface", None
-    if '"table" value is invalid' in message:
+    if '"table" value is invalid' in message or "invalid table ID" in message:
         name = _option_value(argv, "table", "lookup") or "?"
         if name.isdigit():
             return f"table ids are 1 to {2**32 - 1}", None
+        known = [f.split()[1] for f in ctx.ask(["cat", "/etc/iproute2/rt_tables"]).splitlines()
+                 if len(f.split()) > 1 and not f.startswith("#")]
+        close = difflib.get_close_matches(name, known, n=1)
+        if close:
+            fixed = [close[0] if a == name else a for a in argv]
+            return f"there is no table named {name!r} in rt_tables; did you mean {close[0]}?", shlex.join(fixed)
         return (f"there is no table named {name!r} in rt_tables: name it first, e.g. "
                 f"`echo '100 {name}' >> /etc/iproute2/rt_tables` (any unused id), or use a number",
                 None)

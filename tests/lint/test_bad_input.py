@@ -1,0 +1,53 @@
+"""Bad input to lint and verify: one clear line and a non-zero exit, never a traceback."""
+
+import os
+
+from conftest import FIXTURES, why_route
+
+SEED_BLOG = str(FIXTURES / "seed-blog.sh")
+
+
+def one_line(result, status: int, text: str) -> None:
+    assert result.returncode == status, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_script(seed, tmp_path):
+    one_line(why_route("lint", str(tmp_path / "missing.sh"), "--on", seed["slow"]), 2,
+             "cannot read script")
+    one_line(why_route("lint", str(tmp_path), "--on", seed["slow"]), 2, "is a directory")
+    binary = tmp_path / "binary.sh"
+    binary.write_bytes(b"\xff\xfe\x00ip")
+    one_line(why_route("lint", str(binary), "--on", seed["slow"]), 2, "not a text file")
+
+
+def test_missing_or_broken_snapshot(seed, tmp_path):
+    one_line(why_route("lint", SEED_BLOG, "--on", str(tmp_path / "none.json")), 2, "cannot read snapshot")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    one_line(why_route("lint", SEED_BLOG, "--on", str(broken)), 2, "not a why-route snapshot")
+    one_line(why_route("verify", str(FIXTURES / "seed-ultimate.toml"), "--snapshot", str(broken)), 2,
+             "not a why-route snapshot")
+    one_line(why_route("verify", str(tmp_path / "none.toml")), 2, "cannot read expectations")
+
+
+def test_both_sources(seed):
+    one_line(why_route("lint", SEED_BLOG, "--on", seed["slow"], "--netns", "x"), 2, "not both")
+
+
+def test_not_root(seed):
+    import tempfile
+
+    # A copy nobody can read (pytest's tmp_path is private to root).
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", dir="/tmp") as snap:
+        snap.write(open(seed["slow"], "rb").read())
+        snap.flush()
+        os.chmod(snap.name, 0o644)
+
+        def as_nobody():
+            os.setgid(65534)
+            os.setuid(65534)
+
+        one_line(why_route("lint", SEED_BLOG, "--on", snap.name, preexec_fn=as_nobody), 3, "needs root")
