@@ -75,7 +75,7 @@ def differences(state, q: FibQuery, sim: FibResult, kern: dict) -> list[str]:
         # Broadcast, and multicast over a route shorter than /4, drop the gateway
         # (__mkroute_output); a gateway that is a local address is not used.
         gatewayless = sim.type == "broadcast" or (sim.type == "multicast" and sim.route.dst_len < 4)
-        choices = {(nh.dev, None if gatewayless else _gateway_used(index_for(state), nh))
+        choices = {(nh.dev, None if gatewayless else _gateway_used(index_for(state), sim.route, nh))
                    for nh in sim.nexthops}
         if (kern["dev"], kern["gateway"]) not in choices:
             out.append(f"multipath: kernel {kern['dev']} via {kern['gateway']} not among {sorted(choices, key=str)}")

@@ -347,6 +347,7 @@ class _Flow:
     sport: int
     dport: int
     uid: int
+    min_scope: int = SCOPE_UNIVERSE  # flowi4_scope: routes of a narrower scope are skipped
 
 
 def _conf(state: HostState, family: int, ifname: str, key: str) -> int:
@@ -483,14 +484,14 @@ class _TableHit:
     nexthops: tuple[Nexthop, ...] = ()
 
 
-def _good_nexthops(state: HostState, route: Route, flow: _Flow) -> list[Nexthop]:
+def _good_nexthops(state: HostState, route: Route, flow: _Flow, ignore_linkstate: bool = False) -> list[Nexthop]:
     """fib_lookup_good_nhc: not dead, not linkdown when the device ignores such
     routes, and on the requested output interface when one is given."""
     good = []
     for nh in route.nexthops:
         if nh.dead:
             continue
-        if nh.linkdown and _ignore_linkdown(state, flow.family, nh.dev):
+        if nh.linkdown and not ignore_linkstate and _ignore_linkdown(state, flow.family, nh.dev):
             continue
         if flow.oif and nh.dev != flow.oif:
             continue
@@ -524,7 +525,7 @@ def _route_candidates(ix: FibIndex, tables: list[int], flow: _Flow):
                     yield plen, tid, r
 
 
-def _table_lookup(ix: FibIndex, tables: list[int], flow: _Flow) -> _TableHit:
+def _table_lookup(ix: FibIndex, tables: list[int], flow: _Flow, ignore_linkstate: bool = False) -> _TableHit:
     """fib_table_lookup + check_leaf (IPv4) / fib6_table_lookup (IPv6, simplified)."""
     state = ix.state
     fam = flow.family
@@ -536,6 +537,8 @@ def _table_lookup(ix: FibIndex, tables: list[int], flow: _Flow) -> _TableHit:
     for plen, tid, r in _route_candidates(ix, tables, flow):
         if fam == AF_INET and r.tos and r.tos != tos:
             continue
+        if r.scope < flow.min_scope:
+            continue
         if fam == AF_INET6 and r.src and r.src_len:
             if (flow.src & _MASKS[fam][r.src_len]) != addr_int(fam, r.src) & _MASKS[fam][r.src_len]:
                 continue
@@ -546,7 +549,7 @@ def _table_lookup(ix: FibIndex, tables: list[int], flow: _Flow) -> _TableHit:
             return _TableHit(err, f"route {r.type} {r.prefix}", r, plen, tid)
         if not r.nexthops:
             return _TableHit(None, f"route {r.prefix}", r, plen, tid)
-        good = _good_nexthops(state, r, flow)
+        good = _good_nexthops(state, r, flow, ignore_linkstate)
         if good:
             return _TableHit(None, f"route {r.prefix}", r, plen, tid, tuple(good))
         skipped.append(f"{r.prefix} (no usable nexthop{' via ' + flow.oif if flow.oif else ''})")
@@ -693,7 +696,7 @@ def _result(ix: FibIndex, flow: _Flow, lk: _Lookup, **extra) -> FibResult:
         nexthops = hit.nexthops
         fields.update(table=hit.table, route=hit.route, type=hit.route.type, nexthops=nexthops)
         if len(nexthops) == 1:
-            fields.update(nexthop=nexthops[0], gateway=_gateway_used(ix, nexthops[0]), dev=nexthops[0].dev)
+            fields.update(nexthop=nexthops[0], gateway=_gateway_used(ix, hit.route, nexthops[0]), dev=nexthops[0].dev)
         elif len(nexthops) > 1:
             fields["multipath_note"] = _multipath_note(ix.state, flow.family, len(nexthops))
         if hit.route.prefsrc:
@@ -704,13 +707,26 @@ def _result(ix: FibIndex, flow: _Flow, lk: _Lookup, **extra) -> FibResult:
     return FibResult(**fields)
 
 
-def _gateway_used(ix: FibIndex, nh: Nexthop) -> str | None:
-    """The gateway a packet is sent to: none when the gateway is one of this
-    host's own addresses, since fib_check_nh_v4_gw then gives the nexthop host
-    scope and rt_set_nexthop only uses link-scope gateways."""
+def _gateway_used(ix: FibIndex, route: Route, nh: Nexthop) -> str | None:
+    """The gateway a packet is sent to. When the route was added,
+    fib_check_nh_v4_gw gave the nexthop the scope of the route that reached the
+    gateway (looked up with scope >= link on the nexthop's device: the route's
+    own table unless main, then the rules); rt_set_nexthop uses the gateway
+    only if that scope is link, so a gateway reached through a local
+    (host-scope) route is not used. The rules of that moment are unknown: the
+    default ones (local, main, default) stand in for them."""
     if not nh.gateway or nh.onlink or ":" in nh.gateway:
         return nh.gateway
-    return None if _source_device(ix, addr_int(AF_INET, nh.gateway)) else nh.gateway
+    flow = _Flow(AF_INET, addr_int(AF_INET, nh.gateway), 0, LOOPBACK, nh.dev, 0, 0, 0, 0, 0, 0,
+                 min_scope=max(route.scope + 1, SCOPE_LINK))
+    tables = ([route.table] if route.table != TABLE_MAIN else []) + [TABLE_LOCAL, TABLE_MAIN, TABLE_DEFAULT]
+    for table in tables:
+        hit = _table_lookup(ix, [table], flow, ignore_linkstate=True)
+        if hit.error != "EAGAIN":
+            break
+    if hit.route is None or hit.route.scope != SCOPE_LINK:
+        return None
+    return nh.gateway
 
 
 def _flow(state: HostState, q: FibQuery, *, iif: str, oif: str | None, uid: int, ports: bool) -> _Flow:
@@ -1026,7 +1042,7 @@ def route_output(state: HostState, query: FibQuery) -> FibResult:
     res = _result(ix, flow, lk, prefsrc=source)
     if query.oif and nexthops:
         nh = nexthops[0]
-        res = _replace(res, nexthop=nh, nexthops=nexthops, gateway=_gateway_used(ix, nh), dev=nh.dev,
+        res = _replace(res, nexthop=nh, nexthops=nexthops, gateway=_gateway_used(ix, res.route, nh), dev=nh.dev,
                        multipath_note=None)
     return _output_checks(ix, res, flow)
 
