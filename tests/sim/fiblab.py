@@ -46,13 +46,15 @@ class Config:
     subnets: list[tuple[str, str, int]] = field(default_factory=list)  # (ifname, address, prefixlen)
 
     def script(self) -> str:
-        """A shell script that rebuilds this configuration in namespace $NS."""
+        """A shell script that rebuilds this configuration in namespace $NS (the
+        order NamespaceLab.build uses)."""
+        def sysctl(items):
+            return [f"ip netns exec $NS sysctl -qw {k.replace('/', '.')}={v}" for k, v in items]
+
         lines = ["#!/bin/sh", "# rebuild: NS=wrfib-repro sh this-file", "ip netns add $NS"]
-        lines += [f"ip netns exec $NS sysctl -qw {k.replace('/', '.')}={v}" for k, v in self.sysctls.items()
-                  if ".conf." not in k.replace("/", ".") or ".all." in k.replace("/", ".")
-                  or ".default." in k.replace("/", ".")]
+        lines += sysctl((k, v) for k, v in self.sysctls.items() if "/all/" in k or "/default/" in k)
         lines += [f"ip -n $NS {c}" for c in self.links]
-        lines += [f"ip netns exec $NS sysctl -qw {k.replace('/', '.')}={v}" for k, v in self.sysctls.items()]
+        lines += sysctl(self.sysctls.items())
         lines += [f"ip -n $NS {c}" for c in self.routes + self.after + self.rules]
         return "\n".join(lines) + "\n"
 

@@ -178,6 +178,7 @@ class FibIndex:
         self._rules: dict[int, list[_Rule]] = {}
         self._rule_index: dict[int, tuple] = {}
         self._local_addrs: dict[int, dict[int, str]] = {}
+        self._custom_local: bool | None = None
         self.merged = self._default_rules_only()
 
     # tables
@@ -313,8 +314,10 @@ class FibIndex:
 
     def has_custom_local_routes(self) -> bool:
         """fib_has_custom_local_routes: a local route not added by the kernel itself."""
-        return any(r.family == AF_INET and r.type == "local" and r.protocol != "kernel"
-                   for r in self.state.routes)
+        if self._custom_local is None:
+            self._custom_local = any(r.family == AF_INET and r.type == "local" and r.protocol != "kernel"
+                                     for r in self.state.routes)
+        return self._custom_local
 
 
 _SELECTOR_FIELDS = ("src", "src_len", "dst", "dst_len", "iif", "oif", "fwmark", "fwmask", "tos", "ipproto",
@@ -596,7 +599,18 @@ def _fib_lookup(ix: FibIndex, flow: _Flow, full_trace: bool | None = None) -> _L
     rules = ix.rules(flow.family)
     if full_trace is None:
         full_trace = len(rules) <= FULL_TRACE_MAX_RULES
-    order = list(range(len(rules))) if full_trace else ix.candidate_rules(flow.family, flow)
+    if full_trace:
+        return _walk_rules(ix, flow, rules, list(range(len(rules))), True)
+    order = ix.candidate_rules(flow.family, flow)
+    out = _walk_rules(ix, flow, rules, order, False)
+    if len(order) < len(rules):
+        out.notes.append(f"{len(rules) - len(order)} of {len(rules)} rules left out of the steps: "
+                         "their from/to/fwmark/iif selectors cannot match this flow")
+    return out
+
+
+def _walk_rules(ix: FibIndex, flow: _Flow, rules: list[_Rule], order: list[int], full_trace: bool) -> _Lookup:
+    """fib_rules_lookup over the rules at `order` (all of them, or the index's candidates)."""
     out = _Lookup()
     pos = 0
     while pos < len(order):
@@ -643,9 +657,6 @@ def _fib_lookup(ix: FibIndex, flow: _Flow, full_trace: bool | None = None) -> _L
             out.error, out.reason = hit.error, f"{hit.reason} in table {ix.state.table_name(hit.table)}"
         out.rule, out.hit = r, hit
         return out
-    if not full_trace and len(order) < len(rules):
-        out.notes.append(f"{len(rules) - len(order)} of {len(rules)} rules not shown: "
-                         "their from/to/fwmark/iif selectors cannot match this flow")
     out.error, out.reason = "ENETUNREACH", "no rule's lookup found a route (end of the rule list)"
     return out
 
@@ -1081,11 +1092,16 @@ def _output_checks(ix: FibIndex, res: FibResult, flow: _Flow) -> FibResult:
     the type (limited broadcast, multicast; 0/8 is refused)."""
     state = ix.state
     src = addr_int(AF_INET, res.prefsrc) if res.prefsrc else flow.src
-    link = state.link(res.dev)
-    if _v4_loopback(src) and not (link and "LOOPBACK" in link.flags) and res.dev and \
-            not _conf_or(state, res.dev, "route_localnet"):
+    devs = [res.dev] if res.dev else [nh.dev for nh in res.nexthops if nh.dev]
+
+    def keeps_loopback(dev: str) -> bool:
+        link = state.link(dev)
+        return bool(link and "LOOPBACK" in link.flags) or bool(_conf_or(state, dev, "route_localnet"))
+
+    if _v4_loopback(src) and devs and not any(keeps_loopback(d) for d in devs):
         return _replace(res, error="EINVAL",
-                        error_reason=f"loopback source {int_addr(AF_INET, src)} cannot leave via {res.dev}")
+                        error_reason=f"loopback source {int_addr(AF_INET, src)} cannot leave via "
+                        f"{' or '.join(devs)}")
     if _v4_lbcast(flow.dst):
         return _replace(res, type="broadcast", gateway=None)
     if _v4_multicast(flow.dst):
