@@ -150,6 +150,9 @@ def random_config(seed: int, with_rules: bool = True) -> Config:
         else:
             body = f"{kind} {head}"
         cfg.routes.append(f"route add {body}")
+    # A nexthop's gateway scope is fixed when its route is added: local and
+    # broadcast routes go first so that the snapshot shows what that check saw.
+    cfg.routes.sort(key=lambda c: not c.startswith(("route add local", "route add broadcast")))
     for name in rng.sample(IFNAMES, rng.choice((0, 1, 1, 2))):
         cfg.after.append(f"link set {name} down")
     if with_rules:
