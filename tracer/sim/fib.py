@@ -1098,10 +1098,15 @@ def _output_checks(ix: FibIndex, res: FibResult, flow: _Flow) -> FibResult:
         link = state.link(dev)
         return bool(link and "LOOPBACK" in link.flags) or bool(_conf_or(state, dev, "route_localnet"))
 
-    if _v4_loopback(src) and devs and not any(keeps_loopback(d) for d in devs):
-        return _replace(res, error="EINVAL",
-                        error_reason=f"loopback source {int_addr(AF_INET, src)} cannot leave via "
-                        f"{' or '.join(devs)}")
+    if _v4_loopback(src) and devs:
+        refused = [d for d in devs if not keeps_loopback(d)]
+        if len(refused) == len(devs):
+            return _replace(res, error="EINVAL",
+                            error_reason=f"loopback source {int_addr(AF_INET, src)} cannot leave via "
+                            f"{' or '.join(devs)}")
+        if refused:
+            res = _replace(res, notes=(*res.notes, "the loopback-source check depends on which multipath "
+                                       f"nexthop the hash picks (refused via {', '.join(refused)})"))
     if _v4_lbcast(flow.dst):
         return _replace(res, type="broadcast", gateway=None)
     if _v4_multicast(flow.dst):
