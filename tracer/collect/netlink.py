@@ -22,6 +22,7 @@ NETLINK_GET_STRICT_CHK = 12
 SOL_NETLINK = 270
 
 NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -148,7 +149,8 @@ class RtnlSocket:
         return self._messages(self._send(msg_type, NLM_F_DUMP, payload))
 
     def request(self, msg_type: int, payload: bytes):
-        return list(self._messages(self._send(msg_type, 0, payload)))
+        # The ack (an NLMSG_ERROR with code 0) marks the end of a non-dump reply.
+        return list(self._messages(self._send(msg_type, NLM_F_ACK, payload)))
 
     # --- dumps -------------------------------------------------------------
 
