@@ -29,18 +29,27 @@ class StateSource:
     def live(self) -> bool:
         return self.snapshot is None
 
-    def load(self) -> HostState:
+    def load(self, *, for_flows: bool = False) -> HostState:
+        """The whole state; `for_flows` (live only) leaves out IPv4 tables larger
+        than LARGE_TABLE, whose routes explain_flow then asks the kernel for."""
         if self.snapshot:
             from tracer import snapshot
             return snapshot.load(self.snapshot)
         from tracer.collect.live import collect_state
-        return collect_state(self.netns)
+        return collect_state(self.netns, large_table=LARGE_TABLE if for_flows else None)
+
+
+# Dumping a full internet table (~1M routes) takes seconds; one flow needs a few routes.
+LARGE_TABLE = 100_000
 
 
 def explain_flow(state: HostState, flow, source: StateSource) -> dict:
     """The JSON-contract dict for one flow; live sources are cross-checked with the kernel."""
     from tracer.sim.explain import explain
 
+    if source.live and state.meta.get("partial_tables"):
+        from tracer.collect.kernel_assist import augment
+        state = augment(state, flow, source.netns)
     explanation = explain(state, flow)
     if source.live:
         from tracer.kernel_check import cross_check

@@ -91,7 +91,7 @@ def explain(snapshot, netns, as_json, **params):
     if params.get("with_script"):
         doc = replay_cli.what_if(source.load(), flow, params["with_script"])
     else:
-        doc = explain_flow(source.load(), flow, source)
+        doc = explain_flow(source.load(for_flows=True), flow, source)
     if as_json:
         from tracer.output.json_out import render
         click.echo(render(doc))
@@ -135,7 +135,7 @@ def batch(queries, snapshot, netns):
     from tracer.app import StateSource, run_batch
 
     source = StateSource(snapshot, netns)
-    state = source.load()
+    state = source.load(for_flows=True)
     for line in run_batch(state, source, queries, _parse_query):
         click.echo(line)
         sys.stdout.flush()

@@ -192,6 +192,17 @@ class HostState:
             object.__setattr__(self, "_by_name", cached)
         return cached
 
+    def cached(self, key: str, build):
+        """A value derived from this immutable state, built once (indexes, the
+        compiled ruleset) so that thousands of queries share it."""
+        cache = self.__dict__.get("_derived")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_derived", cache)
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
+
     def table_name(self, table: int) -> str:
         return self.table_names.get(table) or DEFAULT_TABLE_NAMES.get(table) or str(table)
 

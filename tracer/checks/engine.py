@@ -93,15 +93,28 @@ def run(state, checks: Iterable[Check] | None = None, *, ctx: CheckContext | Non
 
 def run_flow(state, explanation, checks: Iterable[Check] | None = None, *,
              ctx: CheckContext | None = None) -> list[Finding]:
-    """The findings that concern one explained flow (for `why-route SRC DST`)."""
-    ctx = ctx or CheckContext(state)
-    path = ctx.flow_from_explanation(explanation)
-    if path is None:
-        return []
+    """The findings that concern one explained flow (for `why-route SRC DST`):
+    the flow checks, plus host findings about the ip rules this flow matched."""
+    # Shared by every query on this state (a batch asks thousands).
+    ctx = ctx or state.cached("check_context", lambda: CheckContext(state))
+    checks = catalogue() if checks is None else tuple(checks)
     findings: list[Finding] = []
-    for check in (catalogue() if checks is None else checks):
-        findings.extend(check.flow_check(ctx, path))
+    path = ctx.flow_from_explanation(explanation)
+    if path is not None:
+        for check in checks:
+            findings.extend(check.flow_check(ctx, path))
+    decision = explanation.decision
+    matched = {step.rule.priority for step in decision.result.steps if step.matched} if decision else set()
+    rule_checks = tuple(c for c in checks if c.id in RULE_CHECKS)
+    by_rule = state.cached(f"rule_findings:{','.join(c.id for c in rule_checks)}",
+                           lambda: [f for c in rule_checks for f in c.check(ctx)])
+    findings.extend(f for f in by_rule if f.objects.get("rule") in matched)
     return _ordered(findings)
+
+
+# Host checks about a single ip rule (their findings carry objects["rule"] = its
+# priority): cheap, and shown for every flow that matches that rule.
+RULE_CHECKS = frozenset({"WR001", "WR002", "WR009", "WR028"})
 
 
 def grouped(findings: Iterable[Finding]) -> dict[str, list[Finding]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from tracer.collect import netns as netns_mod
 from tracer.collect.netfilter import collect_netfilter
 from tracer.collect.netlink import RtnlSocket
-from tracer.model import ConntrackEntry, HostState
+from tracer.model import AF_INET, AF_INET6, ConntrackEntry, HostState
 
 # Per-interface conf keys that decide forwarding, rp_filter and source checks.
 _CONF_KEYS = {
@@ -141,15 +141,52 @@ def read_conntrack(warnings: list[str]) -> tuple[ConntrackEntry, ...]:
     return tuple(entries)
 
 
-def collect_state(netns: str | None = None, *, netfilter: bool = True, conntrack: bool = True) -> HostState:
-    """Everything an explanation needs, from the namespace `netns` (None: this one)."""
+def ipv4_table_sizes(text: str) -> dict[int, int]:
+    """Prefix count per IPv4 table from /proc/net/fib_triestat (fib_table_print names
+    tables "Local:", "Main:" or "Id N:"): a table's size without dumping it."""
+    sizes: dict[int, int] = {}
+    table = None
+    for line in text.splitlines():
+        if line.endswith(":") and not line.startswith((" ", "\t")):
+            head = line[:-1]
+            table = {"Local": 255, "Main": 254}.get(head)
+            if head.startswith("Id "):
+                table = int(head[3:])
+        elif table is not None and line.strip().startswith("Prefixes:"):
+            sizes[table] = int(line.split()[1])
+    return sizes
+
+
+def _routes(rtnl: RtnlSocket, large_table: int | None) -> tuple[list, dict[int, int]]:
+    """All routes, or (with `large_table`) all but the IPv4 tables holding more
+    prefixes than that, which are returned as {table: size} instead."""
+    if large_table is None:
+        return rtnl.routes(), {}
+    sizes = ipv4_table_sizes(Path("/proc/thread-self/net/fib_triestat").read_text())
+    large = {t: n for t, n in sizes.items() if n > large_table}
+    if not large:
+        return rtnl.routes(), {}
+    routes = rtnl.routes(family=AF_INET6)
+    for table in sizes:
+        if table not in large:
+            routes += rtnl.routes(family=AF_INET, table=table)
+    return routes, large
+
+
+def collect_state(netns: str | None = None, *, netfilter: bool = True, conntrack: bool = True,
+                  large_table: int | None = None) -> HostState:
+    """Everything an explanation needs, from the namespace `netns` (None: this one).
+
+    `large_table`: leave out IPv4 tables with more prefixes than this (their size
+    goes to meta["partial_tables"]); kernel_assist then asks the kernel for the
+    routes a flow needs, so one live explanation never dumps a full internet table."""
     warnings: list[str] = []
     with netns_mod.entered(netns):
         with RtnlSocket() as rtnl:
             links = rtnl.links()
             addresses = rtnl.addresses()
             rules = rtnl.rules()
-            routes = rtnl.routes()
+            routes, partial = _routes(rtnl, large_table)
             neighbours = rtnl.neighbours()
         sysctls = read_sysctls()
         # Subprocesses inherit the namespace we are in; no `ip netns exec` needed.
@@ -164,6 +201,7 @@ def collect_state(netns: str | None = None, *, netfilter: bool = True, conntrack
         "kernel": os.uname().release,
         "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rt_tables_entries": table_entries,
+        "partial_tables": {str(t): n for t, n in partial.items()},
         "warnings": warnings,
     }
     return HostState(links=tuple(links), addresses=tuple(addresses), rules=tuple(rules),

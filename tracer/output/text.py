@@ -42,7 +42,7 @@ def _rules(doc: dict, s: Style) -> list[str]:
 def _decision(d: dict, s: Style, heading: str) -> list[str]:
     lines = [s(heading, "bold")]
     if d["rule"]:
-        lines.append(f"  decided by rule {d['rule']['priority']}: {d['rule']['text']}")
+        lines.append(f"  decided by rule {d['rule']['text']}")
     if d["route"]:
         lines.append(f"  table {d['table']} ({d['table_id']}): {d['route']['text']}")
     if d["error"]:
@@ -69,15 +69,17 @@ def _netfilter(hooks: list[dict], s: Style) -> list[str]:
     for hook in hooks:
         colour = "green" if hook["verdict"] == "accept" else "red"
         lines.append(f"  {hook['hook']}: {s(hook['verdict'], colour)}"
-                     + (f" (decided by {hook['decided_by']})" if hook["decided_by"] else ""))
+                     + (f" (decided by {hook['decided_by']})" if hook["decided_by"] else "")
+                     + ("" if hook["chains"] else " (no chains at this hook)"))
         for chain in hook["chains"]:
             if chain["skipped"]:
                 continue
             shown = [step for step in chain["steps"] if step["matched"] is not False]
             verdict = chain["verdict"] or "continue"
             how = "policy" if chain["verdict_from"] == "policy" else "rule"
-            if not shown and chain["verdict_from"] == "policy" and chain["policy"] == "accept":
-                lines.append(f"    {_chain_title(chain)}: no rule matched, policy accept")
+            if not shown:
+                ending = f"policy {chain['policy']}" if chain["policy"] else "no verdict"
+                lines.append(f"    {_chain_title(chain)}: no rule matched ({len(chain['steps'])} checked), {ending}")
                 continue
             lines.append(f"    {_chain_title(chain)}: {verdict} by {how}")
             for step in shown:
@@ -126,8 +128,7 @@ def _findings(findings: list[dict], s: Style) -> list[str]:
     for f in findings:
         lines.append(f"  {s(f['severity'], colours.get(f['severity'], 'bold'))} {f['id']} {f['title']}")
         lines.append(f"    {f['message']}")
-        if f.get("fix"):
-            lines.extend(f"    fix: {line}" for line in f["fix"].splitlines())
+        lines.extend(f"    fix: {command}" for command in f.get("fix") or ())
     return lines
 
 

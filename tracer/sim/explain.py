@@ -235,7 +235,7 @@ def route_text(route, state: HostState) -> str:
 
 def _address_info(state: HostState, family: int, gateway_of) -> AddressInfo:
     local = {a.local for a in state.addresses if a.family == family}
-    broadcast = {r.dst for r in state.routes if r.type == "broadcast" and r.family == family}
+    broadcast = state.cached("broadcast", lambda: {r.dst for r in state.routes if r.type == "broadcast"})
 
     def primary(ifname: str, fam: int):
         return [a for a in state.addresses_of(ifname, fam) if not a.secondary and a.scope == SCOPE_UNIVERSE]
@@ -323,7 +323,7 @@ class _Walk:
         self.flow = flow
         self.family = flow.family
         self.nf_family = "ip" if self.family == AF_INET else "ip6"
-        self.ruleset = load_ruleset(state.netfilter) if state.netfilter else None
+        self.ruleset = state.cached("ruleset", lambda: load_ruleset(state.netfilter)) if state.netfilter else None
         self.decisions: list[Decision] = []
         self.hooks: list = []
         self.nat: list[dict] = []
@@ -472,6 +472,10 @@ def _postrouting(walk: _Walk, origin: str, inferred, packet: PacketView, iif=Non
         snat = [n for n in _conntrack_nat(walk.conntrack) if n["field"] == "src"]
         walk.nat.extend(snat)
         src = snat[0]["to"] if snat else walk.conntrack.orig_src
+    configured = result.route.gateway if result.route else None
+    if configured and not result.gateway:
+        walk.notes.append(f"the route's gateway {configured} is this host's own address: the kernel "
+                          f"ignores it and sends on-link out of {oif}")
     link = walk.state.link(oif)
     egress = {"dev": oif, "src": src, "dst": packet.dst, "nexthop": result.gateway or packet.dst,
               "gateway": result.gateway, "mtu": link.mtu if link else None, "mark": packet.mark}
@@ -496,4 +500,4 @@ def _finish(walk: _Walk, origin: str, inferred, verdict: str, reason: str, egres
     return Explanation(flow=walk.flow, origin=origin, iif_inferred=inferred, decisions=tuple(walk.decisions),
                        hooks=tuple(walk.hooks), nat=tuple(walk.nat), conntrack=walk.conntrack,
                        egress=egress, verdict=verdict, verdict_reason=reason, state=walk.state,
-                       notes=tuple(walk.notes))
+                       notes=(*walk.state.meta.get("notes", ()), *walk.notes))
