@@ -30,8 +30,8 @@ from pathlib import Path
 
 from tracer.collect import netns as netns_mod
 from tracer.collect.netlink import ROUTE_PROTOCOLS, RtnlSocket
-from tracer.errors import EnvironmentProblem, UsageError
-from tracer.model import AF_INET, AF_INET6, Address, HostState, Link, Route, Rule
+from tracer.errors import EnvironmentProblem
+from tracer.model import AF_INET, AF_INET6, Address, HostState, Route, Rule
 
 NAME_PREFIX = "wrreplay-"
 _STALE = re.compile(r"wrreplay-(\d+)-\d+\Z")
@@ -117,10 +117,6 @@ def _prefix(address: str, length: int) -> str:
 
 def _proto(name: str | None) -> str:
     return str(_PROTOCOL_NUMBERS.get(name, name)) if name else ""
-
-
-class ReplayError(EnvironmentProblem):
-    pass
 
 
 class Replay:
@@ -261,7 +257,7 @@ class _Build:
     def run(self) -> None:
         subprocess.run(["ip", "netns", "add", self.r.name], capture_output=True, check=False, env=_ENV)
         if not (NETNS_RUN_DIR / self.r.name).exists():
-            raise ReplayError(f"cannot create network namespace {self.r.name}")
+            raise EnvironmentProblem(f"cannot create network namespace {self.r.name}")
         self.rt_tables()
         sysctls = {k: v for k, v in self.state.sysctls.items() if k.startswith("net.")}
         early = {k: v for k, v in sysctls.items() if _sysctl_rank(k) < 3}

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import FIXTURES, replay_leftovers, why_route
+from lint_helpers import FIXTURES, replay_leftovers, why_route
 
 SEED_BLOG = str(FIXTURES / "seed-blog.sh")
 

@@ -10,7 +10,7 @@ import difflib
 import ipaddress
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from tracer.lint.script import Step
@@ -41,7 +41,6 @@ class Context:
     state: HostState
     steps: list[Step]
     ask: Callable[[list[str]], str]  # runs a read-only command in the namespace, returns stdout
-    defined_tables: dict[str, str] = field(default_factory=dict)  # name -> id written to rt_tables by the script
 
     def rule_tables(self) -> list[str]:
         """Tables the script's `ip rule add` lines send traffic to, other than the built-in ones."""

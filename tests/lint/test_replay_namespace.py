@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import FIXTURES, replay_leftovers, why_route
+from lint_helpers import replay_leftovers, why_route
 from tracer import snapshot
 from tracer.collect import netns
 from tracer.collect.live import collect_state

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import FIXTURES, why_route
+from lint_helpers import FIXTURES, why_route
 
 ULTIMATE = str(FIXTURES / "seed-ultimate.toml")
 

@@ -2,7 +2,7 @@
 
 import os
 
-from conftest import FIXTURES, why_route
+from lint_helpers import FIXTURES, why_route
 
 SEED_BLOG = str(FIXTURES / "seed-blog.sh")
 
