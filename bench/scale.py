@@ -21,7 +21,9 @@ WHY_ROUTE = [str(Path(sys.executable).with_name("why-route"))]
 
 
 def sh(*argv: str, input: str | None = None) -> None:
-    subprocess.run(argv, check=True, input=input, text=True, capture_output=True)
+    result = subprocess.run(argv, input=input, text=True, capture_output=True)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(argv)}: {result.stderr.strip()[:500]}")
 
 
 def build(workdir: Path) -> None:
@@ -33,8 +35,10 @@ def build(workdir: Path) -> None:
         setup.append(f"route add default via 10.0.0.{2 + table % 5} table {table}")
     for i in range(RULES):  # one rule per customer address, before main
         setup.append(f"rule add from 172.16.{i // 250}.{i % 250 + 2} lookup {1000 + i % 50} pref {1000 + i}")
-    routes = [f"route add {n >> 16 & 255 or 1}.{n >> 8 & 255}.{n & 255}.0/24 via 10.0.0.{2 + n % 5}"
-              for n in range(1 << 16, (1 << 16) + ROUTES)]
+    setup.append("route add default via 10.0.0.2")
+    # /24s from 11.0.0.0 upwards: clear of the connected 10.0.0.0/24 and the LAN.
+    routes = [f"route add {n >> 16}.{n >> 8 & 255}.{n & 255}.0/24 via 10.0.0.{2 + n % 5}"
+              for n in range(11 << 16, (11 << 16) + ROUTES)]
     batch = workdir / "setup.batch"
     batch.write_text("\n".join(setup + routes) + "\n")
     sh("ip", "-n", NS, "-batch", str(batch))
@@ -51,7 +55,7 @@ def queries(path: Path) -> None:
     lines = []
     for _ in range(QUERIES):
         src = f"172.16.{rng.randrange(48)}.{rng.randrange(2, 252)}"
-        dst = f"{rng.randrange(1, 16)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        dst = f"{rng.randrange(11, 28)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
         lines.append(f"{src} {dst} --iif lan0 --proto tcp --dport 443")
     path.write_text("\n".join(lines) + "\n")
 
@@ -77,7 +81,7 @@ def run() -> None:
         try:
             build(workdir)
             print(f"{'(building the namespace)':<46} {time.perf_counter() - started:8.2f} s")
-            line("live explain", timed([*WHY_ROUTE, "172.16.3.7", "8.8.8.8", "--netns", NS, "--json"]), 1.0)
+            line("live explain", timed([*WHY_ROUTE, "172.16.3.7", "12.34.56.78", "--netns", NS, "--json"]), 1.0)
             snap = workdir / "scale.json"
             took = timed([*WHY_ROUTE, "snapshot", "--netns", NS, "-o", str(snap)])
             loaded = timed([sys.executable, "-c", f"from tracer import snapshot; snapshot.load({str(snap)!r})"])

@@ -11,7 +11,7 @@ import errno as errno_mod
 
 from tracer.collect import netns as netns_mod
 from tracer.collect.netlink import NetlinkError, RtnlSocket
-from tracer.model import Route
+from tracer.model import AF_INET, Route
 from tracer.sim.explain import Decision, Explanation
 
 _COMPARED = ("error", "type", "dev", "gateway", "table")
@@ -41,7 +41,6 @@ def ask(rtnl: RtnlSocket, decision: Decision) -> dict:
     try:
         matched = rtnl.route_get(fibmatch=True, **kwargs)
         answer["route"] = matched.prefix
-        answer["route_table"] = matched.table
         answer["nexthops"] = [{"gateway": h.gateway, "dev": h.dev} for h in matched.nexthops]
     except NetlinkError as exc:  # fibmatch can refuse what the plain query answers
         answer["route"] = None
@@ -81,7 +80,8 @@ def compare(decision: Decision, answer: dict) -> list[str]:
         if ours[key] != theirs:
             differences.append(f"{key}: why-route {ours[key]}, kernel {theirs}")
     if not (answer["error"] or r.error):
-        if decision.query.src is None and r.prefsrc != answer.get("prefsrc"):
+        # IPv6 source selection is approximated (explain notes it), not compared.
+        if decision.query.src is None and decision.query.family == AF_INET and r.prefsrc != answer.get("prefsrc"):
             differences.append(f"source: why-route {r.prefsrc}, kernel {answer.get('prefsrc')}")
         if answer.get("route") and r.route and r.route.prefix != answer["route"]:
             differences.append(f"matched route: why-route {r.route.prefix}, kernel {answer['route']}")

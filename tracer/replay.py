@@ -31,6 +31,7 @@ from pathlib import Path
 from tracer.collect import netns as netns_mod
 from tracer.collect.netlink import ROUTE_PROTOCOLS, RtnlSocket
 from tracer.errors import EnvironmentProblem
+from tracer.lab.builder import pid_alive
 from tracer.model import AF_INET, AF_INET6, Address, HostState, Route, Rule
 
 NAME_PREFIX = "wrreplay-"
@@ -55,16 +56,6 @@ def require_root() -> None:
             raise EnvironmentProblem(f"`{tool}` not found; the replay needs iproute2 and nftables")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_namespace(name: str) -> None:
     if (NETNS_RUN_DIR / name).exists():
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
@@ -82,7 +73,7 @@ def sweep_stale() -> list[str]:
             pass
     for name in sorted(names):
         match = _STALE.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             _remove_namespace(name)
             removed.append(name)
     return removed

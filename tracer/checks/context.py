@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from tracer.model import AF_INET, AF_INET6, SCOPE_HOST, SCOPE_LINK, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN, Address, HostState, Route
+from tracer.sim import fib
+from tracer.sim.explain import route_text as explain_route_text
 
 RESERVED_TABLES = (TABLE_DEFAULT, TABLE_MAIN, TABLE_LOCAL)
 # Destinations used to stand for "the Internet" when deriving flows: the first
@@ -52,55 +54,12 @@ def is_private(address: str) -> bool:
 
 def rule_text(rule, state: HostState) -> str:
     """A rule as `ip rule` prints it (the selectors and the action)."""
-    parts = [f"{rule.priority}:"]
-    if rule.invert:
-        parts.append("not")
-    parts.append("from " + (prefix_text(rule.src, rule.src_len, rule.family) if rule.src else "all"))
-    if rule.dst:
-        parts.append("to " + prefix_text(rule.dst, rule.dst_len, rule.family))
-    if rule.tos:
-        parts.append(f"tos {rule.tos:#x}")
-    if rule.fwmark or rule.fwmask:
-        parts.append(f"fwmark {rule.fwmark:#x}" + (f"/{rule.fwmask:#x}" if rule.fwmask != 0xFFFFFFFF else ""))
-    if rule.iif:
-        parts.append(f"iif {rule.iif}")
-    if rule.oif:
-        parts.append(f"oif {rule.oif}")
-    if rule.ipproto:
-        parts.append(f"ipproto {rule.ipproto}")
-    for name, rng in (("sport", rule.sport), ("dport", rule.dport), ("uidrange", rule.uidrange)):
-        if rng:
-            parts.append(f"{name} {rng[0]}" if rng[0] == rng[1] and name != "uidrange" else f"{name} {rng[0]}-{rng[1]}")
-    if rule.l3mdev:
-        parts.append("lookup [l3mdev-table]")
-    elif rule.action == "lookup":
-        parts.append(f"lookup {state.table_name(rule.table)}")
-    elif rule.action == "goto":
-        parts.append(f"goto {rule.goto}")
-    else:
-        parts.append(rule.action)
-    if rule.suppress_prefixlength >= 0:
-        parts.append(f"suppress_prefixlength {rule.suppress_prefixlength}")
-    return " ".join(parts)
+    return fib.rule_text(state, rule)
 
 
 def route_text(route: Route, state: HostState) -> str:
-    parts = [] if route.type == "unicast" else [route.type]
-    parts.append(route.prefix)
-    if len(route.nexthops) == 1:
-        nh = route.nexthops[0]
-        if nh.gateway:
-            parts.append(f"via {nh.gateway}")
-        if nh.dev:
-            parts.append(f"dev {nh.dev}")
-    elif route.nexthops:
-        parts.append(" ".join(f"nexthop via {n.gateway} dev {n.dev}" if n.gateway else f"nexthop dev {n.dev}"
-                              for n in route.nexthops))
-    if route.metric:
-        parts.append(f"metric {route.metric}")
-    if route.table != TABLE_MAIN:
-        parts.append(f"table {state.table_name(route.table)}")
-    return " ".join(parts)
+    """A route as `ip route show` prints it."""
+    return explain_route_text(route, state)
 
 
 def table_arg(state: HostState, table: int) -> str:
@@ -185,7 +144,8 @@ class CheckContext:
     def ruleset(self):
         from tracer.sim.netfilter import load_ruleset
 
-        return load_ruleset(self.state.netfilter or {})
+        # Shared with the explanation of the same state (compiling 10k rules costs).
+        return self.state.cached("ruleset", lambda: load_ruleset(self.state.netfilter or {}))
 
     @cached_property
     def netfilter_known(self) -> bool:
@@ -407,8 +367,6 @@ class CheckContext:
     def route(self, dst: str, *, src: str | None = None, iif: str | None = None, oif: str | None = None,
               mark: int = 0, proto: int = 0, sport: int | None = None, dport: int | None = None):
         """fib.route() for one query, cached."""
-        from tracer.sim import fib
-
         key = (dst, src, iif, oif, mark, proto, sport, dport)
         cache = self.__dict__.setdefault("_fib_cache", {})
         if key not in cache:

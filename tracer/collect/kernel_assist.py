@@ -51,6 +51,11 @@ def augment(state: HostState, flow, netns: str | None) -> HostState:
         found.append(_matched(rtnl, index, dst=flow.dst, src=flow.src if iif else None, iif=iif,
                               proto=flow.proto, sport=flow.sport, dport=flow.dport,
                               uid=None if iif else flow.uid, **common))
+        # The simulation resolves each gateway through the routes that reach it
+        # (usually a connected route in main): fetch those too.
+        gateways = {hop.gateway for route in (*state.routes, *filter(None, found))
+                    if route.family == flow.family for hop in route.nexthops if hop.gateway}
+        found.extend(_matched(rtnl, index, family=flow.family, dst=gateway) for gateway in sorted(gateways))
     notes = state.meta.get("notes", [])
     meta = {**state.meta, "notes": [*notes, *(
         f"table {state.table_name(t)} has {state.meta['partial_tables'][str(t)]:,} routes: not dumped; "

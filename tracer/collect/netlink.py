@@ -253,7 +253,8 @@ class RtnlSocket:
         """RTM_GETROUTE for one flow; raises NetlinkError with the kernel's errno."""
         kfam = _KERNEL_FAMILY[family]
         full = 32 if family == AF_INET else 128
-        flags = RTM_F_FIB_MATCH if fibmatch else RTM_F_LOOKUP_TABLE
+        # IPv6 refuses RTM_F_LOOKUP_TABLE (inet6_rtm_valid_getroute_req) and reports the table anyway.
+        flags = RTM_F_FIB_MATCH if fibmatch else (RTM_F_LOOKUP_TABLE if family == AF_INET else 0)
         payload = _RTMSG.pack(kfam, full, full if src else 0, tos, 0, 0, 0, 0, flags)
         payload += _pack_attr(1, socket.inet_pton(kfam, dst))
         if src:

@@ -161,7 +161,8 @@ def _write_state(state: LabState) -> None:
     tmp.replace(path)  # atomic: a crash never leaves half a state file
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (builders and replays record theirs)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -187,7 +188,7 @@ def up(topology: Topology | str | Path | None = None, variant: str | None = None
     if not HOST_IPROUTE2.is_dir():
         raise EnvironmentProblem(f"{HOST_IPROUTE2} is missing; the lab copies it per node for rt_tables")
     old = _read_state_leniently(prefix)
-    if old and old.status == "building" and old.pid != os.getpid() and _pid_alive(old.pid):
+    if old and old.status == "building" and old.pid != os.getpid() and pid_alive(old.pid):
         raise UsageError(f"lab {prefix} is being built by process {old.pid}; wait, or use another --prefix")
     wanted = {node: namespace(prefix, node) for node in topology.node_names}
     _teardown(prefix, old, extra=wanted.values())

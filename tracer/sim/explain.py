@@ -175,7 +175,7 @@ class Explanation:
                       for s in (self.decision.result.steps if self.decision else ())],
             "decision": final,
             "reroutes": [d.to_dict(self.state) for d in self.decisions[:-1]],
-            "netfilter": [h.to_dict() for h in self.hooks],
+            "netfilter": [_compact_hook(h) for h in self.hooks],
             "nat": list(self.nat),
             "conntrack": _conntrack_dict(self.conntrack),
             "egress": self.egress,
@@ -185,6 +185,25 @@ class Explanation:
             "findings": [f.to_dict() for f in self.findings],
             "notes": list(self.notes),
         }
+
+
+# Chains longer than this list only the rules that matched or could not be
+# evaluated; the others are counted in "omitted" (10,000 non-matching rules are noise).
+MAX_LISTED_STEPS = 200
+
+
+def _compact_hook(traversal) -> dict:
+    chains, omitted = [], []
+    for chain in traversal.chains:
+        kept = chain.steps
+        if len(kept) > MAX_LISTED_STEPS:
+            kept = tuple(step for step in kept if step.matched is not False)
+        omitted.append(len(chain.steps) - len(kept))
+        chains.append(dataclasses.replace(chain, steps=kept))
+    doc = dataclasses.replace(traversal, chains=tuple(chains)).to_dict()
+    for chain, count in zip(doc["chains"], omitted):
+        chain["omitted"] = count
+    return doc
 
 
 def _conntrack_dict(entry: ConntrackEntry | None) -> dict | None:
@@ -372,6 +391,17 @@ class _Walk:
         )
 
 
+def _ipv6_source(state: HostState, dev: str | None, dst: str) -> str | None:
+    candidates = [a for a in state.addresses_of(dev, AF_INET6) if a.scope == SCOPE_UNIVERSE] if dev else []
+    if not candidates:
+        return None
+    target = int(ipaddress.IPv6Address(dst))
+
+    def common_prefix(a):
+        return 128 - (int(ipaddress.IPv6Address(a.local)) ^ target).bit_length()
+    return max(candidates, key=common_prefix).local
+
+
 def _check_interfaces(state: HostState, flow: Flow) -> None:
     for option, name in (("--iif", flow.iif), ("--oif", flow.oif)):
         if name and state.link(name) is None:
@@ -441,6 +471,11 @@ def _explain_output(state: HostState, flow: Flow, inferred: str | None) -> Expla
     if result.error:
         return _routing_failed(walk, "local-out", inferred, result)
     src = flow.src or result.prefsrc
+    if src is None and flow.family == AF_INET6:
+        src = _ipv6_source(state, result.dev, flow.dst)
+        if src:
+            walk.notes.append(f"IPv6 source {src}: approximated (longest matching prefix among {result.dev}'s "
+                              "global addresses); the kernel's full RFC 6724 selection is not simulated")
     if src is None:
         return _finish(walk, "local-out", inferred, "unreachable", "no source address to send from")
     if walk.conntrack is None:
