@@ -70,7 +70,7 @@ class RpFilterAsymmetric(Check):
         where = "net.ipv4.conf.all.rp_filter" if ctx.conf("all", "rp_filter") == 1 else f"rp_filter on {oif}"
         message = (f"{what} arrive on {oif}, but the route back to {remote} (from {target}) does not leave by "
                    f"{oif}, and strict {where}=1 drops them")
-        fixes = [sysctl_set("all", "rp_filter", 2), sysctl_set(oif, "rp_filter", 2)]
-        if extra:
-            fixes.append(extra)
+        # A symmetric path fixes it; loose mode alone lets the packet in, but
+        # its answer still leaves by the other path (checked in the lab).
+        fixes = ([extra] if extra else []) + [sysctl_set("all", "rp_filter", 2), sysctl_set(oif, "rp_filter", 2)]
         return self.finding(message, fixes, severity=severity, dev=oif, target=target)
