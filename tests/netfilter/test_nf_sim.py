@@ -252,7 +252,7 @@ def test_to_dict_is_plain_json(sink):
                       "packet", "nat", "mss_clamp", "chains"}
     c = d["chains"][0]
     assert set(c) == {"family", "table", "chain", "hook", "priority", "type", "policy", "source", "steps",
-                      "verdict", "verdict_from", "skipped"}
+                      "verdict", "verdict_from", "skipped", "skipped_rules"}
     assert set(c["steps"][0]) == {"chain", "depth", "handle", "text", "matched", "reason", "action", "verdict",
                                   "counters", "nft_handle"}
     tr = traverse(sink, "postrouting", pkt("10.0.0.5", oif="ppp0"), addresses=ADDR)

@@ -379,18 +379,13 @@ class CheckContext:
              sport: int | None = PROBE_SPORT, dport: int | None = PROBE_DPORT, mark: int = 0,
              ct_state: str = "new") -> FlowPath:
         """A forwarded flow entering on `iif`: prerouting (marks), routing, forward, postrouting (NAT)."""
-        from tracer.sim.netfilter import PacketView, traverse
+        from tracer.sim.netfilter import traverse
 
         key = (src, dst, iif, proto, sport, dport, mark, ct_state)
         cache = self.__dict__.setdefault("_flow_cache", {})
         if key in cache:
             return cache[key]
-        pf = "ip" if family_of(dst) == AF_INET else "ip6"
-        new = ct_state == "new"
-        packet = PacketView(pf, src, dst, proto, sport=sport, dport=dport, iif=iif, mark=mark, ct_state=ct_state,
-                            tcp_flags=(0x02 if new else 0x12) if proto == TCP else None, length=60,
-                            icmp_type=(8 if new else 0) if proto == 1 else None, icmp_code=0 if proto == 1 else None,
-                            iifkind=self.links[iif].kind if iif in self.links else None)
+        packet = self._flow_packet(src, dst, iif, proto, sport, dport, mark, ct_state)
         rs, info = self.ruleset, self.address_info
         pre = traverse(rs, "prerouting", packet, addresses=info)
         packet = pre.packet
@@ -409,6 +404,17 @@ class CheckContext:
         cache[key] = path
         return path
 
+    def _flow_packet(self, src, dst, iif, proto, sport, dport, mark, ct_state):
+        """The packet of a flow as it enters prerouting."""
+        from tracer.sim.netfilter import PacketView
+
+        pf = "ip" if family_of(dst) == AF_INET else "ip6"
+        new = ct_state == "new"
+        return PacketView(pf, src, dst, proto, sport=sport, dport=dport, iif=iif, mark=mark, ct_state=ct_state,
+                          tcp_flags=(0x02 if new else 0x12) if proto == TCP else None, length=60,
+                          icmp_type=(8 if new else 0) if proto == 1 else None, icmp_code=0 if proto == 1 else None,
+                          iifkind=self.links[iif].kind if iif in self.links else None)
+
     @staticmethod
     def rp_filter_drop(result) -> bool:
         """Whether a FibResult is a reverse-path drop: EXDEV when forwarding, EINVAL
@@ -420,8 +426,76 @@ class CheckContext:
         flow = explanation.flow
         if explanation.origin != "forwarded" or not flow.src or not flow.iif:
             return None
+        key = (flow.src, flow.dst, flow.iif, flow.proto, flow.sport, flow.dport, flow.mark, "new")
+        cache = self.__dict__.setdefault("_flow_cache", {})
+        if key not in cache:
+            path = self._path_from_explanation(explanation, "the flow asked about")
+            if path is not None:
+                cache[key] = path
         return self.flow(flow.src, flow.dst, flow.iif, why="the flow asked about",
                          proto=flow.proto, sport=flow.sport, dport=flow.dport, mark=flow.mark)
+
+    @cached_property
+    def _hooks_reusable(self) -> bool:
+        """Whether an explanation's hook walks can stand for this engine's own: no rule
+        reads what the two models set differently (packet length, address types,
+        REDIRECT's interface address). MASQUERADE is compared per flow."""
+        words = ("fib ", "length", "addrtype", "redirect", "tproxy")
+        for chain in self.ruleset.chains.values():
+            for rule in chain.rules:
+                text = rule.text.lower()
+                if any(w in text for w in words):
+                    return False
+        return True
+
+    def _path_from_explanation(self, explanation, why: str) -> FlowPath | None:
+        """The FlowPath `flow()` would compute, taken from the explanation's own walk
+        (hooks and routing decision) when its inputs are provably the same; None
+        otherwise (then `flow()` walks again)."""
+        flow = explanation.flow
+        hooks = explanation.hooks
+        if (explanation.state is not self.state or explanation.conntrack is not None or flow.tos
+                or not hooks or hooks[0].hook != "prerouting" or not explanation.decisions
+                or not self._hooks_reusable):
+            return None
+        pre = hooks[0]
+        packet = self._flow_packet(flow.src, flow.dst, flow.iif, flow.proto, flow.sport, flow.dport, flow.mark, "new")
+        # the explanation leaves the length unset; no rule reads it (_hooks_reusable)
+        if pre.verdict != "accept" or dataclasses.replace(packet, length=None) != pre.packet_in:
+            return None
+        decision = explanation.decisions[0]
+        packet = pre.packet
+        query = fib.FibQuery(family=family_of(packet.dst), dst=packet.dst, src=packet.src, iif=flow.iif,
+                             mark=packet.mark, proto=flow.proto, sport=flow.sport, dport=flow.dport)
+        if decision.stage != "routing" or decision.query != query:
+            return None
+        result = decision.result
+        src, dst, iif = flow.src, flow.dst, flow.iif
+        path = FlowPath(src, dst, iif, flow.proto, flow.sport, flow.dport, why, result, mark=packet.mark)
+        if not result.error and result.dev and result.type in (None, "unicast"):
+            link = self.links.get(result.dev)
+            packet = dataclasses.replace(packet, oif=result.dev, oifkind=link.kind if link else None)
+            if len(hooks) < 2 or hooks[1].hook != "forward" or hooks[1].packet_in != packet:
+                return None
+            forward, post = hooks[1], None
+            if forward.verdict == "accept":
+                if len(hooks) < 3 or hooks[2].hook != "postrouting" or hooks[2].packet_in != forward.packet:
+                    return None
+                post = hooks[2]
+            for hook in (pre, forward, post):
+                if hook is not None and hook.uncertain:
+                    return None
+                for n in hook.nat if hook is not None else ():
+                    if n.type == "masquerade" and self.address_info.masquerade_source(
+                            hook.packet_in.oif, hook.packet_in.dst) != n.to:
+                        return None
+            snat = tuple(n for n in (post.nat if post else ()) if n.field == "src")
+            path = FlowPath(src, dst, iif, flow.proto, flow.sport, flow.dport, why, result, mark=packet.mark,
+                            forward=forward, post=post,
+                            out_src=post.packet.src if post else packet.src, snat=snat)
+        self.__dict__.setdefault("_fib_cache", {}).setdefault(
+            (query.dst, query.src, query.iif, None, query.mark, query.proto, query.sport, query.dport), result)
+        return path
 
     def source_routed_back_via(self, source: str, ifname: str) -> bool:
         """Whether the far side of `ifname` can answer `source`: it is an address or a

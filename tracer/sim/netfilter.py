@@ -20,13 +20,14 @@ Semantics (the kernel is the judge; see docs/netfilter.md):
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from tracer.sim.nft_expr import Scope, compile_nft_rule, nft_text_index, xt_target_from_text
+from tracer.sim.nft_expr import AddrEqCond, Scope, compile_nft_rule, nft_text_index, xt_target_from_text
 from tracer.sim.nft_ipt import BUILTIN, LEGACY_PRIORITY, compile_saved_chain_rules, parse_save
 from tracer.sim.nft_model import (
     HOOKS, NAT_CORE_PRIORITY, PRIO_CONNTRACK, Chain, Cond, EvalState, Miss, NatSpec, Rule, Stmt,
@@ -46,6 +47,10 @@ ORIGIN_HOOKS = MappingProxyType({
 })
 _TERMINAL = ("drop", "reject", "queue")
 MAX_JUMP_DEPTH = 16  # NFT_JUMP_STACK_SIZE
+# Chains longer than this are indexed by address: rules whose leading matches
+# include `ip saddr/daddr == ADDRESS` are only evaluated for packets with that
+# address. Shorter chains keep a reason for every rule.
+INDEX_MIN_RULES = 64
 
 
 def hooks_for_origin(origin: str) -> tuple[str, ...]:
@@ -172,6 +177,34 @@ class RuleVisit:
         return dataclasses.asdict(self)
 
 
+class _LazyWhy:
+    """A non-matching rule's reason, formatted only when read (most never are)."""
+
+    __slots__ = ("cond", "snap")
+
+    def __init__(self, cond: Cond, snap: "_Snap"):
+        self.cond, self.snap = cond, snap
+
+    def text(self) -> str:
+        return self.cond.why(self.snap.st) if self.cond.why else self.cond.text
+
+
+def _get_reason(self) -> str | None:
+    r = self.__dict__["_reason"]
+    if isinstance(r, _LazyWhy):
+        r = r.text()
+        self.__dict__["_reason"] = r
+    return r
+
+
+def _set_reason(self, value) -> None:
+    self.__dict__["_reason"] = value
+
+
+# `reason` stays a dataclass field (constructor, asdict, ==) but is resolved on read.
+RuleVisit.reason = property(_get_reason, _set_reason)
+
+
 @dataclass(frozen=True)
 class ChainVisit:
     family: str
@@ -186,6 +219,9 @@ class ChainVisit:
     verdict: str | None = None  # accept | drop | reject | queue | None (not run)
     verdict_from: str | None = None  # "rule" | "policy" | None
     skipped: str | None = None  # why the chain did not run for this packet
+    # rules not evaluated because their address match cannot hold for this
+    # packet (chains longer than INDEX_MIN_RULES are indexed by address)
+    skipped_rules: int = 0
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "steps"}
@@ -291,6 +327,8 @@ class Ruleset:
     hook_chains: Mapping[tuple[str, str], tuple[tuple[Chain, ...], ...]]  # (pf, hook) -> slots
     warnings: tuple[str, ...] = ()
     reachable: Mapping[tuple[str, str, str, str], tuple[str, ...]] = field(default_factory=dict)
+    # chain key -> _ChainIndex, for chains longer than INDEX_MIN_RULES
+    indexes: Mapping[tuple[str, str, str, str], "_ChainIndex"] = field(default_factory=dict)
 
     # -- inventory
     def sources(self) -> dict[str, list[str]]:
@@ -485,7 +523,52 @@ def load_ruleset(raw: dict) -> Ruleset:
                     (sc.policy or "ACCEPT").lower() if hook else None, 0, i)
 
     return Ruleset(MappingProxyType(chains), MappingProxyType(_hook_slots(chains)),
-                   tuple(warnings), MappingProxyType(_reachability(chains)))
+                   tuple(warnings), MappingProxyType(_reachability(chains)),
+                   MappingProxyType(build_indexes(chains)))
+
+
+class _ChainIndex:
+    """Which rules of one chain can match a packet, by its addresses.
+
+    A rule is bucketed under (attr, value) when one of its leading matches (the
+    matches before its first statement or verdict) is an `AddrEqCond`: for any
+    other address that match is false, so the rule cannot match. Every other
+    rule is in `always`. Positions are rule indexes, ascending."""
+
+    __slots__ = ("always", "src", "dst", "size")
+
+    def __init__(self, rules: tuple[Rule, ...]):
+        self.always: list[int] = []
+        self.src: dict[int, list[int]] = {}
+        self.dst: dict[int, list[int]] = {}
+        self.size = len(rules)
+        for i, rule in enumerate(rules):
+            key = None
+            for it in rule.items:
+                if not isinstance(it, Cond):
+                    break
+                if isinstance(it, AddrEqCond):
+                    key = it
+                    break
+            if key is None:
+                self.always.append(i)
+            else:
+                (self.src if key.eq_attr == "src_i" else self.dst).setdefault(key.eq_value, []).append(i)
+
+    def next_candidate(self, idx: int, st: EvalState) -> int:
+        """The first rule at or after `idx` that may match the packet (size if none)."""
+        best = self.size
+        for lst in (self.always, self.src.get(st.src_i), self.dst.get(st.dst_i)):
+            if lst:
+                j = bisect.bisect_left(lst, idx)
+                if j < len(lst) and lst[j] < best:
+                    best = lst[j]
+        return best
+
+
+def build_indexes(chains: Mapping, min_rules: int = INDEX_MIN_RULES) -> dict:
+    """chain key -> _ChainIndex for every chain with more than `min_rules` rules."""
+    return {k: _ChainIndex(c.rules) for k, c in chains.items() if len(c.rules) > min_rules}
 
 
 def _save_ok(raw: dict, fam: str) -> bool:
@@ -587,8 +670,40 @@ def _state(packet: PacketView, hook: str, addresses: AddressInfo) -> EvalState:
     return st
 
 
-class _Ctx:
-    __slots__ = ("hook", "addresses", "nat", "reasons", "mss", "chain")
+class _Snap:
+    """The packet state that lazy reasons read. While `used` is false nobody
+    refers to it; before the live state changes, a used snapshot is detached
+    (copied) so the reasons still describe the packet the rule saw."""
+
+    __slots__ = ("st", "used")
+
+    def __init__(self, st: EvalState):
+        self.st, self.used = st, False
+
+
+class _Epoch:
+    __slots__ = ("cur",)
+
+    def __init__(self, st: EvalState):
+        self.cur = _Snap(st)
+
+    def before_change(self, st: EvalState) -> None:
+        if self.cur.used:
+            self.cur.st = _copy_state(self.cur.st)
+            self.cur = _Snap(st)
+
+
+_STATE_SLOTS = EvalState.__slots__
+
+
+def _copy_state(st: EvalState) -> EvalState:
+    new = EvalState()
+    for name in _STATE_SLOTS:
+        try:
+            setattr(new, name, getattr(st, name))
+        except AttributeError:
+            pass
+    return new
 
 
 def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: AddressInfo | None = None) -> HookTraversal:
@@ -597,6 +712,7 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
         raise ValueError(f"unknown hook {hook!r}: one of {', '.join(HOOKS)}")
     addresses = addresses or AddressInfo()
     st = _state(packet, hook, addresses)
+    epoch = _Epoch(st)
     visits: list[ChainVisit] = []
     nat: list[NatRewrite] = []
     reasons: list[str] = []
@@ -619,9 +735,10 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
                 if mapped_by:
                     visits.append(_skipped(c, hook, f"not consulted: NAT mapping already set by {mapped_by}"))
                     continue
+                epoch.before_change(st)
                 st.ct_attached = True
                 before = len(nat)
-                v = _run_chain(ruleset, c, hook, st, addresses, nat, reasons, mss, None)
+                v = _run_chain(ruleset, c, hook, st, addresses, nat, reasons, mss, None, epoch)
                 visits.append(v)
                 if v.verdict in _TERMINAL:
                     verdict, stopped = v.verdict, f"not reached: {v.verdict} in {c.family} {c.table} {c.name}"
@@ -631,8 +748,9 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
                     mapped_by = f"{c.family} {c.table} {c.name}"
             continue
         c = slot[0]
+        epoch.before_change(st)
         st.ct_attached = not (hook in ("prerouting", "output") and c.priority < PRIO_CONNTRACK)
-        v = _run_chain(ruleset, c, hook, st, addresses, nat, reasons, mss, None)
+        v = _run_chain(ruleset, c, hook, st, addresses, nat, reasons, mss, None, epoch)
         visits.append(v)
         if v.verdict in _TERMINAL:
             verdict, stopped = v.verdict, f"not reached: {v.verdict} in {c.family} {c.table} {c.name}"
@@ -672,26 +790,40 @@ def _skipped(c: Chain, hook: str, why: str) -> ChainVisit:
 
 
 def _run_chain(rs: Ruleset, chain: Chain, hook: str, st: EvalState, addresses: AddressInfo,
-               nat: list, reasons: list, mss: list, probe: list | None) -> ChainVisit:
+               nat: list, reasons: list, mss: list, probe: list | None,
+               epoch: _Epoch | None = None, use_index: bool = True) -> ChainVisit:
     steps: list[RuleVisit] = []
     stack: list[tuple[Chain, int, int]] = []
     cur, idx, depth = chain, 0, 0
     verdict = verdict_from = None
+    if epoch is None:
+        epoch = _Epoch(st)
+    # the index needs the packet's addresses; the probe walk has none
+    indexes = rs.indexes if use_index and probe is None else {}
+    index = indexes.get(cur.key)
+    skipped = 0
     budget = 1_000_000
     while budget:
         budget -= 1
+        if index is not None and idx < index.size and st.src_i is not None and st.dst_i is not None:
+            nxt = index.next_candidate(idx, st)
+            skipped += nxt - idx
+            idx = nxt
         if idx >= len(cur.rules):
             if stack:
                 steps.append(RuleVisit(cur.name, depth, None, f"(end of chain {cur.name}: return)", True,
                                        None, None, "return"))
                 cur, idx, depth = stack.pop()
+                index = indexes.get(cur.key)
                 continue
             verdict, verdict_from = (chain.policy or "accept"), "policy"
             break
         rule = cur.rules[idx]
         idx += 1
-        matched, reason, actions, v = _eval_rule(rule, st, hook, addresses, cur, nat, reasons, mss)
+        matched, reason, actions, v = _eval_rule(rule, st, hook, addresses, cur, nat, reasons, mss, epoch)
         if matched is None and not st.probe:
+            if isinstance(reason, _LazyWhy):
+                reason = reason.text()
             reasons.append(f"{cur.family} {cur.table} {cur.name} #{rule.id}: {reason}")
         if probe is not None and matched is not False:
             pv = v if matched else _static_verdict(rule)
@@ -709,6 +841,7 @@ def _run_chain(rs: Ruleset, chain: Chain, hook: str, st: EvalState, addresses: A
         if v.kind == "return":
             if stack:
                 cur, idx, depth = stack.pop()
+                index = indexes.get(cur.key)
                 continue
             verdict, verdict_from = (chain.policy or "accept"), "policy"
             break
@@ -723,11 +856,13 @@ def _run_chain(rs: Ruleset, chain: Chain, hook: str, st: EvalState, addresses: A
                     continue
                 stack.append((cur, idx, depth))
             cur, idx, depth = target, 0, depth + 1
+            index = indexes.get(cur.key)
             continue
         verdict, verdict_from = v.kind, "rule"
         break
     return ChainVisit(chain.family, chain.table, chain.name, hook, chain.priority,
-                      chain.type or "filter", chain.policy, chain.source, tuple(steps), verdict, verdict_from)
+                      chain.type or "filter", chain.policy, chain.source, tuple(steps), verdict, verdict_from,
+                      None, skipped)
 
 
 def _static_verdict(rule: Rule) -> Verdict | None:
@@ -740,15 +875,18 @@ def _static_verdict(rule: Rule) -> Verdict | None:
 
 
 def _eval_rule(rule: Rule, st: EvalState, hook: str, addresses: AddressInfo, chain: Chain,
-               nat: list, reasons: list, mss: list):
-    """(matched, reason, actions, verdict) for one rule; applies its side effects."""
+               nat: list, reasons: list, mss: list, epoch: _Epoch):
+    """(matched, reason, actions, verdict) for one rule; applies its side effects.
+    The reason of a failed match is a _LazyWhy (formatted when read)."""
     actions: list[str] = []
     pending: Cond | None = None
     for it in rule.items:
         if isinstance(it, Cond):
             r = it.fn(st)
             if r is False:
-                return False, it.why(st) if it.why else it.text, actions, None
+                snap = epoch.cur
+                snap.used = True
+                return False, _LazyWhy(it, snap), actions, None
             if r is None and pending is None:
                 pending = it
             continue
@@ -766,6 +904,7 @@ def _eval_rule(rule: Rule, st: EvalState, hook: str, addresses: AddressInfo, cha
         # statements
         if it.kind == "counter":
             continue
+        epoch.before_change(st)
         if it.kind == "nat":
             res = _apply_nat(it, rule, st, hook, addresses, chain)
             if isinstance(res, Miss):

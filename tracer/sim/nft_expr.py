@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from tracer.sim.nft_model import (
@@ -482,6 +483,34 @@ def _elements(rhs, scope: Scope) -> list:
 
 # ------------------------------------------------------------------ match
 
+@dataclass(frozen=True, eq=False)
+class AddrEqCond(Cond):
+    """A match that is true only when one address field equals one value
+    (`ip saddr 1.2.3.4`, `-s 1.2.3.4`): lets a long chain be indexed by address."""
+
+    eq_attr: str = ""  # "src_i" | "dst_i"
+    eq_value: int = 0
+
+
+def _addr_eq(m: dict, op: str, kind: str) -> tuple[str, int] | None:
+    """(attr, value) when the match is `ip[6] saddr|daddr == ADDRESS`, else None."""
+    left, right = m.get("left"), m.get("right")
+    if op != "==" or kind not in ("ipv4_addr", "ipv6_addr") or not isinstance(right, str):
+        return None
+    if not isinstance(left, dict) or set(left) != {"payload"}:
+        return None
+    pl = left["payload"]
+    if pl.get("protocol") not in ("ip", "ip6") or pl.get("field") not in ("saddr", "daddr"):
+        return None
+    if right.startswith("@") or "/" in right or "-" in right:
+        return None
+    try:
+        value = conv(kind, right)
+    except (ValueError, TypeError):
+        return None
+    return ("src_i" if pl["field"] == "saddr" else "dst_i"), value
+
+
 def compile_match(m: dict, scope: Scope) -> Cond:
     text = render({"match": m})
     op = m.get("op", "==")
@@ -507,6 +536,9 @@ def compile_match(m: dict, scope: Scope) -> Cond:
         if isinstance(v, Miss):
             return f"{text}: {v.why}"
         return f"{text}: packet has {fmt(kind, v)}"
+    eq = _addr_eq(m, op, kind)
+    if eq is not None:
+        return AddrEqCond(text, fn, field, why, eq[0], eq[1])
     return Cond(text, fn, field, why)
 
 
@@ -880,4 +912,4 @@ def _split_hostport(to: str) -> tuple[str | None, str | None]:
 
 
 __all__ = ["Scope", "compile_nft_rule", "nft_text_index", "xt_target_from_text", "render",
-           "ElementSet", "conv", "fmt", "left_expr", "value_expr", "IPPROTO", "FIB_TYPES"]
+           "ElementSet", "AddrEqCond", "conv", "fmt", "left_expr", "value_expr", "IPPROTO", "FIB_TYPES"]

@@ -12,6 +12,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from tracer.sim.nft_expr import AddrEqCond
 from tracer.sim.nft_model import (
     CT_STATE_BITS, DSCP, ICMP_TYPE_CODES, ICMP_TYPES, ICMPV6_TYPES, IPPROTO, IPPROTO_NAMES,
     TCP_FLAGS, Cond, EvalState, Miss, NatSpec, Rule, Stmt, Unknown, Verdict, parse_int,
@@ -107,8 +108,12 @@ def _addr_cond(opt: str, value: str, neg: bool, family: str) -> Cond:
             return None
         hit = any(lo <= v <= hi for lo, hi in ranges)
         return hit != neg
-    return _cond(f"{'! ' if neg else ''}{opt} {value}", fn, f"ip {'saddr' if attr == 'src' else 'daddr'}",
-                 lambda st: f"{label} is {getattr(st, attr)}")
+    c = _cond(f"{'! ' if neg else ''}{opt} {value}", fn, f"ip {'saddr' if attr == 'src' else 'daddr'}",
+              lambda st: f"{label} is {getattr(st, attr)}")
+    if not neg and len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+        # a single address: lets long chains be indexed by address (netfilter._ChainIndex)
+        return AddrEqCond(c.text, c.fn, c.field, c.why, iattr, ranges[0][0])
+    return c
 
 
 def _cond(text, fn, field="", why=None) -> Cond:
