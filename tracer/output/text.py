@@ -82,6 +82,8 @@ def _netfilter(hooks: list[dict], s: Style) -> list[str]:
                 lines.append(f"    {_chain_title(chain)}: no rule matched ({len(chain['steps'])} checked), {ending}")
                 continue
             lines.append(f"    {_chain_title(chain)}: {verdict} by {how}")
+            if chain.get("skipped_rules"):
+                lines.append(f"      ({chain['skipped_rules']:,} rules cannot match: they select other addresses)")
             if chain.get("omitted"):
                 lines.append(f"      ({chain['omitted']:,} non-matching rules not listed)")
             for step in shown:
