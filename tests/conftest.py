@@ -1,6 +1,7 @@
-"""Shared by every test package: lab_helpers (the lab's test helpers) is importable everywhere."""
+"""Shared by every test package: the helper modules of tests/lab and tests/explain import everywhere."""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent / "lab"))
+for folder in ("lab", "explain"):
+    sys.path.insert(0, str(Path(__file__).parent / folder))

@@ -1,14 +1,10 @@
 """Seed-lab fixtures for explanation tests: one lab per variant, torn down after the module."""
 
-import json
-
 import pytest
 
-from lab_helpers import leftovers, missing_requirements, new_prefix
-from tracer.__main__ import main
+from explain_helpers import MISSING
+from lab_helpers import leftovers, new_prefix
 from tracer.lab import builder
-
-MISSING = missing_requirements()
 
 
 @pytest.fixture(scope="session")
@@ -39,17 +35,3 @@ def seed_lab(kernel_lab):
     labs = SeedLabs()
     yield labs
     labs.close()
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """The CLI in-process, as a user runs it; returns (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def explain_json(capsys, *argv: str) -> dict:
-    status, out, err = run_cli(capsys, *argv, "--json")
-    assert status == 0, err
-    return json.loads(out)

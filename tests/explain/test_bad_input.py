@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_cli
+from explain_helpers import run_cli
 from lab_helpers import why_route_argv
 from tracer.errors import ExitStatus
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from explain_helpers import run_cli
 
 HERE = Path(__file__).parent
 CASES = ["slow-route", "ultimate-route", "ultimate-nosnat-route", "blog-as-written-route", "faster-archlinux"]

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import MISSING, explain_json
+from explain_helpers import MISSING, explain_json
 
 NS = f"wrkp{os.getpid() % 100000}"
 SETUP = """

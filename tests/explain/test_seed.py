@@ -13,7 +13,7 @@ import pytest
 from tracer import snapshot
 from tracer.collect.live import collect_state
 
-from conftest import explain_json, run_cli
+from explain_helpers import explain_json, run_cli
 from lab_helpers import install_observers, observe, ping_from_macbook
 
 FLOW = ("192.168.1.169", "8.8.8.8")
