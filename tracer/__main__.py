@@ -1,13 +1,22 @@
 """Entry point: `python -m tracer` and the `why-route` console script."""
 
+import gc
 import sys
 
 from tracer.errors import ExitStatus, WhyRouteError
 
 
+def tune_gc() -> None:
+    """Collect rarely: loading a million routes or compiling 10,000 nft rules makes
+    millions of acyclic objects, and the default thresholds spend most of the time
+    (3×–4×) re-scanning them. Cycles are still collected."""
+    gc.set_threshold(1_000_000, 100, 100)
+
+
 def main(argv=None) -> int:
     import click
 
+    tune_gc()
     from tracer.cli import cli
 
     try:
