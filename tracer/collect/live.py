@@ -181,17 +181,25 @@ def collect_state(netns: str | None = None, *, netfilter: bool = True, conntrack
     goes to meta["partial_tables"]); kernel_assist then asks the kernel for the
     routes a flow needs, so one live explanation never dumps a full internet table."""
     warnings: list[str] = []
-    with netns_mod.entered(netns):
+    kernel: dict = {}
+
+    def read_kernel() -> None:
         with RtnlSocket() as rtnl:
-            links = rtnl.links()
-            addresses = rtnl.addresses()
-            rules = rtnl.rules()
-            routes, partial = _routes(rtnl, large_table)
-            neighbours = rtnl.neighbours()
-        sysctls = read_sysctls()
+            kernel["links"] = rtnl.links()
+            kernel["addresses"] = rtnl.addresses()
+            kernel["rules"] = rtnl.rules()
+            kernel["routes"], kernel["partial"] = _routes(rtnl, large_table)
+            kernel["neighbours"] = rtnl.neighbours()
+        kernel["sysctls"] = read_sysctls()
+        kernel["conntrack"] = read_conntrack(warnings) if conntrack else ()
+
+    with netns_mod.entered(netns):
         # Subprocesses inherit the namespace we are in; no `ip netns exec` needed.
-        raw_netfilter = collect_netfilter(None) if netfilter else {}
-        entries = read_conntrack(warnings) if conntrack else ()
+        raw_netfilter = collect_netfilter(None, while_running=read_kernel) if netfilter else {}
+        if not netfilter:
+            read_kernel()
+    links, addresses, rules, routes, partial, neighbours, sysctls, entries = (
+        kernel[k] for k in ("links", "addresses", "rules", "routes", "partial", "neighbours", "sysctls", "conntrack"))
     table_names, table_entries = read_rt_tables(rt_tables_files(netns_mod.iproute2_dir(netns)))
     if raw_netfilter:
         raw_netfilter["netns"] = netns

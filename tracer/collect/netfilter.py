@@ -42,7 +42,7 @@ def _argv(cmd: list[str], netns: str | None) -> list[str]:
     return cmd
 
 
-def _run_all(netns: str | None, timeout: float) -> dict[str, dict]:
+def _run_all(netns: str | None, timeout: float, while_running=None) -> dict[str, dict]:
     procs = {}
     results: dict[str, dict] = {}
     env = dict(os.environ, LC_ALL="C")
@@ -55,6 +55,8 @@ def _run_all(netns: str | None, timeout: float) -> dict[str, dict]:
                                           stdin=subprocess.DEVNULL, env=env)
         except OSError as exc:
             results[key] = {"status": "absent", "error": str(exc)}
+    if while_running is not None:  # the caller's other collection overlaps the dumps
+        while_running()
     deadline = time.monotonic() + timeout
     for key, p in procs.items():
         try:
@@ -78,11 +80,14 @@ def _first_line(text: str) -> str:
     return lines[0].strip() if lines else ""
 
 
-def collect_netfilter(netns: str | None = None, *, timeout: float = 20.0) -> dict:
-    """The live ruleset as a JSON-serialisable dict (see docs/netfilter.md)."""
+def collect_netfilter(netns: str | None = None, *, timeout: float = 20.0, while_running=None) -> dict:
+    """The live ruleset as a JSON-serialisable dict (see docs/netfilter.md).
+
+    `while_running()` is called while the dump commands run (other collection
+    then costs no extra wall time)."""
     if netns and shutil.which("ip") is None:
         raise EnvironmentProblem("`ip` (iproute2) is needed to enter a network namespace")
-    res = _run_all(netns, timeout)
+    res = _run_all(netns, timeout, while_running)
 
     for r in res.values():
         err = r.get("stderr", "")
