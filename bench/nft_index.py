@@ -13,14 +13,10 @@ import subprocess
 import sys
 import time
 
+from scale import nft_ruleset, sh  # noqa: E402  (bench scripts share their builders)
+
 NS = "wrnftidx"
 NFT_RULES = 10_000
-
-
-def sh(*argv: str, input: str | None = None) -> None:
-    result = subprocess.run(argv, input=input, text=True, capture_output=True)
-    if result.returncode:
-        raise SystemExit(f"{' '.join(argv)}: {result.stderr.strip()[:500]}")
 
 
 def build() -> None:
@@ -31,11 +27,7 @@ def build() -> None:
                 "route add default via 10.0.0.2"):
         sh("ip", "-n", NS, *cmd.split())
     sh("ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    nft = ["table inet filter {", " chain forward { type filter hook forward priority 0; policy accept;"]
-    nft += [f"  ip saddr 172.17.{i // 250}.{i % 250 + 2} tcp dport {1 + i % 1000} drop" for i in range(NFT_RULES)]
-    nft += [" }", "}", "table ip nat {",
-            " chain postrouting { type nat hook postrouting priority 100; oifname \"up0\" masquerade; }", "}"]
-    sh("ip", "netns", "exec", NS, "nft", "-f", "-", input="\n".join(nft) + "\n")
+    sh("ip", "netns", "exec", NS, "nft", "-f", "-", input=nft_ruleset(NFT_RULES))
 
 
 def main() -> None:

@@ -26,6 +26,15 @@ def sh(*argv: str, input: str | None = None) -> None:
         raise SystemExit(f"{' '.join(argv)}: {result.stderr.strip()[:500]}")
 
 
+def nft_ruleset(count: int) -> str:
+    """A forward chain of `count` per-address drop rules and a MASQUERADE out up0."""
+    nft = ["table inet filter {", " chain forward { type filter hook forward priority 0; policy accept;"]
+    nft += [f"  ip saddr 172.17.{i // 250}.{i % 250 + 2} tcp dport {1 + i % 1000} drop" for i in range(count)]
+    nft += [" }", "}", "table ip nat {",
+            " chain postrouting { type nat hook postrouting priority 100; oifname \"up0\" masquerade; }", "}"]
+    return "\n".join(nft) + "\n"
+
+
 def build(workdir: Path) -> None:
     subprocess.run(["ip", "netns", "del", NS], capture_output=True)
     sh("ip", "netns", "add", NS)
@@ -43,11 +52,7 @@ def build(workdir: Path) -> None:
     batch.write_text("\n".join(setup + routes) + "\n")
     sh("ip", "-n", NS, "-batch", str(batch))
     sh("ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    nft = ["table inet filter {", " chain forward { type filter hook forward priority 0; policy accept;"]
-    nft += [f"  ip saddr 172.17.{i // 250}.{i % 250 + 2} tcp dport {1 + i % 1000} drop" for i in range(NFT_RULES)]
-    nft += [" }", "}", "table ip nat {",
-            " chain postrouting { type nat hook postrouting priority 100; oifname \"up0\" masquerade; }", "}"]
-    sh("ip", "netns", "exec", NS, "nft", "-f", "-", input="\n".join(nft) + "\n")
+    sh("ip", "netns", "exec", NS, "nft", "-f", "-", input=nft_ruleset(NFT_RULES))
 
 
 def queries(path: Path) -> None:
