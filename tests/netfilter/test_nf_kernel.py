@@ -233,5 +233,4 @@ def test_ten_thousand_rules(lab):
     # the address index skipped the rules for other sources; the verdict still agrees with the kernel
     fw = next(c for c in trs[1].chains if c.table == "big")
     assert fw.skipped_rules + len(fw.steps) == 10_001 and fw.skipped_rules >= 9_999
-    print(f"collect {t1 - t0:.2f}s load {t2 - t1:.2f}s walk {t3 - t2:.3f}s")
-    assert t2 - t1 < 10 and t3 - t2 < 1.0
+    print(f"collect {t1 - t0:.2f}s load {t2 - t1:.2f}s walk {t3 - t2:.3f}s")  # figures only: bench/ measures speed

@@ -3,7 +3,6 @@
 
 import copy
 import json
-import time
 
 import pytest
 
@@ -262,8 +261,5 @@ def test_to_dict_is_plain_json(sink):
 
 def test_batch_of_queries_reuses_one_ruleset(sink):
     packets = [pkt(f"10.{i % 250}.{i // 250 % 250}.1", "8.8.4.4", dport=1000 + i % 3000) for i in range(10_000)]
-    t0 = time.perf_counter()
     verdicts = {traverse(sink, "forward", p, addresses=ADDR).verdict for p in packets}
-    elapsed = time.perf_counter() - t0
-    assert verdicts <= {"drop", "reject", "accept"}
-    assert elapsed < 20, elapsed
+    assert verdicts <= {"drop", "reject", "accept"}  # speed: bench/scale.py, not a timed test
