@@ -121,7 +121,7 @@ def test_rich_round_trip(rich_namespace):
 
 def test_cleanup_on_keyboard_interrupt(seed):
     with pytest.raises(KeyboardInterrupt):
-        with Replay(snapshot.load(seed["slow"])) as replay:
+        with Replay(snapshot.load(seed["slow"])):
             assert replay_leftovers(os.getpid())
             raise KeyboardInterrupt
     assert not replay_leftovers(os.getpid())

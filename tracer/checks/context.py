@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from functools import cached_property
 
-from tracer.model import AF_INET, AF_INET6, SCOPE_HOST, SCOPE_LINK, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN, Address, HostState, Route
+from tracer.model import AF_INET, AF_INET6, SCOPE_HOST, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN, Address, HostState, Route
 from tracer.sim import fib
 from tracer.sim.explain import route_text as explain_route_text
 
@@ -155,35 +155,9 @@ class CheckContext:
 
     @cached_property
     def address_info(self):
-        from tracer.sim.netfilter import AddressInfo
+        from tracer.sim.explain import address_info
 
-        local = self.local_addresses
-        kinds = {link.name: link.kind for link in self.state.links}
-
-        def address_type(addr):
-            ip = ipaddress.ip_address(addr)
-            if str(ip) in local or ip.is_loopback:
-                return "local"
-            if ip.is_multicast:
-                return "multicast"
-            if ip.version == 4 and (str(ip) == "255.255.255.255" or self._is_broadcast(str(ip))):
-                return "broadcast"
-            return "unicast"
-
-        def interface_address(ifname, family):
-            fam = AF_INET if family == "ip" else AF_INET6
-            return self.primary_address(ifname, fam)
-
-        def masquerade_source(oif, dst):
-            return self.primary_address(oif, family_of(dst)) if oif else None
-
-        return AddressInfo(masquerade_source, address_type, interface_address, kinds.get)
-
-    def _is_broadcast(self, ip: str) -> bool:
-        for c in self.connected:
-            if c.family == AF_INET and c.network.prefixlen < 31 and str(c.network.broadcast_address) == ip:
-                return True
-        return False
+        return address_info(self.state)
 
     # -- links and addresses -------------------------------------------------
     @cached_property

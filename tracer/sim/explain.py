@@ -252,8 +252,10 @@ def route_text(route, state: HostState) -> str:
 
 # -------------------------------------------------------------- addresses
 
-def _address_info(state: HostState, family: int, gateway_of) -> AddressInfo:
-    local = {a.local for a in state.addresses if a.family == family}
+def address_info(state: HostState, gateway_of=lambda oif: None) -> AddressInfo:
+    """What the netfilter walk needs from the host (shared with the rules engine).
+    `gateway_of(oif)`: the nexthop the routing decision chose on oif, if known."""
+    local = state.cached("local_addresses", lambda: frozenset(a.local for a in state.addresses))
     broadcast = state.cached("broadcast", lambda: {r.dst for r in state.routes if r.type == "broadcast"})
 
     def primary(ifname: str, fam: int):
@@ -348,7 +350,7 @@ class _Walk:
         self.nat: list[dict] = []
         self.notes: list[str] = []
         self.conntrack = find_conntrack(state, flow) if flow.src else None
-        self.addresses = _address_info(state, self.family, self._gateway_on)
+        self.addresses = address_info(state, self._gateway_on)
 
     def _gateway_on(self, oif: str) -> str | None:
         decision = self.decisions[-1].result if self.decisions else None

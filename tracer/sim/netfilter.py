@@ -25,7 +25,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from tracer.sim.nft_expr import AddrEqCond, Scope, compile_nft_rule, nft_text_index, xt_target_from_text
 from tracer.sim.nft_ipt import BUILTIN, LEGACY_PRIORITY, compile_saved_chain_rules, parse_save

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from tracer.sim.nft_expr import AddrEqCond
 from tracer.sim.nft_model import (
     CT_STATE_BITS, DSCP, ICMP_TYPE_CODES, ICMP_TYPES, ICMPV6_TYPES, IPPROTO, IPPROTO_NAMES,
-    TCP_FLAGS, Cond, EvalState, Miss, NatSpec, Rule, Stmt, Unknown, Verdict, parse_int,
+    TCP_FLAGS, Cond, NatSpec, Rule, Stmt, Unknown, Verdict, parse_int,
 )
 
 # Legacy x_tables priorities per (table, hook).
