@@ -1,7 +1,8 @@
 import ipaddress
 
 from tracer.checks import Check
-from tracer.checks.context import ip_int, rule_text
+from tracer.checks.context import rule_text
+from tracer.sim import fib
 
 
 class RuleShadowed(Check):
@@ -89,7 +90,7 @@ def _net(address, length: int, family: int) -> int:
     if not address or length == 0:
         return 0
     width = 32 if family == 4 else 128
-    return ip_int(address, family) >> (width - length) << (width - length)
+    return fib.addr_int(family, address) >> (width - length) << (width - length)
 
 
 def _terminal(ctx, rule) -> bool:

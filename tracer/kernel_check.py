@@ -93,7 +93,8 @@ def cross_check(explanation: Explanation, netns: str | None) -> Explanation:
     if not explanation.decisions:
         return explanation
     with netns_mod.entered(netns), RtnlSocket() as rtnl:
-        rtnl.links()  # fills the index → name map the parsers use
+        # The state was read from this kernel a moment ago: its links name the ifindexes.
+        rtnl.names = {link.index: link.name for link in explanation.state.links}
         answers = [ask(rtnl, d) for d in explanation.decisions]
     differences = [diff for d, a in zip(explanation.decisions, answers) for diff in compare(d, a)]
     final = answers[-1]

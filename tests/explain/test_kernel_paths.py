@@ -99,5 +99,5 @@ def test_ipv6_local_out(namespace, capsys):
     doc = explain_json(capsys, "2001:4860::8888", "--netns", namespace)
     assert doc["origin"] == "local-out"
     assert (doc["decision"]["dev"], doc["egress"]["src"]) == ("up0", "2001:db8:a::1")
-    assert any("RFC 6724" in note for note in doc["notes"])
+    assert any("RFC 6724" in note for note in doc["decision"]["notes"])
     assert doc["kernel"]["agrees"], doc["kernel"]["differences"]

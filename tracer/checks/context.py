@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import socket
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -26,11 +25,6 @@ PROBE_DESTINATIONS = ("8.8.8.8", "1.1.1.1", "9.9.9.9", "208.67.222.222")
 PROBE_SPORT, PROBE_DPORT = 40000, 443
 TCP = 6
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
-
-
-def ip_int(address: str, family: int = AF_INET) -> int:
-    kfam = socket.AF_INET if family == AF_INET else socket.AF_INET6
-    return int.from_bytes(socket.inet_pton(kfam, address), "big")
 
 
 def family_of(address: str) -> int:
@@ -213,11 +207,11 @@ class CheckContext:
         return self.state.conf(family, ifname, key)
 
     def rp_filter(self, ifname: str) -> int:
-        """The effective rp_filter of an interface: the max of `all` and the interface."""
-        return max(self.conf("all", "rp_filter"), self.conf(ifname, "rp_filter"))
+        """The effective rp_filter of an interface, as the simulator computes it."""
+        return fib.conf_or(self.state, ifname, "rp_filter")
 
     def src_valid_mark(self, ifname: str) -> bool:
-        return bool(self.conf("all", "src_valid_mark") or self.conf(ifname, "src_valid_mark"))
+        return bool(fib.conf_or(self.state, ifname, "src_valid_mark"))
 
     # -- rules and routes ----------------------------------------------------
     @cached_property
@@ -299,29 +293,20 @@ class CheckContext:
     def table_has_routes(self, family: int, table: int) -> bool:
         return bool(self.routes_by_table.get((family, table)))
 
-    def _prefix_index(self, family: int, table: int) -> dict[int, dict[int, list[Route]]]:
-        """{prefix length: {network as int: [routes]}} for one table, built on first use."""
-        cache = self.__dict__.setdefault("_prefix_indexes", {})
-        index = cache.get((family, table))
-        if index is None:
-            index = {}
-            for route in self.table_routes(family, table):
-                if route.src_len:
-                    continue  # IPv6 source-specific routes do not serve every source
-                index.setdefault(route.dst_len, {}).setdefault(ip_int(route.dst, family), []).append(route)
-            cache[(family, table)] = index
-        return index
-
     def covering_route(self, family: int, table: int, address: str, prefixlen: int | None = None) -> Route | None:
         """The longest-prefix route in `table` whose prefix holds the whole of address/prefixlen
-        (lowest metric among equals), or None. Route types are not filtered."""
-        width = bits(family)
-        plen = width if prefixlen is None else prefixlen
-        value = ip_int(address, family)
-        index = self._prefix_index(family, table)
-        for length in sorted((n for n in index if n <= plen), reverse=True):
-            mask = ((1 << length) - 1) << (width - length) if length else 0
-            hits = index[length].get(value & mask)
+        (lowest metric among equals), or None. Route types are not filtered. Uses the
+        simulator's per-table index; IPv6 source-specific routes do not serve every source."""
+        plen = bits(family) if prefixlen is None else prefixlen
+        found = fib.index_for(self.state).table(family, table)
+        if found is None:
+            return None
+        value = fib.addr_int(family, address)
+        for length in found.lengths:
+            if length > plen:
+                continue
+            mask = ((1 << length) - 1) << (bits(family) - length) if length else 0
+            hits = [r for r in found.by_len[length].get(value & mask, ()) if not r.src_len]
             if hits:
                 return min(hits, key=lambda r: r.metric)
         return None
@@ -525,6 +510,11 @@ class CheckContext:
             if not self.is_local(host):
                 return host
         return None
+
+
+def context_for(state: HostState) -> CheckContext:
+    """The state's one CheckContext (its indexes are built once per state)."""
+    return state.cached("check_context", lambda: CheckContext(state))
 
 
 def reserved(table: int) -> bool:

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Iterable
 
 from tracer.checks import SEVERITY_RANK, Check, Finding
-from tracer.checks.context import CheckContext
+from tracer.checks.context import CheckContext, context_for
 from tracer.errors import UsageError
 
 _MODULE = re.compile(r"^(wr\d{3})_\w+$")
@@ -96,7 +96,7 @@ def run_flow(state, explanation, checks: Iterable[Check] | None = None, *,
     """The findings that concern one explained flow (for `why-route SRC DST`):
     the flow checks, plus host findings about the ip rules this flow matched."""
     # Shared by every query on this state (a batch asks thousands).
-    ctx = ctx or state.cached("check_context", lambda: CheckContext(state))
+    ctx = ctx or context_for(state)
     checks = catalogue() if checks is None else tuple(checks)
     findings: list[Finding] = []
     path = ctx.flow_from_explanation(explanation)

@@ -36,7 +36,7 @@ def augment(state: HostState, flow, netns: str | None) -> HostState:
 
     found = []
     with netns_mod.entered(netns), RtnlSocket() as rtnl:
-        rtnl.links()
+        rtnl.names = {link.index: link.name for link in state.links}  # read from this kernel just now
         index = {name: i for i, name in rtnl.names.items()}
         common = dict(family=flow.family, mark=flow.mark, tos=flow.tos)
         iif = flow.iif

@@ -6,8 +6,7 @@ this module only picks the flows worth showing and reads the JSON contract.
 
 from __future__ import annotations
 
-import ipaddress
-
+from tracer.checks.context import context_for
 from tracer.model import AF_INET, TABLE_MAIN, HostState
 
 INTERNET = {4: "8.8.8.8", 6: "2001:4860:4860::8888"}
@@ -20,10 +19,8 @@ def key_flows(*states: HostState) -> list[tuple[str, str]]:
     sources: list[str] = []
     destinations: dict[int, list[str]] = {4: [INTERNET[4]], 6: [INTERNET[6]]}
     for state in states:
-        local = {a.local for a in state.addresses}
-        sources += [_first_host(r.src, r.src_len, local) for r in state.rules if r.src and r.src_len]
+        sources += [_host_in(state, r.src, r.src_len) for r in state.rules if r.src and r.src_len]
     for state in states:
-        local = {a.local for a in state.addresses}
         wan = {nh.dev for r in state.routes if r.dst_len == 0 for nh in r.nexthops}
         for route in state.routes:
             if route.dst_len == 0 and route.gateway:
@@ -32,7 +29,7 @@ def key_flows(*states: HostState) -> list[tuple[str, str]]:
             if (route.table == TABLE_MAIN and route.protocol == "kernel" and route.type == "unicast"
                     and route.dev not in wan and link is not None and not link.pointopoint
                     and "LOOPBACK" not in link.flags and route.dst_len < (30 if route.family == AF_INET else 126)):
-                sources.append(_first_host(route.dst, route.dst_len, local))
+                sources.append(_host_in(state, route.dst, route.dst_len))
     flows = []
     for src in dict.fromkeys(s for s in sources if s):
         for dst in dict.fromkeys(destinations[_family(src)]):
@@ -45,14 +42,8 @@ def _family(address: str) -> int:
     return 6 if ":" in address else 4
 
 
-def _first_host(address: str, length: int, local: set[str]) -> str | None:
-    network = ipaddress.ip_network(f"{address}/{length}", strict=False)
-    if network.num_addresses == 1:
-        return str(network.network_address)
-    for host in network.hosts():
-        if str(host) not in local:
-            return str(host)
-    return None
+def _host_in(state: HostState, address: str, length: int) -> str | None:
+    return context_for(state).representative_host(address, length)
 
 
 def explain_doc(state: HostState, src: str | None, dst: str, **options) -> dict:

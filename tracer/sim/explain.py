@@ -20,12 +20,10 @@ from tracer.errors import UsageError
 from tracer.model import AF_INET, AF_INET6, SCOPE_UNIVERSE, ConntrackEntry, HostState
 from tracer.sim import fib
 from tracer.sim.netfilter import AddressInfo, PacketView, load_ruleset, traverse
+from tracer.sim.nft_model import IPPROTO, IPPROTO_NAMES, PORT_PROTOS
 
-PROTOCOLS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51,
-             "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132, "udplite": 136}
-PROTOCOL_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah",
-                  58: "icmpv6", 132: "sctp", 136: "udplite"}
-_PORT_PROTOCOLS = (6, 17, 132, 136)
+# --proto names are nft's (IPPROTO); the ports need a protocol that has them.
+PROTOCOL_NAMES = IPPROTO_NAMES
 
 
 @dataclass(frozen=True)
@@ -59,10 +57,10 @@ def parse_protocol(text: str | None) -> int:
         return 0
     if text.isdigit() and 0 <= int(text) <= 255:
         return int(text)
-    try:
-        return PROTOCOLS[text.lower()]
-    except KeyError:
-        raise UsageError(f"unknown protocol {text!r}: use tcp, udp, icmp, sctp or a number 0-255") from None
+    number = IPPROTO.get(text.lower(), 256)
+    if number <= 255:
+        return number
+    raise UsageError(f"unknown protocol {text!r}: use tcp, udp, icmp, sctp or a number 0-255") from None
 
 
 def parse_number(text: str | int | None, what: str, maximum: int) -> int | None:
@@ -93,7 +91,7 @@ def make_flow(dst: str, src: str | None = None, *, iif=None, oif=None, proto=Non
     protocol = parse_protocol(proto)
     sport_n = parse_number(sport, "source port", 65535)
     dport_n = parse_number(dport, "destination port", 65535)
-    if (sport_n is not None or dport_n is not None) and protocol and protocol not in _PORT_PROTOCOLS:
+    if (sport_n is not None or dport_n is not None) and protocol and protocol not in PORT_PROTOS:
         raise UsageError(f"ports need --proto tcp, udp or sctp, not {PROTOCOL_NAMES.get(protocol, protocol)}")
     if (sport_n is not None or dport_n is not None) and not protocol:
         protocol = 6
@@ -255,28 +253,24 @@ def route_text(route, state: HostState) -> str:
 def address_info(state: HostState, gateway_of=lambda oif: None) -> AddressInfo:
     """What the netfilter walk needs from the host (shared with the rules engine).
     `gateway_of(oif)`: the nexthop the routing decision chose on oif, if known."""
-    local = state.cached("local_addresses", lambda: frozenset(a.local for a in state.addresses))
     broadcast = state.cached("broadcast", lambda: {r.dst for r in state.routes if r.type == "broadcast"})
 
     def primary(ifname: str, fam: int):
         return [a for a in state.addresses_of(ifname, fam) if not a.secondary and a.scope == SCOPE_UNIVERSE]
 
     def masquerade_source(oif, dst):
-        # MASQUERADE takes inet_select_addr(oif, nexthop, universe): a primary
-        # address whose subnet holds the nexthop, else the first one.
+        # MASQUERADE: inet_select_addr(oif, nexthop, universe) — the simulator's
+        # source selection towards the gateway the decision chose, else dst.
         if not oif:
             return None
-        fam = AF_INET6 if ":" in dst else AF_INET
-        candidates = primary(oif, fam)
         nexthop = gateway_of(oif) or dst
-        for a in candidates:
-            if _in_prefix(nexthop, a.network_address, a.prefixlen):
-                return a.local
-        return candidates[0].local if candidates else None
+        if ":" in dst:
+            return fib.ipv6_select_source(state, oif, nexthop)
+        return fib.select_source(state, oif, fib.addr_int(AF_INET, nexthop), SCOPE_UNIVERSE)
 
     def address_type(addr):
         ip = ipaddress.ip_address(addr)
-        if addr in local or ip.is_loopback:
+        if _is_local(state, addr) or ip.is_loopback:
             return "local"
         if ip.is_multicast:
             return "multicast"
@@ -295,15 +289,8 @@ def address_info(state: HostState, gateway_of=lambda oif: None) -> AddressInfo:
     return AddressInfo(masquerade_source, address_type, interface_address, interface_kind)
 
 
-def _in_prefix(addr: str, network: str, prefixlen: int) -> bool:
-    try:
-        return ipaddress.ip_address(addr) in ipaddress.ip_network(f"{network}/{prefixlen}", strict=False)
-    except ValueError:
-        return False
-
-
 def _is_local(state: HostState, addr: str) -> bool:
-    return any(a.local == addr for a in state.addresses)
+    return addr in state.cached("local_addresses", lambda: frozenset(a.local for a in state.addresses))
 
 
 # -------------------------------------------------------------- conntrack
@@ -393,17 +380,6 @@ class _Walk:
         )
 
 
-def _ipv6_source(state: HostState, dev: str | None, dst: str) -> str | None:
-    candidates = [a for a in state.addresses_of(dev, AF_INET6) if a.scope == SCOPE_UNIVERSE] if dev else []
-    if not candidates:
-        return None
-    target = int(ipaddress.IPv6Address(dst))
-
-    def common_prefix(a):
-        return 128 - (int(ipaddress.IPv6Address(a.local)) ^ target).bit_length()
-    return max(candidates, key=common_prefix).local
-
-
 def _check_interfaces(state: HostState, flow: Flow) -> None:
     for option, name in (("--iif", flow.iif), ("--oif", flow.oif)):
         if name and state.link(name) is None:
@@ -473,11 +449,6 @@ def _explain_output(state: HostState, flow: Flow, inferred: str | None) -> Expla
     if result.error:
         return _routing_failed(walk, "local-out", inferred, result)
     src = flow.src or result.prefsrc
-    if src is None and flow.family == AF_INET6:
-        src = _ipv6_source(state, result.dev, flow.dst)
-        if src:
-            walk.notes.append(f"IPv6 source {src}: approximated (longest matching prefix among {result.dev}'s "
-                              "global addresses); the kernel's full RFC 6724 selection is not simulated")
     if src is None:
         return _finish(walk, "local-out", inferred, "unreachable", "no source address to send from")
     if walk.conntrack is None:

@@ -361,8 +361,9 @@ def _conf(state: HostState, family: int, ifname: str, key: str) -> int:
     return int(raw)
 
 
-def _conf_or(state: HostState, ifname: str, key: str) -> int:
-    """IN_DEV_ORCONF: the device's value or the `all` value (max for rp_filter)."""
+def conf_or(state: HostState, ifname: str, key: str) -> int:
+    """IN_DEV_ORCONF: the effective IPv4 devconf — the device's value or the `all`
+    value (max for rp_filter). The rules engine asks this too."""
     return max(_conf(state, AF_INET, "all", key), _conf(state, AF_INET, ifname, key))
 
 
@@ -779,7 +780,7 @@ def select_source(state: HostState, dev: str | None, dst: int, scope: int) -> st
     (loopback first, VRF slaves excluded)."""
     link = state.link(dev)
     if link is not None:
-        localnet_scope = SCOPE_LINK if _conf_or(state, link.name, "route_localnet") else SCOPE_HOST
+        localnet_scope = SCOPE_LINK if conf_or(state, link.name, "route_localnet") else SCOPE_HOST
         chosen = None
         for a in state.addresses_of(link.name, AF_INET):
             if a.secondary or min(a.scope, localnet_scope) > scope:
@@ -796,6 +797,16 @@ def select_source(state: HostState, dev: str | None, dst: int, scope: int) -> st
             if not a.secondary and a.scope != SCOPE_LINK and a.scope <= scope:
                 return a.local
     return None
+
+
+def ipv6_select_source(state: HostState, dev: str | None, dst: str) -> str | None:
+    """An approximation of ipv6_dev_get_saddr: of `dev`'s global addresses, the one
+    sharing the longest prefix with `dst` (RFC 6724 rule 8 only)."""
+    candidates = [a for a in state.addresses_of(dev, AF_INET6) if a.scope == SCOPE_UNIVERSE] if dev else []
+    if not candidates:
+        return None
+    target = addr_int(AF_INET6, dst)
+    return max(candidates, key=lambda a: 128 - (addr_int(AF_INET6, a.local) ^ target).bit_length()).local
 
 
 def _route_source(state: HostState, route: Route, nh: Nexthop | None) -> str | None:
@@ -818,16 +829,16 @@ def _validate_source(ix: FibIndex, flow: _Flow, dst_for_reverse: int, oif: str |
     output device (lo for local delivery), the mark only with src_valid_mark."""
     state = ix.state
     dev = flow.iif
-    rpf = _conf_or(state, dev, "rp_filter")
-    accept_local = _conf_or(state, dev, "accept_local")
-    if not rpf and (dev != oif or not _conf_or(state, dev, "send_redirects")):
+    rpf = conf_or(state, dev, "rp_filter")
+    accept_local = conf_or(state, dev, "accept_local")
+    if not rpf and (dev != oif or not conf_or(state, dev, "send_redirects")):
         if accept_local:
             return None
         if not (ix.has_custom_local_routes() or not ix.merged):
             owner = ix.local_address(AF_INET, flow.src)
             return f"source {int_addr(AF_INET, flow.src)} is a local address (of {owner})" if owner else None
     reverse = _Flow(family=AF_INET, dst=flow.src, src=dst_for_reverse, iif=oif or LOOPBACK, oif=None,
-                    mark=flow.mark if _conf_or(state, dev, "src_valid_mark") else 0, tos=flow.tos,
+                    mark=flow.mark if conf_or(state, dev, "src_valid_mark") else 0, tos=flow.tos,
                     proto=flow.proto, sport=flow.dport, dport=flow.sport, uid=0)
     src_text = int_addr(AF_INET, flow.src)
     lk = _fib_lookup(ix, reverse, full_trace=False)
@@ -881,10 +892,10 @@ def route_input(state: HostState, query: FibQuery) -> FibResult:
     if _v4_zeronet(dst):
         return fail("EINVAL", f"martian destination {dst_text} (0.0.0.0/8)", route_get_note)
     if _v4_loopback(dst):
-        if not _conf_or(state, dev, "route_localnet"):
+        if not conf_or(state, dev, "route_localnet"):
             return fail("EINVAL", f"martian destination {dst_text} (127/8, route_localnet=0 on {dev})",
                         route_get_note)
-    elif _v4_loopback(src) and not _conf_or(state, dev, "route_localnet"):
+    elif _v4_loopback(src) and not conf_or(state, dev, "route_localnet"):
         return fail("EINVAL", f"martian source {src_text} (127/8, route_localnet=0 on {dev})", route_get_note)
 
     lk = _fib_lookup(ix, flow)
@@ -932,7 +943,7 @@ def _multicast_input(ix: FibIndex, flow: _Flow, route_get_note: str) -> FibResul
                     "devices is modelled)")
     if _v4_multicast(flow.src) or _v4_lbcast(flow.src):
         return fail(f"martian source {src_text} (multicast/broadcast)")
-    if _v4_loopback(flow.src) and not _conf_or(state, dev, "route_localnet"):
+    if _v4_loopback(flow.src) and not conf_or(state, dev, "route_localnet"):
         return fail(f"martian source {src_text} (127/8, route_localnet=0 on {dev})")
     if _v4_zeronet(flow.src):
         if not _v4_local_multicast(flow.dst) and flow.proto != IPPROTO_IGMP:
@@ -982,7 +993,15 @@ def route_output(state: HostState, query: FibQuery) -> FibResult:
     fam = query.family
     flow = _flow(state, query, iif=LOOPBACK, oif=query.oif, uid=query.uid or 0, ports=True)
     if fam == AF_INET6:
-        return _result(ix, flow, _fib_lookup(ix, flow))
+        res = _result(ix, flow, _fib_lookup(ix, flow))
+        if query.src or res.error or res.prefsrc or not res.dev:
+            return res
+        source = ipv6_select_source(state, res.dev, query.dst)
+        if source is None:
+            return res
+        return _replace(res, prefsrc=source, notes=(*res.notes, (
+            f"IPv6 source {source}: approximated (longest matching prefix among {res.dev}'s global "
+            "addresses); the kernel's full RFC 6724 selection is not simulated")))
 
     def fail(err: str, why: str) -> FibResult:
         return FibResult(family=fam, error=err, error_reason=why)
@@ -1096,7 +1115,7 @@ def _output_checks(ix: FibIndex, res: FibResult, flow: _Flow) -> FibResult:
 
     def keeps_loopback(dev: str) -> bool:
         link = state.link(dev)
-        return bool(link and "LOOPBACK" in link.flags) or bool(_conf_or(state, dev, "route_localnet"))
+        return bool(link and "LOOPBACK" in link.flags) or bool(conf_or(state, dev, "route_localnet"))
 
     if _v4_loopback(src) and devs:
         refused = [d for d in devs if not keeps_loopback(d)]
