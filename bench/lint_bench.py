@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     runs = parser.parse_args().runs
 
-    from tracer import snapshot
+    from tracer.collect import snapshot
     from tracer.collect.live import collect_state
     from tracer.lab import builder
 

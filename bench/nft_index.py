@@ -35,10 +35,7 @@ def main() -> None:
     from tracer.output.json_out import render
     from tracer.sim.explain import explain, make_flow
 
-    try:
-        from tracer.checks import flow_findings
-    except ImportError:
-        flow_findings = None
+    from tracer.checks.engine import flow_findings
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     build()
     try:
@@ -56,14 +53,12 @@ def main() -> None:
     first = flows.pop(0)
     t0 = time.perf_counter()
     e = explain(state, first)  # compiles the ruleset (cached on the state)
-    if flow_findings:
-        e = e.with_findings(flow_findings(e))
+    e = e.with_findings(flow_findings(e))
     render(e.to_dict(), pretty=False)
     t1 = time.perf_counter()
     for flow in flows:
         e = explain(state, flow)
-        if flow_findings:
-            e = e.with_findings(flow_findings(e))
+        e = e.with_findings(flow_findings(e))
         render(e.to_dict(), pretty=False)
     t2 = time.perf_counter()
     print(f"first query (compiles the ruleset) {1000 * (t1 - t0):.0f} ms; "

@@ -1,4 +1,4 @@
-from tracer.checks import Check
+from tracer.checks.base import Check
 from tracer.checks.context import AF_INET, reserved, route_text, rule_text, table_arg
 
 

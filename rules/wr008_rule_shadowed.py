@@ -1,6 +1,6 @@
 import ipaddress
 
-from tracer.checks import Check
+from tracer.checks.base import Check
 from tracer.checks.context import rule_text
 from tracer.sim import fib
 

@@ -1,6 +1,6 @@
 import ipaddress
 
-from tracer.checks import Check
+from tracer.checks.base import Check
 from tracer.checks.context import prefix_text, rule_text
 
 

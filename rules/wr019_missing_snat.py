@@ -1,4 +1,4 @@
-from tracer.checks import Check
+from tracer.checks.base import Check
 from tracer.checks.context import is_private
 from tracer.checks.fixes import snat_command
 

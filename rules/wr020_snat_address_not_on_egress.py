@@ -1,4 +1,4 @@
-from tracer.checks import Check
+from tracer.checks.base import Check
 from tracer.checks.fixes import rule_accepts_oif, snat_command
 
 

@@ -1,6 +1,6 @@
 import re
 
-from tracer.checks import Check
+from tracer.checks.base import Check
 from tracer.checks.fixes import rule_accepts_oif
 
 

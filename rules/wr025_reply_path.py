@@ -1,4 +1,4 @@
-from tracer.checks import Check
+from tracer.checks.base import Check
 from tracer.checks.context import route_text
 from tracer.checks.fixes import forward_accept_commands
 

@@ -33,7 +33,7 @@ class StateSource:
         """The whole state; `for_flows` (live only) leaves out IPv4 tables larger
         than LARGE_TABLE, whose routes explain_flow then asks the kernel for."""
         if self.snapshot:
-            from tracer import snapshot
+            from tracer.collect import snapshot
             return snapshot.load(self.snapshot)
         from tracer.collect.live import collect_state
         return collect_state(self.netns, large_table=LARGE_TABLE if for_flows else None)
@@ -59,10 +59,8 @@ def explain_flow(state: HostState, flow, source: StateSource) -> dict:
 
 
 def _flow_findings(explanation) -> list:
-    try:
-        from tracer.checks import flow_findings
-    except ImportError:  # the rules engine is optional for explanations
-        return []
+    from tracer.checks.engine import flow_findings
+
     return flow_findings(explanation)
 
 

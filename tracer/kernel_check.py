@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 
-from tracer.collect import netns as netns_mod
+from tracer import netns as netns_mod
 from tracer.collect.netlink import NetlinkError, RtnlSocket
 from tracer.model import AF_INET, Route
 from tracer.sim.explain import Decision, Explanation

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer import snapshot
+from tracer.collect import snapshot
 from tracer.collect.live import collect_state
 
 from explain_helpers import explain_json, run_cli

@@ -14,7 +14,7 @@ import shutil
 import pytest
 from lint_helpers import replay_leftovers
 
-from tracer import snapshot
+from tracer.collect import snapshot
 from tracer.collect.live import collect_state
 from tracer.lab import builder
 

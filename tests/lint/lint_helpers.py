@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tracer.replay import ETC_NETNS, NAME_PREFIX, NETNS_RUN_DIR
+from tracer.lint.replay import ETC_NETNS, NAME_PREFIX, NETNS_RUN_DIR
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from lint_helpers import replay_leftovers, why_route
-from tracer import snapshot
-from tracer.collect import netns
+from tracer.collect import snapshot
+from tracer import netns
 from tracer.collect.live import collect_state
-from tracer.replay import IFF_NO_PI, IFF_TUN, TUNSETIFF, Replay, _route_key, sweep_stale
+from tracer.lint.replay import IFF_NO_PI, IFF_TUN, TUNSETIFF, Replay, _route_key, sweep_stale
 
 
 def same_state(source, copy):

@@ -4,7 +4,7 @@
 import glob
 from pathlib import Path
 
-from tracer import snapshot
+from tracer.collect import snapshot
 from tracer.checks.context import CheckContext
 from tracer.errors import WhyRouteError
 from tracer.sim.explain import explain, make_flow

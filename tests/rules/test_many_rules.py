@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracer import snapshot
+from tracer.collect import snapshot
 from tracer.checks import engine
 from tracer.model import Address, Nexthop, Route, Rule
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tracer import snapshot
-from tracer.checks import DOC_SECTIONS, Finding, docs, engine
+from tracer.collect import snapshot
+from tracer.checks import docs, engine
+from tracer.checks.base import DOC_SECTIONS, Finding
 from tracer.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,7 +128,7 @@ def test_docs_have_every_section_and_are_current():
 
 
 def test_docs_refuse_a_missing_section():
-    from tracer.checks import Check
+    from tracer.checks.base import Check
 
     class Broken(Check):
         """Something
@@ -217,7 +218,7 @@ def test_cli_rules_lists_and_prints_pages():
 def test_cli_colour_only_when_asked_for():
     plain = why_route("check", "--snapshot", "tests/rules/fixtures/WR019/bad.json", env={"NO_COLOR": "1"})
     assert "\033[" not in plain.stdout
-    from tracer.checks import render
+    from tracer.output import check as render
 
     findings = engine.run(load("WR019", "bad"))
     assert "\033[" in render.text(findings, colour=True, source="x", rules_run=1)
@@ -225,7 +226,7 @@ def test_cli_colour_only_when_asked_for():
 
 def test_flow_findings_for_why_route_src_dst():
     """The `findings` of an explanation: the flow-level rules on that one flow."""
-    from tracer.checks import flow_findings
+    from tracer.checks.engine import flow_findings
     from tracer.sim.explain import explain, make_flow
 
     state = load("WR024", "bad")

@@ -259,7 +259,7 @@ class NamespaceLab:
         self.failed += [line for line in p.stderr.splitlines() if line.strip()]
 
     def _sysctls(self, values: dict[str, str]) -> None:
-        from tracer.collect.netns import entered
+        from tracer.netns import entered
         with entered(self.name):
             for key, value in values.items():
                 with open(f"/proc/sys/{key}", "w") as fh:

@@ -23,7 +23,7 @@ from tracer.collect.live import collect_state  # noqa: E402
 from tracer.collect.netlink import NetlinkError, RtnlSocket  # noqa: E402
 
 NLM_F_ACK = 0x4
-from tracer.collect.netns import entered  # noqa: E402
+from tracer.netns import entered  # noqa: E402
 from tracer.sim.fib import FibQuery, FibResult, _gateway_used, index_for, route  # noqa: E402
 
 CONFIGS = int(os.environ.get("WHYROUTE_FIB_CONFIGS", "24"))

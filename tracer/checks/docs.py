@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from tracer.checks import DOC_SECTIONS, Check
+from tracer.checks.base import DOC_SECTIONS, Check
 
 DOCS_DIR = Path(__file__).resolve().parents[2] / "docs" / "rules"
 _HEADING = re.compile(r"^## (.+)$", re.M)

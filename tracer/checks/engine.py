@@ -8,7 +8,7 @@ import re
 from functools import lru_cache
 from typing import Iterable
 
-from tracer.checks import SEVERITY_RANK, Check, Finding
+from tracer.checks.base import SEVERITY_RANK, Check, Finding
 from tracer.checks.context import CheckContext, context_for
 from tracer.errors import UsageError
 
@@ -126,3 +126,8 @@ def grouped(findings: Iterable[Finding]) -> dict[str, list[Finding]]:
 
 def has_errors(findings: Iterable[Finding]) -> bool:
     return any(f.severity == "error" for f in findings)
+
+
+def flow_findings(explanation) -> list[Finding]:
+    """The findings concerning one explained flow (tracer.sim.explain.Explanation)."""
+    return run_flow(explanation.state, explanation)

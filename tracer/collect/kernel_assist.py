@@ -10,7 +10,7 @@ the explanation needs; `why-route snapshot` always dumps everything.
 
 from __future__ import annotations
 
-from tracer.collect import netns as netns_mod
+from tracer import netns as netns_mod
 from tracer.collect.netlink import NetlinkError, RtnlSocket
 from tracer.model import HostState
 

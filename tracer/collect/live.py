@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tracer.collect import netns as netns_mod
+from tracer import netns as netns_mod
 from tracer.collect.netfilter import collect_netfilter
 from tracer.collect.netlink import RtnlSocket
 from tracer.model import AF_INET, AF_INET6, ConntrackEntry, HostState

@@ -115,7 +115,7 @@ def lint_state(state: HostState, script_path: str, *, source: str = "") -> LintR
 @contextmanager
 def linted(state: HostState, script_path: str, *, source: str = "") -> Iterator[LintReport]:
     """The report, while its namespace (report.namespace, in the state after the script) still exists."""
-    from tracer.replay import Replay
+    from tracer.lint.replay import Replay
 
     started = time.monotonic()
     steps = parse(read_script(script_path))

@@ -1,4 +1,4 @@
-"""`why-route lint` and `why-route verify`: parse, call, render (the logic is in tracer/lint and tracer/replay.py)."""
+"""`why-route lint` and `why-route verify`: parse, call, render (the logic is in tracer/lint and tracer/lint/replay.py)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def lint(script, snapshot, netns, as_json):
     why-route lint fix.sh --netns wr-route --json
     """
     from tracer.lint.run import lint_state, read_script
-    from tracer.replay import require_root
+    from tracer.lint.replay import require_root
 
     read_script(script)  # an unreadable script fails before anything is collected
     state, label = load_source(snapshot, netns)
@@ -44,7 +44,7 @@ def lint(script, snapshot, netns, as_json):
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        from tracer.lint.render import text
+        from tracer.output.lint import text
         from tracer.output.style import use_colour
         click.echo(text(report, colour=use_colour()), nl=False)
     return ExitStatus.PROBLEMS_FOUND if report.failed else ExitStatus.SUCCESS
@@ -97,7 +97,7 @@ def verify(expectations, snapshot, netns, with_script, as_json):
 
 def _state_after(state, script: str):
     from tracer.lint.run import read_script
-    from tracer.replay import require_root, state_after
+    from tracer.lint.replay import require_root, state_after
 
     read_script(script)
     require_root()
@@ -109,7 +109,7 @@ def what_if(state, flow, script: str) -> dict:
     from the replay's result; the script's failed lines are reported on stderr."""
     from tracer.app import StateSource, explain_flow
     from tracer.lint.run import read_script
-    from tracer.replay import require_root, state_after
+    from tracer.lint.replay import require_root, state_after
 
     read_script(script)
     require_root()

@@ -21,7 +21,8 @@ def check(snapshot, netns, select_, ignore, as_json):
     why-route check --snapshot router.json --select WR001,WR019 --json
     """
     from tracer.app import StateSource
-    from tracer.checks import engine, render
+    from tracer.checks import engine
+    from tracer.output import check as render
     from tracer.output.style import use_colour
 
     checks = engine.select(select_, ignore)  # unknown IDs fail before any collection
@@ -40,7 +41,8 @@ def check(snapshot, netns, select_, ignore, as_json):
 @click.argument("rule_id", required=False, metavar="[ID]")
 def rules(rule_id):
     """List the rule catalogue, or print one rule's page."""
-    from tracer.checks import docs, engine, render
+    from tracer.checks import docs, engine
+    from tracer.output import check as render
     from tracer.output.style import use_colour
 
     if rule_id:

@@ -10,9 +10,9 @@ import click
 
 from tracer import __version__
 from tracer.errors import UsageError
-from tracer.checks import cli as check_commands
-from tracer import replay_cli
-from tracer.lab import cli as lab_commands
+from tracer.cli import check as check_commands
+from tracer.cli import lint as lint_commands
+from tracer.cli import lab as lab_commands
 
 
 class ExplainByDefault(click.Group):
@@ -89,7 +89,7 @@ def explain(snapshot, netns, as_json, **params):
     flow = flow_from_params(params)
     source = StateSource(snapshot, netns)
     if params.get("with_script"):
-        doc = replay_cli.what_if(source.load(), flow, params["with_script"])
+        doc = lint_commands.what_if(source.load(), flow, params["with_script"])
     else:
         doc = explain_flow(source.load(for_flows=True), flow, source)
     if as_json:
@@ -113,7 +113,7 @@ def snapshot_command(output, netns):
     why-route snapshot -o router.json
     why-route snapshot --netns wr-route -o route.json
     """
-    from tracer import snapshot
+    from tracer.collect import snapshot
     from tracer.collect.live import collect_state
 
     snapshot.save(collect_state(netns), output)
@@ -156,5 +156,5 @@ def _parse_query(argv: list[str]):
 cli.add_command(lab_commands.lab)
 cli.add_command(check_commands.check)
 cli.add_command(check_commands.rules)
-cli.add_command(replay_cli.lint)
-cli.add_command(replay_cli.verify)
+cli.add_command(lint_commands.lint)
+cli.add_command(lint_commands.verify)

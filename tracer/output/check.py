@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tracer.checks import SEVERITIES, Finding
+from tracer.checks.base import SEVERITIES, Finding
 from tracer.output.style import Style
 
 _COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}

@@ -28,7 +28,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tracer.collect import netns as netns_mod
+from tracer import netns as netns_mod
 from tracer.collect.netlink import ROUTE_PROTOCOLS, RtnlSocket
 from tracer.errors import EnvironmentProblem
 from tracer.lab.builder import pid_alive
