@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explain_bench import WHY_ROUTE, median_seconds  # noqa: E402  (bench scripts share helpers)
+from explain_bench import WHY_ROUTE, median_seconds
 
 PREFIX = "wrbc"
 TARGET = 0.5
@@ -34,7 +34,8 @@ def main() -> None:
     verdict = "OK" if work <= TARGET else "OVER TARGET"
     print(f"why-route --help (start-up)          {startup * 1000:8.1f} ms")
     print(f"why-route check --netns (seed)       {check * 1000:8.1f} ms")
-    print(f"work beyond start-up                 {work * 1000:8.1f} ms   {work / TARGET:5.2f}× the {TARGET} s target  {verdict}")
+    print(f"work beyond start-up                 {work * 1000:8.1f} ms   "
+          f"{work / TARGET:5.2f}× the {TARGET} s target  {verdict}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from scale import nft_ruleset, sh  # noqa: E402  (bench scripts share their builders)
+from scale import nft_ruleset, sh
 
 NS = "wrnftidx"
 NFT_RULES = 10_000
@@ -31,11 +31,11 @@ def build() -> None:
 
 
 def main() -> None:
-    from tracer.collect.live import collect_state
-    from tracer.output.json_out import render
-    from tracer.sim.explain import explain, make_flow
-
     from tracer.checks.engine import flow_findings
+    from tracer.collect.live import collect_state
+    from tracer.flow import make_flow
+    from tracer.output import json_out
+    from tracer.sim.explain import explain
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     build()
     try:
@@ -47,19 +47,20 @@ def main() -> None:
     for i in range(n + 1):
         # mostly unlisted sources; every 4th one is a listed address (its rule is evaluated)
         j = rng.randrange(NFT_RULES)
-        src = f"172.17.{j // 250}.{j % 250 + 2}" if i % 4 == 0 else f"172.16.{rng.randrange(48)}.{rng.randrange(2, 252)}"
+        src = (f"172.17.{j // 250}.{j % 250 + 2}" if i % 4 == 0
+               else f"172.16.{rng.randrange(48)}.{rng.randrange(2, 252)}")
         dst = f"{rng.randrange(11, 28)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
         flows.append(make_flow(dst, src, iif="lan0", proto="tcp", dport=1 + j % 1000))
     first = flows.pop(0)
     t0 = time.perf_counter()
     e = explain(state, first)  # compiles the ruleset (cached on the state)
     e = e.with_findings(flow_findings(e))
-    render(e.to_dict(), pretty=False)
+    json_out.explanation(e, pretty=False)
     t1 = time.perf_counter()
     for flow in flows:
         e = explain(state, flow)
         e = e.with_findings(flow_findings(e))
-        render(e.to_dict(), pretty=False)
+        json_out.explanation(e, pretty=False)
     t2 = time.perf_counter()
     print(f"first query (compiles the ruleset) {1000 * (t1 - t0):.0f} ms; "
           f"{n} queries: {1000 * (t2 - t1) / n:.2f} ms per query")

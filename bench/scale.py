@@ -89,7 +89,9 @@ def run() -> None:
             line("live explain", timed([*WHY_ROUTE, "172.16.3.7", "12.34.56.78", "--netns", NS, "--json"]), 1.0)
             snap = workdir / "scale.json"
             took = timed([*WHY_ROUTE, "snapshot", "--netns", NS, "-o", str(snap)])
-            loaded = timed([sys.executable, "-c", f"from tracer.__main__ import tune_gc; tune_gc(); from tracer.collect import snapshot; snapshot.load({str(snap)!r})"])
+            load = ("from tracer.__main__ import tune_gc; tune_gc(); from tracer.collect import snapshot; "
+                    f"snapshot.load({str(snap)!r})")
+            loaded = timed([sys.executable, "-c", load])
             line("snapshot taken", took, 30.0)
             line("snapshot loaded", loaded, 30.0)
             line("snapshot taken + loaded", took + loaded, 30.0)

@@ -1,5 +1,6 @@
 from tracer.checks.base import Check
-from tracer.checks.context import AF_INET, reserved, route_text, rule_text, table_arg
+from tracer.checks.context import reserved, route_text, rule_text, table_arg
+from tracer.vocab import AF_INET
 
 
 class RuleTableEmpty(Check):
@@ -40,6 +41,7 @@ class RuleTableEmpty(Check):
     id = "WR001"
     severity = "error"
     title = "rule looks up a missing or empty table"
+    shown_per_rule = True
 
     def check(self, ctx):
         state = ctx.state

@@ -1,5 +1,6 @@
 from tracer.checks.base import Check
-from tracer.checks.context import prefix_text, reserved, route_text, rule_text, table_arg
+from tracer.checks.context import reserved, route_text, rule_text, table_arg
+from tracer.vocab import prefix_text
 
 
 class RuleTableNoRoute(Check):
@@ -37,6 +38,7 @@ class RuleTableNoRoute(Check):
     id = "WR002"
     severity = "warning"
     title = "rule's table has no route for the traffic it selects"
+    shown_per_rule = True
 
     def check(self, ctx):
         state = ctx.state
@@ -62,5 +64,6 @@ class RuleTableNoRoute(Check):
                 fixes.append(f"ip route add {wanted} via {r.gateway} dev {dev}{table_arg(state, rule.table)}")
             if not fixes:
                 fixes.append(f"ip route add {wanted} via GATEWAY dev DEVICE{table_arg(state, rule.table)}")
-            fixes.append(f"ip route add throw {wanted}{table_arg(state, rule.table)}   # if falling through is intended")
+            fixes.append(f"ip route add throw {wanted}{table_arg(state, rule.table)}"
+                         "   # if falling through is intended")
             yield self.finding(message, fixes, rule=rule.priority, table=rule.table)

@@ -55,9 +55,11 @@ class GatewayNotOnLink(Check):
             fixes = []
             for route in use.sample:
                 if other is not None:
-                    fixes.append(f"ip route replace {route.prefix} via {gw} dev {other.ifname}{table_arg(state, route.table)}")
+                    fixes.append(f"ip route replace {route.prefix} via {gw} dev {other.ifname}"
+                                 f"{table_arg(state, route.table)}")
                 else:
-                    fixes.append(f"ip route replace {route.prefix} via {gw} dev {dev} onlink{table_arg(state, route.table)}"
+                    fixes.append(f"ip route replace {route.prefix} via {gw} dev {dev} onlink"
+                                 f"{table_arg(state, route.table)}"
                                  f"   # only if {gw} really is on {dev}'s link")
             if other is not None:
                 message += f"; {gw} is in {other.network} on {other.ifname}"

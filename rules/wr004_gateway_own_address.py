@@ -57,7 +57,8 @@ class GatewayIsOwnAddress(Check):
             fixes = []
             for route in use.sample:
                 if peers:
-                    fixes.append(f"ip route replace {route.prefix} via {peers[0]} dev {dev}{table_arg(state, route.table)}")
+                    fixes.append(f"ip route replace {route.prefix} via {peers[0]} dev {dev}"
+                                 f"{table_arg(state, route.table)}")
                 elif severity == "info":
                     fixes.append(f"ip route replace {route.prefix} dev {dev}{table_arg(state, route.table)}")
                 else:

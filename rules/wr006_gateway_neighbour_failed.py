@@ -40,7 +40,8 @@ class GatewayNeighbourFailed(Check):
             if nud is None or not ({"FAILED", "INCOMPLETE"} & set(nud.split("|"))):
                 continue
             message = (f"gateway {gw} on {dev} is {nud} in the neighbour table: it does not answer "
-                       f"{'ARP' if ':' not in gw else 'neighbour discovery'}, so {use.routes_text(state)} drops its traffic")
+                       f"{'ARP' if ':' not in gw else 'neighbour discovery'}, "
+                       f"so {use.routes_text(state)} drops its traffic")
             fixes = [f"arping -I {dev} -c 3 {gw}" if ":" not in gw else f"ndisc6 {gw} {dev}",
                      f"ip neigh flush dev {dev} to {gw}"]
             yield self.finding(message, fixes, gateway=gw, dev=dev, state=nud)

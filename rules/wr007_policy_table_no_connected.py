@@ -1,5 +1,6 @@
 from tracer.checks.base import Check
-from tracer.checks.context import AF_INET, reserved, route_text, rule_text, table_arg
+from tracer.checks.context import reserved, route_text, rule_text, table_arg
+from tracer.vocab import AF_INET
 
 
 class PolicyTableNoConnected(Check):

@@ -2,7 +2,7 @@ import ipaddress
 
 from tracer.checks.base import Check
 from tracer.checks.context import rule_text
-from tracer.sim import fib
+from tracer.vocab import addr_int
 
 
 class RuleShadowed(Check):
@@ -90,7 +90,7 @@ def _net(address, length: int, family: int) -> int:
     if not address or length == 0:
         return 0
     width = 32 if family == 4 else 128
-    return fib.addr_int(family, address) >> (width - length) << (width - length)
+    return addr_int(family, address) >> (width - length) << (width - length)
 
 
 def _terminal(ctx, rule) -> bool:
@@ -108,7 +108,8 @@ def _prefix_covers(a, alen, b, blen) -> bool:
         return True
     if not b or blen < alen:
         return False
-    return ipaddress.ip_network(f"{b}/{blen}", strict=False).subnet_of(ipaddress.ip_network(f"{a}/{alen}", strict=False))
+    inner = ipaddress.ip_network(f"{b}/{blen}", strict=False)
+    return inner.subnet_of(ipaddress.ip_network(f"{a}/{alen}", strict=False))
 
 
 def _range_covers(a, b) -> bool:

@@ -30,6 +30,7 @@ class GotoBadTarget(Check):
     id = "WR009"
     severity = "error"
     title = "goto to a missing or earlier priority"
+    shown_per_rule = True
 
     def check(self, ctx):
         state = ctx.state

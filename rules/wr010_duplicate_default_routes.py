@@ -43,7 +43,7 @@ class DuplicateDefaultRoutes(Check):
             for r in routes:
                 if r.type == "unicast":
                     groups.setdefault((r.tos, r.metric), []).append(r)
-            for (tos, metric), same in sorted(groups.items()):
+            for (_tos, metric), same in sorted(groups.items()):
                 if len(same) < 2:
                     continue
                 name = state.table_name(table)

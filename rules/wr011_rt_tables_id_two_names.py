@@ -34,10 +34,9 @@ class RtTablesIdTwoNames(Check):
     title = "rt_tables: one id under two names"
 
     def check(self, ctx):
-        entries = ctx.state.meta.get("rt_tables_entries") or []
         by_id: dict[int, list] = {}
-        for table, name, path in entries:
-            by_id.setdefault(int(table), []).append((name, path))
+        for entry in ctx.state.rt_tables_entries:
+            by_id.setdefault(entry.table, []).append((entry.name, entry.path))
         for table, defs in sorted(by_id.items()):
             names = list(dict.fromkeys(name for name, _ in defs))
             if len(names) < 2:

@@ -32,10 +32,9 @@ class RtTablesNameTwoIds(Check):
     title = "rt_tables: one name under two ids"
 
     def check(self, ctx):
-        entries = ctx.state.meta.get("rt_tables_entries") or []
         by_name: dict[str, list] = {}
-        for order, (table, name, path) in enumerate(entries):
-            by_name.setdefault(name, []).append((int(table), path, order))
+        for order, entry in enumerate(ctx.state.rt_tables_entries):
+            by_name.setdefault(entry.name, []).append((entry.table, entry.path, order))
         for name, defs in sorted(by_name.items()):
             ids = sorted({t for t, _, _ in defs})
             if len(ids) < 2:

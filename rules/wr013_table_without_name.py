@@ -39,5 +39,6 @@ class TableWithoutName(Check):
             reported.add(rule.table)
             message = (f"rule {rule_text(rule, state)} looks up table {rule.table}, which has no name in rt_tables: "
                        f"scripts cannot refer to it by name on this host")
-            yield self.finding(message, f"echo '{rule.table} NAME' >> /etc/iproute2/rt_tables   # NAME: the policy's name",
+            yield self.finding(message,
+                               f"echo '{rule.table} NAME' >> /etc/iproute2/rt_tables   # NAME: the policy's name",
                                table=rule.table)

@@ -1,7 +1,8 @@
 import ipaddress
 
 from tracer.checks.base import Check
-from tracer.checks.context import prefix_text, rule_text
+from tracer.checks.context import rule_text
+from tracer.vocab import prefix_text
 
 
 class FromRuleForeignSource(Check):

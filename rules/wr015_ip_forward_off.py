@@ -1,5 +1,6 @@
 from tracer.checks.base import Check
-from tracer.checks.context import AF_INET, rule_text
+from tracer.checks.context import rule_text
+from tracer.vocab import AF_INET
 
 
 class IpForwardOff(Check):
@@ -45,7 +46,8 @@ class IpForwardOff(Check):
             elif rule.iif and rule.iif != "lo":
                 evidence.append(f"rule {rule_text(rule, ctx.state)} selects traffic arriving on {rule.iif}")
         if ctx.netfilter_known:
-            nat = [n for n in ctx.ruleset.nat_rules() if n.type in ("snat", "masquerade") and n.family in ("ip", "inet")]
+            nat = [n for n in ctx.ruleset.nat_rules()
+                   if n.type in ("snat", "masquerade") and n.family in ("ip", "inet")]
             evidence.extend(f"NAT rule {n.text}" for n in nat[:3])
         if not evidence:
             return

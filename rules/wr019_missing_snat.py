@@ -41,6 +41,7 @@ class MissingSnat(Check):
     id = "WR019"
     severity = "error"
     title = "missing SNAT for forwarded traffic"
+    requires = frozenset({"netfilter"})
 
     def check(self, ctx):
         groups: dict[str, list] = {}
@@ -57,7 +58,7 @@ class MissingSnat(Check):
     @staticmethod
     def _broken(ctx, flow) -> bool:
         oif = flow.oif
-        return (ctx.netfilter_known and oif is not None and oif != flow.iif and flow.post is not None
+        return (oif is not None and oif != flow.iif and flow.post is not None
                 and not flow.snat and flow.out_src == flow.src and is_private(flow.src)
                 and not ctx.source_routed_back_via(flow.src, oif))
 

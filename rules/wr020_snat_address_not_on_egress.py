@@ -34,10 +34,9 @@ class SnatAddressNotOnEgress(Check):
     id = "WR020"
     severity = "error"
     title = "SNAT to an address not on the egress interface"
+    requires = frozenset({"netfilter"})
 
     def check(self, ctx):
-        if not ctx.netfilter_known:
-            return
         seen = set()
         for nat in ctx.ruleset.nat_rules():
             if nat.type != "snat" or not nat.addr or "postrouting" not in nat.hooks:

@@ -34,10 +34,9 @@ class FixedSnatOnDynamic(Check):
     id = "WR021"
     severity = "warning"
     title = "fixed SNAT on a dynamic interface"
+    requires = frozenset({"netfilter"})
 
     def check(self, ctx):
-        if not ctx.netfilter_known:
-            return
         for nat in ctx.ruleset.nat_rules():
             if nat.type != "snat" or "postrouting" not in nat.hooks:
                 continue

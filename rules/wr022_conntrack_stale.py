@@ -1,5 +1,5 @@
 from tracer.checks.base import Check
-from tracer.checks.fixes import PROTO_NAMES
+from tracer.vocab import protocol_name
 
 
 class ConntrackStale(Check):
@@ -36,10 +36,9 @@ class ConntrackStale(Check):
     id = "WR022"
     severity = "warning"
     title = "conntrack entries stale after a configuration change"
+    requires = frozenset({"netfilter"})
 
     def check(self, ctx):
-        if not ctx.netfilter_known:
-            return
         groups: dict[tuple, list] = {}
         for entry in ctx.state.conntrack:
             if ":" in entry.orig_src or ctx.is_local(entry.orig_src):
@@ -56,16 +55,22 @@ class ConntrackStale(Check):
             key = (entry.orig_src, entry.reply_dst, flow.out_src, flow.oif)
             groups.setdefault(key, []).append(entry)
         for (src, old, new, oif), entries in sorted(groups.items()):
-            old_text = "no NAT" if old == src else f"NAT to {old}"
-            message = (f"{len(entries)} conntrack entr{'y' if len(entries) == 1 else 'ies'} from {src} "
-                       f"keep{'s' if len(entries) == 1 else ''} the old mapping ({old_text}), but the current "
-                       f"configuration sends new packets of these connections out {oif} with source {new}: "
-                       f"they keep failing until the entries expire. First: {entries[0].text}")
-            fixes = []
-            for entry in entries[:5]:
-                proto = PROTO_NAMES.get(entry.proto, str(entry.proto))
-                fixes.append(f"conntrack -D -p {proto} -s {entry.orig_src} -d {entry.orig_dst}")
-            fixes = list(dict.fromkeys(fixes))
-            if len(entries) > 5:
-                fixes.append(f"conntrack -D -s {src}")
-            yield self.finding(message, fixes, src=src, old=old, new=new, count=len(entries))
+            yield self._finding(src, old, new, oif, entries)
+
+    def flow_check(self, ctx, flow):
+        """The flow asked about matched an entry whose mapping today's rules would not make."""
+        entry = flow.conntrack_entry
+        if entry is not None and flow.out_src is not None and flow.out_src != entry.reply_dst:
+            yield self._finding(entry.orig_src, entry.reply_dst, flow.out_src, flow.oif, [entry])
+
+    def _finding(self, src, old, new, oif, entries):
+        old_text = "no NAT" if old == src else f"NAT to {old}"
+        message = (f"{len(entries)} conntrack entr{'y' if len(entries) == 1 else 'ies'} from {src} "
+                   f"keep{'s' if len(entries) == 1 else ''} the old mapping ({old_text}), but the current "
+                   f"configuration sends new packets of these connections out {oif} with source {new}: "
+                   f"they keep failing until the entries expire. First: {entries[0].text}")
+        fixes = list(dict.fromkeys(f"conntrack -D -p {protocol_name(e.proto)} -s {e.orig_src} -d {e.orig_dst}"
+                                   for e in entries[:5]))
+        if len(entries) > 5:
+            fixes.append(f"conntrack -D -s {src}")
+        return self.finding(message, fixes, src=src, old=old, new=new, count=len(entries))

@@ -33,9 +33,10 @@ class LegacyAndNft(Check):
     id = "WR023"
     severity = "warning"
     title = "iptables-legacy and nftables both loaded"
+    requires = frozenset({"netfilter"})
 
     def check(self, ctx):
-        if not ctx.netfilter_known or not ctx.ruleset.legacy_and_nft_both_loaded():
+        if not ctx.ruleset.legacy_and_nft_both_loaded():
             return
         sources = ctx.ruleset.sources()
         legacy = sources["iptables-legacy"]
@@ -44,7 +45,8 @@ class LegacyAndNft(Check):
                    f"every packet crosses both, and each tool shows only its own rules")
         fixes = []
         for family, save, restore, tool in (("ip", "iptables-legacy-save", "iptables-nft-restore", "iptables-legacy"),
-                                            ("ip6", "ip6tables-legacy-save", "ip6tables-nft-restore", "ip6tables-legacy")):
+                                            ("ip6", "ip6tables-legacy-save", "ip6tables-nft-restore",
+                                             "ip6tables-legacy")):
             tables = [t.split()[1] for t in legacy if t.split()[0] == family]
             if not tables:
                 continue

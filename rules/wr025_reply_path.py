@@ -47,7 +47,7 @@ class ReplyPath(Check):
             return  # WR019: the replies cannot come back at all
         state = ctx.state
         reply = ctx.flow(flow.dst, flow.src, oif, why=f"reply to {flow.src}", proto=flow.proto,
-                         sport=flow.dport, dport=flow.sport, ct_state="established")
+                         sport=flow.dport, dport=flow.sport, reply=True)
         result = reply.result
         if ctx.rp_filter_drop(result):
             return  # WR017
@@ -60,7 +60,8 @@ class ReplyPath(Check):
             table = state.table_name(result.table) if result.table is not None else "main"
             message = f"{what} are routed out {result.dev} ({route}, table {table}) instead of {flow.iif}"
             lan = ctx.connected_containing(flow.src)
-            fixes = ([f"ip route add {lan.network} dev {lan.ifname}" + ("" if result.table == 254 else f" table {table}")]
+            in_table = "" if result.table == 254 else f" table {table}"
+            fixes = ([f"ip route add {lan.network} dev {lan.ifname}{in_table}"]
                      if lan is not None else [])
         elif reply.forward is not None and reply.forward.verdict in ("drop", "reject"):
             message = f"{what} are dropped by the forward hook: {reply.forward.decided_by}"

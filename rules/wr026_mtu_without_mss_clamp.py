@@ -37,6 +37,7 @@ class MtuWithoutMssClamp(Check):
     id = "WR026"
     severity = "error"
     title = "small MTU without MSS clamping"
+    requires = frozenset({"netfilter"})
 
     def check(self, ctx):
         reported = set()
@@ -48,7 +49,7 @@ class MtuWithoutMssClamp(Check):
 
     def flow_check(self, ctx, flow):
         oif = flow.oif
-        if flow.proto != 6 or oif is None or flow.post is None or not ctx.netfilter_known:
+        if flow.proto != 6 or oif is None or flow.post is None:
             return
         out_link, in_link = ctx.links.get(oif), ctx.links.get(flow.iif)
         if out_link is None or out_link.mtu >= 1500 or (in_link is not None and out_link.mtu >= in_link.mtu):

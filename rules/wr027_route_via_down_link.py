@@ -57,7 +57,9 @@ class RouteViaDownLink(Check):
                     continue
                 down.setdefault((nh.dev, why), []).append(route)
         for (dev, why), hit in sorted(down.items()):
-            shown = ", ".join(route_text(r, state) for r in hit[:3]) + (f" and {len(hit) - 3} more" if len(hit) > 3 else "")
+            shown = ", ".join(route_text(r, state) for r in hit[:3])
+            shown += f" and {len(hit) - 3} more" if len(hit) > 3 else ""
             message = f"{dev} {why}, yet {shown} send{'s' if len(hit) == 1 else ''} traffic through it"
-            yield self.finding(message, [f"ip link set {dev} up", "sysctl -w net.ipv4.conf.all.ignore_routes_with_linkdown=1"],
+            yield self.finding(message, [f"ip link set {dev} up",
+                                         "sysctl -w net.ipv4.conf.all.ignore_routes_with_linkdown=1"],
                                dev=dev)

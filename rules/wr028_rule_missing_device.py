@@ -29,6 +29,7 @@ class RuleMissingDevice(Check):
     id = "WR028"
     severity = "warning"
     title = "rule names an interface that does not exist"
+    shown_per_rule = True
 
     def check(self, ctx):
         state = ctx.state

@@ -40,8 +40,10 @@ class TableUnused(Check):
             if reserved(table) or (family, table) in used:
                 continue
             name = state.table_name(table)
-            shown = ", ".join(route_text(r, state) for r in routes[:2]) + (f" and {len(routes) - 2} more" if len(routes) > 2 else "")
-            message = f"table {name} holds {shown}, but no {'IPv6 ' if family == 6 else ''}rule looks it up: these routes are never used"
+            shown = ", ".join(route_text(r, state) for r in routes[:2])
+            shown += f" and {len(routes) - 2} more" if len(routes) > 2 else ""
+            message = (f"table {name} holds {shown}, but no {'IPv6 ' if family == 6 else ''}rule looks it up: "
+                       f"these routes are never used")
             ip = "ip -6" if family == 6 else "ip"
             yield self.finding(message, f"{ip} rule add from SOURCE lookup {name}   # SOURCE: the traffic meant for it",
                                table=table)

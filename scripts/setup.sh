@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="iproute2 nftables iptables conntrack tcpdump tshark procps iputils-ping
+APT_PACKAGES="iproute2 nftables iptables ipset conntrack tcpdump tshark procps iputils-ping
   python3-venv python3-pip python3-bpfcc bpfcc-tools linux-headers-amd64"
 
 missing=()

@@ -1,17 +1,19 @@
-"""What the commands do, without click: load state, explain, cross-check, render.
+"""What the commands do, without click: load state, explain, cross-check.
 
 The CLI parses options into the frozen objects below and calls these functions.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shlex
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from tracer.errors import UsageError, WhyRouteError
+from tracer.flow import Flow
 from tracer.model import HostState
+from tracer.sim.explanation import Explanation
 
 
 @dataclass(frozen=True)
@@ -43,25 +45,50 @@ class StateSource:
 LARGE_TABLE = 100_000
 
 
-def explain_flow(state: HostState, flow, source: StateSource) -> dict:
-    """The JSON-contract dict for one flow; live sources are cross-checked with the kernel."""
+def explain_flow(state: HostState, flow: Flow, source: StateSource) -> Explanation:
+    """One flow explained, with its findings; live sources are cross-checked with the kernel."""
+    from tracer.checks.engine import flow_findings
     from tracer.sim.explain import explain
 
-    if source.live and state.meta.get("partial_tables"):
-        from tracer.collect.kernel_assist import augment
-        state = augment(state, flow, source.netns)
+    if source.live and state.partial_tables:
+        from tracer.collect.kernel import augment
+        from tracer.sim.explain import infer_iif
+
+        state = augment(state, flow, source.netns, lambda st, fl: infer_iif(st, fl).iif)
     explanation = explain(state, flow)
-    if source.live:
-        from tracer.kernel_check import cross_check
-        explanation = cross_check(explanation, source.netns)
-    explanation = explanation.with_findings(_flow_findings(explanation))
-    return explanation.to_dict()
+    if source.live and explanation.decisions:
+        from tracer.collect.kernel import answers
+        from tracer.sim.confirm import kernel_check
+
+        asked = answers([d.query for d in explanation.decisions], source.netns, state.links)
+        explanation = _kernels_pick(explanation, asked)
+        explanation = explanation.with_kernel(kernel_check(explanation, asked))
+    return explanation.with_findings(flow_findings(explanation))
 
 
-def _flow_findings(explanation) -> list:
-    from tracer.checks.engine import flow_findings
+def _kernels_pick(explanation: Explanation, asked) -> Explanation:
+    """Of a forked path's outcomes, the one the kernel's answers name (its multipath hash of
+    this exact flow), explained first; unchanged when the path does not fork or none matches."""
+    if not explanation.alternatives:
+        return explanation
+    for outcome in explanation.outcomes:
+        decisions = outcome.decisions
+        if len(decisions) == len(asked) and all(
+                (d.dev, d.gateway) == (a.dev, a.gateway) for d, a in zip(decisions, asked, strict=True)):
+            picked = explanation.as_main(outcome)
+            return dataclasses.replace(picked, notes=(*picked.notes, "of the multipath nexthops, the kernel's "
+                                                      "answer for this exact flow names this one"))
+    return explanation
 
-    return flow_findings(explanation)
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One query line of a batch: its explanation, or why it could not be explained."""
+
+    line: int
+    query: str
+    explanation: Explanation | None = None
+    error: WhyRouteError | None = None
 
 
 def batch_lines(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
@@ -76,15 +103,14 @@ def batch_lines(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
             yield number, ["--malformed--", str(exc)]
 
 
-def run_batch(state: HostState, source: StateSource, lines: Iterable[str], parse) -> Iterator[str]:
-    """One JSON line per query; `parse(argv)` turns a line into a Flow or raises."""
-    from tracer.output.json_out import render
-
+def run_batch(state: HostState, source: StateSource, lines: Iterable[str],
+              parse: Callable[[list[str]], Flow]) -> Iterator[BatchResult]:
+    """One result per query; `parse(argv)` turns a line into a Flow or raises."""
     for number, argv in batch_lines(lines):
+        query = " ".join(argv)
         try:
             if argv and argv[0] == "--malformed--":
                 raise UsageError(f"cannot split the line: {argv[1]}")
-            doc = explain_flow(state, parse(argv), source)
-            yield render(doc, pretty=False)
+            yield BatchResult(number, query, explain_flow(state, parse(argv), source))
         except WhyRouteError as exc:
-            yield json.dumps({"line": number, "query": " ".join(argv), "error": str(exc)})
+            yield BatchResult(number, query, error=exc)

@@ -9,10 +9,13 @@ million routes load quickly.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-AF_INET = 4
-AF_INET6 = 6
+from tracer.vocab import AF_INET
+
+T = TypeVar("T")
 
 # Well-known routing table ids (include/uapi/linux/rtnetlink.h).
 TABLE_UNSPEC = 0
@@ -168,6 +171,50 @@ class ConntrackEntry:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where and when the state was read."""
+
+    hostname: str | None = None
+    netns: str | None = None
+    kernel: str | None = None
+    taken_at: str | None = None
+    replayed_in: str | None = None  # a lint/what-if state: the throwaway namespace it was read from
+    comment: object = None  # free-form, from the snapshot file (fixtures record how they were made)
+
+
+@dataclass(frozen=True)
+class RtTablesEntry:
+    """One line of an rt_tables file: duplicates are kept (`table_names` keeps the one `ip` shows)."""
+
+    table: int
+    name: str
+    path: str
+
+
+class Derived:
+    """Values computed from one immutable HostState, each at most once: the FIB index,
+    the compiled ruleset, the check context… so that thousands of queries share them.
+    Keyed by the function that builds them (called with the state), never by a name."""
+
+    __slots__ = ("_state", "_values")
+
+    def __init__(self, state: HostState):
+        self._state = state
+        self._values: dict = {}
+
+    def __call__(self, build: Callable[[HostState], T]) -> T:
+        try:
+            return self._values[build]
+        except KeyError:
+            value = self._values[build] = build(self._state)
+            return value
+
+
+def _links_by_name(state: HostState) -> dict[str, Link]:
+    return {link.name: link for link in state.links}
+
+
+@dataclass(frozen=True)
 class HostState:
     """One network namespace's state: everything an explanation needs."""
 
@@ -180,28 +227,19 @@ class HostState:
     sysctls: dict[str, str] = field(default_factory=dict)
     netfilter: dict = field(default_factory=dict)  # raw, see tracer/collect/netfilter.py
     conntrack: tuple[ConntrackEntry, ...] = ()
-    meta: dict = field(default_factory=dict)  # hostname, netns, kernel, taken_at
+    provenance: Provenance = Provenance()
+    rt_tables_entries: tuple[RtTablesEntry, ...] = ()
+    # IPv4 tables left out of a live dump (id → prefixes): their routes are asked per flow.
+    partial_tables: dict[int, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what the collector could not read
+    notes: tuple[str, ...] = ()  # said in every explanation of this state
+    derived: Derived = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "derived", Derived(self))
 
     def link(self, name: str | None) -> Link | None:
-        return self._links_by_name().get(name) if name else None
-
-    def _links_by_name(self) -> dict[str, Link]:
-        cached = self.__dict__.get("_by_name")
-        if cached is None:
-            cached = {link.name: link for link in self.links}
-            object.__setattr__(self, "_by_name", cached)
-        return cached
-
-    def cached(self, key: str, build):
-        """A value derived from this immutable state, built once (indexes, the
-        compiled ruleset) so that thousands of queries share it."""
-        cache = self.__dict__.get("_derived")
-        if cache is None:
-            cache = {}
-            object.__setattr__(self, "_derived", cache)
-        if key not in cache:
-            cache[key] = build()
-        return cache[key]
+        return self.derived(_links_by_name).get(name) if name else None
 
     def table_name(self, table: int) -> str:
         return self.table_names.get(table) or DEFAULT_TABLE_NAMES.get(table) or str(table)
@@ -225,5 +263,5 @@ class HostState:
     def addresses_of(self, ifname: str, family: int = AF_INET) -> list[Address]:
         return [a for a in self.addresses if a.ifname == ifname and a.family == family]
 
-    def replace(self, **changes) -> "HostState":
+    def replace(self, **changes) -> HostState:
         return dataclasses.replace(self, **changes)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from explain_helpers import MISSING
-from lab_helpers import leftovers, new_prefix
+from tests.explain.explain_helpers import MISSING
+from tests.lab.lab_helpers import leftovers, new_prefix
 from tracer.lab import builder
 
 

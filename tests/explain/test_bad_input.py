@@ -2,12 +2,10 @@
 
 import json
 import os
-import subprocess
 
 import pytest
 
-from explain_helpers import run_cli
-from lab_helpers import why_route_argv
+from tests.helpers.cli import why_route, why_route_in_process
 from tracer.errors import ExitStatus
 
 
@@ -39,13 +37,13 @@ def snapshot_file(tmp_path):
 ])
 def test_malformed_flow(capsys, argv, fragment, snapshot_file):
     path = snapshot_file({"format": "why-route-snapshot", "version": 1})
-    _one_line_error(*run_cli(capsys, *argv, "--snapshot", path), ExitStatus.USAGE, fragment)
+    _one_line_error(*why_route_in_process(capsys, *argv, "--snapshot", path), ExitStatus.USAGE, fragment)
 
 
 def test_unknown_interface(capsys, snapshot_file):
     path = snapshot_file({"format": "why-route-snapshot", "version": 1,
                           "links": [{"index": 1, "name": "lo"}]})
-    _one_line_error(*run_cli(capsys, "10.0.0.1", "8.8.8.8", "--iif", "eth9", "--snapshot", path),
+    _one_line_error(*why_route_in_process(capsys, "10.0.0.1", "8.8.8.8", "--iif", "eth9", "--snapshot", path),
                     ExitStatus.USAGE, "unknown interface 'eth9' for --iif")
 
 
@@ -58,24 +56,23 @@ def test_unknown_interface(capsys, snapshot_file):
 ])
 def test_bad_snapshot(capsys, snapshot_file, tmp_path, content, fragment):
     path = str(tmp_path / "missing.json") if content is None else snapshot_file(content)
-    _one_line_error(*run_cli(capsys, "8.8.8.8", "--snapshot", path), ExitStatus.USAGE, fragment)
+    _one_line_error(*why_route_in_process(capsys, "8.8.8.8", "--snapshot", path), ExitStatus.USAGE, fragment)
 
 
 def test_unknown_namespace(capsys):
-    _one_line_error(*run_cli(capsys, "8.8.8.8", "--netns", "wr-no-such-ns"), ExitStatus.USAGE,
+    _one_line_error(*why_route_in_process(capsys, "8.8.8.8", "--netns", "wr-no-such-ns"), ExitStatus.USAGE,
                     "network namespace 'wr-no-such-ns' does not exist")
 
 
 def test_snapshot_and_netns_together(capsys):
-    _one_line_error(*run_cli(capsys, "8.8.8.8", "--netns", "x", "--snapshot", "y"), ExitStatus.USAGE,
+    _one_line_error(*why_route_in_process(capsys, "8.8.8.8", "--netns", "x", "--snapshot", "y"), ExitStatus.USAGE,
                     "either --snapshot or --netns")
 
 
 def test_live_explain_without_root_says_so():
     if os.geteuid() != 0:
         pytest.skip("needs root to drop privileges to nobody")
-    result = subprocess.run([*why_route_argv(), "8.8.8.8"], capture_output=True, text=True,
-                            user=65534, group=65534, env={**os.environ, "HOME": "/tmp"}, cwd="/tmp")
+    result = why_route("8.8.8.8", user=65534, group=65534, env={"HOME": "/tmp"}, cwd="/tmp")
     assert result.returncode == ExitStatus.ENVIRONMENT, result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

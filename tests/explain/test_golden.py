@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from explain_helpers import run_cli
+from tests.helpers.cli import why_route_in_process
 
 HERE = Path(__file__).parent
 CASES = ["slow-route", "ultimate-route", "ultimate-nosnat-route", "blog-as-written-route", "faster-archlinux"]
@@ -19,7 +19,8 @@ CASES = ["slow-route", "ultimate-route", "ultimate-nosnat-route", "blog-as-writt
 @pytest.mark.parametrize("case", CASES)
 def test_text_output_matches_golden_file(case, capsys, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
-    status, out, err = run_cli(capsys, "192.168.1.169", "8.8.8.8", "--snapshot", str(HERE / "fixtures" / f"{case}.json"))
+    status, out, err = why_route_in_process(capsys, "192.168.1.169", "8.8.8.8",
+                                            "--snapshot", str(HERE / "fixtures" / f"{case}.json"))
     assert status == 0, err
     golden = HERE / "golden" / f"{case}.txt"
     if os.environ.get("UPDATE_GOLDEN"):

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from explain_helpers import MISSING, explain_json
+from tests.explain.explain_helpers import MISSING, explain_json
 
 NS = f"wrkp{os.getpid() % 100000}"
 SETUP = """
@@ -86,7 +86,8 @@ def test_prerouting_mark_decides_forwarded_traffic(namespace, capsys):
 def test_ipv6_policy_routing(namespace, capsys):
     doc = explain_json(capsys, "2001:db8:50::7", "2001:4860::8888", "--netns", namespace)
     assert doc["origin"] == "forwarded" and doc["flow"]["iif"] == "lan0"
-    assert (doc["decision"]["table_id"], doc["decision"]["dev"], doc["decision"]["gateway"]) == (200, "up1", "2001:db8:b::2")
+    assert (doc["decision"]["table_id"], doc["decision"]["dev"], doc["decision"]["gateway"]) == \
+        (200, "up1", "2001:db8:b::2")
     assert doc["kernel"]["agrees"], doc["kernel"]["differences"]
     other = explain_json(capsys, "2001:db8:a::9", "2001:4860::8888", "--iif", "up0", "--netns", namespace)
     rule = next(r for r in other["rules"] if r["priority"] == 1000)

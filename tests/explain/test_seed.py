@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.explain.explain_helpers import explain_json
+from tests.helpers.cli import why_route_in_process
+from tests.lab.lab_helpers import install_observers, observe, ping_from_macbook
 from tracer.collect import snapshot
 from tracer.collect.live import collect_state
-
-from explain_helpers import explain_json, run_cli
-from lab_helpers import install_observers, observe, ping_from_macbook
 
 FLOW = ("192.168.1.169", "8.8.8.8")
 
@@ -96,7 +96,7 @@ def test_non_matching_rule_names_the_failed_selector(seed_lab, capsys):
 def test_offline_snapshot_gives_the_live_answer(seed_lab, capsys, tmp_path):
     lab = seed_lab("ultimate")
     path = tmp_path / "route.json"
-    status, _, err = run_cli(capsys, "snapshot", "--netns", lab.ns("route"), "-o", str(path))
+    status, _, err = why_route_in_process(capsys, "snapshot", "--netns", lab.ns("route"), "-o", str(path))
     assert status == 0, err
     live = explain_json(capsys, *FLOW, "--netns", lab.ns("route"))
     offline = explain_json(capsys, *FLOW, "--snapshot", str(path))
@@ -123,7 +123,7 @@ def test_local_destination_is_delivered_locally(seed_lab, capsys):
 def test_batch_prints_one_json_line_per_query_and_survives_bad_lines(seed_lab, capsys, tmp_path):
     queries = tmp_path / "q.txt"
     queries.write_text("# seed flows\n192.168.1.169 8.8.8.8\n\n999.1.1.1 8.8.8.8\n8.8.8.8 --proto tcp --dport 443\n")
-    status, out, err = run_cli(capsys, "batch", "--netns", seed_lab("ultimate").ns("route"), str(queries))
+    status, out, err = why_route_in_process(capsys, "batch", "--netns", seed_lab("ultimate").ns("route"), str(queries))
     assert status == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 3
@@ -143,8 +143,8 @@ def test_committed_snapshots_still_match_the_lab(case, seed_lab):
     fresh = collect_state(seed_lab(variant).ns(node))
     for field in ("rules", "routes", "addresses", "table_names", "sysctls"):
         assert getattr(fresh, field) == getattr(committed, field), field
-    assert [(l.name, l.flags, l.mtu, l.kind) for l in fresh.links] == \
-        [(l.name, l.flags, l.mtu, l.kind) for l in committed.links]
+    assert [(link.name, link.flags, link.mtu, link.kind) for link in fresh.links] == \
+        [(link.name, link.flags, link.mtu, link.kind) for link in committed.links]
     assert _without_counters(fresh.netfilter["nft"]["text"]) == _without_counters(committed.netfilter["nft"]["text"])
 
 

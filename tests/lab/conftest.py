@@ -6,7 +6,7 @@ a lab) and the lab is torn down after the module, whatever happened.
 
 import pytest
 
-from lab_helpers import leftovers, missing_requirements, new_prefix
+from tests.lab.lab_helpers import leftovers, missing_requirements, new_prefix
 from tracer.lab import builder
 
 MISSING = missing_requirements()

@@ -1,4 +1,4 @@
-"""Test instrumentation for the lab: the CLI runner, prefixes, and the 8.8.8.8 observer.
+"""Test instrumentation for labs: prefixes, leftovers, and the seed's 8.8.8.8 observer.
 
 The observer is not part of any topology: tests install it in the internet
 nodes after `lab up`. It is an nft table that records, in a dynamic set, the
@@ -14,10 +14,10 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracer import netns
 from tracer.lab import builder
 
 INTERNETS = ("internet1", "internet2", "internet3")
@@ -40,28 +40,18 @@ table ip wrobserve {{
 """
 
 
-def why_route_argv() -> list[str]:
-    script = Path(sys.executable).with_name("why-route")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "tracer"]
-
-
-def why_route(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it: a separate process, output captured."""
-    return subprocess.run([*why_route_argv(), *args], capture_output=True, text=True, timeout=timeout)
-
-
-def new_prefix() -> str:
-    """A prefix no lab uses: 't' and four hex digits (parallel test processes never collide)."""
+def new_prefix(initial: str = "t") -> str:
+    """A prefix no lab uses: `initial` and four hex digits (parallel test processes never collide)."""
     while True:
-        prefix = "t" + secrets.token_hex(2)
+        prefix = initial + secrets.token_hex(2)
         if not builder.state_path(prefix).exists() and not leftovers(prefix):
             return prefix
 
 
 def leftovers(prefix: str) -> list[str]:
     """Everything of lab `prefix` that exists: namespaces, /etc/netns dirs, the state file."""
-    found = [f"netns {p.name}" for p in _listdir(builder.NETNS_DIR) if p.name.startswith(prefix + "-")]
-    found += [f"/etc/netns/{p.name}" for p in _listdir(builder.ETC_NETNS) if p.name.startswith(prefix + "-")]
+    found = [f"netns {p.name}" for p in _listdir(netns.NETNS_RUN_DIR) if p.name.startswith(prefix + "-")]
+    found += [f"/etc/netns/{p.name}" for p in _listdir(netns.ETC_NETNS) if p.name.startswith(prefix + "-")]
     if builder.state_path(prefix).exists():
         found.append(str(builder.state_path(prefix)))
     return found

@@ -2,7 +2,8 @@
 
 import pytest
 
-from lab_helpers import leftovers, why_route
+from tests.helpers.cli import why_route
+from tests.lab.lab_helpers import leftovers
 
 PAIR = """
 name = "pair"
@@ -32,8 +33,9 @@ REFUSED = [
      "variants.v.run.host: refused: commands must be scoped to a node"),
     ("command moving a link out", PAIR + '[variants.v.run]\na = ["ip link set eth0 netns 1"]\n',
      "variants.v.run.a[0]: refused: 'netns' would leave the node's network namespace"),
-    ("command entering pid 1's namespaces", PAIR.replace('[nodes.b.interfaces.eth0]',
-                                                         '[nodes.b]\nrun = ["nsenter -t 1 -n ip link"]\n[nodes.b.interfaces.eth0]'),
+    ("command entering pid 1's namespaces",
+     PAIR.replace('[nodes.b.interfaces.eth0]',
+                  '[nodes.b]\nrun = ["nsenter -t 1 -n ip link"]\n[nodes.b.interfaces.eth0]'),
      "nodes.b.run[0]: refused: 'nsenter' would leave"),
     ("command writing a host file", PAIR + "[variants.v.run]\na = [\"echo x >> /etc/hosts\"]\n",
      "refused: writes to /etc/hosts"),
@@ -47,7 +49,8 @@ INVALID = [
     ("interface name too long", PAIR.replace("a:eth0", "a:averyveryverylongname").replace(
         "[nodes.a.interfaces.eth0]", "[nodes.a.interfaces.averyveryverylongname]"),
      "is 21 characters; Linux allows at most 15"),
-    ("link end used twice", PAIR + '[[links]]\nends = ["a:eth0", "b:eth0"]\n', "links[1]: a:eth0 is already an end of links[0]"),
+    ("link end used twice", PAIR + '[[links]]\nends = ["a:eth0", "b:eth0"]\n',
+     "links[1]: a:eth0 is already an end of links[0]"),
     ("duplicate node", PAIR + '[nodes.c]\n[nodes.c]\n', "not valid TOML"),
     ("duplicate interface", PAIR + '[nodes.b.interfaces.eth0]\n', "not valid TOML"),
     ("malformed TOML", PAIR + "name = \n", "not valid TOML"),
@@ -73,7 +76,8 @@ def test_the_valid_pair_is_accepted(tmp_path, fresh_prefix):
     path.write_text(PAIR)
     result = why_route("lab", "up", str(path), "--prefix", fresh_prefix)
     assert result.returncode == 0, result.stderr
-    assert why_route("lab", "exec", "a", "--prefix", fresh_prefix, "--", "ping", "-c1", "-W1", "10.0.0.2").returncode == 0
+    ping = why_route("lab", "exec", "a", "--prefix", fresh_prefix, "--", "ping", "-c1", "-W1", "10.0.0.2")
+    assert ping.returncode == 0
 
 
 @pytest.mark.parametrize("args, says", [

@@ -1,7 +1,6 @@
 """up / status / exec / down through the CLI, crashes and interruptions, coexisting labs."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +8,9 @@ import time
 
 import pytest
 
-from lab_helpers import leftovers, why_route, why_route_argv
+from tests.helpers.cli import why_route, why_route_argv
+from tests.lab.lab_helpers import leftovers
+from tracer import netns
 from tracer.errors import EnvironmentProblem
 from tracer.lab import builder
 
@@ -207,9 +208,8 @@ route = ["ip addr add 10.7.7.7/32 dev lo"]
 
 
 def test_not_root_is_one_line(kernel_lab):
-    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "tracer"]
-    result = subprocess.run([*as_nobody, "lab", "up", "--prefix", "tnr"], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    result = why_route("lab", "up", "--prefix", "tnr", user=65534, group=65534, extra_groups=[],
+                       env={"PYTHONDONTWRITEBYTECODE": "1"})
     assert (result.returncode, result.stderr) == (
         3, "why-route: error: the lab needs root (it creates network namespaces); run it as root\n")
 
@@ -221,7 +221,7 @@ def test_ctrl_c_during_up_removes_what_it_built(tmp_path, fresh_prefix):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 10
-    while not (builder.NETNS_DIR / f"{fresh_prefix}-a").exists() and time.monotonic() < deadline:
+    while not netns.exists(f"{fresh_prefix}-a") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert leftovers(fresh_prefix), "lab up did not get going"
     up.send_signal(signal.SIGINT)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lab_helpers import INTERNETS, install_observers, observe, ping_from_macbook, why_route
+from tests.helpers.cli import why_route
+from tests.lab.lab_helpers import INTERNETS, install_observers, observe, ping_from_macbook
 from tracer.lab import builder
 
 # variant: (the Internet reached, the source address it saw, whether the reply comes back)

@@ -8,12 +8,12 @@ written to a temporary directory.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 
 import pytest
-from lint_helpers import replay_leftovers
 
+from tests.lab.lab_helpers import new_prefix
+from tests.lint.lint_helpers import replay_leftovers
 from tracer.collect import snapshot
 from tracer.collect.live import collect_state
 from tracer.lab import builder
@@ -31,7 +31,7 @@ def kernel():
 @pytest.fixture(scope="module")
 def seed(kernel, tmp_path_factory):
     """{variant: snapshot path} of the seed lab's Route node, for slow, ultimate and ultimate-nosnat."""
-    prefix = "l" + secrets.token_hex(2)
+    prefix = new_prefix("l")
     directory = tmp_path_factory.mktemp("seed")
     paths = {}
     try:

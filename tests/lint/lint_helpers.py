@@ -1,20 +1,14 @@
-"""Helpers of the lint/replay/verify tests (a unique module name: each test directory has a conftest)."""
+"""Helpers of the lint/replay/verify tests: their fixtures and the replay namespaces left behind."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tracer.lint.replay import ETC_NETNS, NAME_PREFIX, NETNS_RUN_DIR
+from tracer.lint.replay import NAME_PREFIX
+from tracer.netns import ETC_NETNS, NETNS_RUN_DIR
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def why_route(*args: str, input: str | None = None, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True, text=True, input=input,
-                          timeout=timeout, env={**os.environ, "NO_COLOR": "1"}, **kwargs)
 
 
 def replay_leftovers(pid: int | None = None) -> list[str]:

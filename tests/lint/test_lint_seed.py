@@ -2,13 +2,14 @@
 
 import json
 
-from lint_helpers import FIXTURES, replay_leftovers, why_route
+from tests.helpers.cli import why_route
+from tests.lint.lint_helpers import FIXTURES, replay_leftovers
 
 SEED_BLOG = str(FIXTURES / "seed-blog.sh")
 
 
 def test_text_reports_the_failing_lines_with_the_tools_messages(seed):
-    result = why_route("lint", SEED_BLOG, "--on", seed["slow"])
+    result = why_route("lint", SEED_BLOG, "--on", seed["slow"], no_color=True)
     assert result.returncode == 1, result.stderr
     out = result.stdout
     flat = " ".join(out.split())  # explanations are wrapped to the terminal
@@ -30,7 +31,7 @@ def test_text_reports_the_failing_lines_with_the_tools_messages(seed):
 
 
 def test_json_lists_exactly_the_failed_and_not_checked_lines(seed):
-    result = why_route("lint", SEED_BLOG, "--on", seed["slow"], "--json")
+    result = why_route("lint", SEED_BLOG, "--on", seed["slow"], "--json", no_color=True)
     assert result.returncode == 1
     doc = json.loads(result.stdout)
     failed = {r["line"]: r for r in doc["lines"] if r["status"] == "failed"}
@@ -52,7 +53,7 @@ def test_a_correct_script_passes_and_moves_the_macbook_to_ppp0(seed, tmp_path):
                       "ip rule add from 192.168.1.169 table sunusroute && ip route flush cache\n"
                       "iptables -t nat -A POSTROUTING -o ppp0 -j SNAT --to-source 123.150.232.74\n"
                       "systemctl restart network\n")
-    result = why_route("lint", str(script), "--on", seed["slow"], "--json")
+    result = why_route("lint", str(script), "--on", seed["slow"], "--json", no_color=True)
     assert result.returncode == 0, result.stdout
     doc = json.loads(result.stdout)
     assert doc["summary"] == {"failed": 0, "not_checked": 1, "ok": 5}
@@ -71,13 +72,15 @@ def test_typo_gateway_is_explained(seed, tmp_path):
                       "ip route add default via 10.99.0.1 table sunusroute\n"
                       "ip route add default via 123.150.232.1 dev ppp9 table sunusroute\n"
                       "ip rule add from 192.168.1.169 table sunusrout\n")
-    result = why_route("lint", str(script), "--on", seed["slow"], "--json")
+    result = why_route("lint", str(script), "--on", seed["slow"], "--json", no_color=True)
     assert result.returncode == 1
     lines = {r["line"]: r for r in json.loads(result.stdout)["lines"]}
     assert '"1123.150.232.1"' in lines[2]["message"]
-    assert lines[2]["why"] == "1123.150.232.1 is not an IPv4 address: 1123 is more than 255; did you mean 123.150.232.1?"
+    assert lines[2]["why"] == ("1123.150.232.1 is not an IPv4 address: 1123 is more than 255; "
+                               "did you mean 123.150.232.1?")
     assert lines[2]["fix"] == "ip route add default via 123.150.232.1 dev ppp0 table sunusroute"
-    assert lines[3]["message"] == "Error: Nexthop has invalid gateway." and "not on a network directly" in lines[3]["why"]
+    assert lines[3]["message"] == "Error: Nexthop has invalid gateway."
+    assert "not on a network directly" in lines[3]["why"]
     assert lines[4]["message"] == 'Cannot find device "ppp9"' and "did you mean ppp0?" in lines[4]["why"]
     assert "no table named 'sunusrout'" in lines[5]["why"]
 
@@ -87,11 +90,11 @@ def test_unsafe_lines_are_not_run(seed, tmp_path):
     script.write_text("ip netns add evil\nip link set dev ppp0 netns 1\nip -n evil link\n"
                       "echo 1 > /etc/evil\nsysctl -w kernel.panic=1\nmodprobe dummy\nreboot\n"
                       "ip route add $NET via 1.2.3.4\nip route | grep default\n")
-    result = why_route("lint", str(script), "--on", seed["slow"], "--json")
+    result = why_route("lint", str(script), "--on", seed["slow"], "--json", no_color=True)
     doc = json.loads(result.stdout)
     assert result.returncode == 0
     assert doc["summary"]["not_checked"] == 9 and doc["summary"]["ok"] == 0
-    assert "evil" not in (why_route("lab", "--help").stdout)
+    assert "evil" not in (why_route("lab", "--help", no_color=True).stdout)
     import os
     assert not os.path.exists("/run/netns/evil") and not os.path.exists("/etc/evil")
 
@@ -101,11 +104,12 @@ def test_what_if_with_script(seed, tmp_path):
     script.write_text("echo '7375 sunusroute' >> /etc/iproute2/rt_tables\n"
                       "ip route add default via 123.150.232.1 dev ppp0 table sunusroute\n"
                       "ip rule add from 192.168.1.169 table sunusroute\n")
-    result = why_route("192.168.1.169", "8.8.8.8", "--snapshot", seed["slow"], "--with", str(script), "--json")
+    result = why_route("192.168.1.169", "8.8.8.8", "--snapshot", seed["slow"], "--with", str(script), "--json",
+                       no_color=True)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["decision"]["table"] == "sunusroute" and doc["egress"]["dev"] == "ppp0"
     assert doc["egress"]["src"] == "192.168.1.169"  # no SNAT in this script
-    blog = why_route("192.168.1.169", "8.8.8.8", "--snapshot", seed["slow"], "--with", SEED_BLOG)
+    blog = why_route("192.168.1.169", "8.8.8.8", "--snapshot", seed["slow"], "--with", SEED_BLOG, no_color=True)
     assert "line 9 failed, so it is not part of this what-if: RTNETLINK answers: File exists" in blog.stderr
     assert "Verdict: forwarded — leaves eth0.2 via 10.10.149.1" in blog.stdout

@@ -4,19 +4,20 @@ import json
 
 import pytest
 
-from lint_helpers import FIXTURES, why_route
+from tests.helpers.cli import why_route
+from tests.lint.lint_helpers import FIXTURES
 
 ULTIMATE = str(FIXTURES / "seed-ultimate.toml")
 
 
 def test_ultimate_passes(seed):
-    result = why_route("verify", ULTIMATE, "--snapshot", seed["ultimate"])
+    result = why_route("verify", ULTIMATE, "--snapshot", seed["ultimate"], no_color=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 of 3 expectations hold" in result.stdout
 
 
 def test_nosnat_fails_with_the_explanation(seed):
-    result = why_route("verify", ULTIMATE, "--snapshot", seed["ultimate-nosnat"])
+    result = why_route("verify", ULTIMATE, "--snapshot", seed["ultimate-nosnat"], no_color=True)
     assert result.returncode == 1
     out = result.stdout
     assert "FAIL  the MacBook leaves by the fast link, SNATed to the PPP address" in out
@@ -31,7 +32,8 @@ def test_nosnat_fails_with_the_explanation(seed):
 def test_json_and_what_if(seed, tmp_path):
     fix = tmp_path / "fix.sh"
     fix.write_text("iptables -t nat -A POSTROUTING -o ppp0 -j SNAT --to-source 123.150.232.74\n")
-    result = why_route("verify", ULTIMATE, "--snapshot", seed["ultimate-nosnat"], "--with", str(fix), "--json")
+    result = why_route("verify", ULTIMATE, "--snapshot", seed["ultimate-nosnat"], "--with", str(fix), "--json",
+                       no_color=True)
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads(result.stdout)
     assert doc["ok"] and doc["outcomes"][0]["actual"]["source"] == "123.150.232.74"
@@ -52,7 +54,7 @@ def test_json_and_what_if(seed, tmp_path):
 def test_broken_expectations_exit_2_with_one_line(seed, tmp_path, text, message):
     path = tmp_path / "broken.toml"
     path.write_text(text)
-    result = why_route("verify", str(path), "--snapshot", seed["ultimate"])
+    result = why_route("verify", str(path), "--snapshot", seed["ultimate"], no_color=True)
     assert result.returncode == 2
     assert not result.stdout
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr

@@ -2,16 +2,12 @@
 
 import json
 import pathlib
-import sys
 
 import pytest
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from tests.netfilter import nflab
 
-import nflab  # noqa: E402
-
-FIXTURES = HERE / "fixtures"
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture

@@ -3,25 +3,27 @@ shared by the kernel tests and tests/netfilter/fixtures/make_fixtures.py.
 
     client (c0 192.0.2.2) --- (r0 192.0.2.1) router (r1 198.51.100.1) --- (s0 198.51.100.2) server
 
-Veth pairs are created directly inside their target namespaces: nothing
-touches the root namespace or a real interface. Documentation prefixes
-(RFC 5737 / RFC 3849) only, and traffic only between these namespaces.
+The trio is a tracer.lab topology (`topology`), built by tracer.lab.builder
+under a fresh prefix (`n` and four hex digits): namespaces <prefix>-client,
+<prefix>-router and <prefix>-server, veth pairs created directly inside them,
+so nothing touches the root namespace or a real interface. Documentation
+prefixes (RFC 5737 / RFC 3849) only, and traffic only between these namespaces.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shlex
 import shutil
-import subprocess
 import time
+
+from tests.lab.lab_helpers import new_prefix
+from tracer.lab import builder
+from tracer.lab import topology as topo
 
 CLIENT4, ROUTER_IN4, ROUTER_OUT4, SERVER4 = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
 CLIENT6, ROUTER_IN6, ROUTER_OUT6, SERVER6 = "2001:db8:1::2", "2001:db8:1::1", "2001:db8:2::1", "2001:db8:2::2"
-
-_counter = itertools.count(1)
 
 
 def can_run() -> str | None:
@@ -34,49 +36,40 @@ def can_run() -> str | None:
     return None
 
 
-def sh(argv: list[str] | str, *, input: str | None = None, check: bool = True) -> str:
-    if isinstance(argv, str):
-        argv = shlex.split(argv)
-    p = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=60)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
-    return p.stdout
+def topology(ipv6: bool = False) -> topo.Topology:
+    """The trio; IPv6 is off unless `ipv6`, and then addressed and routed like IPv4,
+    without duplicate address detection (an address is usable at once)."""
+    def end(address4: str, address6: str) -> dict:
+        return {"addresses": [f"{address4}/24", *([f"{address6}/64"] if ipv6 else [])]}
+
+    def default_via(gateway4: str, gateway6: str) -> list[dict]:
+        return [{"to": "default", "via": gateway4}, *([{"to": "default", "via": gateway6}] if ipv6 else [])]
+
+    return topo.from_dict({
+        "name": "nflab",
+        "sysctl": {f"net.ipv6.conf.{scope}.{knob}": value for scope in ("all", "default")
+                   for knob, value in (("disable_ipv6", int(not ipv6)), ("accept_dad", 0))},
+        "nodes": {
+            "client": {"interfaces": {"c0": end(CLIENT4, CLIENT6)}, "routes": default_via(ROUTER_IN4, ROUTER_IN6)},
+            "router": {"forwarding": True, "sysctl": {"net.ipv6.conf.all.forwarding": 1} if ipv6 else {},
+                       "interfaces": {"r0": end(ROUTER_IN4, ROUTER_IN6), "r1": end(ROUTER_OUT4, ROUTER_OUT6)}},
+            "server": {"interfaces": {"s0": end(SERVER4, SERVER6)}, "routes": default_via(ROUTER_OUT4, ROUTER_OUT6)},
+        },
+        "links": [{"ends": ["client:c0", "router:r0"]}, {"ends": ["server:s0", "router:r1"]}],
+    }, source=__file__)
 
 
 class Lab:
     def __init__(self, ipv6: bool = False):
-        n = next(_counter)
-        base = f"wrnf-{os.getpid()}-{n}"
-        self.c, self.r, self.s = f"{base}-c", f"{base}-r", f"{base}-s"
+        self.prefix = new_prefix("n")
+        self.c, self.r, self.s = (builder.namespace(self.prefix, node) for node in ("client", "router", "server"))
         self.ipv6 = ipv6
-        self.created: list[str] = []
+        self.built = False
 
     # -- lifecycle
-    def up(self) -> "Lab":
-        for ns in (self.c, self.r, self.s):
-            sh(["ip", "netns", "add", ns])
-            self.created.append(ns)
-        for ns in (self.c, self.r, self.s):
-            sh(["ip", "-n", ns, "link", "set", "lo", "up"])
-            v6 = "0" if self.ipv6 else "1"
-            for key in ("all", "default"):
-                sh(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6={v6}"])
-                sh(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0"])
-        sh(["ip", "link", "add", "c0", "netns", self.c, "type", "veth", "peer", "name", "r0", "netns", self.r])
-        sh(["ip", "link", "add", "s0", "netns", self.s, "type", "veth", "peer", "name", "r1", "netns", self.r])
-        for ns, dev, a4, a6 in ((self.c, "c0", CLIENT4, CLIENT6), (self.r, "r0", ROUTER_IN4, ROUTER_IN6),
-                                (self.r, "r1", ROUTER_OUT4, ROUTER_OUT6), (self.s, "s0", SERVER4, SERVER6)):
-            sh(["ip", "-n", ns, "addr", "add", f"{a4}/24", "dev", dev])
-            if self.ipv6:
-                sh(["ip", "-n", ns, "addr", "add", f"{a6}/64", "dev", dev, "nodad"])
-            sh(["ip", "-n", ns, "link", "set", dev, "up"])
-        sh(["ip", "-n", self.c, "route", "add", "default", "via", ROUTER_IN4])
-        sh(["ip", "-n", self.s, "route", "add", "default", "via", ROUTER_OUT4])
-        sh(["ip", "netns", "exec", self.r, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        if self.ipv6:
-            sh(["ip", "-n", self.c, "-6", "route", "add", "default", "via", ROUTER_IN6])
-            sh(["ip", "-n", self.s, "-6", "route", "add", "default", "via", ROUTER_OUT6])
-            sh(["ip", "netns", "exec", self.r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+    def up(self) -> Lab:
+        self.built = True  # from here on down() removes whatever up() made
+        builder.up(topology(self.ipv6), prefix=self.prefix)
         # resolve neighbours both ways before any rule is loaded (IPv6 ND is slow on a first packet)
         self.ex(["ping", "-c1", "-W2", SERVER4], ns=self.c, check=False)
         if self.ipv6:
@@ -94,9 +87,9 @@ class Lab:
         return self
 
     def down(self):
-        for ns in self.created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        self.created = []
+        if self.built:
+            builder.down(self.prefix)
+            self.built = False
 
     def __enter__(self):
         try:
@@ -109,16 +102,16 @@ class Lab:
         self.down()
 
     # -- helpers
-    def ex(self, argv, ns=None, **kw):
-        ns = ns or self.r
+    def ex(self, argv, ns=None, *, input: str | None = None, check: bool = True) -> str:
+        """argv's stdout, run in namespace `ns` (default the router); nothing once the lab is down."""
         if isinstance(argv, str):
             argv = shlex.split(argv)
-        if not self.created:
+        if not self.built:
             return ""
-        return sh(["ip", "netns", "exec", ns, *argv], **kw)
+        return builder.run_in(ns or self.r, argv, input=input, check=check).stdout
 
     def nft(self, ns: str, script: str):
-        sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script)
+        builder.run_in(ns, ["nft", "-f", "-"], input=script)
 
     def load(self, steps: list):
         """Apply a ruleset (see RULESETS) in the router."""
@@ -365,3 +358,4 @@ RULESETS["kitchen_sink"] = [
     "iptables-nft -I MYCH 5 -i eth+ -j GOTOCH",
     "iptables-nft -A GOTOCH -m comment --comment 'last stop' -j MARK --set-xmark 0x10/0x30",
 ]
+

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import nflab
+from tests.netfilter import nflab
 from tracer.collect import netfilter as collect_mod
 from tracer.collect.netfilter import collect_netfilter
 from tracer.errors import EnvironmentProblem, UsageError

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-import nflab
-from nflab import CLIENT4, CLIENT6, ROUTER_IN4, ROUTER_IN6, ROUTER_OUT4, ROUTER_OUT6, SERVER4, SERVER6
+from tests.netfilter import nflab
+from tests.netfilter.nflab import CLIENT4, CLIENT6, ROUTER_IN4, ROUTER_IN6, ROUTER_OUT4, ROUTER_OUT6, SERVER4, SERVER6
 from tracer.collect.netfilter import collect_netfilter
 from tracer.sim.netfilter import AddressInfo, PacketView, hooks_for_origin, load_ruleset, traverse
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracer.collect import snapshot
 from tracer.checks import engine
+from tracer.collect import snapshot
 from tracer.model import Address, Nexthop, Route, Rule
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "WR019" / "bad.json"

@@ -9,7 +9,14 @@ import json
 
 import pytest
 
-from lab_helpers import install_observers, leftovers, missing_requirements, new_prefix, observe, ping_from_macbook
+from tests.lab.lab_helpers import (
+    install_observers,
+    leftovers,
+    missing_requirements,
+    new_prefix,
+    observe,
+    ping_from_macbook,
+)
 from tracer.checks import engine
 from tracer.collect.live import collect_state
 from tracer.lab import builder

@@ -4,16 +4,14 @@ namespaces by fixtures/make_fixtures.py), plus the engine, the docs and the CLI.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tracer.collect import snapshot
+from tests.helpers.cli import why_route
 from tracer.checks import docs, engine
 from tracer.checks.base import DOC_SECTIONS, Finding
+from tracer.collect import snapshot
 from tracer.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +27,8 @@ EXPECT = {
     "WR004": ["10.10.149.4", "eth0.2", "resolves neighbours", "ip route replace 172.16.0.0/12 via GATEWAY dev eth0.2"],
     "WR005": ["123.150.108.1", "123.150.232.1", "ip route replace 172.16.0.0/12 via 123.150.232.1 dev ppp0"],
     "WR006": ["10.10.149.9", "eth0.2", "INCOMPLETE", "ip neigh flush dev eth0.2 to 10.10.149.9"],
-    "WR007": ["10.10.149.0/24", "eth0.2", "ppp0", "ip route add 10.10.149.0/24 dev eth0.2 src 10.10.149.4 table sunusroute"],
+    "WR007": ["10.10.149.0/24", "eth0.2", "ppp0",
+              "ip route add 10.10.149.0/24 dev eth0.2 src 10.10.149.4 table sunusroute"],
     "WR008": ["rule 40000", "32766: from all lookup main", "ip rule del priority 40000",
               "ip rule add from 192.168.1.169 lookup fast priority 32765"],
     "WR009": ["goto 200", "no rule at priority 200"],
@@ -50,10 +49,12 @@ EXPECT = {
     "WR021": ["ppp0", "123.150.232.74", "iptables -t nat -R POSTROUTING 2 -o ppp0 -j MASQUERADE"],
     "WR022": ["192.168.1.169", "no NAT", "123.150.232.74", "conntrack -D -p icmp -s 192.168.1.169 -d 8.8.8.8"],
     "WR023": ["ip nat", "iptables-legacy -t nat -F"],
-    "WR024": ["192.168.1.169", "ppp0", "FORWARD policy drop", "iptables -I FORWARD -i br-lan -o ppp0 -s 192.168.1.169 -j ACCEPT"],
+    "WR024": ["192.168.1.169", "ppp0", "FORWARD policy drop",
+              "iptables -I FORWARD -i br-lan -o ppp0 -s 192.168.1.169 -j ACCEPT"],
     "WR025": ["192.168.1.169", "ppp0", "FORWARD policy drop",
               "iptables -I FORWARD -i ppp0 -o br-lan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"],
-    "WR026": ["ppp0", "MTU 1400", "iptables -t mangle -A FORWARD -o ppp0 -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"],
+    "WR026": ["ppp0", "MTU 1400",
+              "iptables -t mangle -A FORWARD -o ppp0 -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"],
     "WR027": ["ppp0", "linkdown", "table sunusroute"],
     "WR028": ["iif eth1", "ip rule del priority 100"],
     "WR029": ["table sunusroute", "no rule looks it up", "lookup sunusroute"],
@@ -90,17 +91,20 @@ def test_own_address_gateway_severity_depends_on_the_link():
     state = load("WR004", "bad")
     (eth,) = engine.run(state, [engine.resolve("WR004")])
     assert eth.severity == "error"
-    links = tuple(l if l.name != "eth0.2" else l.__class__(**{**l.__dict__, "flags": (*l.flags, "NOARP")})
-                  for l in state.links)
+    links = tuple(link if link.name != "eth0.2"
+                  else link.__class__(**{**link.__dict__, "flags": (*link.flags, "NOARP")})
+                  for link in state.links)
     (noarp,) = engine.run(state.replace(links=links), [engine.resolve("WR004")])
     assert noarp.severity == "info" and "harmless" in noarp.message
 
 
 def test_finding_dict_contract():
+    from tracer.output.json_out import finding_doc
+
     (f,) = engine.run(load("WR019", "bad"), [engine.resolve("WR019")])
     assert isinstance(f, Finding)
-    assert list(f.to_dict()) == ["id", "severity", "title", "message", "fix"]
-    assert f.to_dict()["fix"] == list(f.fix)
+    assert list(finding_doc(f)) == ["id", "severity", "title", "message", "fix"]
+    assert finding_doc(f)["fix"] == list(f.fix)
 
 
 def test_select_ignore_and_unknown_ids():
@@ -169,13 +173,6 @@ def test_check_never_scans_routes_per_rule():
 
 # ------------------------------------------------------------------ CLI
 
-def why_route(*args, env=None):
-    exe = Path(sys.executable).with_name("why-route")
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "tracer"]
-    return subprocess.run([*argv, *args], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={**os.environ, **(env or {})})
-
-
 def test_cli_golden_text_for_ultimate_nosnat():
     result = why_route("check", "--snapshot", "tests/rules/fixtures/WR019/bad.json")
     assert result.returncode == 1, result.stderr
@@ -216,7 +213,7 @@ def test_cli_rules_lists_and_prints_pages():
 
 
 def test_cli_colour_only_when_asked_for():
-    plain = why_route("check", "--snapshot", "tests/rules/fixtures/WR019/bad.json", env={"NO_COLOR": "1"})
+    plain = why_route("check", "--snapshot", "tests/rules/fixtures/WR019/bad.json", no_color=True)
     assert "\033[" not in plain.stdout
     from tracer.output import check as render
 
@@ -227,7 +224,8 @@ def test_cli_colour_only_when_asked_for():
 def test_flow_findings_for_why_route_src_dst():
     """The `findings` of an explanation: the flow-level rules on that one flow."""
     from tracer.checks.engine import flow_findings
-    from tracer.sim.explain import explain, make_flow
+    from tracer.flow import make_flow
+    from tracer.sim.explain import explain
 
     state = load("WR024", "bad")
     dropped = explain(state, make_flow("8.8.8.8", "192.168.1.169", proto="tcp", dport="443"))

@@ -4,14 +4,13 @@ state from the node's namespace, run every rule. Root only; every lab removed.""
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import why_route
+from tests.lab.lab_helpers import new_prefix
 from tracer.checks import engine
 from tracer.collect.live import collect_state
 from tracer.lab import builder
@@ -28,7 +27,7 @@ def lab():
 
     def get(variant, copy=""):
         if (variant, copy) not in built:
-            prefix = "r" + secrets.token_hex(2)
+            prefix = new_prefix("r")
             built[variant, copy] = builder.up(topology=None, variant=variant, prefix=prefix)
         return built[variant, copy]
 
@@ -90,10 +89,8 @@ def test_the_suggested_snat_fix_makes_the_ping_work(lab):
 
 def test_cli_check_on_a_namespace(lab):
     state = lab("ultimate-nosnat")
-    exe = Path(sys.executable).with_name("why-route")
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "tracer"]
-    result = subprocess.run([*argv, "check", "--netns", state.ns("route")], capture_output=True, text=True, timeout=60)
+    result = why_route("check", "--netns", state.ns("route"))
     assert result.returncode == 1, result.stderr
     assert "WR019" in result.stdout and "ppp0" in result.stdout
-    ok = subprocess.run([*argv, "check", "--netns", lab("ultimate").ns("route")], capture_output=True, text=True, timeout=60)
+    ok = why_route("check", "--netns", lab("ultimate").ns("route"))
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -1,30 +1,41 @@
 """Random routing configurations built in a throwaway network namespace.
 
-Each `Config` is a list of `ip` commands and sysctls drawn from a seeded
-random.Random; `NamespaceLab` applies one inside a fresh namespace
-`wrfib-<pid>-<n>` (veth pairs and a bridge, all inside it; nothing touches the
-root namespace) and hands back the kernel's view. Flows are drawn from the same
+Each `Config` is a set of sysctls and a list of `ip` commands drawn from a
+seeded random.Random. `Config.topology` turns one into a tracer.lab topology:
+one node, `router`, whose interfaces (three veth pairs with both ends inside
+it, a bridge) and sysctls are topology data, and whose addresses, routes and
+rules are its variant's `ip -force -batch` script. They stay `ip` commands
+because the topology format has no key for most of them (blackhole, multipath,
+tos and local routes, ip rules, interface groups, a link set down after the
+routes) and because the kernel's rejections belong to the test: a variant
+records a failing command where the base network would abort the build.
+`NamespaceLab` builds it with tracer.lab.builder (namespace `<prefix>-router`,
+nothing in the root namespace) and removes it. Flows are drawn from the same
 small address universe, so rules, routes and addresses overlap often.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 
-from tracer.sim.fib import FibQuery
-from tracer.model import AF_INET
+from tests.lab.lab_helpers import new_prefix
+from tracer.flow import RouteQuery
+from tracer.lab import builder
+from tracer.lab import topology as topo
+from tracer.vocab import AF_INET
 
-_counter = itertools.count(1)
-
+NODE = "router"
 TABLES = (100, 101, 102, 103)  # 103 never gets routes: rules pointing at it fall through
-IFNAMES = ("va0", "vb0", "va1", "vb1", "va2", "vb2", "br0")
-CONF_KEYS = ("rp_filter", "forwarding", "src_valid_mark", "accept_local", "route_localnet",
-             "ignore_routes_with_linkdown")
+VETH_PAIRS = (("va0", "vb0"), ("va1", "vb1"), ("va2", "vb2"))
+BRIDGE = "br0"
+VETH_ENDS = tuple(end for pair in VETH_PAIRS for end in pair)
+IFNAMES = (*VETH_ENDS, BRIDGE)
+# Not `forwarding`: conf.all.forwarding is net.ipv4.ip_forward, drawn on its own;
+# writing either sets all, default and every device.
+CONF_KEYS = ("rp_filter", "src_valid_mark", "accept_local", "route_localnet", "ignore_routes_with_linkdown")
 
 
 def can_run() -> str | None:
@@ -38,24 +49,25 @@ def can_run() -> str | None:
 @dataclass
 class Config:
     seed: int
-    links: list[str] = field(default_factory=list)       # ip link/addr commands
-    sysctls: dict[str, str] = field(default_factory=dict)  # relative /proc/sys paths → value
+    links: list[str] = field(default_factory=list)       # ip addr / ip link commands on the interfaces
+    sysctls: dict[str, str] = field(default_factory=dict)  # sysctl name → value
     routes: list[str] = field(default_factory=list)
     after: list[str] = field(default_factory=list)        # links set down after the routes
     rules: list[str] = field(default_factory=list)
     subnets: list[tuple[str, str, int]] = field(default_factory=list)  # (ifname, address, prefixlen)
 
-    def script(self) -> str:
-        """A shell script that rebuilds this configuration in namespace $NS (the
-        order NamespaceLab.build uses)."""
-        def sysctl(items):
-            return [f"ip netns exec $NS sysctl -qw {k.replace('/', '.')}={v}" for k, v in items]
-
-        lines = ["#!/bin/sh", "# rebuild: NS=wrfib-repro sh this-file", "ip netns add $NS"]
-        lines += sysctl((k, v) for k, v in self.sysctls.items() if "/all/" in k or "/default/" in k)
-        lines += [f"ip -n $NS {c}" for c in self.links]
-        lines += sysctl(self.sysctls.items())
-        lines += [f"ip -n $NS {c}" for c in self.routes + self.after + self.rules]
+    def topology(self) -> str:
+        """This configuration as a topology file (what NamespaceLab.build builds)."""
+        lines = [f"# tests/sim/fiblab.py, config seed {self.seed}. Rebuild: why-route lab up THIS-FILE",
+                 'name = "fiblab"', "", f"[nodes.{NODE}.sysctl]"]
+        lines += [f'"{key}" = "{value}"' for key, value in self.sysctls.items()]
+        for name in VETH_ENDS:
+            lines += ["", f"[nodes.{NODE}.interfaces.{name}]"]
+        lines += ["", f"[nodes.{NODE}.interfaces.{BRIDGE}]", 'kind = "bridge"']
+        for a, b in VETH_PAIRS:
+            lines += ["", "[[links]]", f'ends = ["{NODE}:{a}", "{NODE}:{b}"]']
+        batch = "\n".join(self.links + self.routes + self.after + self.rules)
+        lines += ["", "[variants.random.run]", f"{NODE} = ['''", f"ip -force -batch - <<'EOF'\n{batch}\nEOF", "''']"]
         return "\n".join(lines) + "\n"
 
 
@@ -85,17 +97,13 @@ def random_config(seed: int, with_rules: bool = True) -> Config:
     cfg = Config(seed=seed)
     for key in ("all", "default"):
         for knob in CONF_KEYS:
-            cfg.sysctls[f"net/ipv4/conf/{key}/{knob}"] = "0"
-    cfg.sysctls["net/ipv4/conf/all/rp_filter"] = str(rng.choice((0, 0, 1, 2)))
-    cfg.sysctls["net/ipv4/conf/all/src_valid_mark"] = str(rng.choice((0, 0, 1)))
-    cfg.sysctls["net/ipv4/conf/all/accept_local"] = str(rng.choice((0, 0, 0, 1)))
-    cfg.sysctls["net/ipv4/conf/all/ignore_routes_with_linkdown"] = str(rng.choice((0, 1)))
-    cfg.links.append("link set lo up")
-    for i in range(3):
-        cfg.links.append(f"link add va{i} type veth peer name vb{i}")
-    cfg.links.append("link add br0 type bridge")
+            cfg.sysctls[f"net.ipv4.conf.{key}.{knob}"] = "0"
+    cfg.sysctls["net.ipv4.conf.all.rp_filter"] = str(rng.choice((0, 0, 1, 2)))
+    cfg.sysctls["net.ipv4.conf.all.src_valid_mark"] = str(rng.choice((0, 0, 1)))
+    cfg.sysctls["net.ipv4.conf.all.accept_local"] = str(rng.choice((0, 0, 0, 1)))
+    cfg.sysctls["net.ipv4.conf.all.ignore_routes_with_linkdown"] = str(rng.choice((0, 1)))
     used_nets = rng.sample(NETS, 7)
-    for name, net in zip(IFNAMES, used_nets):
+    for name, net in zip(IFNAMES, used_nets, strict=True):
         plen = rng.choice((16, 24, 24, 24))
         addr = _host(rng, net, 24)
         cfg.links.append(f"addr add {addr}/{plen} dev {name}")
@@ -106,20 +114,19 @@ def random_config(seed: int, with_rules: bool = True) -> Config:
             cfg.subnets.append((name, extra, 24))
         if rng.random() < 0.2:
             cfg.links.append(f"link set {name} group {rng.choice((5, 6))}")
-        cfg.links.append(f"link set {name} up")
-    cfg.sysctls["net/ipv4/ip_forward"] = str(rng.choice((1, 1, 1, 0)))
+    cfg.sysctls["net.ipv4.ip_forward"] = str(rng.choice((1, 1, 1, 0)))
     for name in IFNAMES:
-        conf = f"net/ipv4/conf/{name}"
-        cfg.sysctls[f"{conf}/forwarding"] = str(rng.choice((1, 1, 1, 0)))
-        cfg.sysctls[f"{conf}/rp_filter"] = str(rng.choice((0, 0, 1, 2)))
+        conf = f"net.ipv4.conf.{name}"
+        cfg.sysctls[f"{conf}.forwarding"] = str(rng.choice((1, 1, 1, 0)))
+        cfg.sysctls[f"{conf}.rp_filter"] = str(rng.choice((0, 0, 1, 2)))
         if rng.random() < 0.2:
-            cfg.sysctls[f"{conf}/src_valid_mark"] = "1"
+            cfg.sysctls[f"{conf}.src_valid_mark"] = "1"
         if rng.random() < 0.15:
-            cfg.sysctls[f"{conf}/accept_local"] = "1"
+            cfg.sysctls[f"{conf}.accept_local"] = "1"
         if rng.random() < 0.1:
-            cfg.sysctls[f"{conf}/route_localnet"] = "1"
+            cfg.sysctls[f"{conf}.route_localnet"] = "1"
         if rng.random() < 0.2:
-            cfg.sysctls[f"{conf}/ignore_routes_with_linkdown"] = "1"
+            cfg.sysctls[f"{conf}.ignore_routes_with_linkdown"] = "1"
 
     def nexthop() -> str:
         name, addr, plen = rng.choice(cfg.subnets)
@@ -206,7 +213,7 @@ def _random_rules(rng: random.Random, cfg: Config) -> list[str]:
     return rules
 
 
-def random_flow(rng: random.Random, cfg: Config, ifnames: list[str]) -> FibQuery:
+def random_flow(rng: random.Random, cfg: Config, ifnames: list[str]) -> RouteQuery:
     addrs = [a for _n, a, _p in cfg.subnets]
 
     def address() -> str:
@@ -224,7 +231,7 @@ def random_flow(rng: random.Random, cfg: Config, ifnames: list[str]) -> FibQuery
     mark = rng.choice((0, 0, 0x1, 0x2, 0x10, 0x100, 0x1ff))
     tos = rng.choice((0, 0, 0, 0x10, 0x08, 0x04, 0x14))
     if rng.random() < 0.5:
-        return FibQuery(family=AF_INET, dst=address(), src=address(), iif=rng.choice(ifnames),
+        return RouteQuery(family=AF_INET, dst=address(), src=address(), iif=rng.choice(ifnames),
                         mark=mark, tos=tos, proto=proto, sport=sport, dport=dport)
     src = rng.choice(addrs) if rng.random() < 0.25 else (address() if rng.random() < 0.1 else None)
     oif = rng.choice(ifnames) if rng.random() < 0.2 else None
@@ -232,38 +239,20 @@ def random_flow(rng: random.Random, cfg: Config, ifnames: list[str]) -> FibQuery
     dst = address()
     if dst == "0.0.0.0":
         dst = "8.8.4.4"  # RTA_DST 0 is "no destination" to inet_rtm_getroute
-    return FibQuery(family=AF_INET, dst=dst, src=src, oif=oif, mark=mark, tos=tos, proto=proto,
+    return RouteQuery(family=AF_INET, dst=dst, src=src, oif=oif, mark=mark, tos=tos, proto=proto,
                     sport=sport, dport=dport, uid=uid)
 
 
 class NamespaceLab:
-    """One fresh namespace holding one Config; delete() always removes it."""
+    """A fresh lab (prefix `s` and four hex digits) for one Config; its namespace is `name`.
+    delete() always removes it."""
 
     def __init__(self):
-        self.name = f"wrfib-{os.getpid()}-{next(_counter)}"
-        self.failed: list[str] = []
+        self.prefix = new_prefix("s")
+        self.name = builder.namespace(self.prefix, NODE)
 
     def build(self, cfg: Config) -> None:
-        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
-        globals_first = {k: v for k, v in cfg.sysctls.items() if "/all/" in k or "/default/" in k}
-        self._sysctls(globals_first)
-        self._batch(cfg.links)
-        self._sysctls(cfg.sysctls)
-        self._batch(cfg.routes + cfg.after + cfg.rules)
-
-    def _batch(self, commands: list[str]) -> None:
-        if not commands:
-            return
-        p = subprocess.run(["ip", "-n", self.name, "-force", "-batch", "-"], input="\n".join(commands) + "\n",
-                           capture_output=True, text=True)
-        self.failed += [line for line in p.stderr.splitlines() if line.strip()]
-
-    def _sysctls(self, values: dict[str, str]) -> None:
-        from tracer.netns import entered
-        with entered(self.name):
-            for key, value in values.items():
-                with open(f"/proc/sys/{key}", "w") as fh:
-                    fh.write(value)
+        builder.up(topo.parse(cfg.topology(), f"fiblab config {cfg.seed}"), prefix=self.prefix)
 
     def delete(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        builder.down(self.prefix)

@@ -2,7 +2,7 @@
 every answer of tracer.sim.fib.route compared with RTM_GETROUTE (route_get).
 
 Seeded: WHYROUTE_FIB_SEED=<n> (default: random, printed). On a mismatch the
-seed, the configuration as a shell script and the flow are printed.
+seed, the configuration as a topology file (tracer.lab) and the flow are printed.
 """
 
 from __future__ import annotations
@@ -10,22 +10,18 @@ from __future__ import annotations
 import errno
 import os
 import random
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import fiblab  # noqa: E402
-from tracer.collect.live import collect_state  # noqa: E402
-from tracer.collect.netlink import NetlinkError, RtnlSocket  # noqa: E402
+from tests.sim import fiblab
+from tracer.collect.live import collect_state
+from tracer.collect.netlink import NetlinkError, RtnlSocket
+from tracer.flow import RouteQuery
+from tracer.netns import entered
+from tracer.sim.fib import FibResult, _gateway_used, index_for, route
 
 NLM_F_ACK = 0x4
-from tracer.netns import entered  # noqa: E402
-from tracer.sim.fib import FibQuery, FibResult, _gateway_used, index_for, route  # noqa: E402
-
 CONFIGS = int(os.environ.get("WHYROUTE_FIB_CONFIGS", "24"))
 FLOWS_PER_CONFIG = int(os.environ.get("WHYROUTE_FIB_FLOWS", "110"))
 
@@ -43,7 +39,7 @@ def _seed() -> int:
     return int(raw) if raw else random.SystemRandom().randrange(1 << 30)
 
 
-def kernel_answer(rtnl: RtnlSocket, index: dict[str, int], q: FibQuery) -> dict:
+def kernel_answer(rtnl: RtnlSocket, index: dict[str, int], q: RouteQuery) -> dict:
     kwargs = dict(family=q.family, dst=q.dst, src=q.src, iif=index[q.iif] if q.iif else None,
                   oif=index[q.oif] if q.oif else None, mark=q.mark or None, uid=q.uid,
                   proto=q.proto or None, sport=q.sport, dport=q.dport, tos=q.tos)
@@ -61,7 +57,7 @@ def kernel_answer(rtnl: RtnlSocket, index: dict[str, int], q: FibQuery) -> dict:
     return answer
 
 
-def differences(state, q: FibQuery, sim: FibResult, kern: dict) -> list[str]:
+def differences(state, q: RouteQuery, sim: FibResult, kern: dict) -> list[str]:
     if any("check depends on which multipath nexthop" in n for n in sim.notes) and \
             kern["error"] in (None, "EINVAL"):
         return []  # the sim said: passes or fails depending on the hash's nexthop pick
@@ -136,7 +132,7 @@ def test_fib_matches_kernel():
                             f"config seed {cfg.seed}: {q}\n  " + "\n  ".join(diff)
                             + f"\n  sim: {sim.error or sim.type} {sim.dev} {sim.gateway} table {sim.table} "
                             f"src {sim.prefsrc} notes {sim.notes}\n  steps:\n{steps}\n"
-                            + (f"  config:\n{cfg.script()}" if not failures else ""))
+                            + (f"  config:\n{cfg.topology()}" if not failures else ""))
                     elif diff:
                         failures.append("…")
         finally:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 SEVERITIES = ("error", "warning", "info")
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
@@ -19,10 +19,6 @@ class Finding:
     fix: tuple[str, ...] = ()  # exact commands, computed from the state
     objects: dict = field(default_factory=dict, compare=False, hash=False)
 
-    def to_dict(self) -> dict:
-        return {"id": self.id, "severity": self.severity, "title": self.title,
-                "message": self.message, "fix": list(self.fix)}
-
 
 class Check:
     """Base class of a rule; subclasses set id, severity, title and a docstring."""
@@ -30,6 +26,12 @@ class Check:
     id: str = ""
     severity: str = "warning"  # the worst severity this rule reports
     title: str = ""
+    # What the state must hold for the rule to judge at all (CheckContext.has); without
+    # it the engine does not run the rule: "netfilter" — a netfilter dump.
+    requires: frozenset[str] = frozenset()
+    # A host check about single ip rules (findings carry objects["rule"] = its priority):
+    # cheap, and shown with every flow that matches that rule.
+    shown_per_rule: bool = False
 
     def check(self, ctx) -> Iterable[Finding]:
         """Findings over the whole host; by default, `flow_check` over the flows the

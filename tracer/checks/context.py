@@ -9,36 +9,38 @@ through the FIB simulation and the netfilter model.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
 
-from tracer.model import AF_INET, AF_INET6, SCOPE_HOST, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN, Address, HostState, Route
+from tracer.flow import Flow, RouteQuery
+from tracer.model import (
+    SCOPE_HOST,
+    TABLE_DEFAULT,
+    TABLE_LOCAL,
+    TABLE_MAIN,
+    Address,
+    ConntrackEntry,
+    HostState,
+    Route,
+)
 from tracer.sim import fib
-from tracer.sim.explain import route_text as explain_route_text
+from tracer.sim.explain import PacketVariant, explain, ruleset_of
+from tracer.sim.explanation import Explanation
+from tracer.vocab import AF_INET, TCP, addr_int, bits, family_of
 
 RESERVED_TABLES = (TABLE_DEFAULT, TABLE_MAIN, TABLE_LOCAL)
 # Destinations used to stand for "the Internet" when deriving flows: the first
 # one that no more specific route covers is taken.
 PROBE_DESTINATIONS = ("8.8.8.8", "1.1.1.1", "9.9.9.9", "208.67.222.222")
 PROBE_SPORT, PROBE_DPORT = 40000, 443
-TCP = 6
+# The packet the engine walks for a flow it derives: a new connection's first
+# segment (a SYN of 60 bytes), whatever conntrack holds now.
+NEW_CONNECTION = PacketVariant(ct_state="new", length=60, conntrack=False)
+REPLY = PacketVariant(ct_state="established", length=60, conntrack=False)
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
-
-
-def family_of(address: str) -> int:
-    return AF_INET6 if ":" in address else AF_INET
-
-
-def bits(family: int) -> int:
-    return 32 if family == AF_INET else 128
-
-
-def prefix_text(address: str | None, length: int, family: int) -> str:
-    if not address or length == 0:
-        return "all" if not address else "default"
-    return address if length == bits(family) else f"{address}/{length}"
+# What a check may require of the state (Check.requires), and the context property that tells.
+REQUIREMENTS = {"netfilter": "netfilter_known"}
 
 
 def is_private(address: str) -> bool:
@@ -53,7 +55,7 @@ def rule_text(rule, state: HostState) -> str:
 
 def route_text(route: Route, state: HostState) -> str:
     """A route as `ip route show` prints it."""
-    return explain_route_text(route, state)
+    return fib.route_text(state, route)
 
 
 def table_arg(state: HostState, table: int) -> str:
@@ -91,25 +93,82 @@ class GatewayUse:
 
 @dataclass(frozen=True)
 class FlowPath:
-    """One flow through this host as the FIB and netfilter models see it."""
+    """One flow through this host, as the explanation's walk gives it, and why the engine looks at it."""
 
-    src: str
-    dst: str
-    iif: str | None
-    proto: int
-    sport: int | None
-    dport: int | None
+    explanation: Explanation
     why: str  # where the flow comes from ("source of rule 32765", "a host of the LAN …")
-    result: object  # fib.FibResult
-    mark: int = 0  # after prerouting
-    forward: object = None  # HookTraversal at forward (forwarded flows)
-    post: object = None  # HookTraversal at postrouting
-    out_src: str | None = None  # the source as the packet leaves (after SNAT)
-    snat: tuple = ()  # NatRewrite of the source
+    # the conntrack entry the flow asked about matched (its NAT then came from the entry,
+    # and `explanation` is the rules' own answer for a new connection)
+    conntrack_entry: ConntrackEntry | None = None
+
+    @property
+    def flow(self) -> Flow:
+        return self.explanation.flow
+
+    @property
+    def src(self) -> str:
+        return self.flow.src
+
+    @property
+    def dst(self) -> str:
+        return self.flow.dst
+
+    @property
+    def iif(self) -> str | None:
+        return self.flow.iif
+
+    @property
+    def proto(self) -> int:
+        return self.flow.proto
+
+    @property
+    def sport(self) -> int | None:
+        return self.flow.sport
+
+    @property
+    def dport(self) -> int | None:
+        return self.flow.dport
+
+    @property
+    def result(self) -> fib.FibResult | None:
+        """The routing decision of the packet as it leaves prerouting (None if it was dropped before)."""
+        decision = self.explanation.decision
+        return decision.result if decision else None
+
+    @property
+    def mark(self) -> int:
+        decision = self.explanation.decision
+        return decision.query.mark if decision else self.flow.mark
+
+    @property
+    def forward(self):
+        """The forward hook's HookTraversal, None when the packet does not get there."""
+        return self.explanation.hook("forward")
+
+    @property
+    def post(self):
+        """The postrouting hook's HookTraversal, None when the packet does not get there."""
+        return self.explanation.hook("postrouting")
+
+    @property
+    def out_src(self) -> str | None:
+        """The source as the packet leaves (after SNAT)."""
+        post = self.post
+        if post is not None:
+            return post.packet.src
+        forward = self.forward
+        return forward.packet.src if forward is not None else self.src
+
+    @property
+    def snat(self) -> tuple:
+        """The NatRewrites of the source at postrouting."""
+        post = self.post
+        return tuple(n for n in post.nat if n.field == "src") if post is not None else ()
 
     @property
     def oif(self) -> str | None:
-        return None if self.result is None or self.result.error else self.result.dev
+        r = self.result
+        return None if r is None or r.error else r.dev
 
     @property
     def dropped_by(self) -> str | None:
@@ -136,22 +195,25 @@ class CheckContext:
     # -- netfilter -----------------------------------------------------------
     @cached_property
     def ruleset(self):
-        from tracer.sim.netfilter import load_ruleset
+        return ruleset_of(self.state)
 
-        # Shared with the explanation of the same state (compiling 10k rules costs).
-        return self.state.cached("ruleset", lambda: load_ruleset(self.state.netfilter or {}))
+    def has(self, requirements: frozenset[str]) -> bool:
+        """Whether the state holds what a check `requires` (see REQUIREMENTS)."""
+        return all(getattr(self, REQUIREMENTS[r]) for r in requirements)
+
+    def host_findings(self, checks: tuple) -> list:
+        """The whole-host findings of `checks`, computed once per state (a batch asks thousands of flows)."""
+        cache = self.__dict__.setdefault("_host_findings", {})
+        key = tuple(c.id for c in checks)
+        if key not in cache:
+            cache[key] = [f for c in checks for f in c.check(self)]
+        return cache[key]
 
     @cached_property
     def netfilter_known(self) -> bool:
         """False when the snapshot holds no netfilter dump at all (then NAT/filter checks stay quiet)."""
         nf = self.state.netfilter or {}
         return bool(nf.get("nft") or nf.get("iptables_nft") or nf.get("iptables_legacy"))
-
-    @cached_property
-    def address_info(self):
-        from tracer.sim.explain import address_info
-
-        return address_info(self.state)
 
     # -- links and addresses -------------------------------------------------
     @cached_property
@@ -271,7 +333,7 @@ class CheckContext:
         return self.__dict__["defaults"]
 
     @cached_property
-    def gateways(self) -> dict[tuple[str, str | None], "GatewayUse"]:
+    def gateways(self) -> dict[tuple[str, str | None], GatewayUse]:
         """Every (gateway, device) pair used by a unicast route: how many routes, a sample."""
         self._index_routes()
         return self.__dict__["gateways"]
@@ -301,7 +363,7 @@ class CheckContext:
         found = fib.index_for(self.state).table(family, table)
         if found is None:
             return None
-        value = fib.addr_int(family, address)
+        value = addr_int(family, address)
         for length in found.lengths:
             if length > plen:
                 continue
@@ -329,50 +391,21 @@ class CheckContext:
         key = (dst, src, iif, oif, mark, proto, sport, dport)
         cache = self.__dict__.setdefault("_fib_cache", {})
         if key not in cache:
-            cache[key] = fib.route(self.state, fib.FibQuery(
+            cache[key] = fib.route(self.state, RouteQuery(
                 family=family_of(dst), dst=dst, src=src, iif=iif, oif=oif, mark=mark,
                 proto=proto, sport=sport, dport=dport))
         return cache[key]
 
     def flow(self, src: str, dst: str, iif: str | None, *, why: str = "", proto: int = TCP,
              sport: int | None = PROBE_SPORT, dport: int | None = PROBE_DPORT, mark: int = 0,
-             ct_state: str = "new") -> FlowPath:
-        """A forwarded flow entering on `iif`: prerouting (marks), routing, forward, postrouting (NAT)."""
-        from tracer.sim.netfilter import traverse
-
-        key = (src, dst, iif, proto, sport, dport, mark, ct_state)
+             reply: bool = False) -> FlowPath:
+        """A forwarded flow entering on `iif` — a new connection, or its reply — as the explanation walks it."""
+        key = (src, dst, iif, proto, sport, dport, mark, reply)
         cache = self.__dict__.setdefault("_flow_cache", {})
-        if key in cache:
-            return cache[key]
-        packet = self._flow_packet(src, dst, iif, proto, sport, dport, mark, ct_state)
-        rs, info = self.ruleset, self.address_info
-        pre = traverse(rs, "prerouting", packet, addresses=info)
-        packet = pre.packet
-        result = self.route(packet.dst, src=packet.src, iif=iif, mark=packet.mark, proto=proto,
-                            sport=sport, dport=dport)
-        path = FlowPath(src, dst, iif, proto, sport, dport, why, result, mark=packet.mark)
-        if not result.error and result.dev and result.type in (None, "unicast"):
-            link = self.links.get(result.dev)
-            packet = dataclasses.replace(packet, oif=result.dev, oifkind=link.kind if link else None)
-            forward = traverse(rs, "forward", packet, addresses=info)
-            post = traverse(rs, "postrouting", forward.packet, addresses=info) if forward.verdict == "accept" else None
-            snat = tuple(n for n in (post.nat if post else ()) if n.field == "src")
-            path = FlowPath(src, dst, iif, proto, sport, dport, why, result, mark=packet.mark,
-                            forward=forward, post=post,
-                            out_src=post.packet.src if post else packet.src, snat=snat)
-        cache[key] = path
-        return path
-
-    def _flow_packet(self, src, dst, iif, proto, sport, dport, mark, ct_state):
-        """The packet of a flow as it enters prerouting."""
-        from tracer.sim.netfilter import PacketView
-
-        pf = "ip" if family_of(dst) == AF_INET else "ip6"
-        new = ct_state == "new"
-        return PacketView(pf, src, dst, proto, sport=sport, dport=dport, iif=iif, mark=mark, ct_state=ct_state,
-                          tcp_flags=(0x02 if new else 0x12) if proto == TCP else None, length=60,
-                          icmp_type=(8 if new else 0) if proto == 1 else None, icmp_code=0 if proto == 1 else None,
-                          iifkind=self.links[iif].kind if iif in self.links else None)
+        if key not in cache:
+            flow = Flow(dst=dst, src=src, iif=iif, proto=proto, sport=sport, dport=dport, mark=mark)
+            cache[key] = FlowPath(explain(self.state, flow, REPLY if reply else NEW_CONNECTION), why)
+        return cache[key]
 
     @staticmethod
     def rp_filter_drop(result) -> bool:
@@ -380,81 +413,16 @@ class CheckContext:
         (martian source) for local delivery."""
         return result.error == "EXDEV" or (result.error == "EINVAL" and "rp_filter" in (result.error_reason or ""))
 
-    def flow_from_explanation(self, explanation) -> FlowPath | None:
-        """The FlowPath of an explained forwarded flow (None for local flows)."""
+    def flow_from_explanation(self, explanation: Explanation) -> FlowPath | None:
+        """The FlowPath of an explained forwarded flow (None for local flows): the
+        explanation itself, or — when an existing conntrack entry decided its NAT — the
+        same walk for a new connection, which is what the rules answer for."""
         flow = explanation.flow
         if explanation.origin != "forwarded" or not flow.src or not flow.iif:
             return None
-        key = (flow.src, flow.dst, flow.iif, flow.proto, flow.sport, flow.dport, flow.mark, "new")
-        cache = self.__dict__.setdefault("_flow_cache", {})
-        if key not in cache:
-            path = self._path_from_explanation(explanation, "the flow asked about")
-            if path is not None:
-                cache[key] = path
-        return self.flow(flow.src, flow.dst, flow.iif, why="the flow asked about",
-                         proto=flow.proto, sport=flow.sport, dport=flow.dport, mark=flow.mark)
-
-    @cached_property
-    def _hooks_reusable(self) -> bool:
-        """Whether an explanation's hook walks can stand for this engine's own: no rule
-        reads what the two models set differently (packet length, address types,
-        REDIRECT's interface address). MASQUERADE is compared per flow."""
-        words = ("fib ", "length", "addrtype", "redirect", "tproxy")
-        for chain in self.ruleset.chains.values():
-            for rule in chain.rules:
-                text = rule.text.lower()
-                if any(w in text for w in words):
-                    return False
-        return True
-
-    def _path_from_explanation(self, explanation, why: str) -> FlowPath | None:
-        """The FlowPath `flow()` would compute, taken from the explanation's own walk
-        (hooks and routing decision) when its inputs are provably the same; None
-        otherwise (then `flow()` walks again)."""
-        flow = explanation.flow
-        hooks = explanation.hooks
-        if (explanation.state is not self.state or explanation.conntrack is not None or flow.tos
-                or not hooks or hooks[0].hook != "prerouting" or not explanation.decisions
-                or not self._hooks_reusable):
-            return None
-        pre = hooks[0]
-        packet = self._flow_packet(flow.src, flow.dst, flow.iif, flow.proto, flow.sport, flow.dport, flow.mark, "new")
-        # the explanation leaves the length unset; no rule reads it (_hooks_reusable)
-        if pre.verdict != "accept" or dataclasses.replace(packet, length=None) != pre.packet_in:
-            return None
-        decision = explanation.decisions[0]
-        packet = pre.packet
-        query = fib.FibQuery(family=family_of(packet.dst), dst=packet.dst, src=packet.src, iif=flow.iif,
-                             mark=packet.mark, proto=flow.proto, sport=flow.sport, dport=flow.dport)
-        if decision.stage != "routing" or decision.query != query:
-            return None
-        result = decision.result
-        src, dst, iif = flow.src, flow.dst, flow.iif
-        path = FlowPath(src, dst, iif, flow.proto, flow.sport, flow.dport, why, result, mark=packet.mark)
-        if not result.error and result.dev and result.type in (None, "unicast"):
-            link = self.links.get(result.dev)
-            packet = dataclasses.replace(packet, oif=result.dev, oifkind=link.kind if link else None)
-            if len(hooks) < 2 or hooks[1].hook != "forward" or hooks[1].packet_in != packet:
-                return None
-            forward, post = hooks[1], None
-            if forward.verdict == "accept":
-                if len(hooks) < 3 or hooks[2].hook != "postrouting" or hooks[2].packet_in != forward.packet:
-                    return None
-                post = hooks[2]
-            for hook in (pre, forward, post):
-                if hook is not None and hook.uncertain:
-                    return None
-                for n in hook.nat if hook is not None else ():
-                    if n.type == "masquerade" and self.address_info.masquerade_source(
-                            hook.packet_in.oif, hook.packet_in.dst) != n.to:
-                        return None
-            snat = tuple(n for n in (post.nat if post else ()) if n.field == "src")
-            path = FlowPath(src, dst, iif, flow.proto, flow.sport, flow.dport, why, result, mark=packet.mark,
-                            forward=forward, post=post,
-                            out_src=post.packet.src if post else packet.src, snat=snat)
-        self.__dict__.setdefault("_fib_cache", {}).setdefault(
-            (query.dst, query.src, query.iif, None, query.mark, query.proto, query.sport, query.dport), result)
-        return path
+        if explanation.conntrack is None and explanation.state is self.state:
+            return FlowPath(explanation, "the flow asked about")
+        return FlowPath(explain(self.state, flow, NEW_CONNECTION), "the flow asked about", explanation.conntrack)
 
     def source_routed_back_via(self, source: str, ifname: str) -> bool:
         """Whether the far side of `ifname` can answer `source`: it is an address or a
@@ -514,7 +482,7 @@ class CheckContext:
 
 def context_for(state: HostState) -> CheckContext:
     """The state's one CheckContext (its indexes are built once per state)."""
-    return state.cached("check_context", lambda: CheckContext(state))
+    return state.derived(CheckContext)
 
 
 def reserved(table: int) -> bool:

@@ -27,7 +27,7 @@ def sections(check: Check) -> tuple[str, dict[str, str]]:
     summary, _, rest = doc.partition("\n")
     found = dict()
     parts = _HEADING.split(rest)
-    for name, body in zip(parts[1::2], parts[2::2]):
+    for name, body in zip(parts[1::2], parts[2::2], strict=False):  # a heading may end the text
         found[name.strip()] = body.strip()
     missing = [s for s in DOC_SECTIONS if not found.get(s)]
     if not summary.strip() or missing:

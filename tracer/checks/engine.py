@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 from tracer.checks.base import SEVERITY_RANK, Check, Finding
-from tracer.checks.context import CheckContext, context_for
+from tracer.checks.context import REQUIREMENTS, CheckContext, context_for
 from tracer.errors import UsageError
 
 _MODULE = re.compile(r"^(wr\d{3})_\w+$")
@@ -39,6 +39,8 @@ def catalogue() -> tuple[Check, ...]:
             raise RuntimeError(f"{check.id}: unknown severity {check.severity!r}")
         if check.id in found:
             raise RuntimeError(f"{check.id} defined twice")
+        if not check.requires <= REQUIREMENTS.keys():
+            raise RuntimeError(f"{check.id}: unknown requirement {sorted(check.requires - REQUIREMENTS.keys())}")
         found[check.id] = check
     return tuple(found[k] for k in sorted(found))
 
@@ -87,7 +89,8 @@ def run(state, checks: Iterable[Check] | None = None, *, ctx: CheckContext | Non
     ctx = ctx or CheckContext(state)
     findings: list[Finding] = []
     for check in (catalogue() if checks is None else checks):
-        findings.extend(check.check(ctx))
+        if ctx.has(check.requires):
+            findings.extend(check.check(ctx))
     return _ordered(findings)
 
 
@@ -99,22 +102,16 @@ def run_flow(state, explanation, checks: Iterable[Check] | None = None, *,
     ctx = ctx or context_for(state)
     checks = catalogue() if checks is None else tuple(checks)
     findings: list[Finding] = []
+    checks = tuple(c for c in checks if ctx.has(c.requires))
     path = ctx.flow_from_explanation(explanation)
     if path is not None:
         for check in checks:
             findings.extend(check.flow_check(ctx, path))
     decision = explanation.decision
-    matched = {step.rule.priority for step in decision.result.steps if step.matched} if decision else set()
-    rule_checks = tuple(c for c in checks if c.id in RULE_CHECKS)
-    by_rule = state.cached(f"rule_findings:{','.join(c.id for c in rule_checks)}",
-                           lambda: [f for c in rule_checks for f in c.check(ctx)])
+    matched = {step.rule.priority for step in decision.rules_walked if step.matched} if decision else set()
+    by_rule = ctx.host_findings(tuple(c for c in checks if c.shown_per_rule))
     findings.extend(f for f in by_rule if f.objects.get("rule") in matched)
     return _ordered(findings)
-
-
-# Host checks about a single ip rule (their findings carry objects["rule"] = its
-# priority): cheap, and shown for every flow that matches that rule.
-RULE_CHECKS = frozenset({"WR001", "WR002", "WR009", "WR028"})
 
 
 def grouped(findings: Iterable[Finding]) -> dict[str, list[Finding]]:

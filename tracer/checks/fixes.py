@@ -6,7 +6,6 @@ import re
 
 _IPT_OIF = re.compile(r"^(!\s*)?-o\s+(\S+)$")
 _NFT_OIF = re.compile(r'^(?:meta\s+)?oif(?:name)?\s+(!=\s*)?"?([^"\s{}]+)"?$')
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 
 
 def sysctl_key(ifname: str, key: str, family: str = "ipv4") -> str:

@@ -9,23 +9,32 @@ import sys
 import click
 
 from tracer import __version__
-from tracer.errors import UsageError
 from tracer.cli import check as check_commands
-from tracer.cli import lint as lint_commands
 from tracer.cli import lab as lab_commands
+from tracer.cli import lint as lint_commands
+from tracer.errors import ExitStatus, FlowError, UsageError, WhyRouteError
 
 
 class ExplainByDefault(click.Group):
-    """`why-route SRC DST` is short for `why-route explain SRC DST`."""
+    """`why-route SRC DST` is short for `why-route explain SRC DST` (global options may come first)."""
 
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["explain", *args]
-        return super().parse_args(ctx, args)
+    def resolve_command(self, ctx, args):
+        if args[0] not in self.commands and not args[0].startswith("-"):
+            return "explain", self.commands["explain"], args
+        return super().resolve_command(ctx, args)
+
+
+def _remember_traceback(ctx, _param, wanted):
+    # Read by tracer.__main__ when an error reaches it.
+    if wanted:
+        ctx.ensure_object(dict)["traceback"] = True
 
 
 @click.group(cls=ExplainByDefault, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="why-route")
+@click.option("--traceback", is_flag=True, expose_value=False, callback=_remember_traceback,
+              help="On an error, show the Python traceback instead of one line (for bug reports; "
+                   "also WHYROUTE_TRACEBACK=1).")
 def cli():
     """Explain why a flow leaves a Linux router the way it does.
 
@@ -55,15 +64,24 @@ def flow_options(command):
     return command
 
 
+# How the command line names each Flow field in messages (tracer.errors.FlowError).
+OPTION_NAMES = {name: f"--{name}" for name in ("iif", "oif", "proto", "sport", "dport", "mark", "tos", "uid")}
+
+
+def worded(error: WhyRouteError) -> str:
+    """The error's line for the command line: flow fields named as its options."""
+    return error.worded(OPTION_NAMES) if isinstance(error, FlowError) else str(error)
+
+
 def flow_from_params(params: dict):
-    from tracer.sim.explain import make_flow
+    from tracer.flow import make_flow
 
     addresses = params["addresses"]
     if len(addresses) > 2:
         raise UsageError(f"expected [SRC] DST, got {len(addresses)} addresses: {' '.join(addresses)}")
     dst = addresses[-1]
     src = addresses[0] if len(addresses) == 2 else None
-    return make_flow(dst, src, **{k: params[k] for k in ("iif", "oif", "proto", "sport", "dport", "mark", "tos", "uid")})
+    return make_flow(dst, src, **{k: params[k] for k in OPTION_NAMES})
 
 
 def source_options(command):
@@ -86,21 +104,24 @@ def explain(snapshot, netns, as_json, **params):
     """
     from tracer.app import StateSource, explain_flow
 
-    flow = flow_from_params(params)
-    source = StateSource(snapshot, netns)
-    if params.get("with_script"):
-        doc = lint_commands.what_if(source.load(), flow, params["with_script"])
-    else:
-        doc = explain_flow(source.load(for_flows=True), flow, source)
+    try:
+        flow = flow_from_params(params)
+        source = StateSource(snapshot, netns)
+        if params.get("with_script"):
+            explanation = lint_commands.what_if(source.load(), flow, params["with_script"])
+        else:
+            explanation = explain_flow(source.load(for_flows=True), flow, source)
+    except FlowError as exc:
+        raise UsageError(worded(exc)) from None
     if as_json:
-        from tracer.output.json_out import render
-        click.echo(render(doc))
+        from tracer.output import json_out
+        click.echo(json_out.explanation(explanation))
     else:
-        from tracer.output import text, style
-        click.echo(text.render(doc, colour=style.use_colour()), nl=False)
-    if doc["kernel"] is not None and not doc["kernel"]["agrees"]:
-        return 1
-    return 0
+        from tracer.output import style, text
+        click.echo(text.render(explanation, colour=style.use_colour()), nl=False)
+    if explanation.kernel is not None and not explanation.kernel.agrees:
+        return ExitStatus.KERNEL_DISAGREES
+    return ExitStatus.SUCCESS
 
 
 @cli.command("snapshot")
@@ -133,10 +154,16 @@ def batch(queries, snapshot, netns):
     printf '192.168.1.169 8.8.8.8\\n' | why-route batch --netns wr-route -
     """
     from tracer.app import StateSource, run_batch
+    from tracer.output import json_out
 
     source = StateSource(snapshot, netns)
     state = source.load(for_flows=True)
-    for line in run_batch(state, source, queries, _parse_query):
+    for result in run_batch(state, source, queries, _parse_query):
+        if result.error is not None:
+            line = json_out.dumps({"line": result.line, "query": result.query, "error": worded(result.error)},
+                                  pretty=False)
+        else:
+            line = json_out.explanation(result.explanation, pretty=False)
         click.echo(line)
         sys.stdout.flush()
 

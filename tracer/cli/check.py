@@ -31,7 +31,9 @@ def check(snapshot, netns, select_, ignore, as_json):
     findings = engine.run(state, checks)
     where = snapshot or (f"netns {netns}" if netns else "this host")
     if as_json:
-        click.echo(render.as_json(findings, source=where, rules_run=[c.id for c in checks]))
+        from tracer.output import json_out
+
+        click.echo(json_out.check(findings, source=where, rules_run=[c.id for c in checks]))
     else:
         click.echo(render.text(findings, colour=use_colour(), source=where, rules_run=len(checks)))
     return ExitStatus.PROBLEMS_FOUND if engine.has_errors(findings) else ExitStatus.SUCCESS

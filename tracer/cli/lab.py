@@ -1,7 +1,5 @@
 """`why-route lab …` commands (thin: parse, call tracer.lab, print)."""
 
-import json
-
 import click
 
 PREFIX_OPTION = click.option("--prefix", default="wr", show_default=True, metavar="P",
@@ -38,7 +36,8 @@ def down_command(prefix):
     from tracer.lab import builder
 
     removed = builder.down(prefix)
-    click.echo(f"lab {prefix} down: removed {len(removed)} namespace(s)" + (f": {' '.join(removed)}" if removed else ""))
+    listed = f": {' '.join(removed)}" if removed else ""
+    click.echo(f"lab {prefix} down: removed {len(removed)} namespace(s){listed}")
 
 
 @lab.command("status")
@@ -50,7 +49,9 @@ def status_command(prefix, as_json):
 
     report = builder.status(prefix)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        from tracer.output import json_out
+
+        click.echo(json_out.lab_status(report))
         return
     built = f"built in {report['seconds']:.2f} s" if report["seconds"] is not None else f"pid {report['pid']}"
     click.echo(f"lab {report['prefix']}: topology {report['topology']}, variant {report['variant']}, "

@@ -1,8 +1,8 @@
-"""`why-route lint` and `why-route verify`: parse, call, render (the logic is in tracer/lint and tracer/lint/replay.py)."""
+"""`why-route lint` and `why-route verify`: parse, call, render (the logic is in tracer/lint)."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 
 import click
 
@@ -34,15 +34,17 @@ def lint(script, snapshot, netns, as_json):
     why-route lint fix.sh --on router.json
     why-route lint fix.sh --netns wr-route --json
     """
-    from tracer.lint.run import lint_state, read_script
     from tracer.lint.replay import require_root
+    from tracer.lint.run import lint_state, read_script
 
     read_script(script)  # an unreadable script fails before anything is collected
     state, label = load_source(snapshot, netns)
     require_root()
     report = lint_state(state, script, source=label)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        from tracer.output import json_out
+
+        click.echo(json_out.lint(report))
     else:
         from tracer.output.lint import text
         from tracer.output.style import use_colour
@@ -70,12 +72,13 @@ def verify(expectations, snapshot, netns, with_script, as_json):
     state, label = load_source(snapshot, netns)
     if with_script:
         label = f"{label} after {with_script}"
-        state = _state_after(state, with_script)
+        state = _replayed(state, with_script)[0]
     outcomes = verify_mod.verify(state, wanted)
     failed = [o for o in outcomes if not o.ok]
     if as_json:
-        click.echo(json.dumps({"expectations": expectations, "source": label, "ok": not failed,
-                               "outcomes": [o.to_dict() for o in outcomes]}, indent=2))
+        from tracer.output import json_out
+
+        click.echo(json_out.verify(outcomes, expectations=expectations, source=label))
     else:
         from tracer.output import text
 
@@ -88,36 +91,33 @@ def verify(expectations, snapshot, netns, with_script, as_json):
             for mismatch in o.mismatches:
                 click.echo(f"        {mismatch}")
         for o in failed:
-            if o.doc is not None:
+            if o.explanation is not None:
                 click.echo("\n" + style(f"Why {o.expectation.title} fails:", "bold"))
-                click.echo(text.render(o.doc, colour=colour), nl=False)
+                click.echo(text.render(o.explanation, colour=colour), nl=False)
         click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} expectations hold")
     return ExitStatus.PROBLEMS_FOUND if failed else ExitStatus.SUCCESS
 
 
-def _state_after(state, script: str):
-    from tracer.lint.run import read_script
-    from tracer.lint.replay import require_root, state_after
+def _replayed(state, script: str):
+    """(the state after SCRIPT, its lint report); an unreadable script or a missing tool fails first."""
+    from tracer.lint.replay import require_root
+    from tracer.lint.run import read_script, state_after
 
     read_script(script)
     require_root()
-    return state_after(state, script)[0]
+    return state_after(state, script)
 
 
-def what_if(state, flow, script: str) -> dict:
+def what_if(state, flow, script: str):
     """`why-route SRC DST --with SCRIPT`: the explanation in the state after SCRIPT, computed offline
     from the replay's result; the script's failed lines are reported on stderr."""
     from tracer.app import StateSource, explain_flow
-    from tracer.lint.run import read_script
-    from tracer.lint.replay import require_root, state_after
 
-    read_script(script)
-    require_root()
-    after, report = state_after(state, script)
+    after, report = _replayed(state, script)
     # An offline source: the after-state exists only as data once the replay namespace is gone.
-    doc = explain_flow(after, flow, StateSource(snapshot=script))
+    explanation = explain_flow(after, flow, StateSource(snapshot=script))
     for line in report.failed:
         click.echo(f"why-route: {script} line {line.lineno} failed, so it is not part of this what-if: "
                    f"{line.message.splitlines()[0]}", err=True)
-    doc["notes"] = [f"what-if: the state after {script} (replayed in a throwaway namespace)", *doc["notes"]]
-    return doc
+    note = f"what-if: the state after {script} (replayed in a throwaway namespace)"
+    return dataclasses.replace(explanation, notes=(note, *explanation.notes))

@@ -18,7 +18,8 @@ from pathlib import Path
 from tracer import netns as netns_mod
 from tracer.collect.netfilter import collect_netfilter
 from tracer.collect.netlink import RtnlSocket
-from tracer.model import AF_INET, AF_INET6, ConntrackEntry, HostState
+from tracer.model import ConntrackEntry, HostState, Provenance, RtTablesEntry
+from tracer.vocab import AF_INET, AF_INET6
 
 # Per-interface conf keys that decide forwarding, rp_filter and source checks.
 _CONF_KEYS = {
@@ -64,13 +65,13 @@ def rt_tables_files(directory: Path) -> list[Path]:
     return [main, *sorted(extra.glob("*.conf"))] if extra.is_dir() else [main]
 
 
-def read_rt_tables(files: list[Path]) -> tuple[dict[int, str], list[list]]:
-    """(id → name as `ip` shows it, every entry as [id, name, file]).
+def read_rt_tables(files: list[Path]) -> tuple[dict[int, str], list[RtTablesEntry]]:
+    """(id → name as `ip` shows it, every entry).
 
     Like iproute2's rtnl_tab_initialize, a later line for the same id wins; the
     full entry list keeps the duplicates for the checks."""
     names: dict[int, str] = {}
-    entries: list[list] = []
+    entries: list[RtTablesEntry] = []
     for path in files:
         try:
             lines = path.read_text().splitlines()
@@ -85,7 +86,7 @@ def read_rt_tables(files: list[Path]) -> tuple[dict[int, str], list[list]]:
             except ValueError:
                 continue
             names[table] = fields[1]
-            entries.append([table, fields[1], str(path)])
+            entries.append(RtTablesEntry(table, fields[1], str(path)))
     return names, entries
 
 
@@ -178,7 +179,7 @@ def collect_state(netns: str | None = None, *, netfilter: bool = True, conntrack
     """Everything an explanation needs, from the namespace `netns` (None: this one).
 
     `large_table`: leave out IPv4 tables with more prefixes than this (their size
-    goes to meta["partial_tables"]); kernel_assist then asks the kernel for the
+    goes to `partial_tables`); collect.kernel.augment then asks the kernel for the
     routes a flow needs, so one live explanation never dumps a full internet table."""
     warnings: list[str] = []
     kernel: dict = {}
@@ -203,15 +204,10 @@ def collect_state(netns: str | None = None, *, netfilter: bool = True, conntrack
     table_names, table_entries = read_rt_tables(rt_tables_files(netns_mod.iproute2_dir(netns)))
     if raw_netfilter:
         raw_netfilter["netns"] = netns
-    meta = {
-        "hostname": socket.gethostname(),
-        "netns": netns,
-        "kernel": os.uname().release,
-        "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "rt_tables_entries": table_entries,
-        "partial_tables": {str(t): n for t, n in partial.items()},
-        "warnings": warnings,
-    }
+    provenance = Provenance(hostname=socket.gethostname(), netns=netns, kernel=os.uname().release,
+                            taken_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return HostState(links=tuple(links), addresses=tuple(addresses), rules=tuple(rules),
                      routes=tuple(routes), table_names=table_names, neighbours=tuple(neighbours),
-                     sysctls=sysctls, netfilter=raw_netfilter, conntrack=entries, meta=meta)
+                     sysctls=sysctls, netfilter=raw_netfilter, conntrack=entries, provenance=provenance,
+                     rt_tables_entries=tuple(table_entries), partial_tables=dict(partial),
+                     warnings=tuple(warnings))

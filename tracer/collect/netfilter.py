@@ -8,6 +8,7 @@
     ip6tables-nft-save -c         … IPv6
     iptables-legacy-save -c       legacy x_tables (IPv4), empty when none is loaded
     ip6tables-legacy-save -c      … IPv6
+    ipset save                    ipsets that `-m set` matches read (= ipset list -o save)
 
 inside `ip netns exec NS` when a namespace is given. The result is the
 snapshot's "netfilter" key (schema in docs/netfilter.md).
@@ -32,6 +33,7 @@ _COMMANDS = {
     "ipt_nft_ip6": ["ip6tables-nft-save", "-c"],
     "ipt_legacy_ip": ["iptables-legacy-save", "-c"],
     "ipt_legacy_ip6": ["ip6tables-legacy-save", "-c"],
+    "ipset": ["ipset", "save"],
 }
 _PERMISSION = ("Operation not permitted", "Permission denied", "must be root")
 
@@ -139,4 +141,5 @@ def collect_netfilter(netns: str | None = None, *, timeout: float = 20.0, while_
         "nft": nft,
         "iptables_nft": {"ip": save("ipt_nft_ip"), "ip6": save("ipt_nft_ip6")},
         "iptables_legacy": {"ip": save("ipt_legacy_ip"), "ip6": save("ipt_legacy_ip6")},
+        "ipset": save("ipset"),
     }

@@ -15,7 +15,8 @@ import os
 import socket
 import struct
 
-from tracer.model import AF_INET, AF_INET6, Address, Link, Neighbour, Nexthop, Route, Rule
+from tracer.model import Address, Link, Neighbour, Nexthop, Route, Rule
+from tracer.vocab import AF_INET, AF_INET6
 
 NETLINK_ROUTE = 0
 NETLINK_GET_STRICT_CHK = 12

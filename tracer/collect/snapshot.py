@@ -13,7 +13,18 @@ import json
 from typing import Any
 
 from tracer.errors import UsageError
-from tracer.model import Address, ConntrackEntry, HostState, Link, Neighbour, Nexthop, Route, Rule
+from tracer.model import (
+    Address,
+    ConntrackEntry,
+    HostState,
+    Link,
+    Neighbour,
+    Nexthop,
+    Provenance,
+    Route,
+    RtTablesEntry,
+    Rule,
+)
 
 FORMAT = "why-route-snapshot"
 VERSION = 1
@@ -68,8 +79,28 @@ def _decode(cls, data: dict):
     return cls(**kwargs)
 
 
+def _meta(state: HostState) -> dict:
+    provenance = {k: v for k, v in dataclasses.asdict(state.provenance).items() if v is not None}
+    return {**provenance,
+            "rt_tables_entries": [[e.table, e.name, e.path] for e in state.rt_tables_entries],
+            "partial_tables": {str(t): n for t, n in sorted(state.partial_tables.items())},
+            "warnings": list(state.warnings), **({"notes": list(state.notes)} if state.notes else {})}
+
+
+def _from_meta(meta: dict) -> dict:
+    """HostState's typed fields from the file's `meta` object (unknown keys are refused)."""
+    known = {f.name for f in dataclasses.fields(Provenance)}
+    extra = sorted(set(meta) - known - {"rt_tables_entries", "partial_tables", "warnings", "notes"})
+    if extra:
+        raise ValueError(f"unknown meta key {extra[0]!r}")
+    return {"provenance": Provenance(**{k: v for k, v in meta.items() if k in known}),
+            "rt_tables_entries": tuple(RtTablesEntry(int(t), n, p) for t, n, p in meta.get("rt_tables_entries", ())),
+            "partial_tables": {int(t): int(n) for t, n in meta.get("partial_tables", {}).items()},
+            "warnings": tuple(meta.get("warnings", ())), "notes": tuple(meta.get("notes", ()))}
+
+
 def to_dict(state: HostState) -> dict:
-    doc = {"format": FORMAT, "version": VERSION, "meta": state.meta}
+    doc = {"format": FORMAT, "version": VERSION, "meta": _meta(state)}
     for key in _RECORDS:
         doc[key] = [_encode(r) for r in getattr(state, key)]
     doc["table_names"] = {str(k): v for k, v in sorted(state.table_names.items())}
@@ -93,7 +124,7 @@ def from_dict(doc: dict, source: str = "snapshot") -> HostState:
             table_names={int(k): v for k, v in doc.get("table_names", {}).items()},
             sysctls=dict(doc.get("sysctls", {})),
             netfilter=doc.get("netfilter") or {},
-            meta=dict(doc.get("meta", {})),
+            **_from_meta(doc.get("meta", {})),
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{source}: malformed snapshot: {exc}") from None

@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from tracer import netns
 from tracer.errors import EnvironmentProblem, UsageError, WhyRouteError
 from tracer.lab import topology as topo
 from tracer.lab.topology import Topology
@@ -35,10 +36,9 @@ from tracer.lab.topology import Topology
 DEFAULT_PREFIX = "wr"
 PREFIX = re.compile(r"[a-z0-9]{1,5}\Z")
 STATE_DIR = Path("/run/why-route/labs")
-NETNS_DIR = Path("/run/netns")
-ETC_NETNS = Path("/etc/netns")
-HOST_IPROUTE2 = Path("/etc/iproute2")
 STATE_VERSION = 1
+# tests/lab/lab_helpers.py still reads the paths here; they are tracer.netns's.
+NETNS_DIR, ETC_NETNS = netns.NETNS_RUN_DIR, netns.ETC_NETNS
 
 # Every node starts from these, whatever the host's sysctl.conf says (a new
 # namespace copies the host's IPv4 all/default settings): the kernel defaults
@@ -161,34 +161,23 @@ def _write_state(state: LabState) -> None:
     tmp.replace(path)  # atomic: a crash never leaves half a state file
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (builders and replays record theirs)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def up(topology: Topology | str | Path | None = None, variant: str | None = None,
        prefix: str = DEFAULT_PREFIX) -> LabState:
     """Build `topology` (a Topology, a bundled name or a path; default the seed) with `variant`.
 
     An existing or half-built lab with the same prefix is torn down first.
     Variant commands that fail are recorded in LabState.failures, not raised.
-    On any other error (or Ctrl-C) what was built is removed, then the error is raised."""
+    On any other error (or Ctrl-C, SIGTERM, SIGHUP) what was built is removed, then the error is raised."""
     started = time.monotonic()
     check_prefix(prefix)
     if not isinstance(topology, Topology):
         topology = topo.load(topology)
     chosen = topology.variant(variant)
     require_lab_privileges()
-    if not HOST_IPROUTE2.is_dir():
-        raise EnvironmentProblem(f"{HOST_IPROUTE2} is missing; the lab copies it per node for rt_tables")
+    if not netns.HOST_IPROUTE2.is_dir():
+        raise EnvironmentProblem(f"{netns.HOST_IPROUTE2} is missing; the lab copies it per node for rt_tables")
     old = _read_state_leniently(prefix)
-    if old and old.status == "building" and old.pid != os.getpid() and pid_alive(old.pid):
+    if old and old.status == "building" and old.pid != os.getpid() and netns.pid_alive(old.pid):
         raise UsageError(f"lab {prefix} is being built by process {old.pid}; wait, or use another --prefix")
     wanted = {node: namespace(prefix, node) for node in topology.node_names}
     _teardown(prefix, old, extra=wanted.values())
@@ -197,17 +186,15 @@ def up(topology: Topology | str | Path | None = None, variant: str | None = None
                      variant=chosen.name, nodes=wanted)
     _write_state(state)  # before the first namespace exists
     try:
-        failures = _Build(topology, state).run(chosen)
-    except BaseException as exc:
-        try:
-            _teardown(prefix, state)
-        except BaseException:  # a second Ctrl-C: the state file stays for `lab down`
-            pass
-        if isinstance(exc, WhyRouteError):
-            raise type(exc)(f"lab up failed, nothing left behind: {exc}") from None
-        if isinstance(exc, OSError):
-            raise EnvironmentProblem(f"lab up failed, nothing left behind: {exc}") from None
-        raise
+        # Ctrl-C, SIGTERM, SIGHUP or an error: what was built is removed, with the state file.
+        with netns.Teardown() as undo:
+            undo.callback(_teardown, prefix, state)
+            failures = _Build(topology, state).run(chosen)
+            undo.pop_all()  # built: the lab stays
+    except WhyRouteError as exc:
+        raise type(exc)(f"lab up failed, nothing left behind: {exc}") from None
+    except OSError as exc:
+        raise EnvironmentProblem(f"lab up failed, nothing left behind: {exc}") from None
     state = replace(state, status="up", failures=failures, seconds=round(time.monotonic() - started, 3))
     _write_state(state)
     return state
@@ -247,13 +234,8 @@ class _Build:
         return tuple(failures)
 
     def namespace(self, node: topo.Node) -> None:
-        ns = self.ns[node.name]
-        _run(["ip", "netns", "add", ns])
-        # ip netns exec bind-mounts /etc/netns/NS/iproute2 over /etc/iproute2:
-        # the node's own rt_tables, so variants never write the host's.
-        etc = ETC_NETNS / ns
-        shutil.rmtree(etc, ignore_errors=True)
-        shutil.copytree(HOST_IPROUTE2, etc / "iproute2", symlinks=True)
+        # With the node's own rt_tables (/etc/netns/NS/iproute2), so variants never write the host's.
+        netns.create(self.ns[node.name])
 
     def sysctl(self, node: topo.Node, *, early: bool) -> None:
         settings = {**BASE_SYSCTL, "net.ipv4.ip_forward": int(node.forwarding),
@@ -272,7 +254,7 @@ class _Build:
         if link.kind == "ppp":
             # PPP-like: no ARP, and one MAC on both ends. With IFF_NOARP the kernel
             # addresses frames to the device's own MAC, which the peer then accepts.
-            mac = "02:77:72:{:02x}:{:02x}:{:02x}".format(index >> 16 & 255, index >> 8 & 255, index & 255)
+            mac = f"02:77:72:{index >> 16 & 255:02x}:{index >> 8 & 255:02x}:{index & 255:02x}"
             options += ["address", mac, "arp", "off"]
         _run(["ip", "-n", self.ns[a.node], "link", "add", "name", a.interface, *options,
               "type", "veth", "peer", "name", b.interface, "netns", self.ns[b.node], *options])
@@ -321,12 +303,7 @@ def down(prefix: str = DEFAULT_PREFIX) -> list[str]:
 
 def _teardown(prefix: str, state: LabState | None, extra=()) -> list[str]:
     names = dict.fromkeys([*(state.nodes.values() if state else ()), *extra])
-    removed = []
-    for ns in names:
-        if (NETNS_DIR / ns).exists():
-            _run(["ip", "netns", "del", ns])
-            removed.append(ns)
-        shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
+    removed = [ns for ns in names if netns.delete(ns)]
     state_path(prefix).unlink(missing_ok=True)  # last: an interrupted down can be run again
     return removed
 
@@ -356,8 +333,7 @@ def status(prefix: str = DEFAULT_PREFIX) -> dict:
     state = _existing_lab(prefix)
     report = state.to_json()
     report["nodes"] = {
-        node: {"namespace": ns, "present": (NETNS_DIR / ns).exists(),
-               "interfaces": interfaces(ns) if (NETNS_DIR / ns).exists() else []}
+        node: {"namespace": ns, "present": netns.exists(ns), "interfaces": interfaces(ns) if netns.exists(ns) else []}
         for node, ns in state.nodes.items()
     }
     return report
@@ -366,7 +342,7 @@ def status(prefix: str = DEFAULT_PREFIX) -> dict:
 def exec_in(prefix: str, node: str, argv: list[str]) -> int:
     """Run argv in a lab node with the terminal's stdio; its exit status (128+N for signal N)."""
     ns = _existing_lab(prefix).ns(node)
-    if not (NETNS_DIR / ns).exists():
+    if not netns.exists(ns):
         raise UsageError(f"node {node} of lab {prefix} has no namespace {ns} (half-built? run lab up again)")
     code = subprocess.call(["ip", "netns", "exec", ns, *argv])
     return 128 - code if code < 0 else code

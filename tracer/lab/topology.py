@@ -181,6 +181,12 @@ def parse(text: str, source: str = "<string>") -> Topology:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TopologyError(f"topology {source}: not valid TOML: {exc}") from None
+    return from_dict(data, source)
+
+
+def from_dict(data: dict, source: str = "<dict>") -> Topology:
+    """A topology given as the tables a TOML file would hold (for code that
+    builds one), validated exactly like a file."""
     try:
         return _Parser(data).topology(source)
     except _Invalid as exc:
@@ -323,8 +329,9 @@ class _Parser:
         if not NODE_NAME.match(name):
             _fail(where, "a node name is a lowercase letter then up to 8 lowercase letters or digits")
         spec = _table(where, spec, set(), {"description", "forwarding", "sysctl", "interfaces", "routes", "run"})
+        interface_specs = _typed(f"{where}.interfaces", spec.get("interfaces", {}), dict)
         interfaces = tuple(self.interface(f"{where}.interfaces.{ifname}", ifname, ifspec)
-                           for ifname, ifspec in _typed(f"{where}.interfaces", spec.get("interfaces", {}), dict).items())
+                           for ifname, ifspec in interface_specs.items())
         names = {i.name for i in interfaces}
         for interface in interfaces:
             if interface.master is not None and interface.master not in {
@@ -359,7 +366,8 @@ class _Parser:
             at = f"{where}.addresses[{i}]"
             if isinstance(item, dict):
                 item = _table(at, item, {"local", "peer"}, set())
-                addresses.append(Address(_ip(f"{at}.local", item["local"]), _ip(f"{at}.peer", item["peer"], network=True)))
+                addresses.append(Address(_ip(f"{at}.local", item["local"]),
+                                         _ip(f"{at}.peer", item["peer"], network=True)))
             else:
                 addresses.append(Address(_ip(at, item, network=True)))
         if len(set(addresses)) != len(addresses):

@@ -1,13 +1,17 @@
 """Key flows of a host and the facts of a flow's explanation, for lint's before → after and for verify.
 
 The explanation itself comes from tracer.sim.explain (pure, from a HostState);
-this module only picks the flows worth showing and reads the JSON contract.
+this module only picks the flows worth showing and reads the typed explanation.
 """
 
 from __future__ import annotations
 
 from tracer.checks.context import context_for
-from tracer.model import AF_INET, TABLE_MAIN, HostState
+from tracer.flow import make_flow
+from tracer.model import TABLE_MAIN, HostState
+from tracer.sim.explain import explain
+from tracer.sim.explanation import Explanation
+from tracer.vocab import AF_INET, family_of
 
 INTERNET = {4: "8.8.8.8", 6: "2001:4860:4860::8888"}
 MAX_FLOWS = 12
@@ -24,7 +28,7 @@ def key_flows(*states: HostState) -> list[tuple[str, str]]:
         wan = {nh.dev for r in state.routes if r.dst_len == 0 for nh in r.nexthops}
         for route in state.routes:
             if route.dst_len == 0 and route.gateway:
-                destinations[_family(route.gateway)].append(route.gateway)
+                destinations[family_of(route.gateway)].append(route.gateway)
             link = state.link(route.dev)
             if (route.table == TABLE_MAIN and route.protocol == "kernel" and route.type == "unicast"
                     and route.dev not in wan and link is not None and not link.pointopoint
@@ -32,56 +36,51 @@ def key_flows(*states: HostState) -> list[tuple[str, str]]:
                 sources.append(_host_in(state, route.dst, route.dst_len))
     flows = []
     for src in dict.fromkeys(s for s in sources if s):
-        for dst in dict.fromkeys(destinations[_family(src)]):
+        for dst in dict.fromkeys(destinations[family_of(src)]):
             if dst != src:
                 flows.append((src, dst))
     return flows[:MAX_FLOWS]
-
-
-def _family(address: str) -> int:
-    return 6 if ":" in address else 4
 
 
 def _host_in(state: HostState, address: str, length: int) -> str | None:
     return context_for(state).representative_host(address, length)
 
 
-def explain_doc(state: HostState, src: str | None, dst: str, **options) -> dict:
-    """The JSON-contract dict of one flow, computed from `state` alone."""
-    from tracer.sim.explain import explain, make_flow
-
-    return explain(state, make_flow(dst, src, **options)).to_dict()
+def explained(state: HostState, src: str | None, dst: str, **options) -> Explanation:
+    """The explanation of one flow, computed from `state` alone."""
+    return explain(state, make_flow(dst, src, **options))
 
 
-def facts(doc: dict) -> dict:
+def facts(explanation: Explanation) -> dict:
     """What users assert about a flow, read from its explanation."""
-    decision = doc.get("decision") or {}
-    egress = doc.get("egress") or {}
-    rule = decision.get("rule") or {}
-    nat = doc.get("nat") or []
+    decision = explanation.decision
+    egress = explanation.egress
+    result = decision.result if decision else None
+    table = result.table if result else None
+    nat = explanation.nat
     return {
-        "verdict": doc.get("verdict"),
-        "leaves_via": egress.get("dev"),
-        "source": egress.get("src"),
-        "gateway": egress.get("gateway") or decision.get("gateway"),
-        "table": decision.get("table"),
-        "table_id": decision.get("table_id"),
-        "rule": rule.get("priority"),
-        "nat": nat[0]["type"] if nat else None,
-        "error": decision.get("error"),
+        "verdict": explanation.verdict,
+        "leaves_via": egress.dev if egress else None,
+        "source": egress.src if egress else None,
+        "gateway": (egress.gateway if egress else None) or (result.gateway if result else None),
+        "table": explanation.state.table_name(table) if table is not None else None,
+        "table_id": table,
+        "rule": result.rule.priority if result and result.rule else None,
+        "nat": nat[0].rewrite.type if nat else None,
+        "error": result.error if result else None,
     }
 
 
-def summary(doc: dict) -> str:
+def summary(explanation: Explanation) -> str:
     """One line: where the flow goes and why."""
-    f = facts(doc)
+    f = facts(explanation)
     if f["verdict"] not in ("forwarded", "sent"):
-        reason = doc.get("verdict_reason") or f["error"] or ""
+        reason = explanation.verdict_reason or f["error"] or ""
         return f"{f['verdict']}" + (f": {reason}" if reason else "")
     parts = [f"leaves {f['leaves_via']}" + (f" via {f['gateway']}" if f["gateway"] else "")]
     parts.append(f"table {f['table']} (rule {f['rule']})" if f["rule"] is not None else f"table {f['table']}")
     parts.append(f"source {f['source']}" + (f" ({f['nat']})" if f["nat"] else ""))
-    fell = [f"rule {r['priority']} matched but fell through ({r['reason']})"
-            for r in doc.get("rules") or () if r.get("matched") and r.get("reason") and r["priority"] != f["rule"]
-            and "lookup local" not in (r.get("text") or "")]
+    walked = explanation.decision.rules_walked if explanation.decision else ()
+    fell = [f"rule {r.rule.priority} matched but fell through ({r.reason})"
+            for r in walked if r.matched and r.reason and r.rule.priority != f["rule"] and "lookup local" not in r.text]
     return ", ".join(parts + fell)

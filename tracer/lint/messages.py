@@ -10,8 +10,8 @@ import difflib
 import ipaddress
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tracer.lint.script import Step
 from tracer.model import HostState

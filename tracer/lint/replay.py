@@ -3,43 +3,40 @@
     with Replay(state) as replay:              # namespace wrreplay-<pid>-<n>
         replay.run(["ip", "rule"])             # the real tool, inside the namespace
         after = replay.collect()               # HostState, read back from the kernel
-    state_after(state, "fix.sh") -> (HostState, LintReport)
 
 The namespace is isolated: it is never linked to the root namespace or to a
 real interface (every device is created inside it: ifb for Ethernet-like
 links, tun for point-to-point ones), and its rt_tables live in
 /etc/netns/<ns>/iproute2, which `ip netns exec` mounts over /etc/iproute2.
-Everything is removed on exit, Ctrl-C, SIGTERM/SIGHUP or an exception; a
-namespace left by a killed process (SIGKILL) is swept by the next replay.
-What is replayed and what is not: docs/lint.md.
+Everything is removed on exit, Ctrl-C, SIGTERM/SIGHUP or an exception (a
+tracer.netns.Teardown); a namespace left by a killed process (SIGKILL) is
+swept by the next replay. What is replayed and what is not: docs/lint.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import itertools
 import json
 import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import time
 from pathlib import Path
 
-from tracer import netns as netns_mod
+from tracer import netns
+from tracer.collect.live import collect_state
 from tracer.collect.netlink import ROUTE_PROTOCOLS, RtnlSocket
 from tracer.errors import EnvironmentProblem
-from tracer.lab.builder import pid_alive
-from tracer.model import AF_INET, AF_INET6, Address, HostState, Route, Rule
+from tracer.model import Address, HostState, Route, RtTablesEntry, Rule
+from tracer.vocab import AF_INET, AF_INET6
 
 NAME_PREFIX = "wrreplay-"
-_STALE = re.compile(r"wrreplay-(\d+)-\d+\Z")
-NETNS_RUN_DIR = Path("/run/netns")
-ETC_NETNS = Path("/etc/netns")
-HOST_IPROUTE2 = Path("/etc/iproute2")
-_counter = itertools.count(1)
+# tests/lint/lint_helpers.py still reads the paths here; they are tracer.netns's.
+NETNS_RUN_DIR, ETC_NETNS = netns.NETNS_RUN_DIR, netns.ETC_NETNS
 _PROTOCOL_NUMBERS = {name: number for number, name in ROUTE_PROTOCOLS.items()}
 
 TUNSETIFF = 0x400454CA
@@ -56,32 +53,9 @@ def require_root() -> None:
             raise EnvironmentProblem(f"`{tool}` not found; the replay needs iproute2 and nftables")
 
 
-def _remove_namespace(name: str) -> None:
-    if (NETNS_RUN_DIR / name).exists():
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
-
-
 def sweep_stale() -> list[str]:
     """Remove replay namespaces whose process is gone (it was SIGKILLed)."""
-    removed = []
-    names = set()
-    for directory in (NETNS_RUN_DIR, ETC_NETNS):
-        try:
-            names.update(os.listdir(directory))
-        except OSError:
-            pass
-    for name in sorted(names):
-        match = _STALE.match(name)
-        if match and not pid_alive(int(match.group(1))):
-            _remove_namespace(name)
-            removed.append(name)
-    return removed
-
-
-def _raise_exit(signum, _frame):
-    # Unwinds through the `with` blocks, so the namespace is removed.
-    raise SystemExit(128 + signum)
+    return netns.sweep(NAME_PREFIX)
 
 
 def _sysctl_path(key: str) -> str:
@@ -115,21 +89,22 @@ class Replay:
 
     def __init__(self, state: HostState):
         self.state = state
-        self.name = f"{NAME_PREFIX}{os.getpid()}-{next(_counter)}"
-        self.etc = ETC_NETNS / self.name / "iproute2"
+        self.name = netns.owned_name(NAME_PREFIX)
+        self.etc = netns.ETC_NETNS / self.name / "iproute2"
         self.notes: list[str] = []  # what could not be replayed exactly
         self.seconds: float | None = None
-        self._tun_fds: list[int] = []
-        self._old_handlers: dict[int, object] = {}
+        self._teardown = netns.Teardown()
 
     # --- lifetime -----------------------------------------------------------
 
-    def __enter__(self) -> "Replay":
+    def __enter__(self) -> Replay:
         require_root()
         sweep_stale()
-        self._install_handlers()
         started = time.monotonic()
+        self._teardown.__enter__()
         try:
+            # rt_tables are left out: the state's own are written by _Build.rt_tables.
+            self._teardown.namespace(self.name, iproute2_without=("rt_tables*",))
             _Build(self).run()
         except BaseException:
             self.close()
@@ -140,27 +115,9 @@ class Replay:
     def __exit__(self, *exc):
         self.close()
 
-    def _install_handlers(self) -> None:
-        try:
-            for signum in (signal.SIGTERM, signal.SIGHUP):
-                if signal.getsignal(signum) in (signal.SIG_DFL, None):
-                    self._old_handlers[signum] = signal.signal(signum, _raise_exit)
-        except ValueError:
-            pass  # not the main thread: only `with` and the stale sweep protect us
-
     def close(self) -> None:
-        """Remove the namespace and its /etc/netns directory; idempotent."""
-        masked = _mask_signals()
-        try:
-            for fd in self._tun_fds:
-                os.close(fd)
-            self._tun_fds.clear()
-            _remove_namespace(self.name)
-        finally:
-            _restore_signals(masked)
-            for signum, handler in self._old_handlers.items():
-                signal.signal(signum, handler)
-            self._old_handlers.clear()
+        """Remove the namespace, its /etc/netns directory and the devices held open; idempotent."""
+        self._teardown.close()
 
     # --- use ----------------------------------------------------------------
 
@@ -196,7 +153,7 @@ class Replay:
     def write_sysctl(self, values: dict[str, str]) -> dict[str, str]:
         """Write net.* sysctls inside the namespace; returns {key: error} for those refused."""
         errors = {}
-        with netns_mod.entered(self.name):
+        with netns.entered(self.name):
             for key in sorted(values, key=_sysctl_rank):
                 try:
                     Path("/proc/sys", _sysctl_path(key)).write_text(f"{values[key]}\n")
@@ -205,36 +162,22 @@ class Replay:
         return errors
 
     def collect(self) -> HostState:
-        from tracer.collect.live import collect_state
-
         state = collect_state(self.name, conntrack=False)
         # The state is the source host's, as the script left it: not the replay's bookkeeping.
-        meta = {**state.meta, "netns": self.state.meta.get("netns"), "hostname": self.state.meta.get("hostname"),
-                "replayed_in": self.name}
-        return state.replace(meta=meta)
+        source = self.state.provenance
+        return state.replace(provenance=dataclasses.replace(state.provenance, netns=source.netns,
+                                                            hostname=source.hostname, replayed_in=self.name))
 
     def attach_tun(self, name: str) -> None:
         """Create the point-to-point device `name` and keep it open, so it has a carrier like a live PPP link."""
-        with netns_mod.entered(self.name):
+        with netns.entered(self.name):
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
             try:
                 fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
             except OSError:
                 os.close(fd)
                 raise
-        self._tun_fds.append(fd)
-
-
-def _mask_signals():
-    try:
-        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-    except (ValueError, OSError):
-        return None
-
-
-def _restore_signals(old) -> None:
-    if old is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self._teardown.callback(os.close, fd)
 
 
 class _Build:
@@ -246,9 +189,6 @@ class _Build:
         self.note = replay.notes.append
 
     def run(self) -> None:
-        subprocess.run(["ip", "netns", "add", self.r.name], capture_output=True, check=False, env=_ENV)
-        if not (NETNS_RUN_DIR / self.r.name).exists():
-            raise EnvironmentProblem(f"cannot create network namespace {self.r.name}")
         self.rt_tables()
         sysctls = {k: v for k, v in self.state.sysctls.items() if k.startswith("net.")}
         early = {k: v for k, v in sysctls.items() if _sysctl_rank(k) < 3}
@@ -264,14 +204,9 @@ class _Build:
     # iproute2's names for tables: the state's rt_tables, in the namespace's own copy.
     def rt_tables(self) -> None:
         etc = self.r.etc
-        if HOST_IPROUTE2.is_dir():
-            shutil.copytree(HOST_IPROUTE2, etc, symlinks=True, ignore=shutil.ignore_patterns("rt_tables*"))
-        else:
-            etc.mkdir(parents=True)
-        entries = self.state.meta.get("rt_tables_entries") or \
-            [[table, name, "rt_tables"] for table, name in sorted(self.state.table_names.items())]
-        lines = [f"{table}\t{name}" for table, name, *_ in entries]
-        (etc / "rt_tables").write_text("".join(f"{line}\n" for line in lines))
+        entries = self.state.rt_tables_entries or \
+            [RtTablesEntry(table, name, "rt_tables") for table, name in sorted(self.state.table_names.items())]
+        (etc / "rt_tables").write_text("".join(f"{e.table}\t{e.name}\n" for e in entries))
 
     def sysctls(self, values: dict[str, str]) -> None:
         for key, error in self.r.write_sysctl(values).items():
@@ -316,7 +251,7 @@ class _Build:
             if "File exists" not in error and "already assigned" not in error:  # made by the kernel itself
                 self.note(f"`ip {commands[index]}`: {error}")
         wanted = {self._address_key(a) for a in self.state.addresses}
-        with netns_mod.entered(self.r.name), RtnlSocket() as rtnl:
+        with netns.entered(self.r.name), RtnlSocket() as rtnl:
             rtnl.links()
             extra = [a for a in rtnl.addresses() if self._address_key(a) not in wanted]
         self.r.ip_batch([self._address_command("del", a) for a in extra])
@@ -336,7 +271,7 @@ class _Build:
     def kernel_routes(self) -> None:
         """Make the kernel's own routes (connected, local, broadcast) those of the source."""
         wanted = {_route_key(r) for r in self.state.routes if r.protocol == "kernel"}
-        with netns_mod.entered(self.r.name), RtnlSocket() as rtnl:
+        with netns.entered(self.r.name), RtnlSocket() as rtnl:
             rtnl.links()
             have = {_route_key(r): r for r in rtnl.routes() if r.protocol == "kernel"}
         commands = [route_command("del", r) for key, r in have.items() if key not in wanted]
@@ -346,7 +281,7 @@ class _Build:
             self.note(f"`ip {commands[index]}`: {error}")
 
     def rules(self) -> None:
-        with netns_mod.entered(self.r.name), RtnlSocket() as rtnl:
+        with netns.entered(self.r.name), RtnlSocket() as rtnl:
             defaults = rtnl.rules()
         commands = [rule_command("del", r) for r in defaults]
         commands += [rule_command("add", r) for r in self.state.rules]
@@ -498,10 +433,3 @@ def rule_command(verb: str, r: Rule) -> str:
         words.append(r.action)
     return " ".join(words)
 
-
-def state_after(state: HostState, script_path: str):
-    """The state `state` would be in after running the script: (HostState, LintReport)."""
-    from tracer.lint.run import lint_state
-
-    report = lint_state(state, script_path)
-    return report.after, report

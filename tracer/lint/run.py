@@ -1,6 +1,7 @@
 """Lint a script: replay the state, run each step with the real tool, read the result back.
 
     lint_state(state, script_path, source="snapshot route.json") -> LintReport
+    state_after(state, "fix.sh") -> (HostState, LintReport)
 
 The report holds every line's outcome (the tool's own message, a plain
 explanation, a corrected line), the state after the script, how the key flows'
@@ -9,17 +10,21 @@ decisions changed, and the rules engine's findings that the script introduced.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
-from tracer.errors import UsageError
+from tracer.checks import engine
+from tracer.errors import UsageError, WhyRouteError
 from tracer.lint import flows as flows_mod
 from tracer.lint.messages import Context, explain
+from tracer.lint.replay import Replay
 from tracer.lint.script import IPROUTE2_DIR, Step, parse
 from tracer.model import HostState
+from tracer.sim.explanation import Explanation
 
 OK, FAILED, NOT_CHECKED = "ok", "failed", "not checked"
 _NOISE = ("Try `iptables -h'", "Try `ip6tables -h'", "Perhaps iptables or your kernel needs to be upgraded")
@@ -36,26 +41,17 @@ class LineResult:
     fix: str | None = None
     output: str = ""
 
-    def to_dict(self) -> dict:
-        return {"line": self.lineno, "text": self.text, "command": self.command, "status": self.status,
-                "message": self.message, "why": self.why, "fix": self.fix}
-
 
 @dataclass(frozen=True)
 class FlowChange:
     src: str
     dst: str
-    before: dict
-    after: dict
+    before: Explanation
+    after: Explanation
 
     @property
     def changed(self) -> bool:
         return flows_mod.facts(self.before) != flows_mod.facts(self.after)
-
-    def to_dict(self) -> dict:
-        return {"src": self.src, "dst": self.dst, "changed": self.changed,
-                "before": {**flows_mod.facts(self.before), "summary": flows_mod.summary(self.before)},
-                "after": {**flows_mod.facts(self.after), "summary": flows_mod.summary(self.after)}}
 
 
 @dataclass
@@ -80,19 +76,6 @@ class LintReport:
     def not_checked(self) -> list[LineResult]:
         return [r for r in self.lines if r.status == NOT_CHECKED]
 
-    def to_dict(self) -> dict:
-        return {
-            "script": self.script, "source": self.source,
-            "lines": [r.to_dict() for r in self.lines],
-            "summary": {"failed": len(self.failed), "not_checked": len(self.not_checked),
-                        "ok": sum(r.status == OK for r in self.lines)},
-            "flows": [f.to_dict() for f in self.flows],
-            "new_findings": [f.to_dict() for f in self.new_findings],
-            "replay": {"namespace": self.namespace, "seconds": round(self.replay_seconds, 3),
-                       "notes": self.notes},
-            "seconds": round(self.seconds, 3),
-        }
-
 
 def read_script(path: str) -> str:
     try:
@@ -112,11 +95,15 @@ def lint_state(state: HostState, script_path: str, *, source: str = "") -> LintR
         return report
 
 
+def state_after(state: HostState, script_path: str) -> tuple[HostState, LintReport]:
+    """The state `state` would be in after running the script, and the lint report that says so."""
+    report = lint_state(state, script_path)
+    return report.after, report
+
+
 @contextmanager
 def linted(state: HostState, script_path: str, *, source: str = "") -> Iterator[LintReport]:
     """The report, while its namespace (report.namespace, in the state after the script) still exists."""
-    from tracer.lint.replay import Replay
-
     started = time.monotonic()
     steps = parse(read_script(script_path))
     report = LintReport(script=script_path, source=source, before=state)
@@ -132,7 +119,7 @@ def linted(state: HostState, script_path: str, *, source: str = "") -> Iterator[
             previous = (step.lineno, result.status)
         report.after = _as_source(replay.collect(), state, replay)
         report.flows = _flow_changes(state, report.after, report.notes)
-        report.new_findings = _new_findings(state, report.after, report.notes)
+        report.new_findings = _new_findings(state, report.after)
         report.seconds = time.monotonic() - started
         yield report
 
@@ -189,37 +176,26 @@ def _failure(step: Step, message: str, ctx: Context) -> LineResult:
 def _as_source(after: HostState, before: HostState, replay) -> HostState:
     """The replayed namespace's state, put back in the source host's terms."""
     etc = str(replay.etc)
-    entries = [[table, name, path.replace(etc, str(IPROUTE2_DIR))]
-               for table, name, path in after.meta.get("rt_tables_entries", [])]
+    entries = tuple(dataclasses.replace(e, path=e.path.replace(etc, str(IPROUTE2_DIR)))
+                    for e in after.rt_tables_entries)
     links = {link.name for link in after.links}
     # Conntrack entries and neighbours are not replayed: the host's own still apply after the script.
     return after.replace(conntrack=before.conntrack,
                          neighbours=tuple(n for n in before.neighbours if n.ifname in links),
-                         meta={**after.meta, "rt_tables_entries": entries})
+                         rt_tables_entries=entries)
 
 
 def _flow_changes(before: HostState, after: HostState, notes: list[str]) -> list[FlowChange]:
     changes = []
     for src, dst in flows_mod.key_flows(before, after):
         try:
-            changes.append(FlowChange(src, dst, flows_mod.explain_doc(before, src, dst),
-                                      flows_mod.explain_doc(after, src, dst)))
-        except ImportError as exc:
-            notes.append(f"flows not explained: {exc}")
-            break
-        except Exception as exc:  # one flow the simulator cannot handle must not hide the lint result
+            changes.append(FlowChange(src, dst, flows_mod.explained(before, src, dst),
+                                      flows_mod.explained(after, src, dst)))
+        except WhyRouteError as exc:  # e.g. no route back to the source after the script: the others still count
             notes.append(f"flow {src} → {dst} not explained: {exc}")
     return changes
 
 
-def _new_findings(before: HostState, after: HostState, notes: list[str]) -> list:
-    try:
-        from tracer.checks import engine
-    except ImportError:
-        return []
-    try:
-        old = set(engine.run(before))
-        return [f for f in engine.run(after) if f not in old]
-    except Exception as exc:  # the lint result stands even if a rule breaks on this state
-        notes.append(f"rules engine failed: {exc}")
-        return []
+def _new_findings(before: HostState, after: HostState) -> list:
+    old = set(engine.run(before))
+    return [f for f in engine.run(after) if f not in old]

@@ -14,7 +14,9 @@ import tomllib
 from dataclasses import dataclass, field
 
 from tracer.errors import UsageError
+from tracer.flow import make_flow
 from tracer.lint import flows
+from tracer.sim.explanation import Explanation
 
 # What a flow expectation may assert, and the type of its value.
 ASSERTIONS = {"leaves_via": str, "source": str, "gateway": str, "table": (str, int), "rule": int,
@@ -50,21 +52,12 @@ class Expectation:
 class Outcome:
     expectation: Expectation
     mismatches: tuple[str, ...]  # empty: it holds
-    doc: dict | None = None  # the flow's explanation (flow expectations)
+    explanation: Explanation | None = None  # the flow's explanation (flow expectations)
     findings: tuple = ()  # the unwanted findings (no_finding expectations)
 
     @property
     def ok(self) -> bool:
         return not self.mismatches
-
-    def to_dict(self) -> dict:
-        e = self.expectation
-        out = {"expect": e.index, "title": e.title, "ok": self.ok, "mismatches": list(self.mismatches)}
-        if self.doc is not None:
-            out["actual"] = flows.facts(self.doc)
-        if self.findings:
-            out["findings"] = [f.to_dict() for f in self.findings]
-        return out
 
 
 def load_expectations(path: str) -> list[Expectation]:
@@ -123,7 +116,6 @@ def _expectation(path: str, index: int, item: dict) -> Expectation:
                 raise bad(f"{key} {asserts[key]!r} is not an IP address") from None
     options = {k: item[k] for k in FLOW_OPTIONS if k in item}
     try:
-        from tracer.sim.explain import make_flow
         make_flow(item["to"], item.get("from"), **{k: str(v) if k in ("mark", "tos", "proto") else v
                                                    for k, v in options.items()})
     except UsageError as exc:
@@ -143,8 +135,8 @@ def verify(state, expectations: list[Expectation]) -> list[Outcome]:
             outcomes.append(Outcome(e, tuple(f"{f.id}: {f.message}" for f in hits), findings=hits))
             continue
         options = {k: str(v) if k in ("mark", "tos", "proto") else v for k, v in e.options.items()}
-        doc = flows.explain_doc(state, e.src, e.dst, **options)
-        outcomes.append(Outcome(e, _mismatches(e.asserts, flows.facts(doc)), doc))
+        explanation = flows.explained(state, e.src, e.dst, **options)
+        outcomes.append(Outcome(e, _mismatches(e.asserts, flows.facts(explanation)), explanation))
     return outcomes
 
 

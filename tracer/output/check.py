@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from tracer.checks.base import SEVERITIES, Finding
 from tracer.output.style import Style
 
@@ -36,13 +34,6 @@ def _wrap(message: str, indent: str, width: int = 100) -> list[str]:
 
     return textwrap.wrap(message, width=width, initial_indent=indent, subsequent_indent=indent,
                          break_long_words=False, break_on_hyphens=False)
-
-
-def as_json(findings: list[Finding], *, source: str, rules_run: list[str]) -> str:
-    doc = {"source": source, "rules": rules_run,
-           "summary": {name: sum(1 for f in findings if f.severity == name) for name in SEVERITIES},
-           "findings": [f.to_dict() for f in findings]}
-    return json.dumps(doc, indent=2)
 
 
 def catalogue_text(checks, *, colour: bool) -> str:

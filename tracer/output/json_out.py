@@ -1,14 +1,259 @@
-"""JSON output: the documented contract (docs/json.md), one object per explanation."""
+"""JSON output: the one emitter of every command's `--json` (the contract is docs/json.md).
+
+Every document starts with `schema`, the contract's version; fields are only
+ever added within a version. The typed results (explanations, findings, lint
+and verify reports) are turned into plain data here and nowhere else.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+from tracer.checks.base import SEVERITIES, Finding
+from tracer.flow import Flow, RouteAnswer
+from tracer.lint import flows
+from tracer.lint.run import OK as LINE_OK
+from tracer.lint.run import LintReport
+from tracer.lint.verify import Outcome
+from tracer.model import ConntrackEntry, HostState
+from tracer.sim import fib
+from tracer.sim.explanation import (
+    Choice,
+    EgressStep,
+    Explanation,
+    HookStep,
+    IifInference,
+    KernelCheck,
+    NatStep,
+    RerouteStep,
+    RoutingStep,
+)
+from tracer.vocab import protocol_name
+
 JSON_SCHEMA_VERSION = 1
+# Chains longer than this list only the rules that matched or could not be
+# evaluated; the others are counted in "omitted" (10,000 non-matching rules are noise).
+MAX_LISTED_STEPS = 200
 
 
-def render(doc: dict, *, pretty: bool = True) -> str:
-    body = {"schema": JSON_SCHEMA_VERSION, **doc}
+def dumps(body: dict, *, pretty: bool = True) -> str:
+    """One JSON document with its schema version first."""
+    doc = {"schema": JSON_SCHEMA_VERSION, **body}
     if pretty:
-        return json.dumps(body, indent=2, sort_keys=False)
-    return json.dumps(body, separators=(",", ":"))
+        return json.dumps(doc, indent=2)
+    return json.dumps(doc, separators=(",", ":"))
+
+
+# ------------------------------------------------------------- explanations
+
+def flow_doc(flow: Flow) -> dict:
+    return {"src": flow.src, "dst": flow.dst, "iif": flow.iif, "oif": flow.oif,
+            "proto": protocol_name(flow.proto) if flow.proto else None,
+            "sport": flow.sport, "dport": flow.dport, "mark": flow.mark, "tos": flow.tos, "uid": flow.uid}
+
+
+def iif_inferred_text(inferred: IifInference | None) -> str | None:
+    if inferred is None:
+        return None
+    how = f"via {inferred.gateway} " if inferred.gateway else ""
+    return (f"input interface {inferred.iif} inferred from the route back to {inferred.src} "
+            f"({how}dev {inferred.iif}, table {inferred.table}); use --iif to override")
+
+
+def decision_doc(step: RoutingStep, state: HostState) -> dict:
+    r = step.result
+    route = r.route
+    return {
+        "stage": step.stage,
+        "rule": {"priority": r.rule.priority, "text": step.rule_text} if r.rule else None,
+        "table_id": r.table,
+        "table": state.table_name(r.table) if r.table is not None else None,
+        "route": {"dst": route.prefix, "type": route.type, "metric": route.metric,
+                  "protocol": route.protocol, "scope": route.scope, "tos": route.tos,
+                  "text": fib.route_text(state, route)} if route else None,
+        "type": r.type,
+        "gateway": r.gateway,
+        "dev": r.dev,
+        "prefsrc": r.prefsrc,
+        "nexthops": [{"gateway": n.gateway, "dev": n.dev, "weight": n.weight} for n in r.nexthops],
+        "multipath": r.multipath_note,
+        "error": r.error,
+        "error_reason": r.error_reason,
+        "notes": list(r.notes),
+    }
+
+
+def hook_doc(step: HookStep) -> dict:
+    """The hook's traversal; chains of more than MAX_LISTED_STEPS rules keep only the
+    rules that matched or could not be evaluated, and count the others in `omitted`."""
+    traversal = step.traversal
+    chains, omitted = [], []
+    for chain in traversal.chains:
+        kept = chain.steps
+        if len(kept) > MAX_LISTED_STEPS:
+            kept = tuple(rule for rule in kept if rule.matched is not False)
+        omitted.append(len(chain.steps) - len(kept))
+        chains.append(dataclasses.replace(chain, steps=kept))
+    doc = dataclasses.replace(traversal, chains=tuple(chains)).to_dict()
+    for chain, count in zip(doc["chains"], omitted, strict=True):
+        chain["omitted"] = count
+    return doc
+
+
+def nat_doc(step: NatStep) -> dict:
+    return {**step.rewrite.to_dict(), "hook": step.hook}
+
+
+def egress_doc(step: EgressStep) -> dict:
+    return {"dev": step.dev, "src": step.src, "dst": step.dst, "nexthop": step.nexthop, "gateway": step.gateway,
+            "mtu": step.mtu, "mark": step.mark, "sport": step.sport, "dport": step.dport}
+
+
+def conntrack_doc(entry: ConntrackEntry | None) -> dict | None:
+    if entry is None:
+        return None
+    return {"text": entry.text, "proto": entry.proto, "state": entry.state,
+            "original": {"src": entry.orig_src, "dst": entry.orig_dst,
+                         "sport": entry.orig_sport, "dport": entry.orig_dport},
+            "reply": {"src": entry.reply_src, "dst": entry.reply_dst,
+                      "sport": entry.reply_sport, "dport": entry.reply_dport}}
+
+
+def answer_doc(answer: RouteAnswer) -> dict:
+    doc = dataclasses.asdict(answer)
+    doc["nexthops"] = [{"gateway": gateway, "dev": dev} for gateway, dev in answer.nexthops]
+    return doc
+
+
+def kernel_doc(kernel: KernelCheck | None) -> dict | None:
+    if kernel is None:
+        return None
+    return {**answer_doc(kernel.final), "agrees": kernel.agrees, "differences": list(kernel.differences),
+            "queries": len(kernel.answers)}
+
+
+def step_doc(step) -> dict:
+    """One step of the path, in order: what an observer can check it against."""
+    if isinstance(step, HookStep):
+        t = step.traversal
+        return {"type": "hook", "hook": t.hook, "verdict": t.verdict, "decided_by": t.decided_by,
+                "mark": t.packet.mark, "src": t.packet.src, "dst": t.packet.dst}
+    if isinstance(step, RoutingStep):
+        r = step.result
+        return {"type": "routing", "stage": step.stage, "rule": r.rule.priority if r.rule else None,
+                "table_id": r.table, "route": r.route.prefix if r.route else None, "dev": r.dev,
+                "gateway": r.gateway, "error": r.error}
+    if isinstance(step, NatStep):
+        n = step.rewrite
+        return {"type": "nat", "hook": step.hook, "nat": n.type, "field": n.field, "from": n.from_, "to": n.to,
+                "from_port": n.from_port, "to_port": n.to_port, "handle": n.handle,
+                "by_conntrack": step.by_conntrack}
+    if isinstance(step, RerouteStep):
+        return {"type": "reroute", "mark": step.mark, "dst": step.dst}
+    if isinstance(step, EgressStep):
+        return {"type": "egress", **egress_doc(step)}
+    raise TypeError(f"not a step: {step!r}")
+
+
+def explanation_doc(e: Explanation) -> dict:
+    decision = e.decision
+    return {
+        "flow": flow_doc(e.flow),
+        "origin": e.origin,
+        "iif_inferred": iif_inferred_text(e.iif_inferred),
+        "rules": [{"priority": s.rule.priority, "text": s.text, "matched": s.matched,
+                   "reason": s.reason, "result": s.result}
+                  for s in (decision.rules_walked if decision else ())],
+        "decision": decision_doc(decision, e.state) if decision else None,
+        "reroutes": [decision_doc(d, e.state) for d in e.decisions[:-1]],
+        "netfilter": [hook_doc(h) for h in e.hook_steps],
+        "nat": [nat_doc(n) for n in e.nat],
+        "conntrack": conntrack_doc(e.conntrack),
+        "egress": egress_doc(e.egress) if e.egress else None,
+        "verdict": e.verdict,
+        "verdict_reason": e.verdict_reason,
+        "kernel": kernel_doc(e.kernel),
+        "findings": [finding_doc(f) for f in e.findings],
+        "notes": list(e.notes),
+        "steps": [step_doc(s) for s in e.steps],
+        "share": e.share,
+        "choices": [choice_doc(c) for c in e.choices],
+        "alternatives": [outcome_doc(a) for a in e.alternatives],
+    }
+
+
+def choice_doc(c: Choice) -> dict:
+    return {"kind": c.kind, "index": c.index, "options": c.options, "share": c.share, "text": c.text}
+
+
+def outcome_doc(e: Explanation) -> dict:
+    """Another possible outcome of a forking path: where it goes, how likely it is."""
+    return {"share": e.share, "choices": [choice_doc(c) for c in e.choices], "verdict": e.verdict,
+            "verdict_reason": e.verdict_reason, "egress": egress_doc(e.egress) if e.egress else None,
+            "nat": [nat_doc(n) for n in e.nat], "steps": [step_doc(s) for s in e.steps]}
+
+
+def explanation(e: Explanation, *, pretty: bool = True) -> str:
+    return dumps(explanation_doc(e), pretty=pretty)
+
+
+# ------------------------------------------------------------------ findings
+
+def finding_doc(f: Finding) -> dict:
+    return {"id": f.id, "severity": f.severity, "title": f.title, "message": f.message, "fix": list(f.fix)}
+
+
+def check(findings: list[Finding], *, source: str, rules_run: list[str]) -> str:
+    """`why-route check --json`."""
+    return dumps({"source": source, "rules": rules_run,
+                  "summary": {name: sum(1 for f in findings if f.severity == name) for name in SEVERITIES},
+                  "findings": [finding_doc(f) for f in findings]})
+
+
+# ---------------------------------------------------------------------- lint
+
+def _flow_facts(explanation: Explanation) -> dict:
+    return {**flows.facts(explanation), "summary": flows.summary(explanation)}
+
+
+def lint(report: LintReport) -> str:
+    """`why-route lint --json`."""
+    return dumps({
+        "script": report.script, "source": report.source,
+        "lines": [{"line": r.lineno, "text": r.text, "command": r.command, "status": r.status,
+                   "message": r.message, "why": r.why, "fix": r.fix} for r in report.lines],
+        "summary": {"failed": len(report.failed), "not_checked": len(report.not_checked),
+                    "ok": sum(r.status == LINE_OK for r in report.lines)},
+        "flows": [{"src": f.src, "dst": f.dst, "changed": f.changed,
+                   "before": _flow_facts(f.before), "after": _flow_facts(f.after)} for f in report.flows],
+        "new_findings": [finding_doc(f) for f in report.new_findings],
+        "replay": {"namespace": report.namespace, "seconds": round(report.replay_seconds, 3),
+                   "notes": report.notes},
+        "seconds": round(report.seconds, 3),
+    })
+
+
+# ----------------------------------------------------------------------- lab
+
+def lab_status(report: dict) -> str:
+    """`why-route lab status --json`: the lab's record (its file's own `version` is not the schema)."""
+    return dumps({k: v for k, v in report.items() if k != "version"})
+
+
+# -------------------------------------------------------------------- verify
+
+def verify_outcome_doc(o: Outcome) -> dict:
+    e = o.expectation
+    doc = {"expect": e.index, "title": e.title, "ok": o.ok, "mismatches": list(o.mismatches)}
+    if o.explanation is not None:
+        doc["actual"] = flows.facts(o.explanation)
+    if o.findings:
+        doc["findings"] = [finding_doc(f) for f in o.findings]
+    return doc
+
+
+def verify(outcomes: list[Outcome], *, expectations: str, source: str) -> str:
+    """`why-route verify --json`."""
+    return dumps({"expectations": expectations, "source": source, "ok": all(o.ok for o in outcomes),
+                  "outcomes": [verify_outcome_doc(o) for o in outcomes]})

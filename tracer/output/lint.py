@@ -1,4 +1,4 @@
-"""Text output of `why-route lint` (JSON is LintReport.to_dict())."""
+"""Text output of `why-route lint` (its JSON: tracer.output.json_out.lint)."""
 
 from __future__ import annotations
 

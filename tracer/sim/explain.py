@@ -1,7 +1,10 @@
-"""Explain one flow: the kernel's whole chain of decisions, computed from a HostState.
+"""Explain one flow: the one walk of a packet through hooks, routing and NAT, from a HostState.
 
-Pure: no kernel access here (the live cross-check lives in tracer/kernel_check.py).
-The order follows the kernel's packet path:
+Pure: no kernel access here (the live cross-check lives in tracer/app.py).
+Every consumer — the explanation itself, the rules engine, lint, verify —
+takes its path from `explain()`; a check that needs another packet of the
+same flow (a reply, an established packet) asks the same walk with a
+`PacketVariant`. The order follows the kernel's packet path:
 
     forwarded/local-in:  prerouting hook → route_input → forward|input → postrouting
     local-out:           route_output → output hook → (re-route if mark/dst changed) → postrouting
@@ -14,246 +17,49 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from tracer.errors import UsageError
-from tracer.model import AF_INET, AF_INET6, SCOPE_UNIVERSE, ConntrackEntry, HostState
+from tracer.errors import FlowError
+from tracer.flow import Flow, RouteQuery
+from tracer.model import SCOPE_UNIVERSE, ConntrackEntry, HostState
 from tracer.sim import fib
-from tracer.sim.netfilter import AddressInfo, PacketView, load_ruleset, traverse
-from tracer.sim.nft_model import IPPROTO, IPPROTO_NAMES, PORT_PROTOS
+from tracer.sim.explanation import (
+    Choice,
+    EgressStep,
+    Explanation,
+    HookStep,
+    IifInference,
+    NatStep,
+    RerouteStep,
+    RoutingStep,
+    Step,
+)
+from tracer.sim.netfilter import AddressInfo, NatRewrite, PacketView, Ruleset, load_ruleset, traverse
+from tracer.vocab import AF_INET, ICMP_PROTOCOLS, TCP, addr_int, nf_family, protocol_name
 
-# --proto names are nft's (IPPROTO); the ports need a protocol that has them.
-PROTOCOL_NAMES = IPPROTO_NAMES
-
-
-@dataclass(frozen=True)
-class Flow:
-    """What the user asked about. src None: a locally generated flow, source selected."""
-
-    dst: str
-    src: str | None = None
-    iif: str | None = None
-    oif: str | None = None
-    proto: int = 0
-    sport: int | None = None
-    dport: int | None = None
-    mark: int = 0
-    tos: int = 0
-    uid: int | None = None
-
-    @property
-    def family(self) -> int:
-        return AF_INET6 if ":" in self.dst else AF_INET
-
-    def to_dict(self) -> dict:
-        return {"src": self.src, "dst": self.dst, "iif": self.iif, "oif": self.oif,
-                "proto": PROTOCOL_NAMES.get(self.proto, self.proto) if self.proto else None,
-                "sport": self.sport, "dport": self.dport, "mark": self.mark, "tos": self.tos,
-                "uid": self.uid}
-
-
-def parse_protocol(text: str | None) -> int:
-    if text is None or text == "":
-        return 0
-    if text.isdigit() and 0 <= int(text) <= 255:
-        return int(text)
-    number = IPPROTO.get(text.lower(), 256)
-    if number <= 255:
-        return number
-    raise UsageError(f"unknown protocol {text!r}: use tcp, udp, icmp, sctp or a number 0-255") from None
-
-
-def parse_number(text: str | int | None, what: str, maximum: int) -> int | None:
-    if text is None or isinstance(text, int):
-        return text
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise UsageError(f"invalid {what} {text!r}: expected a number") from None
-    if not 0 <= value <= maximum:
-        raise UsageError(f"invalid {what} {text!r}: out of range 0-{maximum}")
-    return value
-
-
-def make_flow(dst: str, src: str | None = None, *, iif=None, oif=None, proto=None, sport=None,
-              dport=None, mark=None, tos=None, uid=None) -> Flow:
-    """Validate user input into a Flow; every problem is one UsageError line."""
-    addresses = []
-    for label, text in (("destination", dst), ("source", src)):
-        if text is None:
-            continue
-        try:
-            addresses.append(ipaddress.ip_address(text))
-        except ValueError:
-            raise UsageError(f"invalid {label} address {text!r}") from None
-    if len({a.version for a in addresses}) > 1:
-        raise UsageError(f"source {src} and destination {dst} are of different IP versions")
-    protocol = parse_protocol(proto)
-    sport_n = parse_number(sport, "source port", 65535)
-    dport_n = parse_number(dport, "destination port", 65535)
-    if (sport_n is not None or dport_n is not None) and protocol and protocol not in PORT_PROTOS:
-        raise UsageError(f"ports need --proto tcp, udp or sctp, not {PROTOCOL_NAMES.get(protocol, protocol)}")
-    if (sport_n is not None or dport_n is not None) and not protocol:
-        protocol = 6
-    return Flow(dst=str(addresses[0]), src=str(addresses[1]) if src is not None else None,
-                iif=iif, oif=oif, proto=protocol, sport=sport_n, dport=dport_n,
-                mark=parse_number(mark, "mark", 0xFFFFFFFF) or 0,
-                tos=parse_number(tos, "tos/dsfield", 255) or 0,
-                uid=parse_number(uid, "uid", 0xFFFFFFFF))
-
-
-# ----------------------------------------------------------------- results
-
-@dataclass(frozen=True)
-class Decision:
-    """One routing decision (there can be two: before and after a hook re-routes)."""
-
-    result: fib.FibResult
-    query: fib.FibQuery
-    stage: str  # "routing" | "re-route after output" …
-
-    def to_dict(self, state: HostState) -> dict:
-        r = self.result
-        route = r.route
-        return {
-            "stage": self.stage,
-            "rule": {"priority": r.rule.priority, "text": _rule_text(r)} if r.rule else None,
-            "table_id": r.table,
-            "table": state.table_name(r.table) if r.table is not None else None,
-            "route": {"dst": route.prefix, "type": route.type, "metric": route.metric,
-                      "protocol": route.protocol, "scope": route.scope, "tos": route.tos,
-                      "text": route_text(route, state)} if route else None,
-            "type": r.type,
-            "gateway": r.gateway,
-            "dev": r.dev,
-            "prefsrc": r.prefsrc,
-            "nexthops": [{"gateway": n.gateway, "dev": n.dev, "weight": n.weight} for n in r.nexthops],
-            "multipath": r.multipath_note,
-            "error": r.error,
-            "error_reason": r.error_reason,
-            "notes": list(r.notes),
-        }
+TCP_SYN, TCP_SYN_ACK = 0x02, 0x12
 
 
 @dataclass(frozen=True)
-class Explanation:
-    flow: Flow
-    origin: str  # forwarded | local-out | local-in
-    iif_inferred: str | None  # why the input interface was chosen, when the user gave none
-    decisions: tuple[Decision, ...]
-    hooks: tuple  # HookTraversal, in path order
-    nat: tuple[dict, ...]
-    conntrack: ConntrackEntry | None
-    egress: dict | None
-    verdict: str
-    verdict_reason: str
-    state: HostState = field(repr=False, compare=False)
-    kernel: dict | None = None
-    findings: tuple = ()
-    notes: tuple[str, ...] = ()
+class PacketVariant:
+    """Which packet of the flow to walk, when not the one the user's flow implies.
 
-    @property
-    def decision(self) -> Decision | None:
-        return self.decisions[-1] if self.decisions else None
+    The default (None fields) is the flow's next packet as the host would see it
+    now: established when a conntrack entry matches, else new; a TCP SYN, an ICMP
+    echo request; length unknown. `conntrack=False` ignores existing entries
+    (the rules' own answer for a new connection)."""
 
-    def with_kernel(self, kernel: dict) -> "Explanation":
-        return dataclasses.replace(self, kernel=kernel)
-
-    def with_findings(self, findings) -> "Explanation":
-        return dataclasses.replace(self, findings=tuple(findings))
-
-    def to_dict(self) -> dict:
-        final = self.decision.to_dict(self.state) if self.decision else None
-        return {
-            "flow": self.flow.to_dict(),
-            "origin": self.origin,
-            "iif_inferred": self.iif_inferred,
-            "rules": [{"priority": s.rule.priority, "text": s.text, "matched": s.matched,
-                       "reason": s.reason, "result": s.result}
-                      for s in (self.decision.result.steps if self.decision else ())],
-            "decision": final,
-            "reroutes": [d.to_dict(self.state) for d in self.decisions[:-1]],
-            "netfilter": [_compact_hook(h) for h in self.hooks],
-            "nat": list(self.nat),
-            "conntrack": _conntrack_dict(self.conntrack),
-            "egress": self.egress,
-            "verdict": self.verdict,
-            "verdict_reason": self.verdict_reason,
-            "kernel": self.kernel,
-            "findings": [f.to_dict() for f in self.findings],
-            "notes": list(self.notes),
-        }
+    ct_state: str | None = None  # "new" | "established"
+    length: int | None = None
+    conntrack: bool = True
 
 
-# Chains longer than this list only the rules that matched or could not be
-# evaluated; the others are counted in "omitted" (10,000 non-matching rules are noise).
-MAX_LISTED_STEPS = 200
-
-
-def _compact_hook(traversal) -> dict:
-    chains, omitted = [], []
-    for chain in traversal.chains:
-        kept = chain.steps
-        if len(kept) > MAX_LISTED_STEPS:
-            kept = tuple(step for step in kept if step.matched is not False)
-        omitted.append(len(chain.steps) - len(kept))
-        chains.append(dataclasses.replace(chain, steps=kept))
-    doc = dataclasses.replace(traversal, chains=tuple(chains)).to_dict()
-    for chain, count in zip(doc["chains"], omitted):
-        chain["omitted"] = count
-    return doc
-
-
-def _conntrack_dict(entry: ConntrackEntry | None) -> dict | None:
-    if entry is None:
-        return None
-    return {"text": entry.text, "proto": entry.proto, "state": entry.state,
-            "original": {"src": entry.orig_src, "dst": entry.orig_dst,
-                         "sport": entry.orig_sport, "dport": entry.orig_dport},
-            "reply": {"src": entry.reply_src, "dst": entry.reply_dst,
-                      "sport": entry.reply_sport, "dport": entry.reply_dport}}
-
-
-def _rule_text(result: fib.FibResult) -> str:
-    for step in result.steps:
-        if step.rule is result.rule:
-            return step.text
-    return str(result.rule.priority)
-
-
-def route_text(route, state: HostState) -> str:
-    """The route as `ip route show table X` prints it."""
-    words = [] if route.type == "unicast" else [route.type]
-    words.append(route.prefix)
-    if route.tos:
-        words += ["tos", f"0x{route.tos:02x}"]
-    if len(route.nexthops) == 1:
-        hop = route.nexthops[0]
-        if hop.gateway:
-            words += ["via", hop.gateway]
-        if hop.dev:
-            words += ["dev", hop.dev]
-    if route.table not in (254,):
-        words += ["table", state.table_name(route.table)]
-    if route.protocol not in ("boot", "unspec"):
-        words += ["proto", route.protocol]
-    if route.scope != SCOPE_UNIVERSE and route.type == "unicast":
-        words += ["scope", {253: "link", 254: "host", 200: "site"}.get(route.scope, str(route.scope))]
-    if route.prefsrc:
-        words += ["src", route.prefsrc]
-    if route.metric:
-        words += ["metric", str(route.metric)]
-    for hop in route.nexthops if len(route.nexthops) > 1 else ():
-        words += ["nexthop"] + (["via", hop.gateway] if hop.gateway else []) + ["dev", str(hop.dev), "weight", str(hop.weight)]
-    return " ".join(words)
-
-
-# -------------------------------------------------------------- addresses
+# ----------------------------------------------------------------- host facts
 
 def address_info(state: HostState, gateway_of=lambda oif: None) -> AddressInfo:
-    """What the netfilter walk needs from the host (shared with the rules engine).
+    """What the netfilter walk needs from the host.
     `gateway_of(oif)`: the nexthop the routing decision chose on oif, if known."""
-    broadcast = state.cached("broadcast", lambda: {r.dst for r in state.routes if r.type == "broadcast"})
+    broadcast = state.derived(_broadcast_addresses)
 
     def primary(ifname: str, fam: int):
         return [a for a in state.addresses_of(ifname, fam) if not a.secondary and a.scope == SCOPE_UNIVERSE]
@@ -266,11 +72,11 @@ def address_info(state: HostState, gateway_of=lambda oif: None) -> AddressInfo:
         nexthop = gateway_of(oif) or dst
         if ":" in dst:
             return fib.ipv6_select_source(state, oif, nexthop)
-        return fib.select_source(state, oif, fib.addr_int(AF_INET, nexthop), SCOPE_UNIVERSE)
+        return fib.select_source(state, oif, addr_int(AF_INET, nexthop), SCOPE_UNIVERSE)
 
     def address_type(addr):
         ip = ipaddress.ip_address(addr)
-        if _is_local(state, addr) or ip.is_loopback:
+        if is_local(state, addr) or ip.is_loopback:
             return "local"
         if ip.is_multicast:
             return "multicast"
@@ -278,8 +84,8 @@ def address_info(state: HostState, gateway_of=lambda oif: None) -> AddressInfo:
             return "broadcast"
         return "unicast"
 
-    def interface_address(ifname, nf_family):
-        found = primary(ifname, AF_INET if nf_family == "ip" else AF_INET6)
+    def interface_address(ifname, family):
+        found = primary(ifname, AF_INET if family == "ip" else 6)
         return found[0].local if found else None
 
     def interface_kind(ifname):
@@ -289,18 +95,35 @@ def address_info(state: HostState, gateway_of=lambda oif: None) -> AddressInfo:
     return AddressInfo(masquerade_source, address_type, interface_address, interface_kind)
 
 
-def _is_local(state: HostState, addr: str) -> bool:
-    return addr in state.cached("local_addresses", lambda: frozenset(a.local for a in state.addresses))
+def _compiled_ruleset(state: HostState) -> Ruleset:
+    return load_ruleset(state.netfilter or {})
 
 
-# -------------------------------------------------------------- conntrack
+def ruleset_of(state: HostState) -> Ruleset:
+    """The state's compiled ruleset, built once (compiling 10,000 rules costs); empty
+    when the state holds no netfilter dump."""
+    return state.derived(_compiled_ruleset)
+
+
+def _local_addresses(state: HostState) -> frozenset[str]:
+    return frozenset(a.local for a in state.addresses)
+
+
+def _broadcast_addresses(state: HostState) -> frozenset[str]:
+    return frozenset(r.dst for r in state.routes if r.type == "broadcast")
+
+
+def is_local(state: HostState, addr: str) -> bool:
+    return addr in state.derived(_local_addresses)
+
 
 def find_conntrack(state: HostState, flow: Flow) -> ConntrackEntry | None:
-    """The entry whose original direction is this flow (ports only when given)."""
+    """The entry whose original direction is this flow (ports only when given). A flow
+    asked without a protocol matches none: an ICMP echo entry says nothing of TCP."""
+    if not flow.proto:
+        return None
     for entry in state.conntrack:
-        if entry.orig_src != flow.src or entry.orig_dst != flow.dst:
-            continue
-        if flow.proto and entry.proto != flow.proto:
+        if entry.orig_src != flow.src or entry.orig_dst != flow.dst or entry.proto != flow.proto:
             continue
         if flow.sport is not None and entry.orig_sport != flow.sport:
             continue
@@ -310,186 +133,315 @@ def find_conntrack(state: HostState, flow: Flow) -> ConntrackEntry | None:
     return None
 
 
-def _conntrack_nat(entry: ConntrackEntry) -> list[dict]:
-    rewrites = []
-    if entry.reply_src != entry.orig_dst:
-        rewrites.append({"type": "dnat", "field": "dst", "from": entry.orig_dst, "to": entry.reply_src,
-                         "rule": f"conntrack: {entry.text}", "hook": "prerouting", "source": "conntrack"})
-    if entry.reply_dst != entry.orig_src:
-        rewrites.append({"type": "snat", "field": "src", "from": entry.orig_src, "to": entry.reply_dst,
-                         "rule": f"conntrack: {entry.text}", "hook": "postrouting", "source": "conntrack"})
-    return rewrites
+def _conntrack_rewrite(entry: ConntrackEntry, field: str) -> NatRewrite | None:
+    """The rewrite of `field` that the entry's reply tuple implies, if any."""
+    if field == "dst" and (entry.reply_src != entry.orig_dst or entry.reply_sport != entry.orig_dport):
+        return NatRewrite("dnat", "dst", entry.orig_dst, entry.reply_src, f"conntrack: {entry.text}", "", "", None,
+                          source="conntrack", from_port=entry.orig_dport,
+                          to_port=entry.reply_sport if entry.reply_sport != entry.orig_dport else None)
+    if field == "src" and (entry.reply_dst != entry.orig_src or entry.reply_dport != entry.orig_sport):
+        return NatRewrite("snat", "src", entry.orig_src, entry.reply_dst, f"conntrack: {entry.text}", "", "", None,
+                          source="conntrack", from_port=entry.orig_sport,
+                          to_port=entry.reply_dport if entry.reply_dport != entry.orig_sport else None)
+    return None
+
+
+def _as_the_rules_make_it(entry: ConntrackEntry, field: str,
+                          rules: Explanation) -> tuple[NatRewrite | None, str | None]:
+    """The entry's rewrite of `field`, named as the rule that makes it (a MASQUERADE
+    entry stays "masquerade"), and a note when today's rules would map a new
+    connection otherwise (the entry predates them)."""
+    kept = _conntrack_rewrite(entry, field)
+    made = next((step.rewrite for step in rules.nat if step.rewrite.field == field), None)
+    original = entry.orig_src if field == "src" else entry.orig_dst
+    if (made.to if made else original) == (kept.to if kept else original):
+        if kept is not None and made is not None:
+            kept = dataclasses.replace(kept, type=made.type, rule=f"{kept.rule} (set up by {made.rule})",
+                                       table=made.table, chain=made.chain, handle=made.handle, family=made.family)
+        return kept, None
+    entry_map = f"maps {field} {original} to {kept.to}" if kept else f"keeps {field} {original} unchanged"
+    rules_map = f"map it to {made.to} ({made.rule})" if made else "leave it unchanged"
+    return kept, (f"the conntrack entry {entry_map}, but the current rules would {rules_map} for a new "
+                  f"connection: the entry predates them and applies until it expires or is deleted")
+
+
+def infer_iif(state: HostState, flow: Flow) -> IifInference:
+    """The interface a forwarded packet from SRC arrives on: the route back to SRC."""
+    back = fib.route(state, RouteQuery(family=flow.family, dst=flow.src, mark=flow.mark))
+    if back.error or not back.dev:
+        raise FlowError("iif", f"cannot tell where packets from {flow.src} come in: no route back to "
+                               f"{flow.src} ({back.error or 'no device'}); give {{iif}}")
+    table = state.table_name(back.table) if back.table is not None else "?"
+    return IifInference(back.dev, flow.src, back.gateway, table)
 
 
 # ------------------------------------------------------------------- walk
 
 class _Walk:
-    """Carries the packet along the path; every step appends to the lists."""
+    """Carries the packet along the path; every step is appended in order."""
 
-    def __init__(self, state: HostState, flow: Flow):
+    def __init__(self, state: HostState, flow: Flow, variant: PacketVariant, inferred: IifInference | None,
+                 picks: tuple[int, ...]):
         self.state = state
         self.flow = flow
-        self.family = flow.family
-        self.nf_family = "ip" if self.family == AF_INET else "ip6"
-        self.ruleset = state.cached("ruleset", lambda: load_ruleset(state.netfilter)) if state.netfilter else None
-        self.decisions: list[Decision] = []
-        self.hooks: list = []
-        self.nat: list[dict] = []
+        self.inferred = inferred
+        self.picks = picks  # the option taken at each fork, in order (0 past the end)
+        self.choices: list[Choice] = []
+        self.forks: list[int] = []  # the number of options at each fork met
+        self.variant = variant
+        # Without a netfilter dump nothing is known of the hooks: none is shown.
+        self.ruleset = ruleset_of(state) if state.netfilter else None
+        self.steps: list[Step] = []
+        self.last_hook: HookStep | None = None
+        self.rules_answer: Explanation | None = None
         self.notes: list[str] = []
-        self.conntrack = find_conntrack(state, flow) if flow.src else None
+        self.conntrack = find_conntrack(state, flow) if flow.src and variant.conntrack else None
         self.addresses = address_info(state, self._gateway_on)
 
+    def _last_decision(self) -> fib.FibResult | None:
+        for step in reversed(self.steps):
+            if isinstance(step, RoutingStep):
+                return step.result
+        return None
+
     def _gateway_on(self, oif: str) -> str | None:
-        decision = self.decisions[-1].result if self.decisions else None
+        decision = self._last_decision()
         return decision.gateway if decision and decision.dev == oif else None
 
-    def route(self, stage: str, **query) -> fib.FibResult:
-        q = fib.FibQuery(family=self.family, tos=self.flow.tos, proto=self.flow.proto,
-                         sport=self.flow.sport, dport=self.flow.dport, **query)
+    def route(self, stage: str, packet: PacketView | None = None, **query) -> fib.FibResult:
+        ports = packet if packet is not None else self.flow
+        q = RouteQuery(family=self.flow.family, tos=self.flow.tos, proto=self.flow.proto,
+                       sport=ports.sport, dport=ports.dport, **query)
         result = fib.route(self.state, q)
-        self.decisions.append(Decision(result, q, stage))
+        if result.nexthop is None and len(result.nexthops) > 1 and not result.error:
+            result = self._pick_nexthop(q, result)
+        self.steps.append(RoutingStep(stage, q, result))
         return result
+
+    def _pick_nexthop(self, query: RouteQuery, result: fib.FibResult) -> fib.FibResult:
+        """A multipath route forks the path: this walk follows one nexthop (weighted by the kernel's hash)."""
+        hops = result.nexthops
+        index = self.picks[len(self.forks)] if len(self.forks) < len(self.picks) else 0
+        self.forks.append(len(hops))
+        total = sum(h.weight for h in hops)
+        hop = hops[index]
+        via = f"via {hop.gateway} " if hop.gateway else ""
+        self.choices.append(Choice("multipath", index, len(hops), hop.weight / total,
+                                   f"nexthop {via}dev {hop.dev}, weight {hop.weight} of {total}"))
+        return fib.choose_nexthop(self.state, query, result, hop)
 
     def hook(self, name: str, packet: PacketView) -> PacketView:
         """Run one netfilter hook; returns the packet as it leaves the hook."""
         if self.ruleset is None:
             return packet
         traversal = traverse(self.ruleset, name, packet, addresses=self.addresses)
-        self.hooks.append(traversal)
-        for rewrite in traversal.nat:
-            entry = rewrite.to_dict()
-            entry["hook"] = name
-            self.nat.append(entry)
+        self.last_hook = HookStep(traversal)
+        self.steps.append(self.last_hook)
+        self.steps.extend(NatStep(name, rewrite) for rewrite in traversal.nat)
         return traversal.packet
 
-    def dropped_at(self) -> str | None:
-        last = self.hooks[-1] if self.hooks else None
-        return last.hook if last and last.verdict in ("drop", "reject", "queue") else None
+    def conntrack_nat(self, hook: str, field: str) -> NatRewrite | None:
+        """The entry's mapping of `field`, compared with what the rules alone give a new connection."""
+        if self.rules_answer is None:
+            # the same outcome (same forks taken), without the entry
+            self.rules_answer = _explain_one(self.state, self.flow, dataclasses.replace(self.variant, conntrack=False),
+                                             tuple(c.index for c in self.choices))[0]
+        rewrite, disagreement = _as_the_rules_make_it(self.conntrack, field, self.rules_answer)
+        if disagreement:
+            self.notes.append(disagreement)
+        if rewrite is not None:
+            self.steps.append(NatStep(hook, rewrite))
+        return rewrite
+
+    def dropped_in(self) -> HookStep | None:
+        """The hook just run, if it dropped the packet."""
+        return self.last_hook if self.last_hook is not None and self.last_hook.dropped else None
 
     def packet(self, src: str, dst: str, mark: int, *, iif=None, oif=None) -> PacketView:
         link = self.state.link
+        proto = self.flow.proto
+        ct_state = self.variant.ct_state or ("established" if self.conntrack else "new")
+        new = ct_state == "new"
+        family = self.flow.family
         return PacketView(
-            family=self.nf_family, src=src, dst=dst, proto=self.flow.proto, sport=self.flow.sport,
+            family=nf_family(family), src=src, dst=dst, proto=proto, sport=self.flow.sport,
             dport=self.flow.dport, iif=iif, oif=oif, mark=mark, dscp=self.flow.tos >> 2,
-            ct_state="established" if self.conntrack else "new", uid=self.flow.uid if not iif else None,
+            ct_state=ct_state, uid=self.flow.uid if not iif else None,
             iifkind=link(iif).kind if iif and link(iif) else None,
             oifkind=link(oif).kind if oif and link(oif) else None,
-            icmp_type=(8 if self.family == AF_INET else 128) if self.flow.proto in (1, 58) else None,
-            icmp_code=0 if self.flow.proto in (1, 58) else None,
-            tcp_flags=0x02 if self.flow.proto == 6 and not self.conntrack else None,
+            icmp_type=_icmp_echo(family, new) if proto in ICMP_PROTOCOLS else None,
+            icmp_code=0 if proto in ICMP_PROTOCOLS else None,
+            tcp_flags=_tcp_flags(self.variant, self.conntrack) if proto == TCP else None,
+            length=self.variant.length,
         )
+
+    def with_oif(self, packet: PacketView, oif: str | None) -> PacketView:
+        link = self.state.link(oif)
+        return dataclasses.replace(packet, oif=oif, oifkind=link.kind if link else None)
+
+
+def _icmp_echo(family: int, request: bool) -> int:
+    if family == AF_INET:
+        return 8 if request else 0
+    return 128 if request else 129
+
+
+def _tcp_flags(variant: PacketVariant, conntrack: ConntrackEntry | None) -> int | None:
+    """A SYN for a new connection, a SYN/ACK for a reply asked about; unknown for a
+    packet of an existing connection (any segment can be next)."""
+    if variant.ct_state == "established":
+        return TCP_SYN_ACK
+    if variant.ct_state == "new" or conntrack is None:
+        return TCP_SYN
+    return None
 
 
 def _check_interfaces(state: HostState, flow: Flow) -> None:
-    for option, name in (("--iif", flow.iif), ("--oif", flow.oif)):
+    for field, name in (("iif", flow.iif), ("oif", flow.oif)):
         if name and state.link(name) is None:
             known = ", ".join(sorted(link.name for link in state.links)) or "none"
-            raise UsageError(f"unknown interface {name!r} for {option} (interfaces: {known})")
+            raise FlowError(field, f"unknown interface {name!r} for {{{field}}} (interfaces: {known})")
 
 
-def infer_iif(state: HostState, flow: Flow) -> tuple[str | None, str]:
-    """The interface a forwarded packet from SRC arrives on: the route back to SRC."""
-    back = fib.route(state, fib.FibQuery(family=flow.family, dst=flow.src, mark=flow.mark))
-    if back.error or not back.dev:
-        return None, f"no route back to {flow.src} ({back.error or 'no device'}); give --iif"
-    how = f"via {back.gateway} " if back.gateway else ""
-    table = state.table_name(back.table) if back.table is not None else "?"
-    return back.dev, f"input interface {back.dev} inferred from the route back to {flow.src} ({how}dev {back.dev}, table {table}); use --iif to override"
+# A path that forks more than this is explained by its first outcomes only (and says so).
+MAX_OUTCOMES = 16
 
 
-def explain(state: HostState, flow: Flow) -> Explanation:
+def explain(state: HostState, flow: Flow, variant: PacketVariant = PacketVariant()) -> Explanation:
+    """The flow's path; where it forks (multipath), the first outcome with the others as alternatives."""
+    outcomes: list[Explanation] = []
+    _outcomes(state, flow, variant, (), outcomes)
+    main = outcomes[0]
+    if len(outcomes) == 1:
+        return main
+    notes = main.notes
+    if len(outcomes) >= MAX_OUTCOMES:
+        notes = (*notes, f"the path forks into more than {MAX_OUTCOMES} outcomes: the first {MAX_OUTCOMES} are shown")
+    return dataclasses.replace(main, alternatives=tuple(outcomes[1:]), notes=notes)
+
+
+def _outcomes(state: HostState, flow: Flow, variant: PacketVariant, picks: tuple[int, ...],
+              found: list[Explanation]) -> None:
+    """Depth first: the walk with `picks`, then every other option at each later fork."""
+    outcome, forks = _explain_one(state, flow, variant, picks)
+    found.append(outcome)
+    taken = tuple(c.index for c in outcome.choices)
+    for depth in range(len(picks), len(forks)):
+        for option in range(1, forks[depth]):
+            if len(found) >= MAX_OUTCOMES:
+                return
+            _outcomes(state, flow, variant, (*taken[:depth], option), found)
+
+
+def _explain_one(state: HostState, flow: Flow, variant: PacketVariant,
+                 picks: tuple[int, ...]) -> tuple[Explanation, list[int]]:
     _check_interfaces(state, flow)
     inferred = None
-    if flow.src and flow.iif is None and not _is_local(state, flow.src):
-        iif, inferred = infer_iif(state, flow)
-        if iif is None:
-            raise UsageError(f"cannot tell where packets from {flow.src} come in: {inferred}")
-        flow = dataclasses.replace(flow, iif=iif)
+    if flow.src and flow.iif is None and not is_local(state, flow.src):
+        inferred = infer_iif(state, flow)
+        flow = dataclasses.replace(flow, iif=inferred.iif)
+    walk = _Walk(state, flow, variant, inferred, picks)
+    if not flow.proto and variant.conntrack and flow.src:
+        protocols = sorted({protocol_name(e.proto) for e in state.conntrack
+                            if e.orig_src == flow.src and e.orig_dst == flow.dst})
+        if protocols:
+            walk.notes.append(f"conntrack holds {'/'.join(protocols)} entries for {flow.src} → {flow.dst}: "
+                              "ask with the protocol to see their mapping applied")
     if flow.iif and flow.iif != "lo":
-        return _explain_input(state, flow, inferred)
-    return _explain_output(state, flow, inferred)
+        return _explain_input(walk), walk.forks
+    return _explain_output(walk), walk.forks
 
 
-def _explain_input(state: HostState, flow: Flow, inferred: str | None) -> Explanation:
-    walk = _Walk(state, flow)
-    src, dst, mark = flow.src, flow.dst, flow.mark
+def _explain_input(walk: _Walk) -> Explanation:
+    flow = walk.flow
     if walk.conntrack:
         walk.notes.append("an existing conntrack entry matches this flow: its NAT mapping applies, not the NAT rules")
-    packet = walk.hook("prerouting", walk.packet(src, dst, mark, iif=flow.iif))
-    if walk.dropped_at():
-        return _finish(walk, "forwarded", inferred, "dropped", f"dropped in prerouting ({walk.hooks[-1].decided_by})")
+    packet = walk.hook("prerouting", walk.packet(flow.src, flow.dst, flow.mark, iif=flow.iif))
+    if walk.dropped_in():
+        return _dropped(walk, "forwarded")
     if walk.conntrack:
-        walk.nat.extend(n for n in _conntrack_nat(walk.conntrack) if n["field"] == "dst")
-        dst = walk.conntrack.reply_src
-    else:
-        dst = packet.dst
-    mark = packet.mark
-    if mark != flow.mark:
-        walk.notes.append(f"prerouting set the mark to {mark:#x} before the routing decision")
-    result = walk.route("routing", dst=dst, src=src, iif=flow.iif, mark=mark)
+        walk.conntrack_nat("prerouting", "dst")
+        packet = dataclasses.replace(packet, dst=walk.conntrack.reply_src,
+                                     dport=_reply_port(walk.conntrack.reply_sport, packet.dport))
+    if packet.mark != flow.mark:
+        walk.notes.append(f"prerouting set the mark to {packet.mark:#x} before the routing decision")
+    result = walk.route("routing", packet, dst=packet.dst, src=flow.src, iif=flow.iif, mark=packet.mark)
     if result.error:
-        return _routing_failed(walk, "forwarded", inferred, result)
+        return _routing_failed(walk, "forwarded", result)
     if result.type == "local":
-        packet = walk.hook("input", walk.packet(src, dst, mark, iif=flow.iif))
-        if walk.dropped_at():
-            return _finish(walk, "local-in", inferred, "dropped", f"dropped in input ({walk.hooks[-1].decided_by})")
-        return _finish(walk, "local-in", inferred, "delivered-locally", f"{dst} is an address of this host")
+        walk.hook("input", packet)
+        if walk.dropped_in():
+            return _dropped(walk, "local-in")
+        return _finish(walk, "local-in", "delivered-locally", f"{packet.dst} is an address of this host")
     if result.type not in ("unicast", None):
-        return _finish(walk, "forwarded", inferred, result.type, f"route type {result.type}")
-    oif = result.dev
-    packet = walk.hook("forward", walk.packet(src, dst, mark, iif=flow.iif, oif=oif))
-    if walk.dropped_at():
-        return _finish(walk, "forwarded", inferred, "dropped", f"dropped in forward ({walk.hooks[-1].decided_by})")
-    return _postrouting(walk, "forwarded", inferred, packet, iif=flow.iif)
+        return _finish(walk, "forwarded", result.type, f"route type {result.type}")
+    packet = walk.hook("forward", walk.with_oif(packet, result.dev))
+    if walk.dropped_in():
+        return _dropped(walk, "forwarded")
+    return _postrouting(walk, "forwarded", packet)
 
 
-def _explain_output(state: HostState, flow: Flow, inferred: str | None) -> Explanation:
-    walk = _Walk(state, flow)
+def _reply_port(port: int | None, default: int | None) -> int | None:
+    return port if port is not None else default
+
+
+def _explain_output(walk: _Walk) -> Explanation:
+    flow = walk.flow
     result = walk.route("routing", dst=flow.dst, src=flow.src, oif=flow.oif, mark=flow.mark, uid=flow.uid)
     if result.error:
-        return _routing_failed(walk, "local-out", inferred, result)
+        return _routing_failed(walk, "local-out", result)
     src = flow.src or result.prefsrc
     if src is None:
-        return _finish(walk, "local-out", inferred, "unreachable", "no source address to send from")
-    if walk.conntrack is None:
-        walk.conntrack = find_conntrack(state, dataclasses.replace(flow, src=src))
+        return _finish(walk, "local-out", "unreachable", "no source address to send from")
+    if walk.conntrack is None and walk.variant.conntrack:
+        walk.conntrack = find_conntrack(walk.state, dataclasses.replace(flow, src=src))
     packet = walk.hook("output", walk.packet(src, flow.dst, flow.mark, oif=result.dev))
-    if walk.dropped_at():
-        return _finish(walk, "local-out", inferred, "dropped", f"dropped in output ({walk.hooks[-1].decided_by})")
-    dst = walk.conntrack.reply_src if walk.conntrack else packet.dst
-    if packet.mark != flow.mark or dst != flow.dst:
-        # ip_route_me_harder: mangle/nat OUTPUT changed what routing keys on.
-        walk.notes.append(f"output hook changed mark/destination (mark {packet.mark:#x}, dst {dst}): re-routed")
-        result = walk.route("re-route after output", dst=dst, src=src, oif=flow.oif, mark=packet.mark, uid=flow.uid)
-        if result.error:
-            return _routing_failed(walk, "local-out", inferred, result)
-    if result.type == "local":
-        return _finish(walk, "local-out", inferred, "delivered-locally", f"{dst} is an address of this host")
-    return _postrouting(walk, "local-out", inferred, dataclasses.replace(packet, dst=dst))
-
-
-def _postrouting(walk: _Walk, origin: str, inferred, packet: PacketView, iif=None) -> Explanation:
-    result = walk.decisions[-1].result
-    oif = result.dev
-    packet = walk.hook("postrouting", dataclasses.replace(packet, iif=iif, oif=oif,
-                                                          oifkind=packet.oifkind))
-    if walk.dropped_at():
-        return _finish(walk, origin, inferred, "dropped", f"dropped in postrouting ({walk.hooks[-1].decided_by})")
-    src = packet.src
+    if walk.dropped_in():
+        return _dropped(walk, "local-out")
     if walk.conntrack:
-        snat = [n for n in _conntrack_nat(walk.conntrack) if n["field"] == "src"]
-        walk.nat.extend(snat)
-        src = snat[0]["to"] if snat else walk.conntrack.orig_src
+        walk.conntrack_nat("output", "dst")
+        packet = dataclasses.replace(packet, dst=walk.conntrack.reply_src,
+                                     dport=_reply_port(walk.conntrack.reply_sport, packet.dport))
+    if packet.mark != flow.mark or packet.dst != flow.dst:
+        # ip_route_me_harder: mangle/nat OUTPUT changed what routing keys on.
+        walk.notes.append(f"output hook changed mark/destination (mark {packet.mark:#x}, dst {packet.dst}): re-routed")
+        walk.steps.append(RerouteStep(packet.mark, packet.dst))
+        result = walk.route("re-route after output", packet, dst=packet.dst, src=src, oif=flow.oif,
+                            mark=packet.mark, uid=flow.uid)
+        if result.error:
+            return _routing_failed(walk, "local-out", result)
+    if result.type == "local":
+        return _finish(walk, "local-out", "delivered-locally", f"{packet.dst} is an address of this host")
+    return _postrouting(walk, "local-out", walk.with_oif(packet, result.dev))
+
+
+def _postrouting(walk: _Walk, origin: str, packet: PacketView) -> Explanation:
+    result = walk._last_decision()
+    oif = result.dev
+    packet = walk.hook("postrouting", packet)
+    if walk.dropped_in():
+        return _dropped(walk, origin)
+    src, sport = packet.src, packet.sport
+    if walk.conntrack:
+        snat = walk.conntrack_nat("postrouting", "src")
+        src = snat.to if snat else walk.conntrack.orig_src
+        sport = _reply_port(walk.conntrack.reply_dport, sport)
     configured = result.route.gateway if result.route else None
     if configured and not result.gateway:
         walk.notes.append(f"the route's gateway {configured} is this host's own address: the kernel "
                           f"ignores it and sends on-link out of {oif}")
     link = walk.state.link(oif)
-    egress = {"dev": oif, "src": src, "dst": packet.dst, "nexthop": result.gateway or packet.dst,
-              "gateway": result.gateway, "mtu": link.mtu if link else None, "mark": packet.mark}
+    walk.steps.append(EgressStep(dev=oif, src=src, dst=packet.dst, nexthop=result.gateway or packet.dst,
+                                 gateway=result.gateway, mtu=link.mtu if link else None, mark=packet.mark,
+                                 sport=sport, dport=packet.dport))
     verdict = "forwarded" if origin == "forwarded" else "sent"
     how = f"via {result.gateway}" if result.gateway else "directly (on-link)"
-    return _finish(walk, origin, inferred, verdict, f"leaves {oif} {how}, source {src}", egress)
+    return _finish(walk, origin, verdict, f"leaves {oif} {how}, source {src}")
+
+
+def _dropped(walk: _Walk, origin: str) -> Explanation:
+    hook = walk.dropped_in()
+    return _finish(walk, origin, "dropped", f"dropped in {hook.hook} ({hook.decided_by})")
 
 
 # What the user sees for each errno the routing decision can return.
@@ -497,15 +449,14 @@ _ERROR_VERDICTS = {"EINVAL": "blackholed", "EACCES": "prohibited", "EXDEV": "dro
                    "ENETUNREACH": "unreachable", "EHOSTUNREACH": "unreachable"}
 
 
-def _routing_failed(walk: _Walk, origin: str, inferred, result: fib.FibResult) -> Explanation:
+def _routing_failed(walk: _Walk, origin: str, result: fib.FibResult) -> Explanation:
     reason = f"routing fails with {result.error}"
     if result.error_reason:
         reason += f": {result.error_reason}"
-    return _finish(walk, origin, inferred, _ERROR_VERDICTS.get(result.error, "unreachable"), reason)
+    return _finish(walk, origin, _ERROR_VERDICTS.get(result.error, "unreachable"), reason)
 
 
-def _finish(walk: _Walk, origin: str, inferred, verdict: str, reason: str, egress=None) -> Explanation:
-    return Explanation(flow=walk.flow, origin=origin, iif_inferred=inferred, decisions=tuple(walk.decisions),
-                       hooks=tuple(walk.hooks), nat=tuple(walk.nat), conntrack=walk.conntrack,
-                       egress=egress, verdict=verdict, verdict_reason=reason, state=walk.state,
-                       notes=(*walk.state.meta.get("notes", ()), *walk.notes))
+def _finish(walk: _Walk, origin: str, verdict: str, reason: str) -> Explanation:
+    return Explanation(flow=walk.flow, origin=origin, iif_inferred=walk.inferred, steps=tuple(walk.steps),
+                       conntrack=walk.conntrack, verdict=verdict, verdict_reason=reason, state=walk.state,
+                       notes=(*walk.state.notes, *walk.notes), choices=tuple(walk.choices))

@@ -8,7 +8,7 @@ The kernel is the judge: tests/sim/test_fib_differential.py compares this
 module with the kernel on random configurations; docs/fib.md lists what is
 modelled, the kernel functions behind each step and the known limits.
 
-Public API: FibQuery, RuleStep, FibResult, lookup_rules, route_input,
+Public API (queries are tracer.flow.RouteQuery): RuleStep, FibResult, lookup_rules, route_input,
 route_output, route, FibIndex (the per-HostState lookup index).
 """
 
@@ -19,12 +19,23 @@ from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from heapq import merge
 
+from tracer.flow import RouteQuery
 from tracer.model import (
-    AF_INET, AF_INET6, SCOPE_HOST, SCOPE_LINK, SCOPE_UNIVERSE, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN,
-    HostState, Link, Nexthop, Route, Rule,
+    SCOPE_HOST,
+    SCOPE_LINK,
+    SCOPE_UNIVERSE,
+    TABLE_DEFAULT,
+    TABLE_LOCAL,
+    TABLE_MAIN,
+    HostState,
+    Link,
+    Nexthop,
+    Route,
+    Rule,
 )
+from tracer.vocab import AF_INET, AF_INET6, PORT_PROTOCOLS, addr_int, bits, int_addr
 
-__all__ = ["FibQuery", "RuleStep", "FibResult", "FibIndex", "lookup_rules", "route_input",
+__all__ = ["RuleStep", "FibResult", "FibIndex", "lookup_rules", "route_input",
            "route_output", "route", "index_for"]
 
 LOOPBACK = "lo"
@@ -35,8 +46,6 @@ ROUTE_TYPE_ERRORS = {"blackhole": "EINVAL", "unreachable": "EHOSTUNREACH", "proh
 RULE_ACTION_ERRORS = {"blackhole": "EINVAL", "unreachable": "ENETUNREACH", "prohibit": "EACCES"}
 # Legacy TOS bits a route or rule tos is compared on (IPTOS_RT_MASK, fib_dscp_masked_match).
 TOS_MATCH_MASK = 0x1C
-# Protocols whose ports the flow dissector reads (proto_ports_offset).
-PORT_PROTOCOLS = frozenset((6, 17, 33, 132, 136))
 IPPROTO_IGMP = 2
 ALL_HOSTS = 0xE0000001  # 224.0.0.1
 # Above this many rules of a family a walk visits only the rules the index says
@@ -45,21 +54,8 @@ FULL_TRACE_MAX_RULES = 2000
 HASH_POLICIES = {0: "L3", 1: "L4", 2: "L3 or inner L3", 3: "custom fields"}
 # Kernel defaults of the conf keys whose default is not 0.
 _CONF_DEFAULTS = {"send_redirects": 1, "accept_redirects": 1}
-
-
-@dataclass(frozen=True)
-class FibQuery:
-    family: int
-    dst: str
-    src: str | None = None
-    iif: str | None = None
-    oif: str | None = None
-    mark: int = 0
-    tos: int = 0
-    proto: int = 0
-    sport: int | None = None
-    dport: int | None = None
-    uid: int | None = None
+# How `ip route` names scopes (SCOPE_NAMES says "global" where ip prints nothing).
+SCOPE_WORDS = {SCOPE_LINK: "link", SCOPE_HOST: "host", 200: "site"}
 
 
 @dataclass(frozen=True)
@@ -91,22 +87,6 @@ class FibResult:
 
 
 # --- addresses ----------------------------------------------------------------
-
-def _bits(family: int) -> int:
-    return 32 if family == AF_INET else 128
-
-
-def addr_int(family: int, text: str) -> int:
-    if family == AF_INET:
-        return int.from_bytes(socket.inet_aton(text), "big")
-    return int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
-
-
-def int_addr(family: int, value: int) -> str:
-    if family == AF_INET:
-        return socket.inet_ntoa(value.to_bytes(4, "big"))
-    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
-
 
 _MASKS = {fam: [((1 << bits) - 1) ^ ((1 << (bits - n)) - 1) for n in range(bits + 1)]
           for fam, bits in ((AF_INET, 32), (AF_INET6, 128))}
@@ -232,7 +212,7 @@ class FibIndex:
             self._rules[family] = parsed
         return parsed
 
-    def candidate_rules(self, family: int, flow: "_Flow") -> list[int]:
+    def candidate_rules(self, family: int, flow: _Flow) -> list[int]:
         """Indexes of the rules that can match `flow`, in order: non-inverted rules
         are bucketed by their from prefix, else to prefix, else fwmark, else iif."""
         index = self._rule_index.get(family)
@@ -291,7 +271,7 @@ class FibIndex:
         if len(rules) != 3:
             return False
         plain = Rule(family=AF_INET, priority=0)
-        for rule, (prio, table) in zip(rules, wanted):
+        for rule, (prio, table) in zip(rules, wanted, strict=True):  # three of each, checked above
             if (rule.priority, rule.action, rule.table) != (prio, "lookup", table):
                 return False
             if any(getattr(rule, f) != getattr(plain, f) for f in _SELECTOR_FIELDS):
@@ -326,11 +306,7 @@ _SELECTOR_FIELDS = ("src", "src_len", "dst", "dst_len", "iif", "oif", "fwmark", 
 
 
 def index_for(state: HostState) -> FibIndex:
-    index = state.__dict__.get("_fib_index")
-    if index is None:
-        index = FibIndex(state)
-        object.__setattr__(state, "_fib_index", index)
-    return index
+    return state.derived(FibIndex)
 
 
 # --- flows and sysctls ------------------------------------------------------------
@@ -390,7 +366,7 @@ def _ignore_linkdown(state: HostState, family: int, ifname: str | None) -> bool:
 def _prefix_text(family: int, addr: str | None, plen: int) -> str:
     if not addr or not plen:
         return "all"
-    return addr if plen == _bits(family) else f"{addr}/{plen}"
+    return addr if plen == bits(family) else f"{addr}/{plen}"
 
 
 def _range_text(r: tuple[int, int]) -> str:
@@ -435,6 +411,34 @@ def rule_text(state: HostState, rule: Rule) -> str:
     if rule.suppress_ifgroup >= 0:
         parts.append(f"suppress_ifgroup {rule.suppress_ifgroup}")
     return " ".join(parts)
+
+
+def route_text(state: HostState, route: Route) -> str:
+    """The route as `ip route show table X` prints it."""
+    words = [] if route.type == "unicast" else [route.type]
+    words.append(route.prefix)
+    if route.tos:
+        words += ["tos", f"0x{route.tos:02x}"]
+    if len(route.nexthops) == 1:
+        hop = route.nexthops[0]
+        if hop.gateway:
+            words += ["via", hop.gateway]
+        if hop.dev:
+            words += ["dev", hop.dev]
+    if route.table != TABLE_MAIN:
+        words += ["table", state.table_name(route.table)]
+    if route.protocol not in ("boot", "unspec"):
+        words += ["proto", route.protocol]
+    if route.scope != SCOPE_UNIVERSE and route.type == "unicast":
+        words += ["scope", SCOPE_WORDS.get(route.scope, str(route.scope))]
+    if route.prefsrc:
+        words += ["src", route.prefsrc]
+    if route.metric:
+        words += ["metric", str(route.metric)]
+    for hop in route.nexthops if len(route.nexthops) > 1 else ():
+        words += ["nexthop", *(["via", hop.gateway] if hop.gateway else []), "dev", str(hop.dev),
+                  "weight", str(hop.weight)]
+    return " ".join(words)
 
 
 def _mismatch(state: HostState, p: _Rule, flow: _Flow) -> str | None:
@@ -741,7 +745,7 @@ def _gateway_used(ix: FibIndex, route: Route, nh: Nexthop) -> str | None:
     return nh.gateway
 
 
-def _flow(state: HostState, q: FibQuery, *, iif: str, oif: str | None, uid: int, ports: bool) -> _Flow:
+def _flow(state: HostState, q: RouteQuery, *, iif: str, oif: str | None, uid: int, ports: bool) -> _Flow:
     fam = q.family
     return _Flow(
         family=fam, dst=addr_int(fam, q.dst), src=addr_int(fam, q.src) if q.src else 0,
@@ -750,7 +754,7 @@ def _flow(state: HostState, q: FibQuery, *, iif: str, oif: str | None, uid: int,
     )
 
 
-def lookup_rules(state: HostState, query: FibQuery, *, full_trace: bool | None = None) -> FibResult:
+def lookup_rules(state: HostState, query: RouteQuery, *, full_trace: bool | None = None) -> FibResult:
     """fib_lookup alone: the rule walk and the table lookups, no path checks.
 
     `full_trace`: True lists every rule in the steps, False only those the rule
@@ -862,7 +866,7 @@ def _validate_source(ix: FibIndex, flow: _Flow, dst_for_reverse: int, oif: str |
     return None
 
 
-def route_input(state: HostState, query: FibQuery) -> FibResult:
+def route_input(state: HostState, query: RouteQuery) -> FibResult:
     """ip_route_input_slow (IPv4); IPv6: the rule walk and table lookup only."""
     ix = index_for(state)
     fam = query.family
@@ -987,7 +991,7 @@ def _forward(ix: FibIndex, flow: _Flow, lk: _Lookup) -> FibResult:
 
 # --- the output path --------------------------------------------------------------------------------
 
-def route_output(state: HostState, query: FibQuery) -> FibResult:
+def route_output(state: HostState, query: RouteQuery) -> FibResult:
     """ip_route_output_key_hash_rcu (IPv4); IPv6: the rule walk and table lookup only."""
     ix = index_for(state)
     fam = query.family
@@ -1077,6 +1081,26 @@ def route_output(state: HostState, query: FibQuery) -> FibResult:
     return _output_checks(ix, res, flow)
 
 
+def choose_nexthop(state: HostState, query: RouteQuery, result: FibResult, nh: Nexthop) -> FibResult:
+    """The decision as it is when the multipath hash picks `nh`: its device and gateway,
+    the source check against its device (forwarded) or the source it selects (local-out)."""
+    ix = index_for(state)
+    fam = query.family
+    route = result.route
+    notes = tuple(n for n in result.notes if "depends on which multipath nexthop" not in n)
+    res = _replace(result, nexthop=nh, gateway=_gateway_used(ix, route, nh), dev=nh.dev, notes=notes)
+    if query.iif:
+        if fam != AF_INET:
+            return res
+        flow = _flow(state, query, iif=query.iif, oif=None, uid=0, ports=query.proto in PORT_PROTOCOLS)
+        why = _validate_source(ix, flow, flow.dst, nh.dev)
+        return _replace(res, error="EINVAL", error_reason=why) if why else res
+    if fam != AF_INET:
+        return _replace(res, prefsrc=query.src or ipv6_select_source(state, nh.dev, query.dst))
+    flow = _flow(state, query, iif=LOOPBACK, oif=query.oif, uid=query.uid or 0, ports=True)
+    return _output_checks(ix, _replace(res, prefsrc=query.src or _route_source(state, route, nh)), flow)
+
+
 def _default_alternatives(ix: FibIndex, hit: _TableHit, flow: _Flow) -> int:
     routes = ix.table(AF_INET, hit.table).by_len.get(0, {}).get(0, []) if ix.table(AF_INET, hit.table) else []
     tos = flow.tos & TOS_MATCH_MASK
@@ -1140,7 +1164,7 @@ def _replace(res: FibResult, **changes) -> FibResult:
     return replace(res, **changes)
 
 
-def route(state: HostState, query: FibQuery) -> FibResult:
+def route(state: HostState, query: RouteQuery) -> FibResult:
     """The kernel's decision for the flow: input path with an iif, else output."""
     if query.iif:
         return route_input(state, query)

@@ -28,7 +28,9 @@ from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
 from tracer.sim.nft_expr import AddrEqCond, Scope, compile_nft_rule, nft_text_index, xt_target_from_text
-from tracer.sim.nft_ipt import BUILTIN, LEGACY_PRIORITY, compile_saved_chain_rules, parse_save
+from tracer.sim.nft_ipt import (
+    BUILTIN, LEGACY_PRIORITY, IpSets, compile_saved_chain_rules, parse_ipset_save, parse_save,
+)
 from tracer.sim.nft_model import (
     HOOKS, NAT_CORE_PRIORITY, PRIO_CONNTRACK, Chain, Cond, EvalState, Miss, NatSpec, Rule, Stmt,
     Unknown, Verdict,
@@ -263,6 +265,14 @@ class HookTraversal:
     uncertain_reasons: tuple[str, ...] = ()
     mss_clamp: tuple[str, ...] = ()  # TCPMSS actions executed (rule texts)
     decided_by: str | None = None  # "family table chain handle" of the terminal rule/policy
+    # Output hook only: the kernel routes the packet again after this hook
+    # (ip_route_me_harder) because a `type route` chain — iptables' mangle OUTPUT
+    # is one — changed its mark, addresses or dscp, or NAT changed its destination.
+    # A mark set by a `type filter` chain does not re-route. For an established
+    # connection the caller must also check its conntrack entry: the mapping there
+    # re-routes every packet, and nat chains do not run for it.
+    reroute_needed: bool = False
+    reroute_reasons: tuple[str, ...] = ()  # what triggered it, e.g. "ip mangle OUTPUT (type route): mark 0x0 -> 0x1"
 
     def to_dict(self) -> dict:
         return {
@@ -455,6 +465,7 @@ def load_ruleset(raw: dict) -> Ruleset:
     texts = nft_text_index(nft.get("text"))
     saves = {fam: parse_save(((raw.get("iptables_nft") or {}).get(fam) or {}).get("save"))
              for fam in ("ip", "ip6")}
+    ipsets = _ipsets(raw)
 
     tables: dict[tuple[str, str], int] = {}
     sets: dict[tuple[str, str], dict] = {}
@@ -489,7 +500,7 @@ def load_ruleset(raw: dict) -> Ruleset:
             source = "iptables-nft"
             sc = saved_table[name]
             if len(sc.rules) == len(rjs):
-                by_chain = compile_saved_chain_rules({n: saved_table[n] for n in saved_table}, fam)
+                by_chain = compile_saved_chain_rules({n: saved_table[n] for n in saved_table}, fam, ipsets)
                 compiled = tuple(dataclasses.replace(r, nft_handle=rj.get("handle"),
                                                      counters=r.counters or _nft_counter(rj))
                                  for r, rj in zip(by_chain[name], rjs))
@@ -511,7 +522,7 @@ def load_ruleset(raw: dict) -> Ruleset:
     for fam in ("ip", "ip6"):
         leg = parse_save(((raw.get("iptables_legacy") or {}).get(fam) or {}).get("save"))
         for tname, tchains in leg.items():
-            compiled_by = compile_saved_chain_rules(tchains, fam)
+            compiled_by = compile_saved_chain_rules(tchains, fam, ipsets)
             for i, (cname, sc) in enumerate(tchains.items()):
                 hook = BUILTIN.get(cname)
                 prio = LEGACY_PRIORITY.get(tname, {}).get(hook) if hook else None
@@ -569,6 +580,16 @@ class _ChainIndex:
 def build_indexes(chains: Mapping, min_rules: int = INDEX_MIN_RULES) -> dict:
     """chain key -> _ChainIndex for every chain with more than `min_rules` rules."""
     return {k: _ChainIndex(c.rules) for k, c in chains.items() if len(c.rules) > min_rules}
+
+
+def _ipsets(raw: dict) -> IpSets:
+    """The ipsets `-m set` matches read (the collector's "ipset" key)."""
+    entry = (raw or {}).get("ipset")
+    if not entry:
+        return parse_ipset_save(None, "ipset contents were not collected")
+    if entry.get("status") != "ok":
+        return parse_ipset_save(None, f"ipset contents unknown ({entry.get('status')}: {entry.get('error')})")
+    return parse_ipset_save(entry.get("save") or "")
 
 
 def _save_ok(raw: dict, fam: str) -> bool:
@@ -637,8 +658,10 @@ def _reachability(chains: dict) -> dict:
             reach.setdefault(cur.key, set()).add(c.hook)
             for r in cur.rules:
                 for it in r.items:
-                    if isinstance(it, Verdict) and it.kind in ("jump", "goto"):
-                        nxt = chains.get((cur.source, cur.family, cur.table, it.target))
+                    if not isinstance(it, Verdict) or it.kind not in ("jump", "goto", "vmap"):
+                        continue
+                    for target in it.targets if it.kind == "vmap" else (it.target,):
+                        nxt = chains.get((cur.source, cur.family, cur.table, target))
                         if nxt is not None:
                             todo.append(nxt)
     return {k: tuple(h for h in HOOKS if h in v) for k, v in reach.items()}
@@ -721,6 +744,7 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
     decided_by = None
     stopped = None
     mapped_by = None
+    reroute: list[str] = []
     for slot in ruleset.hook_chains.get((packet.family, hook), ()):
         if stopped:
             visits.extend(_skipped(c, hook, stopped) for c in slot)
@@ -731,6 +755,7 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
             if why:
                 visits.extend(_skipped(c, hook, why) for c in slot)
                 continue
+            dst_before = st.dst
             for c in slot:
                 if mapped_by:
                     visits.append(_skipped(c, hook, f"not consulted: NAT mapping already set by {mapped_by}"))
@@ -746,12 +771,20 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
                     break
                 if len(nat) > before:
                     mapped_by = f"{c.family} {c.table} {c.name}"
+            # nf_nat_ipv4_local_fn / nf_nat_ipv6_local_fn: re-route when the destination changed
+            if hook == "output" and not stopped and st.dst != dst_before:
+                reroute.append(f"NAT ({mapped_by}): destination {dst_before} -> {st.dst}")
             continue
         c = slot[0]
         epoch.before_change(st)
         st.ct_attached = not (hook in ("prerouting", "output") and c.priority < PRIO_CONNTRACK)
+        routing_keys = _routing_keys(st) if hook == "output" and c.type == "route" else None
         v = _run_chain(ruleset, c, hook, st, addresses, nat, reasons, mss, None, epoch)
         visits.append(v)
+        if routing_keys is not None and v.verdict == "accept":
+            changed = _routing_key_changes(routing_keys, _routing_keys(st))
+            if changed:
+                reroute.append(f"{c.family} {c.table} {c.name} (type route): {changed}")
         if v.verdict in _TERMINAL:
             verdict, stopped = v.verdict, f"not reached: {v.verdict} in {c.family} {c.table} {c.name}"
             decided_by = _decider(v)
@@ -760,7 +793,24 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
         ct_mark=st.ct_mark, dscp=st.dscp, nftrace=st.nftrace,
         ct_state="untracked" if st.untracked else packet.ct_state)
     return HookTraversal(hook, packet, tuple(visits), verdict, after, tuple(nat), bool(reasons),
-                         tuple(dict.fromkeys(reasons)), tuple(mss), decided_by)
+                         tuple(dict.fromkeys(reasons)), tuple(mss), decided_by,
+                         bool(reroute) and verdict == "accept", tuple(reroute))
+
+
+# What a route-type chain is watched for (nf_route_table_hook4/6, ipt_mangle_out,
+# ip6t_mangle_out): a change of any of these makes the kernel route the packet again.
+_ROUTING_KEYS = ("src", "dst", "mark", "dscp")
+
+
+def _routing_keys(st: EvalState) -> tuple:
+    return tuple(getattr(st, name) for name in _ROUTING_KEYS)
+
+
+def _routing_key_changes(before: tuple, after: tuple) -> str:
+    def show(name, value):
+        return f"{value:#x}" if name == "mark" and isinstance(value, int) else str(value)
+    return ", ".join(f"{name} {show(name, a)} -> {show(name, b)}"
+                     for name, a, b in zip(_ROUTING_KEYS, before, after, strict=True) if a != b)
 
 
 def _decider(v: ChainVisit) -> str:
@@ -820,7 +870,8 @@ def _run_chain(rs: Ruleset, chain: Chain, hook: str, st: EvalState, addresses: A
             break
         rule = cur.rules[idx]
         idx += 1
-        matched, reason, actions, v = _eval_rule(rule, st, hook, addresses, cur, nat, reasons, mss, epoch)
+        matched, reason, actions, v = _eval_rule(rule, st, hook, addresses, cur, chain.type, nat, reasons, mss,
+                                                 epoch)
         if matched is None and not st.probe:
             if isinstance(reason, _LazyWhy):
                 reason = reason.text()
@@ -874,9 +925,11 @@ def _static_verdict(rule: Rule) -> Verdict | None:
     return None
 
 
-def _eval_rule(rule: Rule, st: EvalState, hook: str, addresses: AddressInfo, chain: Chain,
+def _eval_rule(rule: Rule, st: EvalState, hook: str, addresses: AddressInfo, chain: Chain, base_type: str | None,
                nat: list, reasons: list, mss: list, epoch: _Epoch):
-    """(matched, reason, actions, verdict) for one rule; applies its side effects.
+    """(matched, reason, actions, verdict) for one rule of `chain`; applies its side
+    effects. `base_type` is the type of the base chain the walk started in: a
+    regular chain has the type and hook of the base chain that reached it.
     The reason of a failed match is a _LazyWhy (formatted when read)."""
     actions: list[str] = []
     pending: Cond | None = None
@@ -906,7 +959,7 @@ def _eval_rule(rule: Rule, st: EvalState, hook: str, addresses: AddressInfo, cha
             continue
         epoch.before_change(st)
         if it.kind == "nat":
-            res = _apply_nat(it, rule, st, hook, addresses, chain)
+            res = _apply_nat(it, rule, st, hook, addresses, chain, base_type)
             if isinstance(res, Miss):
                 return False, res.why, actions, None
             if isinstance(res, Unknown):
@@ -956,13 +1009,14 @@ def _port_after(spec: str | None, current: int | None) -> int | None:
     return lo
 
 
-def _apply_nat(it: Stmt, rule: Rule, st: EvalState, hook: str, addresses: AddressInfo, chain: Chain):
+def _apply_nat(it: Stmt, rule: Rule, st: EvalState, hook: str, addresses: AddressInfo, chain: Chain,
+               base_type: str | None):
     spec: NatSpec = it.nat
     src_side = spec.field == "src"
     allowed = ("postrouting", "input") if src_side else ("prerouting", "output")
     if hook not in allowed:
         return Unknown(f"{spec.type} is not valid at {hook}")
-    if chain.type != "nat":
+    if base_type != "nat":
         return Unknown(f"{spec.type} outside a nat chain")
     note = None
     port_spec = spec.port
@@ -994,14 +1048,15 @@ def _apply_nat(it: Stmt, rule: Rule, st: EvalState, hook: str, addresses: Addres
             return Miss(f"{spec.type} to {to}: other address family")
     except ValueError:
         return Unknown(f"{spec.type}: cannot read address {to!r}")
+    old, old_port = (st.src, st.sport) if src_side else (st.dst, st.dport)
+    new_port = _port_after(port_spec, old_port) if old_port is not None else None
+    if spec.random_port and old_port is not None:
+        new_port = None
+        note = "; ".join(filter(None, (note, "port chosen at random by the kernel (random / fully-random)")))
     if src_side:
-        old, old_port = st.src, st.sport
-        new_port = _port_after(port_spec, st.sport) if st.sport is not None else None
         st.set_src(to)
         st.sport = new_port
     else:
-        old, old_port = st.dst, st.dport
-        new_port = _port_after(port_spec, st.dport) if st.dport is not None else None
         st.set_dst(to)
         st.dport = new_port
     return NatRewrite(spec.type, spec.field, old, to, rule.text, chain.table, chain.name, rule.id,

@@ -8,6 +8,7 @@ targets from that text when no iptables-save output is available.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -628,7 +629,9 @@ def _setter(kind: str, text: str, attr: str, label: str, get, need_ct: bool, mas
     """A statement that stores a computed value into one EvalState field."""
     def apply(st):
         if need_ct and (st.untracked or not st.ct_attached):
-            return Miss("no conntrack entry to set the mark on")
+            # nft_ct_set_eval returns without NFT_BREAK: the rule goes on
+            why = "the packet is untracked" if st.untracked else "conntrack has not run yet"
+            return f"{label} set: no effect, {why}"
         x = get(st)
         if isinstance(x, (Miss, Unknown)):
             return x
@@ -674,7 +677,10 @@ def _nat(kind: str, v: dict | None, scope: Scope, family: str | None) -> Stmt:
         addr_text = render(addr)
     if port is not None:
         port_text = render(port)
-    spec = NatSpec(kind, addr_text, port_text, v.get("family") or family, addr_fn)
+    flags = v.get("flags") or ()
+    flags = (flags,) if isinstance(flags, str) else flags
+    random_port = any(f in ("random", "fully-random") for f in flags)
+    spec = NatSpec(kind, addr_text, port_text, v.get("family") or family, addr_fn, random_port)
     return Stmt("nat", text, None, nat=spec)
 
 
@@ -753,6 +759,7 @@ def _vmap(v: dict, scope: Scope, family: str) -> Verdict:
     vals = [compile_verdict_json(p[1]) for p in pairs]
     es = ElementSet(kind, keys, vals)
     text = render({"vmap": v})
+    targets = tuple(dict.fromkeys(x.target for x in vals if x.kind in ("jump", "goto")))
 
     def lookup(st):
         x = key_get(st)
@@ -760,7 +767,30 @@ def _vmap(v: dict, scope: Scope, family: str) -> Verdict:
             return x
         r = es.lookup(x)
         return r if r is not None else Miss(f"{text}: no element for {fmt(kind, x)}")
-    return Verdict("vmap", None, text, lookup)
+    return Verdict("vmap", None, text, lookup, targets)
+
+
+def _implicit_tcp_dependency() -> Cond:
+    """`reject with tcp reset` only works on TCP: nft puts `meta l4proto tcp` first
+    in the rule's bytecode, and its listing may omit it (a bare `reject with tcp reset`)."""
+    text = "meta l4proto tcp (implied by reject with tcp reset)"
+
+    def fn(st):
+        return None if st.proto is None else st.proto == 6
+
+    def why(st):
+        if st.proto is None:
+            return f"cannot evaluate {text}: protocol not known"
+        return f"{text}: packet has {fmt('inet_proto', st.proto)}"
+    return Cond(text, fn, "meta l4proto", why)
+
+
+_IMPLICIT_TCP = _implicit_tcp_dependency()
+
+
+def _requires_tcp(item) -> bool:
+    return isinstance(item, Cond) and (item.text in ("meta l4proto tcp", "ip protocol tcp", "ip6 nexthdr tcp")
+                                       or item.field.startswith("tcp "))
 
 
 def compile_nft_rule(rj: dict, scope: Scope, family: str, text: str | None) -> Rule:
@@ -774,6 +804,9 @@ def compile_nft_rule(rj: dict, scope: Scope, family: str, text: str | None) -> R
             item = Stmt("unknown", t, (lambda why: (lambda st: Unknown(why)))(f"cannot evaluate {t}: {exc}"))
         if isinstance(x, dict) and "counter" in x and isinstance(x["counter"], dict):
             counters = {"packets": x["counter"].get("packets", 0), "bytes": x["counter"].get("bytes", 0)}
+        if isinstance(x, dict) and (x.get("reject") or {}).get("type") == "tcp reset" \
+                and not any(_requires_tcp(i) for i in items):
+            items.insert(0, _IMPLICIT_TCP)
         items.append(item)
     if text is None:
         text = " ".join(render(x) for x in rj.get("expr") or [])
@@ -837,7 +870,9 @@ def xt_target_from_text(name: str, text: str) -> list:
             return None
         to = m.group(1) if m.groups() else None
         addr, port = _split_hostport(to) if to else (None, None)
-        return [Stmt("nat", f"{kind} {to or ''}".strip(), None, nat=NatSpec(kind, addr, port))]
+        random_port = re.match(r"\s+(fully-)?random\b", text[m.end():]) is not None  # nat flags follow
+        return [Stmt("nat", f"{kind} {to or ''}".strip(), None,
+                     nat=NatSpec(kind, addr, port, random_port=random_port))]
     if name == "SNAT":
         r = nat("snat", r"snat (?:ip6? )?to (\S+)")
     elif name == "DNAT":
@@ -845,11 +880,11 @@ def xt_target_from_text(name: str, text: str) -> list:
     elif name == "MASQUERADE":
         r = nat("masquerade", r"masquerade(?: to :(\S+))?")
         if r and r[0].nat.addr:  # "to :port"
-            r = [Stmt("nat", r[0].text, None, nat=NatSpec("masquerade", None, r[0].nat.addr))]
+            r = [Stmt("nat", r[0].text, None, nat=dataclasses.replace(r[0].nat, addr=None, port=r[0].nat.addr))]
     elif name == "REDIRECT":
         r = nat("redirect", r"redirect(?: to :(\S+))?")
         if r and r[0].nat.addr:
-            r = [Stmt("nat", r[0].text, None, nat=NatSpec("redirect", None, r[0].nat.addr))]
+            r = [Stmt("nat", r[0].text, None, nat=dataclasses.replace(r[0].nat, addr=None, port=r[0].nat.addr))]
     elif name == "TCPMSS":
         m = re.search(r"tcp option maxseg size set (rt mtu|\d+)", text)
         mss = "pmtu" if not m or m.group(1) == "rt mtu" else m.group(1)
@@ -877,7 +912,7 @@ def xt_target_from_text(name: str, text: str) -> list:
 
         def apply(st):
             if st.untracked or not st.ct_attached:
-                return Miss("no conntrack entry")
+                return "no conntrack entry: nothing copied"  # xt_connmark: XT_CONTINUE
             if to_ct:
                 st.ct_mark = st.mark
                 return f"ct mark set {st.ct_mark:#x}"

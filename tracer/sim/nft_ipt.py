@@ -10,12 +10,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tracer.sim.nft_expr import AddrEqCond
 from tracer.sim.nft_model import (
     CT_STATE_BITS, DSCP, ICMP_TYPE_CODES, ICMP_TYPES, ICMPV6_TYPES, IPPROTO, IPPROTO_NAMES,
-    TCP_FLAGS, Cond, NatSpec, Rule, Stmt, Unknown, Verdict, parse_int,
+    TCP_FLAGS, Cond, Miss, NatSpec, Rule, Stmt, Unknown, Verdict, addr_int, int_addr, parse_int,
 )
 
 # Legacy x_tables priorities per (table, hook).
@@ -396,11 +398,282 @@ def _module_cond(mod: str, opt: str, args: list[str], neg: bool, family: str) ->
             return _length_cond(full, a0, neg)
         if mod == "owner" and opt in ("--uid-owner", "--gid-owner"):
             return _owner_cond(full, "uid" if opt == "--uid-owner" else "gid", a0, neg)
-        if mod == "set":
-            return _unknown(full, "ipset contents are not collected")
+        if mod == "statistic":
+            return _unknown(full, "the kernel picks at random (or by a packet counter) for each packet")
     except (ValueError, KeyError, IndexError) as exc:
         return _unknown(full, str(exc))
     return _unknown(full, f"match -m {mod} {opt} not modelled")
+
+
+# ------------------------------------------------------------------ ipsets
+
+# Set types `-m set` is evaluated against, by their dimensions. A set type not
+# listed here (hash:mac, hash:ip,mark, hash:net,net, …) evaluates to None.
+IPSET_DIMENSIONS = {
+    "hash:ip": ("ip",), "bitmap:ip": ("ip",), "hash:net": ("net",),
+    "hash:ip,port": ("ip", "port"), "hash:net,port": ("net", "port"),
+    "hash:ip,port,ip": ("ip", "port", "ip"), "hash:ip,port,net": ("ip", "port", "net"),
+    "hash:net,iface": ("net", "iface"),
+}
+# `ipset save` names of ICMP / ICMPv6 type/code pairs (ipset's own table, not iptables').
+IPSET_ICMP = {
+    "echo-reply": (0, 0), "network-unreachable": (3, 0), "host-unreachable": (3, 1),
+    "protocol-unreachable": (3, 2), "port-unreachable": (3, 3), "fragmentation-needed": (3, 4),
+    "source-route-failed": (3, 5), "network-unknown": (3, 6), "host-unknown": (3, 7),
+    "network-prohibited": (3, 9), "host-prohibited": (3, 10), "TOS-network-unreachable": (3, 11),
+    "TOS-host-unreachable": (3, 12), "communication-prohibited": (3, 13),
+    "host-precedence-violation": (3, 14), "precedence-cutoff": (3, 15), "source-quench": (4, 0),
+    "network-redirect": (5, 0), "host-redirect": (5, 1), "TOS-network-redirect": (5, 2),
+    "TOS-host-redirect": (5, 3), "echo-request": (8, 0), "router-advertisement": (9, 0),
+    "router-solicitation": (10, 0), "ttl-zero-during-transit": (11, 0),
+    "ttl-zero-during-reassembly": (11, 1), "ip-header-bad": (12, 0), "required-option-missing": (12, 1),
+    "timestamp-request": (13, 0), "timestamp-reply": (14, 0), "address-mask-request": (17, 0),
+    "address-mask-reply": (18, 0),
+}
+IPSET_ICMPV6 = {
+    "no-route": (1, 0), "communication-prohibited": (1, 1), "address-unreachable": (1, 3),
+    "port-unreachable": (1, 4), "packet-too-big": (2, 0), "ttl-zero-during-transit": (3, 0),
+    "ttl-zero-during-reassembly": (3, 1), "bad-header": (4, 0), "unknown-header-type": (4, 1),
+    "unknown-option": (4, 2), "echo-request": (128, 0), "echo-reply": (129, 0),
+    "router-solicitation": (133, 0), "router-advertisement": (134, 0),
+    "neighbour-solicitation": (135, 0), "neighbour-advertisement": (136, 0), "redirect": (137, 0),
+}
+_PORT_PROTOS_IPSET = frozenset({6, 17, 132, 136})  # ip_set_get_port reads ports of these
+_ICMP_PROTO = {"ip": 1, "ip6": 58}
+_BITS = {"ip": 32, "ip6": 128}
+
+
+def _prefix_mask(length: int, bits: int) -> int:
+    return ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
+
+
+_CREATE_FLAGS = frozenset({"counters", "comment", "skbinfo", "forceadd"})  # options without a value
+
+
+def _create_options(words: list[str]) -> dict[str, str]:
+    """`family inet hashsize 1024 counters comment netmask 24` -> {"family": "inet", …}"""
+    opts, i = {}, 0
+    while i < len(words):
+        if words[i] in _CREATE_FLAGS:
+            i += 1
+            continue
+        opts[words[i]] = words[i + 1] if i + 1 < len(words) else ""
+        i += 2
+    return opts
+
+
+class IpSet:
+    """One ipset from `ipset save`, indexed for `-m set --match-set` lookups.
+
+    Elements are keyed per dimension: an address (masked by the set's netmask),
+    a network address of the element's prefix length, (protocol, port) — ICMP
+    type/code as type << 8 | code, as ipset stores them — or an interface name.
+    A lookup tries the element prefix lengths from the most specific one down,
+    as the kernel's hash:net* types do: the first element found decides, and a
+    `nomatch` element means "not in the set" (or, with --return-nomatch, "in")."""
+
+    def __init__(self, name: str, set_type: str, options: list[str]):
+        self.name, self.type = name, set_type
+        self.dims = IPSET_DIMENSIONS.get(set_type, ())
+        self.members: list[str] = []  # list:set
+        self.unsupported = None if self.dims or set_type == "list:set" else f"set type {set_type} not modelled"
+        opts = _create_options(options)
+        family = opts.get("family", "inet")
+        self.family = None if set_type == "list:set" else "ip6" if family == "inet6" else "ip"
+        bits = _BITS.get(self.family or "ip")
+        self.mask = (1 << bits) - 1
+        if "netmask" in opts:
+            self.mask = _prefix_mask(int(opts["netmask"]), bits)
+        if "bitmask" in opts:
+            self.mask = addr_int(opts["bitmask"])
+        self.net_dim = self.dims.index("net") if "net" in self.dims else None
+        # prefix length of the net dimension (None: no net dimension) -> key -> nomatch
+        self.entries: dict[int | None, dict[tuple, bool]] = {}
+        self.lengths: list[int | None] = []
+
+    def add(self, element: str, options: list[str]) -> None:
+        if self.type == "list:set":
+            self.members.append(element)
+            return
+        if self.unsupported:
+            return
+        parts = element.split(",")
+        key, length = [], None
+        for dim, part in zip(self.dims, parts, strict=True):
+            if dim == "ip":
+                key.append(addr_int(part) & self.mask)
+            elif dim == "net":
+                addr, _, plen = part.partition("/")
+                length = int(plen) if plen else _BITS[self.family]
+                key.append(addr_int(addr) & _prefix_mask(length, _BITS[self.family]))
+            elif dim == "port":
+                key.append(self._port_element(part))
+            else:  # iface; physdev elements only match bridged packets (never a routed one)
+                key.append(("physdev", part[8:]) if part.startswith("physdev:") else part)
+        table = self.entries.get(length)
+        if table is None:
+            table = self.entries[length] = {}
+            self.lengths = sorted(self.entries, key=lambda n: -1 if n is None else -n)
+        table[tuple(key)] = "nomatch" in options
+
+    def _port_element(self, text: str) -> tuple[int, int]:
+        proto_name, sep, value = text.rpartition(":")
+        if not sep:
+            return 6, int(value)  # a bare port is TCP
+        proto = IPPROTO.get(proto_name)
+        if proto is None:
+            proto = socket.getprotobyname(proto_name)
+        if proto in (1, 58):
+            names = IPSET_ICMP if proto == 1 else IPSET_ICMPV6
+            typ, code = names[value] if value in names else map(int, value.split("/"))
+            return proto, typ << 8 | code
+        return proto, int(value)
+
+    # -- lookups
+    def match(self, st, directions: tuple[bool, ...], return_nomatch: bool,
+              registry: Mapping[str, IpSet]) -> tuple[bool | None, str]:
+        """(in the set?, what decided it). `directions[i]` is True for `src`."""
+        if self.type == "list:set":
+            return self._match_members(st, directions, return_nomatch, registry)
+        if self.unsupported:
+            return None, self.unsupported
+        if self.family != st.family:
+            return False, f"{self.name} holds {'IPv6' if self.family == 'ip6' else 'IPv4'} entries"
+        if len(directions) < len(self.dims):
+            return False, (f"{self.name} ({self.type}) needs {len(self.dims)} directions, "
+                           f"the rule gives {len(directions)}")
+        key = []
+        for dim, src in zip(self.dims, directions, strict=False):
+            value = self._packet_value(st, dim, src)
+            if isinstance(value, (Miss, Unknown)):
+                return (None if isinstance(value, Unknown) else False), value.why
+            key.append(value)
+        shown = ",".join(self._show(dim, v) for dim, v in zip(self.dims, key, strict=True))
+        for length in self.lengths:
+            probe = tuple(key)
+            if length is not None:
+                i = self.net_dim
+                probe = probe[:i] + (probe[i] & _prefix_mask(length, _BITS[self.family]),) + probe[i + 1:]
+            nomatch = self.entries[length].get(probe)
+            if nomatch is None:
+                continue
+            found = (f"{self.name} has {shown} as nomatch" if nomatch else f"{self.name} contains {shown}") \
+                + (f" (a /{length} element)" if length is not None else "")
+            if return_nomatch and self.net_dim is not None:  # --return-nomatch inverts the element found
+                return nomatch, f"{found}, --return-nomatch {'matches' if nomatch else 'does not match'} it"
+            return not nomatch, found
+        return False, f"{self.name} has no element for {shown}"
+
+    def _match_members(self, st, directions, return_nomatch, registry):
+        unknown = []
+        for name in self.members:
+            member = registry.get(name)
+            if member is None:
+                unknown.append(f"member {name} not collected")
+                continue
+            hit, why = member.match(st, directions, return_nomatch, registry)
+            if hit:
+                return True, f"{self.name}: {why}"
+            if hit is None:
+                unknown.append(why)
+        if unknown:
+            return None, f"{self.name}: " + "; ".join(unknown)
+        return False, f"no member of {self.name} ({', '.join(self.members) or 'empty'}) matches"
+
+    def _packet_value(self, st, dim: str, src: bool):
+        """The packet's value for one dimension; Unknown when the model cannot
+        know it, Miss when the kernel has none (the lookup fails)."""
+        if dim in ("ip", "net"):
+            value = st.src_i if src else st.dst_i
+            return Unknown("address not known") if value is None else value & self.mask
+        if dim == "iface":
+            name = st.iif if src else st.oif
+            if name is None:
+                return Unknown("interface not known") if st.probe else \
+                    Miss(f"no {'input' if src else 'output'} interface at this hook")
+            return name
+        if st.proto is None:
+            return Unknown("protocol not known")
+        if st.proto == _ICMP_PROTO[st.family]:
+            if st.icmp_type is None or st.icmp_code is None:
+                return Unknown("icmp type/code not known")
+            return st.proto, st.icmp_type << 8 | st.icmp_code
+        if st.proto in _PORT_PROTOS_IPSET:
+            port = st.sport if src else st.dport
+            return Unknown("port not known") if port is None else (st.proto, port)
+        return st.proto, 0  # other protocols have port 0 in ipset
+
+    def _show(self, dim: str, value) -> str:
+        if dim in ("ip", "net"):
+            return int_addr(value, self.family)
+        if dim == "port":
+            proto, port = value
+            name = IPPROTO_NAMES.get(proto, str(proto))
+            return f"{name}:{port >> 8}/{port & 0xFF}" if proto in (1, 58) else f"{name}:{port}"
+        return str(value)
+
+
+@dataclass(frozen=True)
+class IpSets:
+    """The collected ipsets; `missing` says why their contents are unknown."""
+
+    sets: Mapping[str, IpSet]
+    missing: str | None = None
+
+
+NO_IPSETS = IpSets({}, "ipset contents were not collected")
+
+
+def parse_ipset_save(text: str | None, missing: str | None = None) -> IpSets:
+    """IpSets from `ipset save` (= `ipset list -o save`) output."""
+    if text is None:
+        return IpSets({}, missing or NO_IPSETS.missing)
+    sets: dict[str, IpSet] = {}
+    for line in text.splitlines():
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            words = line.split()
+        if len(words) >= 3 and words[0] == "create":
+            sets[words[1]] = IpSet(words[1], words[2], words[3:])
+        elif len(words) >= 3 and words[0] == "add" and words[1] in sets:
+            try:
+                sets[words[1]].add(words[2], words[3:])
+            except (ValueError, KeyError, OSError) as exc:
+                sets[words[1]].unsupported = f"element {words[2]!r} not understood ({exc})"
+    return IpSets(sets)
+
+
+def _set_match(text: str, name: str, flags: str, neg: bool, return_nomatch: bool, ipsets: IpSets) -> Cond:
+    """-m set [!] --match-set NAME src|dst[,src|dst…]"""
+    if ipsets.missing:
+        return _unknown(text, ipsets.missing)
+    ipset = ipsets.sets.get(name)
+    if ipset is None:
+        return _unknown(text, f"set {name} is not in the collected ipsets")
+    directions = tuple(f == "src" for f in flags.split(","))
+    registry = ipsets.sets
+
+    def fn(st):
+        hit = ipset.match(st, directions, return_nomatch, registry)[0]
+        return None if hit is None else hit != neg
+
+    def why(st):
+        hit, reason = ipset.match(st, directions, return_nomatch, registry)
+        return f"cannot evaluate {text}: {reason}" if hit is None else f"{text} ({reason})"
+    return Cond(text, fn, f"set {name}", why)
+
+
+def _set_option(opt: str, args: list[str], neg: bool, rest: list[str], ipsets: IpSets) -> Cond:
+    """One option of `-m set`; `rest` holds the options after it in the same match."""
+    text = f"-m set {'! ' if neg else ''}{opt} {' '.join(args)}".strip()
+    if opt in ("--match-set", "--set") and len(args) == 2:
+        return _set_match(text, args[0], args[1], neg, "--return-nomatch" in rest, ipsets)
+    if opt in ("--return-nomatch", "--update-counters", "--update-subcounters"):
+        return _cond(text, lambda st: True)  # modifies --match-set / side effects only
+    if opt.startswith(("--packets-", "--bytes-")):
+        return _unknown(text, "ipset element counters are not collected")
+    return _unknown(text, f"option {opt} not modelled")
 
 
 # ----------------------------------------------------------------- targets
@@ -476,13 +749,15 @@ def _target(name: str, opts: dict[str, list[str]], family: str, text: str) -> li
                 st.ct_mark = (st.ct_mark & ~m & 0xFFFFFFFF) ^ v
                 return f"ct mark set {st.ct_mark:#x}"
             return [Stmt("ctmark", t, apply)]
+    random_port = "--random" in opts or "--random-fully" in opts
     if name in ("SNAT", "DNAT"):
         to = (opts.get("--to-source") or opts.get("--to-destination") or [None])[0]
         addr, port = _split_to(to)
-        return [Stmt("nat", t, None, nat=NatSpec(name.lower(), addr, port, family))]
+        return [Stmt("nat", t, None, nat=NatSpec(name.lower(), addr, port, family, random_port=random_port))]
     if name in ("MASQUERADE", "REDIRECT"):
         port = (opts.get("--to-ports") or [None])[0]
-        return [Stmt("nat", t, None, nat=NatSpec(name.lower(), None, port and port.replace(":", "-"), family))]
+        return [Stmt("nat", t, None, nat=NatSpec(name.lower(), None, port and port.replace(":", "-"), family,
+                                                 random_port=random_port))]
     if name == "TCPMSS":
         mss = "pmtu" if "--clamp-mss-to-pmtu" in opts else (opts.get("--set-mss") or ["?"])[0]
         return [Stmt("tcpmss", t, lambda st: f"TCP MSS clamp ({mss})", mss=mss)]
@@ -526,7 +801,17 @@ _GENERIC = {"-s", "--source", "-d", "--destination", "-i", "--in-interface", "-o
             "--out-interface", "-p", "--protocol", "-f", "--fragment"}
 
 
-def compile_saved_rule(r: SavedRule, family: str, user_chains: frozenset = frozenset()) -> Rule:
+def _match_options(toks: list[str], start: int) -> list[str]:
+    """The tokens of the current `-m` match from `start` on (up to the next match or target)."""
+    end = start
+    while end < len(toks) and toks[end] not in ("-m", "--match", "-j", "--jump", "-g", "--goto") \
+            and toks[end] not in _GENERIC:
+        end += 1
+    return toks[start:end]
+
+
+def compile_saved_rule(r: SavedRule, family: str, user_chains: frozenset = frozenset(),
+                       ipsets: IpSets = NO_IPSETS) -> Rule:
     toks = r.tokens[2:]
     items: list = []
     mod = None
@@ -566,6 +851,8 @@ def compile_saved_rule(r: SavedRule, family: str, user_chains: frozenset = froze
                     mod = args[0].lower()
             elif t in ("-f", "--fragment"):
                 items.append(_unknown(t, "fragments not modelled"))
+            elif mod == "set":
+                items.append(_set_option(t, args, neg, _match_options(toks, j), ipsets))
             elif mod is not None:
                 items.append(_module_cond(mod, t, args, neg, family))
             else:
@@ -594,7 +881,8 @@ def compile_saved_rule(r: SavedRule, family: str, user_chains: frozenset = froze
     return Rule(r.number, r.text, tuple(items), r.counters)
 
 
-def compile_saved_chain_rules(chains: dict[str, SavedChain], family: str) -> dict[str, tuple[Rule, ...]]:
+def compile_saved_chain_rules(chains: dict[str, SavedChain], family: str,
+                              ipsets: IpSets = NO_IPSETS) -> dict[str, tuple[Rule, ...]]:
     """Compiled rules per chain; `-j NAME` is a jump when NAME is a chain of the table."""
     user = frozenset(n for n, c in chains.items() if c.policy is None and n not in BUILTIN)
-    return {n: tuple(compile_saved_rule(r, family, user) for r in c.rules) for n, c in chains.items()}
+    return {n: tuple(compile_saved_rule(r, family, user, ipsets) for r in c.rules) for n, c in chains.items()}

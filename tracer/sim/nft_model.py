@@ -172,6 +172,9 @@ class NatSpec:
     port: str | None = None  # "8080" or "1000-2000"
     family: str | None = None
     addr_fn: Callable[[EvalState], Any] | None = None  # a map lookup computed per packet
+    # random / fully-random (--random, --random-fully): the kernel picks the port
+    # at random even when the original one is free (NF_NAT_RANGE_PROTO_RANDOM_ALL)
+    random_port: bool = False
 
     @property
     def field(self) -> str:
@@ -196,6 +199,7 @@ class Verdict:
     target: str | None = None
     text: str = ""
     lookup: Callable[[EvalState], Any] | None = None  # vmap: state -> Verdict | Miss | Unknown
+    targets: tuple[str, ...] = ()  # vmap: the chains its elements jump or goto (reachability)
 
 
 Item = Cond | Stmt | Verdict

@@ -1,0 +1,377 @@
+"""The real-tools corpus: labs where a widely used tool's configuration is
+installed as the tool itself writes it, real packets, and why-route's answers.
+
+Each tool module has a topology file (topologies/<tool>.toml: the network,
+nothing of the tool), an `install(lab, state)` that writes the tool's rules,
+ip rules and routes into the namespaces as the tool would (the module header
+names the tool's source file and version), and flows. A flow's truth (`Path`)
+is written once and checked twice: against the kernel (a real packet, the
+sinks that see it, `ip route get`) and against `why-route --json`.
+
+Every node gets a sink: an nft table that records, per input interface, the
+5-tuple of every TCP/UDP packet that arrives (prerouting, priority -400, so
+before conntrack and NAT). Tests only send between the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path as FilePath
+
+from tests.helpers.cli import why_route_in_process
+from tests.lab.lab_helpers import leftovers, missing_requirements, new_prefix
+from tracer.lab import builder
+from tracer.lab import topology as topo
+
+TOPOLOGIES = FilePath(__file__).resolve().parent / "topologies"
+MISSING = missing_requirements()
+SINK_TABLE = "wrsink"
+
+
+# ------------------------------------------------------------------ lab
+
+class ToolLab:
+    """One topology built under a fresh prefix, then configured by the tool's `install`."""
+
+    def __init__(self, topology_name: str):
+        self.topology = topo.load(TOPOLOGIES / f"{topology_name}.toml")
+        self.prefix = new_prefix("r")
+        self.state: builder.LabState | None = None
+
+    def up(self) -> ToolLab:
+        self.state = builder.up(self.topology, prefix=self.prefix)
+        for node in self.topology.nodes:
+            self.nft(node.name, _sink_ruleset(node))
+        return self
+
+    def down(self) -> None:
+        builder.down(self.prefix)
+        assert not leftovers(self.prefix), leftovers(self.prefix)
+
+    def ns(self, node: str) -> str:
+        return self.state.ns(node)
+
+    def run(self, node: str, argv: list[str], *, input: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+        return builder.run_in(self.ns(node), argv, input=input, check=check)
+
+    def sh(self, node: str, script: str) -> None:
+        """Shell lines run in `node`, stopping at the first that fails."""
+        self.run(node, ["sh", "-ec", script])
+
+    def nft(self, node: str, script: str) -> None:
+        self.run(node, ["nft", "-f", "-"], input=script)
+
+    def iptables_restore(self, node: str, save: str, *, flush: bool = True) -> None:
+        """Load iptables-save text with iptables-nft (what `iptables` is on Debian 12, OpenWrt 22.03+)."""
+        self.run(node, ["iptables-nft-restore", *([] if flush else ["--noflush"])], input=save)
+
+    # -- the sinks
+    def clear_sinks(self) -> None:
+        for node in self.topology.nodes:
+            script = "".join(f"flush set ip {SINK_TABLE} {_set_name(i)}\n" for i in _sink_interfaces(node))
+            self.nft(node.name, script)
+
+    def arrivals(self, node: str) -> list[Arrival]:
+        data = json.loads(self.run(node, ["nft", "-j", "list", "table", "ip", SINK_TABLE]).stdout)["nftables"]
+        names = {_set_name(i): i for i in _sink_interfaces(self.topology.node(node))}
+        seen = []
+        for item in data:
+            found = item.get("set")
+            if not found or found["name"] not in names:
+                continue
+            for element in found.get("elem", []):
+                src, sport, dst, dport, proto = element["concat"]
+                seen.append(Arrival(names[found["name"]], src, sport, dst, dport, proto))
+        return seen
+
+    # -- real packets
+    def tcp_connect(self, node: str, dst: str, dport: int, *, src: str | None = None, sport: int | None = None,
+                    timeout: float = 1.0) -> str:
+        """One TCP connection attempt: "connected", "refused" (an RST came back), "timeout", or an errno name."""
+        return self._python(node, _TCP_CONNECT, dst, dport, src or "", sport or 0, timeout)
+
+    def udp_send(self, node: str, dst: str, dport: int, *, src: str | None = None, sport: int | None = None,
+                 mark: int = 0) -> str:
+        """One UDP datagram (with SO_MARK `mark`, as a tunnel daemon marks its own packets): "sent" or an errno name."""
+        return self._python(node, _UDP_SEND, dst, dport, src or "", sport or 0, mark)
+
+    def _python(self, node: str, program: str, *args) -> str:
+        result = self.run(node, ["python3", "-c", program, *map(str, args)], check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def route_get(self, node: str, dst: str, *, src: str | None = None, iif: str | None = None, mark: int = 0,
+                  proto: str | None = None, dport: int | None = None, sport: int | None = None) -> dict:
+        """The kernel's route (`ip -j -d route get`), or {"error": "..."} when it refuses."""
+        argv = ["ip", "-j", "-d", "route", "get", dst]
+        for key, value in (("from", src), ("iif", iif), ("mark", mark or None), ("ipproto", proto),
+                           ("sport", sport), ("dport", dport)):
+            if value is not None:
+                argv += [key, str(value)]
+        result = self.run(node, argv, check=False)
+        if result.returncode:
+            return {"error": result.stderr.strip()}
+        return json.loads(result.stdout)[0]
+
+    def conntrack(self, node: str) -> list[str]:
+        return self.run(node, ["conntrack", "-L"], check=False).stdout.splitlines()
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A TCP/UDP packet that arrived at a node, as its sink recorded it."""
+
+    iif: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    proto: str
+
+
+def _sink_interfaces(node: topo.Node) -> list[str]:
+    return [i.name for i in node.interfaces if i.kind != "loopback" and i.master is None]
+
+
+def _set_name(ifname: str) -> str:
+    return "in_" + re.sub(r"[^A-Za-z0-9]", "_", ifname)
+
+
+def _sink_ruleset(node: topo.Node) -> str:
+    sets = rules = ""
+    for ifname in _sink_interfaces(node):
+        name = _set_name(ifname)
+        sets += (f"  set {name} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service . inet_proto; "
+                 "flags dynamic; size 4096; }\n")
+        rules += (f'    iifname "{ifname}" meta l4proto {{ tcp, udp }} '
+                  f"add @{name} {{ ip saddr . th sport . ip daddr . th dport . meta l4proto }}\n")
+    return (f"table ip {SINK_TABLE} {{\n{sets}"
+            "  chain arrive { type filter hook prerouting priority -400; policy accept;\n"
+            f"{rules}  }}\n}}\n")
+
+
+_TCP_CONNECT = """
+import errno, socket, sys
+dst, dport, src, sport, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.settimeout(timeout)
+try:
+    s.bind((src, sport))
+    s.connect((dst, dport))
+    print("connected")
+except socket.timeout:
+    print("timeout")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, str(exc)))
+"""
+
+_UDP_SEND = """
+import errno, socket, sys
+dst, dport, src, sport, mark = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    if mark:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    s.bind((src, sport))
+    s.sendto(b"why-route", (dst, dport))
+    print("sent")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, str(exc)))
+"""
+
+
+class ToolLabs:
+    """A module's labs: `labs(state)` builds the topology with the tool installed
+    in `state` (once), `close()` removes them all."""
+
+    def __init__(self, topology_name: str, install):
+        self.topology_name = topology_name
+        self.install = install
+        self.labs: dict[str, ToolLab] = {}
+
+    def __call__(self, state: str = "healthy") -> ToolLab:
+        if state not in self.labs:
+            lab = self.labs[state] = ToolLab(self.topology_name)
+            lab.up()
+            self.install(lab, state)
+        return self.labs[state]
+
+    def close(self) -> None:
+        for lab in self.labs.values():
+            lab.down()
+
+
+# ------------------------------------------------------------------ flows and their truth
+
+@dataclass(frozen=True)
+class Flow:
+    """One flow as a user asks why-route about it on `router`, and as `sender` really sends it."""
+
+    router: str
+    dst: str
+    proto: str  # tcp | udp
+    dport: int
+    sport: int
+    src: str | None = None  # None: a locally generated flow with source selection
+    iif: str | None = None  # forwarded flows: the interface it arrives on
+    mark: int = 0
+    sender: str | None = None  # default: the router itself (local-out)
+
+    def argv(self) -> list[str]:
+        argv = [*([self.src] if self.src else []), self.dst, "--proto", self.proto, "--dport", str(self.dport),
+                "--sport", str(self.sport)]
+        if self.iif:
+            argv += ["--iif", self.iif]
+        if self.mark:
+            argv += ["--mark", hex(self.mark)]
+        return argv
+
+
+@dataclass(frozen=True)
+class Path:
+    """Where the kernel takes a flow: what `why-route --json` must say, and what the lab must show."""
+
+    verdict: str  # forwarded | sent | delivered-locally | dropped | unreachable | …
+    rule: int | None = None  # priority of the ip rule that decided
+    table: str | None = None  # name as why-route prints it (main, 52, T1 …)
+    dev: str | None = None
+    gateway: str | None = None
+    wire: tuple[str, str, int] | None = None  # (src, dst, dport) as the packet leaves dev
+    nat: tuple[tuple, ...] = ()  # ((type, field, to address[, to port]), …) in the kernel's order
+    sink: str | None = None  # the node where the packet arrives next
+    sink_iif: str | None = None
+    absent_from: tuple[str, ...] = ()  # nodes the packet must never reach
+    outcome: str | None = None  # what the sender's socket reports (see ToolLab.tcp_connect/udp_send)
+    error: str | None = None  # routing error (ENETUNREACH …) when the kernel refuses to route
+
+
+def send(lab: ToolLab, flow: Flow) -> str:
+    sender = flow.sender or flow.router
+    if flow.proto == "tcp":
+        return lab.tcp_connect(sender, flow.dst, flow.dport, src=flow.src if flow.sender else None,
+                               sport=flow.sport)
+    return lab.udp_send(sender, flow.dst, flow.dport, src=flow.src if flow.sender else None, sport=flow.sport,
+                        mark=flow.mark)
+
+
+def kernel_mismatches(lab: ToolLab, flow: Flow, path: Path) -> list[str]:
+    """How the kernel's handling of one real packet of `flow` differs from `path` (empty: it follows it)."""
+    lab.clear_sinks()
+    outcome = send(lab, flow)
+    problems = []
+    if path.outcome and outcome != path.outcome:
+        problems.append(f"the sender's socket says {outcome!r}, expected {path.outcome!r}")
+    if path.sink:
+        src, dst, dport = path.wire
+        seen = [a for a in lab.arrivals(path.sink) if (a.dst, a.dport, a.proto) == (dst, dport, flow.proto)]
+        if not any(a.src == src and (path.sink_iif is None or a.iif == path.sink_iif) for a in seen):
+            problems.append(f"{path.sink} did not see {src} → {dst}:{dport} on {path.sink_iif or 'any interface'}; "
+                            f"it saw {seen or 'nothing for that destination'}")
+    for node in path.absent_from:
+        reached = [a for a in lab.arrivals(node) if a.sport == flow.sport or (a.dport, a.proto) == (
+            (path.wire[2] if path.wire else flow.dport), flow.proto)]
+        if reached:
+            problems.append(f"{node} saw {reached}, expected nothing")
+    if path.dev or path.error:
+        problems += _route_mismatches(lab, flow, path)
+    return problems
+
+
+def _route_mismatches(lab: ToolLab, flow: Flow, path: Path) -> list[str]:
+    # After a DNAT the kernel routes the rewritten destination.
+    dnat = [to for kind, _, to, *_ in path.nat if kind in ("dnat", "redirect")]
+    dst = dnat[-1] if dnat else flow.dst
+    forwarded = flow.iif is not None
+    route = lab.route_get(flow.router, dst, src=flow.src if forwarded else None, iif=flow.iif,
+                          mark=flow.mark, proto=flow.proto, dport=path.wire[2] if path.wire else flow.dport,
+                          sport=flow.sport)
+    if path.error:
+        return [] if "error" in route else [f"ip route get gave {route}, expected {path.error}"]
+    if "error" in route:
+        return [f"ip route get failed: {route['error']}"]
+    problems = []
+    if route.get("dev") != path.dev:
+        problems.append(f"ip route get: dev {route.get('dev')}, expected {path.dev}")
+    if route.get("gateway") != path.gateway:
+        problems.append(f"ip route get: gateway {route.get('gateway')}, expected {path.gateway}")
+    if str(route.get("table", "main")) != str(path.table) and path.table is not None:
+        problems.append(f"ip route get: table {route.get('table', 'main')}, expected {path.table}")
+    return problems
+
+
+# ------------------------------------------------------------------ why-route
+
+def explain(capsys, ns: str, *argv: str) -> dict:
+    """`why-route ARGV --netns NS --json`, parsed. Exit 1 (the kernel disagrees) still prints the document."""
+    status, out, err = why_route_in_process(capsys, *argv, "--netns", ns, "--json")
+    assert status in (0, 1), f"why-route exited {status}: {err}"
+    return json.loads(out)
+
+
+def explain_flow(capsys, lab: ToolLab, flow: Flow) -> dict:
+    return explain(capsys, lab.ns(flow.router), *flow.argv())
+
+
+def check(capsys, ns: str) -> dict:
+    status, out, err = why_route_in_process(capsys, "check", "--netns", ns, "--json")
+    assert status in (0, 1), f"why-route check exited {status}: {err}"
+    return json.loads(out)
+
+
+def why_route_mismatches(doc: dict, path: Path) -> list[str]:
+    """Every field of why-route's explanation that differs from the kernel's `path`."""
+    problems = []
+
+    def differs(what, got, want):
+        if got != want:
+            problems.append(f"{what}: why-route says {got!r}, the kernel {want!r}")
+
+    differs("verdict", doc["verdict"], path.verdict)
+    decision = doc["decision"] or {}
+    if path.rule is not None:
+        differs("deciding rule", (decision.get("rule") or {}).get("priority"), path.rule)
+    if path.table is not None:
+        differs("table", decision.get("table"), path.table)
+    if path.dev is not None:
+        differs("device", decision.get("dev"), path.dev)
+        differs("gateway", decision.get("gateway"), path.gateway)
+    if path.error is not None:
+        differs("routing error", decision.get("error"), path.error)
+    if path.wire is not None:
+        egress = doc["egress"] or {}
+        differs("on the wire", (egress.get("dev"), egress.get("src"), egress.get("dst"), egress.get("dport")),
+                (path.dev, *path.wire))
+    # An expected rewrite names its port only when the rule sets one (DNAT to ADDR:PORT).
+    rewrites = [(n["type"], n["field"], n["to"], n.get("to_port")) for n in doc["nat"]]
+    differs("NAT", [r[:len(want)] for r, want in zip(rewrites, path.nat)] + rewrites[len(path.nat):],
+            list(path.nat))
+    kernel = doc.get("kernel")
+    if kernel is not None and not kernel["agrees"]:
+        problems.append(f"why-route's own kernel cross-check disagrees: {kernel['differences']}")
+    return problems
+
+
+def errors(report: dict) -> list[dict]:
+    return [f for f in report["findings"] if f["severity"] == "error"]
+
+
+def findings_naming(report: dict, *words: str) -> list[dict]:
+    """Warning- or error-level findings whose text names every one of `words`."""
+    found = []
+    for finding in report["findings"]:
+        text = " ".join([finding["title"], finding["message"], *finding.get("fix", [])])
+        if finding["severity"] in ("warning", "error") and all(w in text for w in words):
+            found.append(finding)
+    return found
+
+
+def uncertain_hooks(doc: dict) -> list[str]:
+    """The reasons why-route gives for hooks whose outcome it could not decide."""
+    return [reason for hook in doc["netfilter"] if hook.get("uncertain") for reason in hook["uncertain_reasons"]]
