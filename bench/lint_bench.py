@@ -42,7 +42,7 @@ def main() -> int:
         finally:
             builder.down(PREFIX)
         argv = [sys.executable, "-m", "tracer", "lint", str(ROOT / "tests/lint/fixtures/seed-blog.sh"),
-                "--on", snap, "--json"]
+                "--snapshot", snap, "--json"]
         times, replay = [], []
         for _ in range(runs):
             started = time.monotonic()

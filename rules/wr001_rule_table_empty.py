@@ -1,4 +1,4 @@
-from tracer.checks.base import Check
+from tracer.checks.base import Check, Fix
 from tracer.checks.context import reserved, route_text, rule_text, table_arg
 from tracer.vocab import AF_INET
 
@@ -79,7 +79,7 @@ def _falls_to(ctx, rule) -> str | None:
             f"{route_text(result.route, ctx.state)}")
 
 
-def _meant_for_table(ctx, rule) -> tuple[str, list[str]]:
+def _meant_for_table(ctx, rule) -> tuple[str, Fix]:
     state = ctx.state
     suffix = table_arg(state, rule.table)
     name = state.table_name(rule.table)
@@ -88,16 +88,16 @@ def _meant_for_table(ctx, rule) -> tuple[str, list[str]]:
     strays = [r for r in main_defaults[1:] if r.type == "unicast"]
     hint = (f"Routes meant for it were probably added without `table {name}`: they went to main "
             f"(or were refused there with \"File exists\" when main already had a default route)")
-    fixes = []
+    fixes: list[str] = []
     for stray in strays:
         hint += f"; main holds {route_text(stray, state)}, probably meant for table {name}"
         via = f" via {stray.gateway}" if stray.gateway else ""
-        fixes.append(f"ip route del default{via} dev {stray.dev} metric {stray.metric}")
-        fixes.append(f"ip route add default{via} dev {stray.dev}{suffix}")
-    if not fixes:
-        for c in ctx.connected:
-            if c.family == rule.family and c.address.peer and c.ifname != active_dev:
-                fixes.append(f"ip route add default via {c.address.peer} dev {c.ifname}{suffix}")
-    if not fixes:
-        fixes.append(f"ip route add default via GATEWAY dev DEVICE{suffix}")
-    return hint, fixes
+        fixes += [f"ip route del default{via} dev {stray.dev} metric {stray.metric}",
+                  f"ip route add default{via} dev {stray.dev}{suffix}"]
+    if fixes:
+        return hint, Fix.steps(*fixes)
+    peers = [f"ip route add default via {c.address.peer} dev {c.ifname}{suffix}" for c in ctx.connected
+             if c.family == rule.family and c.address.peer and c.ifname != active_dev]
+    if peers:  # one default route per table: pick the uplink
+        return hint, Fix.alternatives(*peers)
+    return hint, Fix.steps(f"ip route add default via GATEWAY dev DEVICE{suffix}")

@@ -1,4 +1,4 @@
-from tracer.checks.base import Check
+from tracer.checks.base import Check, Fix
 from tracer.checks.context import reserved, route_text, rule_text, table_arg
 from tracer.vocab import prefix_text
 
@@ -66,4 +66,5 @@ class RuleTableNoRoute(Check):
                 fixes.append(f"ip route add {wanted} via GATEWAY dev DEVICE{table_arg(state, rule.table)}")
             fixes.append(f"ip route add throw {wanted}{table_arg(state, rule.table)}"
                          "   # if falling through is intended")
-            yield self.finding(message, fixes, rule=rule.priority, table=rule.table)
+            # a route for the traffic, or a throw route that hands it on: pick one
+            yield self.finding(message, Fix.alternatives(*fixes), rule=rule.priority, table=rule.table)

@@ -1,4 +1,4 @@
-from tracer.checks.base import Check
+from tracer.checks.base import Check, Fix
 
 
 class GatewayNeighbourFailed(Check):
@@ -23,9 +23,12 @@ class GatewayNeighbourFailed(Check):
     ```
 
     ## Fix
-    Check that the gateway is up and on that link (`arping -I eth0.2 -c 3
-    10.10.149.1`), correct the route's gateway or device, then flush the stale
-    entry so the kernel retries at once: `ip neigh flush dev eth0.2 to 10.10.149.1`.
+    The finding gives a probe, not a fix: flush the stale entry so the kernel
+    resolves the gateway again (`ip neigh flush dev eth0.2 to 10.10.149.1`),
+    send to it (`ping -n -c 3 -W 1 -I eth0.2 10.10.149.1`) and look at the new
+    state (`ip neigh show 10.10.149.1 dev eth0.2`); only tools every host has.
+    If it stays FAILED, bring the gateway up or correct the route's gateway or
+    device (WR003, WR005).
     """
 
     id = "WR006"
@@ -42,6 +45,9 @@ class GatewayNeighbourFailed(Check):
             message = (f"gateway {gw} on {dev} is {nud} in the neighbour table: it does not answer "
                        f"{'ARP' if ':' not in gw else 'neighbour discovery'}, "
                        f"so {use.routes_text(state)} drops its traffic")
-            fixes = [f"arping -I {dev} -c 3 {gw}" if ":" not in gw else f"ndisc6 {gw} {dev}",
-                     f"ip neigh flush dev {dev} to {gw}"]
-            yield self.finding(message, fixes, gateway=gw, dev=dev, state=nud)
+            # Find out whether the gateway answers now, with tools every host has: drop the
+            # stale entry, make the kernel resolve it again, look at the new state.
+            ping = "ping -6" if ":" in gw else "ping"
+            probe = Fix.probe(f"ip neigh flush dev {dev} to {gw}", f"{ping} -n -c 3 -W 1 -I {dev} {gw}",
+                              f"ip neigh show {gw} dev {dev}")
+            yield self.finding(message, probe, gateway=gw, dev=dev, state=nud)

@@ -1,4 +1,4 @@
-from tracer.checks.base import Check
+from tracer.checks.base import Check, Fix
 from tracer.checks.context import route_text, table_arg
 
 
@@ -54,8 +54,10 @@ class DuplicateDefaultRoutes(Check):
                            + " — this is not load balancing")
                 hops = " ".join(f"nexthop via {r.gateway} dev {r.dev}" if r.gateway else f"nexthop dev {r.dev}"
                                 for r in same if r.nexthops)
-                fixes = [f"ip route del default via {r.gateway} dev {r.dev} metric {metric}{table_arg(state, table)}"
-                         if r.gateway else f"ip route del default dev {r.dev} metric {metric}{table_arg(state, table)}"
-                         for r in same[1:]]
-                fixes.append(f"ip route replace default {hops}{table_arg(state, table)}")
+                suffix = table_arg(state, table)
+                deletes = [f"ip route del default via {r.gateway} dev {r.dev} metric {metric}{suffix}"
+                           if r.gateway else f"ip route del default dev {r.dev} metric {metric}{suffix}"
+                           for r in same[1:]]
+                # keep the one the kernel uses, or really balance over all of them
+                fixes = Fix.alternatives(" && ".join(deletes), f"ip route replace default {hops}{suffix}")
                 yield self.finding(message, fixes, table=table, metric=metric)

@@ -1,4 +1,5 @@
 from tracer.checks.base import Check
+from tracer.checks.context import is_private_network
 from tracer.checks.fixes import sysctl_key, sysctl_set
 
 
@@ -46,7 +47,7 @@ class InterfaceForwardingOff(Check):
                 if lan is not None:
                     inputs.setdefault(lan.ifname, f"the source {rule.src} of rule {rule.priority} is on it")
         for c in ctx.connected:
-            if c.family == 4 and c.network.is_private and c.network.prefixlen < 31:
+            if c.family == 4 and is_private_network(c.network) and c.network.prefixlen < 31:
                 inputs.setdefault(c.ifname, f"it holds the LAN {c.network}")
         for ifname, why in sorted(inputs.items()):
             if sysctls.get(f"net.ipv4.conf.{ifname}.forwarding") != "0":

@@ -1,4 +1,4 @@
-from tracer.checks.base import Check
+from tracer.checks.base import Check, Fix
 from tracer.checks.context import is_private
 from tracer.checks.fixes import snat_command
 
@@ -69,8 +69,8 @@ class MissingSnat(Check):
         message = (f"forwarded traffic leaves {oif} with a private source the far side cannot route back, and no "
                    f"SNAT/MASQUERADE applies: {sources}. {oif}'s own address: {own}; the replies never come back")
         dynamic = ctx.dynamic_reason(oif)
-        fixes = [snat_command(ctx, oif)]
+        fixes = Fix.steps(snat_command(ctx, oif))
         if dynamic and ctx.primary_address(oif):
             message += f" ({dynamic}: MASQUERADE follows its address)"
-            fixes.append(snat_command(ctx, oif, masquerade=False) + "   # if the address is static")
+            fixes = Fix.alternatives(*fixes, snat_command(ctx, oif, masquerade=False) + "   # if the address is static")
         return self.finding(message, fixes, dev=oif, sources=[f.src for f in flows])

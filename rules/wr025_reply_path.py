@@ -1,4 +1,4 @@
-from tracer.checks.base import Check
+from tracer.checks.base import Check, Fix
 from tracer.checks.context import route_text
 from tracer.checks.fixes import forward_accept_commands
 
@@ -49,12 +49,12 @@ class ReplyPath(Check):
         reply = ctx.flow(flow.dst, flow.src, oif, why=f"reply to {flow.src}", proto=flow.proto,
                          sport=flow.dport, dport=flow.sport, reply=True)
         result = reply.result
-        if ctx.rp_filter_drop(result):
+        if result is None or ctx.rp_filter_drop(result):  # None: dropped before routing
             return  # WR017
         what = f"replies from {flow.dst} to {flow.src} (for {flow.why}) arriving on {oif}"
         if result.error:
             message = f"{what} cannot be routed: {result.error} ({result.error_reason or 'no route'})"
-            fixes = [f"ip route get {flow.src} from {flow.dst} iif {oif}"]
+            fixes = Fix.probe(f"ip route get {flow.src} from {flow.dst} iif {oif}")
         elif result.dev != flow.iif:
             route = route_text(result.route, state) if result.route is not None else f"dev {result.dev}"
             table = state.table_name(result.table) if result.table is not None else "main"

@@ -1,4 +1,4 @@
-from tracer.checks.base import Check
+from tracer.checks.base import Check, Fix
 from tracer.checks.context import route_text
 
 
@@ -60,6 +60,7 @@ class RouteViaDownLink(Check):
             shown = ", ".join(route_text(r, state) for r in hit[:3])
             shown += f" and {len(hit) - 3} more" if len(hit) > 3 else ""
             message = f"{dev} {why}, yet {shown} send{'s' if len(hit) == 1 else ''} traffic through it"
-            yield self.finding(message, [f"ip link set {dev} up",
-                                         "sysctl -w net.ipv4.conf.all.ignore_routes_with_linkdown=1"],
+            # bring the link up, or have the kernel skip routes over a link without carrier
+            yield self.finding(message, Fix.alternatives(f"ip link set {dev} up",
+                                                         "sysctl -w net.ipv4.conf.all.ignore_routes_with_linkdown=1"),
                                dev=dev)

@@ -33,18 +33,54 @@ def bug_line(exc: BaseException) -> str:
             f"`why-route --traceback ...` (or {TRACEBACK_VARIABLE}=1) prints")
 
 
+def json_wanted(global_options: dict, argv: list[str]) -> bool:
+    """Under --json an error is a JSON document too. The commands say so as they parse
+    (tracer.cli.options.json_option, `batch`); a usage error can come before that, so a
+    `--json` word among the options counts too."""
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    return bool(global_options.get("json")) or "--json" in words
+
+
+def report(message: str, status: int, as_json: bool) -> int:
+    """One line on stderr; under --json also {"schema", "error", "exit_status"} on stdout."""
+    print(message, file=sys.stderr)
+    if as_json:
+        from tracer.output import json_out
+
+        error = message.removeprefix("why-route: error: ")
+        try:
+            print(json_out.error(error, status), flush=True)
+        except BrokenPipeError:
+            silence_stdout()
+    return status
+
+
+def silence_stdout() -> None:
+    """The reader went away: what is still buffered for stdout goes nowhere, not into a
+    BrokenPipeError at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (captured by a test)
+        pass
+
+
 def main(argv=None) -> int:
     import click
 
     tune_gc()
-    from tracer.cli import cli
+    from tracer.cli import OutputClosed, cli
 
-    global_options: dict = {}  # filled by tracer.cli while it parses (--traceback)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    global_options: dict = {}  # filled by tracer.cli while it parses (--traceback, --json)
     try:
         status = cli.main(args=argv, prog_name="why-route", standalone_mode=False, obj=global_options)
+        sys.stdout.flush()  # a closed pipe shows here, not as an error at exit
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
+        if json_wanted(global_options, argv):
+            return report(f"why-route: error: {exc.format_message()}", ExitStatus.USAGE, True)
         exc.show()
         return ExitStatus.USAGE
     except (click.Abort, KeyboardInterrupt):
@@ -52,18 +88,17 @@ def main(argv=None) -> int:
         return ExitStatus.INTERRUPTED
     except Terminated as exc:
         return exc.exit_status
-    except BrokenPipeError:
+    except (OutputClosed, BrokenPipeError):
+        silence_stdout()
         return ExitStatus.SUCCESS
     except WhyRouteError as exc:
         if traceback_wanted(global_options):
             raise
-        print(f"why-route: error: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return report(f"why-route: error: {exc}", exc.exit_status, json_wanted(global_options, argv))
     except Exception as exc:
         if traceback_wanted(global_options):
             raise
-        print(bug_line(exc), file=sys.stderr)
-        return ExitStatus.BUG
+        return report(bug_line(exc), ExitStatus.BUG, json_wanted(global_options, argv))
     return int(status or ExitStatus.SUCCESS)
 
 

@@ -31,6 +31,25 @@ class StateSource:
     def live(self) -> bool:
         return self.snapshot is None
 
+    # How every command names the state it read, in text and in JSON (docs/json.md, `source`).
+    @property
+    def kind(self) -> str:
+        """`snapshot`, `netns` or `host`."""
+        return "snapshot" if self.snapshot else "netns" if self.netns else "host"
+
+    @property
+    def name(self) -> str:
+        """The snapshot's path, the namespace's name, or this host's hostname."""
+        if self.snapshot or self.netns:
+            return self.snapshot or self.netns
+        import socket
+        return socket.gethostname()
+
+    @property
+    def label(self) -> str:
+        """`snapshot FILE`, `netns NAME` or `this host`: the text output's name for the source."""
+        return f"{self.kind} {self.name}" if self.kind != "host" else "this host"
+
     def load(self, *, for_flows: bool = False) -> HostState:
         """The whole state; `for_flows` (live only) leaves out IPv4 tables larger
         than LARGE_TABLE, whose routes explain_flow then asks the kernel for."""
@@ -69,16 +88,19 @@ def explain_flow(state: HostState, flow: Flow, source: StateSource) -> Explanati
 def _kernels_pick(explanation: Explanation, asked) -> Explanation:
     """Of a forked path's outcomes, the one the kernel's answers name (its multipath hash of
     this exact flow), explained first; unchanged when the path does not fork or none matches."""
-    if not explanation.alternatives:
+    if not any(c.kind == "multipath" for o in explanation.outcomes for c in o.choices):
         return explanation
-    for outcome in explanation.outcomes:
+
+    def named(outcome: Explanation) -> bool:
         decisions = outcome.decisions
-        if len(decisions) == len(asked) and all(
-                (d.dev, d.gateway) == (a.dev, a.gateway) for d, a in zip(decisions, asked, strict=True)):
-            picked = explanation.as_main(outcome)
-            return dataclasses.replace(picked, notes=(*picked.notes, "of the multipath nexthops, the kernel's "
-                                                      "answer for this exact flow names this one"))
-    return explanation
+        return len(decisions) == len(asked) and all(
+            (d.dev, d.gateway) == (a.dev, a.gateway) for d, a in zip(decisions, asked, strict=True))
+    matching = [o for o in explanation.outcomes if named(o)]
+    if len({tuple(c.index for c in o.choices if c.kind == "multipath") for o in matching}) != 1:
+        return explanation  # the kernel's answer fits several nexthop choices, or none
+    picked = explanation.as_main(matching[0])
+    return dataclasses.replace(picked, notes=(*picked.notes, "of the multipath nexthops, the kernel's answer "
+                                              "for this exact flow names this one"))
 
 
 @dataclass(frozen=True)
@@ -91,26 +113,41 @@ class BatchResult:
     error: WhyRouteError | None = None
 
 
-def batch_lines(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
-    """(line number, argv) for each query line; blank lines and # comments skipped."""
+def batch_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, argv) for each query line; blank lines and # comments skipped. Lines may be
+    bytes (a batch file or stdin read as binary): one that is not UTF-8 becomes an error for that
+    line alone."""
     for number, line in enumerate(lines, 1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, [_MALFORMED, f"not UTF-8 text (byte {exc.start + 1} of the line: "
+                                            f"{line[exc.start:exc.start + 1]!r})",
+                               line.decode("utf-8", "replace").strip()]
+                continue
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         try:
             yield number, shlex.split(stripped, comments=True)
         except ValueError as exc:
-            yield number, ["--malformed--", str(exc)]
+            yield number, [_MALFORMED, f"cannot split the line: {exc}", stripped]
 
 
-def run_batch(state: HostState, source: StateSource, lines: Iterable[str],
+# Marks a line that could not be read or split: [_MALFORMED, why, the line as far as it reads].
+_MALFORMED = "\0malformed"
+
+
+def run_batch(state: HostState, source: StateSource, lines: Iterable[str | bytes],
               parse: Callable[[list[str]], Flow]) -> Iterator[BatchResult]:
     """One result per query; `parse(argv)` turns a line into a Flow or raises."""
     for number, argv in batch_lines(lines):
+        if argv and argv[0] == _MALFORMED:
+            yield BatchResult(number, argv[2], error=UsageError(argv[1]))
+            continue
         query = " ".join(argv)
         try:
-            if argv and argv[0] == "--malformed--":
-                raise UsageError(f"cannot split the line: {argv[1]}")
             yield BatchResult(number, query, explain_flow(state, parse(argv), source))
         except WhyRouteError as exc:
             yield BatchResult(number, query, error=exc)

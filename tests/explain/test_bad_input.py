@@ -17,6 +17,18 @@ def _one_line_error(status, out, err, expected_status, fragment):
     assert fragment in lines[0]
 
 
+# The smallest snapshot that loads: every section present, all empty (docs/snapshot.md, Schema).
+EMPTY_NETFILTER = {"version": 1, "netns": None,
+                   "nft": {"status": "absent", "ruleset": None, "text": None, "error": "nft not found"},
+                   "iptables_nft": {}, "iptables_legacy": {}}
+
+
+def minimal_snapshot(**sections) -> dict:
+    return {"format": "why-route-snapshot", "version": 1, "meta": {}, "links": [], "addresses": [], "rules": [],
+            "routes": [], "neighbours": [], "conntrack": [], "table_names": {}, "sysctls": {},
+            "netfilter": EMPTY_NETFILTER, **sections}
+
+
 @pytest.fixture
 def snapshot_file(tmp_path):
     def write(doc):
@@ -36,13 +48,12 @@ def snapshot_file(tmp_path):
     (["1.1.1.1", "2.2.2.2", "3.3.3.3"], "expected [SRC] DST"),
 ])
 def test_malformed_flow(capsys, argv, fragment, snapshot_file):
-    path = snapshot_file({"format": "why-route-snapshot", "version": 1})
+    path = snapshot_file(minimal_snapshot())
     _one_line_error(*why_route_in_process(capsys, *argv, "--snapshot", path), ExitStatus.USAGE, fragment)
 
 
 def test_unknown_interface(capsys, snapshot_file):
-    path = snapshot_file({"format": "why-route-snapshot", "version": 1,
-                          "links": [{"index": 1, "name": "lo"}]})
+    path = snapshot_file(minimal_snapshot(links=[{"index": 1, "name": "lo"}]))
     _one_line_error(*why_route_in_process(capsys, "10.0.0.1", "8.8.8.8", "--iif", "eth9", "--snapshot", path),
                     ExitStatus.USAGE, "unknown interface 'eth9' for --iif")
 

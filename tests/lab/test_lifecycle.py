@@ -89,10 +89,13 @@ def test_ppp_links_are_point_to_point_without_arp(near, far, prefix):
                               for n in neighbours), neighbours
 
 
-def test_up_replaces_the_lab_with_the_same_prefix(prefix):
+def test_up_replaces_the_lab_with_the_same_prefix_only_with_replace(prefix):
     first = builder.up(None, "slow", prefix)
     first.run("route", ["ip", "addr", "add", "10.99.99.99/32", "dev", "lo"])
-    second = why_route("lab", "up", "--variant", "ultimate", "--prefix", prefix)
+    refused = why_route("lab", "up", "--variant", "ultimate", "--prefix", prefix)  # issue 10: refuses
+    assert refused.returncode == 2
+    assert "10.99.99.99" in first.run("route", ["ip", "-br", "addr"]).stdout
+    second = why_route("lab", "up", "--variant", "ultimate", "--prefix", prefix, "--replace")
     assert second.returncode == 0, second.stderr
     state = builder.read_state(prefix)
     assert (state.status, state.variant) == ("up", "ultimate")

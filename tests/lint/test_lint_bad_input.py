@@ -16,27 +16,27 @@ def one_line(result, status: int, text: str) -> None:
 
 
 def test_unreadable_script(seed, tmp_path):
-    one_line(why_route("lint", str(tmp_path / "missing.sh"), "--on", seed["slow"], no_color=True), 2,
+    one_line(why_route("lint", str(tmp_path / "missing.sh"), "--snapshot", seed["slow"], no_color=True), 2,
              "cannot read script")
-    one_line(why_route("lint", str(tmp_path), "--on", seed["slow"], no_color=True), 2, "is a directory")
+    one_line(why_route("lint", str(tmp_path), "--snapshot", seed["slow"], no_color=True), 2, "is a directory")
     binary = tmp_path / "binary.sh"
     binary.write_bytes(b"\xff\xfe\x00ip")
-    one_line(why_route("lint", str(binary), "--on", seed["slow"], no_color=True), 2, "not a text file")
+    one_line(why_route("lint", str(binary), "--snapshot", seed["slow"], no_color=True), 2, "not a text file")
 
 
 def test_missing_or_broken_snapshot(seed, tmp_path):
-    one_line(why_route("lint", SEED_BLOG, "--on", str(tmp_path / "none.json"), no_color=True), 2,
+    one_line(why_route("lint", SEED_BLOG, "--snapshot", str(tmp_path / "none.json"), no_color=True), 2,
              "cannot read snapshot")
     broken = tmp_path / "broken.json"
     broken.write_text("{}")
-    one_line(why_route("lint", SEED_BLOG, "--on", str(broken), no_color=True), 2, "not a why-route snapshot")
+    one_line(why_route("lint", SEED_BLOG, "--snapshot", str(broken), no_color=True), 2, "not a why-route snapshot")
     one_line(why_route("verify", str(FIXTURES / "seed-ultimate.toml"), "--snapshot", str(broken), no_color=True),
              2, "not a why-route snapshot")
     one_line(why_route("verify", str(tmp_path / "none.toml"), no_color=True), 2, "cannot read expectations")
 
 
 def test_both_sources(seed):
-    one_line(why_route("lint", SEED_BLOG, "--on", seed["slow"], "--netns", "x", no_color=True), 2, "not both")
+    one_line(why_route("lint", SEED_BLOG, "--snapshot", seed["slow"], "--netns", "x", no_color=True), 2, "not both")
 
 
 def test_not_root(seed):
@@ -52,4 +52,4 @@ def test_not_root(seed):
             os.setgid(65534)
             os.setuid(65534)
 
-        one_line(why_route("lint", SEED_BLOG, "--on", snap.name, preexec_fn=as_nobody, no_color=True), 3, "needs root")
+        one_line(why_route("lint", SEED_BLOG, "--snapshot", snap.name, preexec_fn=as_nobody, no_color=True), 3, "needs root")

@@ -9,7 +9,7 @@ SEED_BLOG = str(FIXTURES / "seed-blog.sh")
 
 
 def test_text_reports_the_failing_lines_with_the_tools_messages(seed):
-    result = why_route("lint", SEED_BLOG, "--on", seed["slow"], no_color=True)
+    result = why_route("lint", SEED_BLOG, "--snapshot", seed["slow"], no_color=True)
     assert result.returncode == 1, result.stderr
     out = result.stdout
     flat = " ".join(out.split())  # explanations are wrapped to the terminal
@@ -31,7 +31,7 @@ def test_text_reports_the_failing_lines_with_the_tools_messages(seed):
 
 
 def test_json_lists_exactly_the_failed_and_not_checked_lines(seed):
-    result = why_route("lint", SEED_BLOG, "--on", seed["slow"], "--json", no_color=True)
+    result = why_route("lint", SEED_BLOG, "--snapshot", seed["slow"], "--json", no_color=True)
     assert result.returncode == 1
     doc = json.loads(result.stdout)
     failed = {r["line"]: r for r in doc["lines"] if r["status"] == "failed"}
@@ -42,7 +42,7 @@ def test_json_lists_exactly_the_failed_and_not_checked_lines(seed):
     assert [r["line"] for r in doc["lines"] if r["status"] == "not checked"] == [11, 12]
     flow = next(f for f in doc["flows"] if (f["src"], f["dst"]) == ("192.168.1.169", "8.8.8.8"))
     assert flow["before"]["leaves_via"] == flow["after"]["leaves_via"] == "eth0.2"
-    assert flow["before"]["rule"] == 32766 and "32765" in flow["after"]["summary"]
+    assert flow["before"]["rule"] == 32766 and "32765" in flow["after"]["text"]
     assert [f["id"] for f in doc["new_findings"]] == ["WR001"]
 
 
@@ -53,7 +53,7 @@ def test_a_correct_script_passes_and_moves_the_macbook_to_ppp0(seed, tmp_path):
                       "ip rule add from 192.168.1.169 table sunusroute && ip route flush cache\n"
                       "iptables -t nat -A POSTROUTING -o ppp0 -j SNAT --to-source 123.150.232.74\n"
                       "systemctl restart network\n")
-    result = why_route("lint", str(script), "--on", seed["slow"], "--json", no_color=True)
+    result = why_route("lint", str(script), "--snapshot", seed["slow"], "--json", no_color=True)
     assert result.returncode == 0, result.stdout
     doc = json.loads(result.stdout)
     assert doc["summary"] == {"failed": 0, "not_checked": 1, "ok": 5}
@@ -72,13 +72,13 @@ def test_typo_gateway_is_explained(seed, tmp_path):
                       "ip route add default via 10.99.0.1 table sunusroute\n"
                       "ip route add default via 123.150.232.1 dev ppp9 table sunusroute\n"
                       "ip rule add from 192.168.1.169 table sunusrout\n")
-    result = why_route("lint", str(script), "--on", seed["slow"], "--json", no_color=True)
+    result = why_route("lint", str(script), "--snapshot", seed["slow"], "--json", no_color=True)
     assert result.returncode == 1
     lines = {r["line"]: r for r in json.loads(result.stdout)["lines"]}
     assert '"1123.150.232.1"' in lines[2]["message"]
     assert lines[2]["why"] == ("1123.150.232.1 is not an IPv4 address: 1123 is more than 255; "
                                "did you mean 123.150.232.1?")
-    assert lines[2]["fix"] == "ip route add default via 123.150.232.1 dev ppp0 table sunusroute"
+    assert lines[2]["fix"] == ["ip route add default via 123.150.232.1 dev ppp0 table sunusroute"]
     assert lines[3]["message"] == "Error: Nexthop has invalid gateway."
     assert "not on a network directly" in lines[3]["why"]
     assert lines[4]["message"] == 'Cannot find device "ppp9"' and "did you mean ppp0?" in lines[4]["why"]
@@ -90,7 +90,7 @@ def test_unsafe_lines_are_not_run(seed, tmp_path):
     script.write_text("ip netns add evil\nip link set dev ppp0 netns 1\nip -n evil link\n"
                       "echo 1 > /etc/evil\nsysctl -w kernel.panic=1\nmodprobe dummy\nreboot\n"
                       "ip route add $NET via 1.2.3.4\nip route | grep default\n")
-    result = why_route("lint", str(script), "--on", seed["slow"], "--json", no_color=True)
+    result = why_route("lint", str(script), "--snapshot", seed["slow"], "--json", no_color=True)
     doc = json.loads(result.stdout)
     assert result.returncode == 0
     assert doc["summary"]["not_checked"] == 9 and doc["summary"]["ok"] == 0

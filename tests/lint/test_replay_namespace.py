@@ -132,7 +132,7 @@ def test_cleanup_when_the_script_destroys_things(seed, tmp_path):
     script.write_text("ip link del ppp0\nip link set lo down\nip rule flush\nip -6 rule flush\n"
                       "ip route flush table all\nnft flush ruleset\niptables -F\n"
                       "echo > /etc/iproute2/rt_tables\nkill -9 1\npkill why-route\n")
-    result = why_route("lint", str(script), "--on", seed["slow"], no_color=True)
+    result = why_route("lint", str(script), "--snapshot", seed["slow"], no_color=True)
     assert result.returncode in (0, 1), result.stderr
     assert "`kill` signals processes of the host" in result.stdout
     assert not replay_leftovers()
@@ -149,7 +149,7 @@ def _wait_for_replay(process) -> None:
 def test_cleanup_on_signal(seed, tmp_path, signum, status):
     script = tmp_path / "long.sh"
     script.write_text("ip rule show\n" * 3000)
-    process = subprocess.Popen([*why_route_argv(), "lint", str(script), "--on", seed["slow"]],
+    process = subprocess.Popen([*why_route_argv(), "lint", str(script), "--snapshot", seed["slow"]],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_replay(process)
     process.send_signal(signum)
@@ -163,7 +163,7 @@ def test_cleanup_on_signal(seed, tmp_path, signum, status):
 def test_a_killed_process_is_swept_by_the_next_replay(seed, tmp_path):
     script = tmp_path / "long.sh"
     script.write_text("ip rule show\n" * 3000)
-    process = subprocess.Popen([*why_route_argv(), "lint", str(script), "--on", seed["slow"]],
+    process = subprocess.Popen([*why_route_argv(), "lint", str(script), "--snapshot", seed["slow"]],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_replay(process)
     process.kill()

@@ -5,7 +5,7 @@ FORWARD rules that only count (`-m set …` without a target), sends probes that
 differ in address, protocol, port and interface, and after each probe compares
 the rules whose counters moved with the rules the model says match. Covered:
 hash:ip (with netmask), bitmap:ip, hash:net with nomatch elements and
---return-nomatch, hash:ip,port (udp, tcp, icmp), hash:net,port, hash:ip,port,ip,
+--return-nomatch, hash:ip,port (udp, tcp, icmp, gre: port 0), hash:net,port, hash:ip,port,ip,
 hash:ip,port,net, hash:net,iface (input/output interface, physdev), list:set
 with members of both families, `!`, and fewer directions than dimensions.
 """
@@ -26,7 +26,7 @@ SETS = [
     "create net4 hash:net", "add net4 198.51.100.0/24", "add net4 198.51.100.128/25 nomatch",
     "add net4 192.0.2.0/30",
     "create ipport hash:ip,port", "add ipport 198.51.100.2,udp:5000", "add ipport 198.51.100.2,tcp:80",
-    "add ipport 198.51.100.2,icmp:echo-request", "add ipport 198.51.100.3,udp:5001",
+    "add ipport 198.51.100.2,icmp:echo-request", "add ipport 198.51.100.3,udp:5001", "add ipport 198.51.100.3,gre:0",
     "create netport hash:net,port", "add netport 192.0.2.0/24,udp:40001",
     "add netport 192.0.2.2/32,udp:40001 nomatch",
     "create ipportnet hash:ip,port,net", "add ipportnet 198.51.100.2,udp:5000,192.0.2.0/24",
@@ -54,6 +54,8 @@ def probe_packet(kind, src, dst, sport=None, dport=None):
         return udp(dport, sport, src=src, dst=dst)
     if kind == "tcp":
         return syn(dport, sport, src=src, dst=dst)
+    if kind == "gre":
+        return PacketView("ip", src, dst, 47, iif="r0", oif="r1", length=24)
     return PacketView("ip", src, dst, 1, iif="r0", oif="r1", icmp_type=8, icmp_code=0, length=84)
 
 
@@ -62,6 +64,8 @@ PROBES = [
     ("udp", "192.0.2.3", SERVER4, 40002, 5001),
     ("tcp", CLIENT4, SERVER4, 40003, 80),
     ("icmp", CLIENT4, SERVER4),
+    ("gre", CLIENT4, "198.51.100.3"),
+    ("gre", CLIENT4, SERVER4),
     ("udp", "192.0.2.4", "198.51.100.130", 40001, 5000),
     ("udp", CLIENT4, "198.51.100.3", 40001, 5001),
     ("udp", "192.0.2.5", "198.51.100.77", 40009, 7),
@@ -71,6 +75,10 @@ PROBES = [
 def send(lab, kind, src, dst, sport=None, dport=None):
     if kind == "icmp":
         lab.ex(["ping", "-c1", "-W1", "-I", src, dst], ns=lab.c, check=False)
+        return
+    if kind == "gre":
+        lab.ex(["python3", "-c", f"import socket;socket.socket(socket.AF_INET,socket.SOCK_RAW,47)"
+                                 f".sendto(bytes(4),({dst!r},0))"], ns=lab.c)
         return
     sock = "SOCK_DGRAM" if kind == "udp" else "SOCK_STREAM"
     code = (f"import socket,time;s=socket.socket(socket.AF_INET,socket.{sock});s.bind(({src!r},{sport}));"

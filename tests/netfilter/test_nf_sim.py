@@ -6,8 +6,13 @@ import json
 
 import pytest
 
+from tracer.output.json_out import traversal_doc
 from tracer.sim.netfilter import (
-    AddressInfo, PacketView, hooks_for_origin, load_ruleset, traverse,
+    AddressInfo,
+    PacketView,
+    hooks_for_origin,
+    load_ruleset,
+    traverse,
 )
 
 ADDR = AddressInfo.simple(["192.0.2.1", "198.51.100.1"],
@@ -246,16 +251,16 @@ def test_empty_ruleset_accepts():
 
 def test_to_dict_is_plain_json(sink):
     tr = traverse(sink, "forward", pkt("10.0.0.5", "8.8.4.4", dport=53), addresses=ADDR)
-    d = json.loads(json.dumps(tr.to_dict()))
+    d = json.loads(json.dumps(traversal_doc(tr)))
     assert set(d) == {"hook", "verdict", "decided_by", "uncertain", "uncertain_reasons", "packet_in",
-                      "packet", "nat", "mss_clamp", "chains"}
+                      "packet", "nat", "mss_clamp", "reroute_needed", "reroute_reasons", "chains"}
     c = d["chains"][0]
     assert set(c) == {"family", "table", "chain", "hook", "priority", "type", "policy", "source", "steps",
                       "verdict", "verdict_from", "skipped", "skipped_rules"}
     assert set(c["steps"][0]) == {"chain", "depth", "handle", "text", "matched", "reason", "action", "verdict",
                                   "counters", "nft_handle"}
     tr = traverse(sink, "postrouting", pkt("10.0.0.5", oif="ppp0"), addresses=ADDR)
-    n = json.loads(json.dumps(tr.to_dict()))["nat"][0]
+    n = json.loads(json.dumps(traversal_doc(tr)))["nat"][0]
     assert n["from"] == "10.0.0.5" and n["to"] == "100.64.0.7" and n["field"] == "src"
 
 

@@ -18,8 +18,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path as FilePath
+
+import pytest
 
 from tests.helpers.cli import why_route_in_process
 from tests.lab.lab_helpers import leftovers, missing_requirements, new_prefix
@@ -45,7 +48,23 @@ class ToolLab:
         self.state = builder.up(self.topology, prefix=self.prefix)
         for node in self.topology.nodes:
             self.nft(node.name, _sink_ruleset(node))
+        self._wait_for_carrier()
         return self
+
+    def _wait_for_carrier(self, seconds: float = 5.0) -> None:
+        # A veth has a working qdisc only once linkwatch has seen its carrier
+        # (operstate UP), up to a second after `ip link set up`; until then
+        # the first packets of a test would be dropped.
+        deadline = time.monotonic() + seconds
+        for node in self.topology.nodes:
+            while True:
+                links = json.loads(self.run(node.name, ["ip", "-j", "link", "show"]).stdout)
+                waiting = [link["ifname"] for link in links
+                           if link["ifname"] != "lo" and link.get("operstate") not in ("UP", "UNKNOWN")]
+                if not waiting:
+                    break
+                assert time.monotonic() < deadline, f"{node.name}: no carrier on {waiting}"
+                time.sleep(0.05)
 
     def down(self) -> None:
         builder.down(self.prefix)
@@ -219,7 +238,7 @@ class Flow:
     proto: str  # tcp | udp
     dport: int
     sport: int
-    src: str | None = None  # None: a locally generated flow with source selection
+    src: str | None = None  # None: a locally generated flow with source selection; the sender binds it
     iif: str | None = None  # forwarded flows: the interface it arrives on
     mark: int = 0
     sender: str | None = None  # default: the router itself (local-out)
@@ -255,10 +274,8 @@ class Path:
 def send(lab: ToolLab, flow: Flow) -> str:
     sender = flow.sender or flow.router
     if flow.proto == "tcp":
-        return lab.tcp_connect(sender, flow.dst, flow.dport, src=flow.src if flow.sender else None,
-                               sport=flow.sport)
-    return lab.udp_send(sender, flow.dst, flow.dport, src=flow.src if flow.sender else None, sport=flow.sport,
-                        mark=flow.mark)
+        return lab.tcp_connect(sender, flow.dst, flow.dport, src=flow.src, sport=flow.sport)
+    return lab.udp_send(sender, flow.dst, flow.dport, src=flow.src, sport=flow.sport, mark=flow.mark)
 
 
 def kernel_mismatches(lab: ToolLab, flow: Flow, path: Path) -> list[str]:
@@ -288,8 +305,7 @@ def _route_mismatches(lab: ToolLab, flow: Flow, path: Path) -> list[str]:
     # After a DNAT the kernel routes the rewritten destination.
     dnat = [to for kind, _, to, *_ in path.nat if kind in ("dnat", "redirect")]
     dst = dnat[-1] if dnat else flow.dst
-    forwarded = flow.iif is not None
-    route = lab.route_get(flow.router, dst, src=flow.src if forwarded else None, iif=flow.iif,
+    route = lab.route_get(flow.router, dst, src=flow.src, iif=flow.iif,
                           mark=flow.mark, proto=flow.proto, dport=path.wire[2] if path.wire else flow.dport,
                           sport=flow.sport)
     if path.error:
@@ -372,6 +388,20 @@ def findings_naming(report: dict, *words: str) -> list[dict]:
     return found
 
 
-def uncertain_hooks(doc: dict) -> list[str]:
-    """The reasons why-route gives for hooks whose outcome it could not decide."""
-    return [reason for hook in doc["netfilter"] if hook.get("uncertain") for reason in hook["uncertain_reasons"]]
+def outcomes(doc: dict, *fields: str) -> dict[tuple, float]:
+    """Every outcome why-route gives for a flow whose path forks (`-m statistic`,
+    multipath): {(egress field, …): share}. The explanation is one outcome;
+    `alternatives` holds the others."""
+    def key(egress):
+        return tuple((egress or {}).get(f) for f in fields)
+    found = {key(doc["egress"]): doc.get("share", 1.0)}
+    for alternative in doc.get("alternatives", []):
+        found[key(alternative["egress"])] = found.get(key(alternative["egress"]), 0) + alternative["share"]
+    return found
+
+
+def cases(table: dict, defects: dict) -> list:
+    """The keys of `table` as test parameters, those in `defects` marked as why-route's known
+    defects (strict: a fix makes the test pass, and then the mark must go)."""
+    return [pytest.param(key, marks=pytest.mark.xfail(strict=True, reason=defects[key])) if key in defects
+            else key for key in table]

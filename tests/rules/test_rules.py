@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers.cli import why_route
 from tracer.checks import docs, engine
-from tracer.checks.base import DOC_SECTIONS, Finding
+from tracer.checks.base import DOC_SECTIONS, Finding, Fix
 from tracer.collect import snapshot
 from tracer.errors import UsageError
 
@@ -104,7 +104,43 @@ def test_finding_dict_contract():
     (f,) = engine.run(load("WR019", "bad"), [engine.resolve("WR019")])
     assert isinstance(f, Finding)
     assert list(finding_doc(f)) == ["id", "severity", "title", "message", "fix"]
-    assert finding_doc(f)["fix"] == list(f.fix)
+    # issue 9: the fix says what its commands are (here: MASQUERADE, or SNAT if the address is static)
+    assert finding_doc(f)["fix"] == {"kind": "alternatives", "commands": list(f.fix)}
+    assert f.fix.kind == "alternatives" and f.fix.commands == tuple(f.fix)
+
+
+# What each rule's fix on its bad fixture is (issue 9): steps run in order, alternatives, a probe.
+FIX_KIND = {"WR002": "alternatives", "WR006": "probe", "WR010": "alternatives", "WR019": "alternatives",
+            "WR027": "alternatives"}
+
+
+@pytest.mark.parametrize("rule_id", IDS)
+def test_every_fix_says_what_it_is(rule_id):
+    for f in engine.run(load(rule_id, "bad"), [engine.resolve(rule_id)]):
+        assert isinstance(f.fix, Fix) and f.fix.kind == FIX_KIND.get(rule_id, "steps"), (rule_id, f.fix)
+
+
+def test_fix_text_labels():
+    from tracer.output import check as render
+
+    def shown(fix):
+        finding = Finding("WR999", "error", "t", "m", fix)
+        return render.text([finding], colour=False, source="x", rules_run=1).splitlines()[4:]
+
+    assert shown(Fix.steps("a")) == ["      fix: a"]
+    assert shown(Fix.steps("a", "b")) == ["      fix (run in order):", "        a", "        b"]
+    assert shown(Fix.alternatives("a", "b")) == ["      fix (one of):", "        a", "        b"]
+    assert shown(Fix.probe("a")) == ["      probe: a"]
+    assert Finding("WR999", "error", "t", "m", ("a", "b")).fix.kind == "steps"
+    with pytest.raises(ValueError):
+        Fix(("a",), "maybe")
+
+
+def test_wr006_probe_uses_only_tools_every_host_has():
+    (f,) = engine.run(load("WR006", "bad"), [engine.resolve("WR006")])
+    assert f.fix == ("ip neigh flush dev eth0.2 to 10.10.149.9", "ping -n -c 3 -W 1 -I eth0.2 10.10.149.9",
+                     "ip neigh show 10.10.149.9 dev eth0.2")
+    assert not any(tool in " ".join(f.fix) for tool in ("arping", "ndisc6"))
 
 
 def test_select_ignore_and_unknown_ids():

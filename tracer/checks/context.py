@@ -37,15 +37,25 @@ PROBE_SPORT, PROBE_DPORT = 40000, 443
 # The packet the engine walks for a flow it derives: a new connection's first
 # segment (a SYN of 60 bytes), whatever conntrack holds now.
 NEW_CONNECTION = PacketVariant(ct_state="new", length=60, conntrack=False)
-REPLY = PacketVariant(ct_state="established", length=60, conntrack=False)
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+REPLY = PacketVariant(ct_state="established", length=60, conntrack=False, reply=True)
+# Addresses nobody routes on the Internet because they are meant for private networks:
+# RFC 1918, CGNAT (RFC 6598) and IPv6 ULA — not ipaddress's `is_private`, which also
+# counts documentation (RFC 5737) and benchmarking prefixes, real uplinks in labs.
+PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
 # What a check may require of the state (Check.requires), and the context property that tells.
 REQUIREMENTS = {"netfilter": "netfilter_known"}
 
 
 def is_private(address: str) -> bool:
+    """RFC 1918, CGNAT or ULA (see PRIVATE_NETWORKS)."""
     ip = ipaddress.ip_address(address)
-    return ip.is_private or (ip.version == 4 and ip in _CGNAT)
+    return any(ip.version == n.version and ip in n for n in PRIVATE_NETWORKS)
+
+
+def is_private_network(network) -> bool:
+    """Whether the whole of an ipaddress network is private in the sense of is_private."""
+    return any(network.version == n.version and network.subnet_of(n) for n in PRIVATE_NETWORKS)
 
 
 def rule_text(rule, state: HostState) -> str:
@@ -458,7 +468,7 @@ class CheckContext:
             seen.add((host, lan.ifname))
             out.append(self.flow(host, dst, lan.ifname, why=f"source of rule {rule.priority}"))
         for c in self.connected:
-            if c.family != AF_INET or c.network.prefixlen >= 31 or not c.network.is_private:
+            if c.family != AF_INET or c.network.prefixlen >= 31 or not is_private_network(c.network):
                 continue
             host = self.representative_host(str(c.network.network_address), c.network.prefixlen)
             if host is None or (host, c.ifname) in seen:

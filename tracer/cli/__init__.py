@@ -9,19 +9,62 @@ import sys
 import click
 
 from tracer import __version__
+from tracer.cli import capture as capture_commands
 from tracer.cli import check as check_commands
+from tracer.cli import complete
 from tracer.cli import lab as lab_commands
 from tracer.cli import lint as lint_commands
+from tracer.cli import trace as trace_commands
+from tracer.cli.options import json_option, source_options
 from tracer.errors import ExitStatus, FlowError, UsageError, WhyRouteError
 
 
+class OutputClosed(Exception):
+    """The reader of our output went away (`why-route batch … | head -1`): not an error,
+    tracer.__main__ exits 0 without a word."""
+
+
 class ExplainByDefault(click.Group):
-    """`why-route SRC DST` is short for `why-route explain SRC DST` (global options may come first)."""
+    """`why-route SRC DST` is short for `why-route explain SRC DST`. Global options (--traceback,
+    --color, --version, --help) come first; the first word after them that is not a command
+    starts an `explain`, so its options may come before the addresses too
+    (`why-route --json 192.168.1.169 8.8.8.8`, `why-route --netns wr-route 8.8.8.8`)."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, self._explain_inserted(ctx, list(args)))
+
+    def _explain_inserted(self, ctx, args: list[str]) -> list[str]:
+        takes_value = {}
+        for param in self.get_params(ctx):
+            if isinstance(param, click.Option):
+                for name in (*param.opts, *param.secondary_opts):
+                    takes_value[name] = not param.is_flag and not param.count
+        index = 0
+        while index < len(args):
+            name, has_value, _ = args[index].partition("=")
+            if name not in takes_value:
+                break
+            index += 2 if takes_value[name] and not has_value else 1
+        if index < len(args) and args[index] not in self.commands and args[index] != "--":
+            args.insert(index, "explain")
+        return args
 
     def resolve_command(self, ctx, args):
         if args[0] not in self.commands and not args[0].startswith("-"):
             return "explain", self.commands["explain"], args
         return super().resolve_command(ctx, args)
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            complete.attach(command)  # every --netns, on any command, completes namespace names
+        return command
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise OutputClosed() from None
 
 
 def _remember_traceback(ctx, _param, wanted):
@@ -30,19 +73,36 @@ def _remember_traceback(ctx, _param, wanted):
         ctx.ensure_object(dict)["traceback"] = True
 
 
+def _set_colour(ctx, _param, mode):
+    from tracer.output import style
+
+    style.set_mode(mode)
+    if style.use_colour():
+        ctx.color = True  # else click.echo strips the colour codes from output that is not a terminal
+    return mode
+
+
 @click.group(cls=ExplainByDefault, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="why-route")
 @click.option("--traceback", is_flag=True, expose_value=False, callback=_remember_traceback,
               help="On an error, show the Python traceback instead of one line (for bug reports; "
                    "also WHYROUTE_TRACEBACK=1).")
+@click.option("--color", "--colour", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True, expose_value=False, callback=_set_colour, is_eager=True,
+              help="Colour the text output: auto (on a terminal, unless NO_COLOR is set; FORCE_COLOR "
+                   "forces it), always or never.")
 def cli():
     """Explain why a flow leaves a Linux router the way it does.
 
     \b
     why-route 192.168.1.169 8.8.8.8     explain a forwarded flow (same as `explain`)
     why-route 8.8.8.8                   explain a locally generated flow
+    why-route --json 10.0.0.2 8.8.8.8   options may come before the addresses
     why-route snapshot -o router.json   save the state for offline explanations
     why-route lab up --variant ultimate build the seed network in namespaces
+
+    Shell completion (bash, zsh, fish): eval "$(_WHY_ROUTE_COMPLETE=bash_source why-route)",
+    see docs/completion.md.
     """
 
 
@@ -84,16 +144,12 @@ def flow_from_params(params: dict):
     return make_flow(dst, src, **{k: params[k] for k in OPTION_NAMES})
 
 
-def source_options(command):
-    command = click.option("--netns", metavar="NAME", help="Explain inside this network namespace (live).")(command)
-    return click.option("--snapshot", metavar="FILE", help="Explain offline from a snapshot file.")(command)
-
-
 @cli.command()
 @flow_options
 @source_options
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON contract (docs/json.md).")
-@click.option("--with", "with_script", metavar="SCRIPT", help="What-if: the flow after SCRIPT (replayed, see lint).")
+@json_option("Print the JSON contract (docs/json.md).")
+@click.option("--with", "with_script", metavar="SCRIPT", type=click.Path(dir_okay=False),
+              help="What-if: the flow after SCRIPT (replayed, see lint).")
 def explain(snapshot, netns, as_json, **params):
     """Explain one flow: ip rules, table, route, netfilter, NAT, egress.
 
@@ -115,7 +171,8 @@ def explain(snapshot, netns, as_json, **params):
         raise UsageError(worded(exc)) from None
     if as_json:
         from tracer.output import json_out
-        click.echo(json_out.explanation(explanation))
+        click.echo(json_out.explanation(explanation, source=json_out.source_doc(
+            source.kind, source.name, params.get("with_script"))))
     else:
         from tracer.output import style, text
         click.echo(text.render(explanation, colour=style.use_colour()), nl=False)
@@ -125,8 +182,9 @@ def explain(snapshot, netns, as_json, **params):
 
 
 @cli.command("snapshot")
-@click.option("-o", "--output", default="-", metavar="FILE", help="Write here (default: stdout).")
-@click.option("--netns", metavar="NAME", help="Snapshot this network namespace.")
+@click.option("-o", "--output", default="-", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write here (default: stdout); the file is written whole or not at all.")
+@click.option("--netns", metavar="NAME", shell_complete=complete.namespaces, help="Snapshot this network namespace.")
 def snapshot_command(output, netns):
     """Save everything an explanation needs into one versioned JSON file.
 
@@ -137,15 +195,17 @@ def snapshot_command(output, netns):
     from tracer.collect import snapshot
     from tracer.collect.live import collect_state
 
+    snapshot.writable(output)  # before collecting anything for a file that cannot be made
     snapshot.save(collect_state(netns), output)
     if output != "-":
         click.echo(f"snapshot written to {output}", err=True)
 
 
 @cli.command()
-@click.argument("queries", type=click.File("r"))
+@click.argument("queries", type=click.File("rb"))
 @source_options
-def batch(queries, snapshot, netns):
+@click.pass_obj
+def batch(global_options, queries, snapshot, netns):
     """Explain many flows: one query per line (`SRC DST --dport 443`, or `DST`),
     `-` for stdin, `#` comments. Prints one JSON object per line.
 
@@ -156,23 +216,32 @@ def batch(queries, snapshot, netns):
     from tracer.app import StateSource, run_batch
     from tracer.output import json_out
 
+    if global_options is not None:
+        global_options["json"] = True  # its output is JSON: so is an error that stops it
     source = StateSource(snapshot, netns)
+    named = json_out.source_doc(source.kind, source.name)
     state = source.load(for_flows=True)
     for result in run_batch(state, source, queries, _parse_query):
         if result.error is not None:
-            line = json_out.dumps({"line": result.line, "query": result.query, "error": worded(result.error)},
+            line = json_out.dumps({"source": named, "line": result.line, "query": result.query,
+                                   "error": worded(result.error), "exit_status": int(result.error.exit_status)},
                                   pretty=False)
         else:
-            line = json_out.explanation(result.explanation, pretty=False)
+            line = json_out.explanation(result.explanation, pretty=False, source=named)
         click.echo(line)
         sys.stdout.flush()
 
 
-# A batch line is parsed by the same options as the command line.
-_QUERY_LINE = click.command("query")(flow_options(lambda **params: params))
+# A batch line is parsed by the same options as the command line (no --help: a line is a query).
+_QUERY_LINE = click.command("query", context_settings={"help_option_names": []})(
+    flow_options(lambda **params: params))
 
 
 def _parse_query(argv: list[str]):
+    asked = next((a for a in argv if a in ("--help", "-h")), None)
+    if asked:
+        raise UsageError(f"{asked} is not a query option: a batch line is `[SRC] DST [--iif …] [--dport …]` "
+                         "(`why-route explain --help` lists the options)")
     try:
         with _QUERY_LINE.make_context("query", list(argv)) as ctx:
             return flow_from_params(ctx.params)
@@ -185,3 +254,6 @@ cli.add_command(check_commands.check)
 cli.add_command(check_commands.rules)
 cli.add_command(lint_commands.lint)
 cli.add_command(lint_commands.verify)
+cli.add_command(trace_commands.trace)
+cli.add_command(capture_commands.capture)
+cli.add_command(capture_commands.postmortem)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import click
 
+from tracer.cli import complete
+from tracer.cli.options import json_option, source_options
 from tracer.errors import ExitStatus
 
 
 @click.command()
-@click.option("--snapshot", metavar="FILE", help="Check a snapshot file instead of the live host.")
-@click.option("--netns", metavar="NAME", help="Check this network namespace (live).")
-@click.option("--select", "select_", multiple=True, metavar="IDS", help="Run only these rules (comma-separated IDs).")
-@click.option("--ignore", multiple=True, metavar="IDS", help="Skip these rules (comma-separated IDs).")
-@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@source_options
+@click.option("--select", "select_", multiple=True, metavar="IDS", shell_complete=complete.rule_id_list,
+              help="Run only these rules (comma-separated IDs).")
+@click.option("--ignore", multiple=True, metavar="IDS", shell_complete=complete.rule_id_list,
+              help="Skip these rules (comma-separated IDs).")
+@json_option("Print the findings as JSON (docs/json.md).")
 def check(snapshot, netns, select_, ignore, as_json):
     """Run every rule over the host; exit 1 if any error-level finding.
 
@@ -29,18 +32,18 @@ def check(snapshot, netns, select_, ignore, as_json):
     source = StateSource(snapshot, netns)
     state = source.load()
     findings = engine.run(state, checks)
-    where = snapshot or (f"netns {netns}" if netns else "this host")
     if as_json:
         from tracer.output import json_out
 
-        click.echo(json_out.check(findings, source=where, rules_run=[c.id for c in checks]))
+        click.echo(json_out.check(findings, source=json_out.source_doc(source.kind, source.name),
+                                  rules_run=[c.id for c in checks]))
     else:
-        click.echo(render.text(findings, colour=use_colour(), source=where, rules_run=len(checks)))
+        click.echo(render.text(findings, colour=use_colour(), source=source.label, rules_run=len(checks)))
     return ExitStatus.PROBLEMS_FOUND if engine.has_errors(findings) else ExitStatus.SUCCESS
 
 
 @click.command()
-@click.argument("rule_id", required=False, metavar="[ID]")
+@click.argument("rule_id", required=False, metavar="[ID]", shell_complete=complete.rule_id)
 def rules(rule_id):
     """List the rule catalogue, or print one rule's page."""
     from tracer.checks import docs, engine

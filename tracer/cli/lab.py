@@ -15,11 +15,17 @@ def lab():
 @click.argument("topology", required=False, metavar="[TOPOLOGY]")
 @click.option("--variant", metavar="NAME", help="Variant of the topology to apply (seed: slow by default).")
 @PREFIX_OPTION
-def up_command(topology, variant, prefix):
-    """Build TOPOLOGY (bundled name or path to a .toml; default: seed), replacing a lab with the same prefix."""
+@click.option("--replace", is_flag=True,
+              help="Tear down a lab with the same prefix (and namespaces with its names) first; without it, "
+                   "lab up refuses.")
+def up_command(topology, variant, prefix, replace):
+    """Build TOPOLOGY (bundled name or path to a .toml; default: seed).
+
+    Refuses if a lab with the same prefix exists (`lab list` shows them), unless --replace.
+    """
     from tracer.lab import builder
 
-    state = builder.up(topology, variant, prefix)
+    state = builder.up(topology, variant, prefix, replace=replace)
     click.echo(f"lab {state.prefix} up in {state.seconds:.2f} s: topology {state.topology}, variant {state.variant}")
     click.echo("nodes: " + ", ".join(f"{node} ({ns})" for node, ns in state.nodes.items()))
     for failure in state.failures:
@@ -38,6 +44,30 @@ def down_command(prefix):
     removed = builder.down(prefix)
     listed = f": {' '.join(removed)}" if removed else ""
     click.echo(f"lab {prefix} down: removed {len(removed)} namespace(s){listed}")
+
+
+@lab.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_command(as_json):
+    """List the labs on this machine: prefix, topology, variant, status, namespaces present."""
+    from tracer.lab import builder
+
+    builder.require_lab_privileges()
+    labs = builder.labs()
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"labs": labs}, indent=2))
+        return
+    if not labs:
+        click.echo("no labs on this machine (`why-route lab up` builds one)")
+        return
+    rows = [("PREFIX", "TOPOLOGY", "VARIANT", "STATUS", "NAMESPACES")]
+    rows += [(lab["prefix"], lab["topology"] or "?", lab["variant"] or "?", lab["status"],
+              f"{lab['namespaces']}/{lab['nodes']}") for lab in labs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @lab.command("status")

@@ -6,45 +6,45 @@ import dataclasses
 
 import click
 
+from tracer.cli.options import json_option, source_options
 from tracer.errors import ExitStatus
 
 
 def load_source(snapshot: str | None, netns: str | None):
-    """(HostState, a label for it) from a snapshot, a namespace or this host."""
+    """(HostState, its StateSource) from a snapshot, a namespace or this host."""
     from tracer.app import StateSource
 
-    state = StateSource(snapshot, netns).load()
-    return state, f"snapshot {snapshot}" if snapshot else f"netns {netns}" if netns else "this host"
+    source = StateSource(snapshot, netns)
+    return source.load(), source
 
 
 @click.command()
-@click.argument("script", metavar="SCRIPT")
-@click.option("--on", "snapshot", metavar="SNAPSHOT", help="Start from this snapshot instead of the live host.")
-@click.option("--netns", metavar="NAME", help="Start from this network namespace (live).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.argument("script", metavar="SCRIPT", type=click.Path(dir_okay=False))
+@source_options
+@json_option("Print the report as JSON (docs/json.md).")
 def lint(script, snapshot, netns, as_json):
     """Check a pasted script with the real tools in a throwaway copy of the host.
 
-    Replays the host (or --on SNAPSHOT, or --netns NAME) into an isolated
+    Replays the host (or --snapshot FILE, or --netns NAME) into an isolated
     network namespace, runs each line of SCRIPT there, reports the lines the
     tools reject, and shows how key flows change. The host is never touched.
     Exit 1 if any line failed.
 
     \b
-    why-route lint fix.sh --on router.json
+    why-route lint fix.sh --snapshot router.json
     why-route lint fix.sh --netns wr-route --json
     """
     from tracer.lint.replay import require_root
     from tracer.lint.run import lint_state, read_script
 
     read_script(script)  # an unreadable script fails before anything is collected
-    state, label = load_source(snapshot, netns)
+    state, source = load_source(snapshot, netns)
     require_root()
-    report = lint_state(state, script, source=label)
+    report = lint_state(state, script, source=source.label)
     if as_json:
         from tracer.output import json_out
 
-        click.echo(json_out.lint(report))
+        click.echo(json_out.lint(report, source=json_out.source_doc(source.kind, source.name)))
     else:
         from tracer.output.lint import text
         from tracer.output.style import use_colour
@@ -53,11 +53,11 @@ def lint(script, snapshot, netns, as_json):
 
 
 @click.command()
-@click.argument("expectations", metavar="EXPECTATIONS.toml")
-@click.option("--snapshot", metavar="FILE", help="Verify a snapshot file instead of the live host.")
-@click.option("--netns", metavar="NAME", help="Verify this network namespace (live).")
-@click.option("--with", "with_script", metavar="SCRIPT", help="Verify the state as it would be after SCRIPT.")
-@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+@click.argument("expectations", metavar="EXPECTATIONS.toml", type=click.Path(dir_okay=False))
+@source_options
+@click.option("--with", "with_script", metavar="SCRIPT", type=click.Path(dir_okay=False),
+              help="Verify the state as it would be after SCRIPT.")
+@json_option("Print the outcomes as JSON (docs/json.md).")
 def verify(expectations, snapshot, netns, with_script, as_json):
     """Check a router's config against expectations (docs/verify.md); exit 1 on a mismatch.
 
@@ -69,16 +69,19 @@ def verify(expectations, snapshot, netns, with_script, as_json):
     from tracer.output.style import Style, use_colour
 
     wanted = verify_mod.load_expectations(expectations)  # a broken file fails before any collection
-    state, label = load_source(snapshot, netns)
+    state, source = load_source(snapshot, netns)
+    label = source.label
     if with_script:
         label = f"{label} after {with_script}"
         state = _replayed(state, with_script)[0]
+    verify_mod.check_interfaces(state, wanted, expectations, label)  # an unknown device is a broken file
     outcomes = verify_mod.verify(state, wanted)
     failed = [o for o in outcomes if not o.ok]
     if as_json:
         from tracer.output import json_out
 
-        click.echo(json_out.verify(outcomes, expectations=expectations, source=label))
+        click.echo(json_out.verify(outcomes, expectations=expectations,
+                                   source=json_out.source_doc(source.kind, source.name, with_script)))
     else:
         from tracer.output import text
 

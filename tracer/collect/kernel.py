@@ -60,7 +60,8 @@ def _ask(rtnl: RtnlSocket, query: RouteQuery) -> RouteAnswer:
         words += ["(fibmatch:", f"{matched.prefix})"]
     return RouteAnswer(
         text=" ".join(w for w in words if w), type=route.type, dev=route.dev, gateway=route.gateway,
-        prefsrc=route.prefsrc, table=route.table, route=matched.prefix if matched else None,
+        # RT_TABLE_UNSPEC: no table was looked up (limited broadcast, …)
+        prefsrc=route.prefsrc, table=route.table or None, route=matched.prefix if matched else None,
         nexthops=tuple((h.gateway, h.dev) for h in matched.nexthops) if matched else (),
         fibmatch_error=fibmatch_error)
 

@@ -2,9 +2,10 @@
 
 Public API (what tests and other features use):
 
-    up(topology=None, variant=None, prefix="wr") -> LabState
+    up(topology=None, variant=None, prefix="wr", replace=True) -> LabState
     down(prefix="wr") -> list[str]                  namespaces removed
     read_state(prefix="wr") -> LabState | None
+    labs() -> list[dict]                            every lab on the machine, for `lab list`
     status(prefix="wr") -> dict                     state + live interfaces, for `lab status`
     run_in(namespace, argv, check=True, ...) -> subprocess.CompletedProcess
     exec_in(prefix, node, argv) -> int              stdio passed through
@@ -19,13 +20,14 @@ the first namespace is created, so `down` can always clean up after a crash.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tracer import netns
@@ -162,10 +164,12 @@ def _write_state(state: LabState) -> None:
 
 
 def up(topology: Topology | str | Path | None = None, variant: str | None = None,
-       prefix: str = DEFAULT_PREFIX) -> LabState:
+       prefix: str = DEFAULT_PREFIX, *, replace: bool = True) -> LabState:
     """Build `topology` (a Topology, a bundled name or a path; default the seed) with `variant`.
 
-    An existing or half-built lab with the same prefix is torn down first.
+    An existing or half-built lab with the same prefix is torn down first; with replace=False
+    (the CLI's default) a lab that is up, or any namespace the lab would take, is a UsageError
+    instead (a half-built lab whose builder is gone is always replaced: it is debris).
     Variant commands that fail are recorded in LabState.failures, not raised.
     On any other error (or Ctrl-C, SIGTERM, SIGHUP) what was built is removed, then the error is raised."""
     started = time.monotonic()
@@ -180,6 +184,8 @@ def up(topology: Topology | str | Path | None = None, variant: str | None = None
     if old and old.status == "building" and old.pid != os.getpid() and netns.pid_alive(old.pid):
         raise UsageError(f"lab {prefix} is being built by process {old.pid}; wait, or use another --prefix")
     wanted = {node: namespace(prefix, node) for node in topology.node_names}
+    if not replace:
+        _refuse_to_replace(prefix, old, wanted.values())
     _teardown(prefix, old, extra=wanted.values())
 
     state = LabState(prefix=prefix, topology=topology.name, source=topology.source,
@@ -195,9 +201,24 @@ def up(topology: Topology | str | Path | None = None, variant: str | None = None
         raise type(exc)(f"lab up failed, nothing left behind: {exc}") from None
     except OSError as exc:
         raise EnvironmentProblem(f"lab up failed, nothing left behind: {exc}") from None
-    state = replace(state, status="up", failures=failures, seconds=round(time.monotonic() - started, 3))
+    state = dataclasses.replace(state, status="up", failures=failures, seconds=round(time.monotonic() - started, 3))
     _write_state(state)
     return state
+
+
+def _refuse_to_replace(prefix: str, old: LabState | None, wanted) -> None:
+    """UsageError if building lab `prefix` would remove someone's lab or namespaces."""
+    crashed = old is not None and old.status == "building" and not netns.pid_alive(old.pid)
+    if old is not None and not crashed:
+        raise UsageError(f"lab {prefix} already exists (topology {old.topology}, variant {old.variant}, "
+                         f"{old.status}); `--replace` rebuilds it, `--prefix` picks another, "
+                         f"`why-route lab list` shows the labs")
+    ours = set(old.nodes.values()) if old else set()
+    taken = [ns for ns in wanted if ns not in ours and netns.exists(ns)]
+    if taken:
+        raise UsageError(f"namespace {taken[0]} already exists and is not a lab's"
+                         + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else "")
+                         + "; `--replace` deletes it, `--prefix` picks another")
 
 
 class _Build:
@@ -339,8 +360,57 @@ def status(prefix: str = DEFAULT_PREFIX) -> dict:
     return report
 
 
+def labs() -> list[dict]:
+    """Every lab on the machine (a state file in STATE_DIR), by prefix: its record and how many of its
+    namespaces exist; `status` says `up`, `building` (its builder is alive), `crashed` (a half-built lab
+    whose builder is gone) or `broken` (up, but namespaces are missing)."""
+    found = []
+    paths = sorted(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else []
+    for path in paths:
+        prefix = path.stem
+        if not PREFIX.match(prefix):
+            continue
+        try:
+            state = read_state(prefix)
+        except EnvironmentProblem:
+            found.append({"prefix": prefix, "topology": None, "variant": None, "status": "unreadable",
+                          "namespaces": 0, "nodes": 0})
+            continue
+        if state is None:  # removed meanwhile
+            continue
+        present = sum(netns.exists(ns) for ns in state.nodes.values())
+        status = state.status
+        if status == "building" and not netns.pid_alive(state.pid):
+            status = "crashed"
+        elif status == "up" and present < len(state.nodes):
+            status = "broken"
+        found.append({"prefix": prefix, "topology": state.topology, "variant": state.variant, "status": status,
+                      "namespaces": present, "nodes": len(state.nodes), "pid": state.pid})
+    return found
+
+
+def _node_hint(prefix: str, node: str) -> str | None:
+    """`wr-route` given as a node: "did you mean node route of lab wr?" when that lab has that node."""
+    for at in [i for i, c in enumerate(node) if c == "-"]:
+        guess_prefix, guess_node = node[:at], node[at + 1:]
+        if not PREFIX.match(guess_prefix):
+            continue
+        state = _read_state_leniently(guess_prefix)
+        if state is not None and guess_node in state.nodes:
+            option = "" if guess_prefix == DEFAULT_PREFIX else f" --prefix {guess_prefix}"
+            return (f"{node} is a namespace, not a node: did you mean node {guess_node} of lab {guess_prefix}? "
+                    f"(`why-route lab exec {guess_node}{option} -- …`)")
+    return None
+
+
 def exec_in(prefix: str, node: str, argv: list[str]) -> int:
     """Run argv in a lab node with the terminal's stdio; its exit status (128+N for signal N)."""
+    require_lab_privileges()
+    state = read_state(prefix)
+    if state is None or node not in state.nodes:
+        hint = _node_hint(prefix, node)
+        if hint:
+            raise UsageError(hint)
     ns = _existing_lab(prefix).ns(node)
     if not netns.exists(ns):
         raise UsageError(f"node {node} of lab {prefix} has no namespace {ns} (half-built? run lab up again)")

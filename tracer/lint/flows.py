@@ -84,3 +84,16 @@ def summary(explanation: Explanation) -> str:
     fell = [f"rule {r.rule.priority} matched but fell through ({r.reason})"
             for r in walked if r.matched and r.reason and r.rule.priority != f["rule"] and "lookup local" not in r.text]
     return ", ".join(parts + fell)
+
+
+def explained_after(state: HostState, before: Explanation) -> tuple[Explanation | None, str | None]:
+    """The flow of `before` explained in `state` (after a script): (explanation, None), or (None, why the
+    flow cannot even be asked) when its input interface is gone. A forwarded flow keeps the input
+    interface it came in on before (inferring it anew would have LAN traffic enter by the WAN once
+    the script deletes the LAN's interface or its routes)."""
+    flow = before.flow
+    if not flow.iif:
+        return explained(state, flow.src, flow.dst), None
+    if state.link(flow.iif) is None:
+        return None, f"its input interface {flow.iif} no longer exists"
+    return explained(state, flow.src, flow.dst, iif=flow.iif), None

@@ -32,6 +32,15 @@ _WRONG_OPTIONS = {
     ("DNAT", "--to"): ("iptables' DNAT target spells it --to-destination", "--to-destination"),
 }
 _MAIN_TABLES = {"main", "254", "local", "255", "default", "253", "all", "0"}
+_IPTABLES_TABLES = ("filter", "nat", "mangle", "raw", "security")
+_BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING")
+_TARGETS = ("ACCEPT", "DROP", "REJECT", "RETURN", "LOG", "NFLOG", "NFQUEUE", "QUEUE", "SNAT", "DNAT", "MASQUERADE",
+            "REDIRECT", "NETMAP", "MARK", "CONNMARK", "TCPMSS", "TOS", "DSCP", "TTL", "HL", "CLASSIFY", "CT",
+            "NOTRACK", "TPROXY", "TRACE", "TEE", "AUDIT", "CHECKSUM", "SET", "SYNPROXY", "CONNSECMARK", "SECMARK")
+_MATCHES = ("state", "conntrack", "tcp", "udp", "icmp", "multiport", "mark", "connmark", "comment", "limit",
+            "hashlimit", "iprange", "mac", "owner", "physdev", "set", "string", "time", "tos", "dscp", "ttl",
+            "length", "pkttype", "addrtype", "recent", "connlimit", "policy", "rpfilter", "socket", "statistic",
+            "u32", "tcpmss", "helper", "realm", "devgroup", "cgroup", "ipvs", "nfacct", "quota", "sctp", "esp")
 
 
 @dataclass
@@ -59,7 +68,7 @@ class Context:
 def explain(step: Step, message: str, ctx: Context) -> tuple[str | None, str | None]:
     tool = step.tool
     if tool.startswith(("iptables", "ip6tables")):
-        return _iptables(list(step.argv), message)
+        return _iptables(list(step.argv), message, ctx)
     if tool == "ip":
         return _ip(list(step.argv), message, ctx)
     if tool == "route":
@@ -74,11 +83,50 @@ def explain(step: Step, message: str, ctx: Context) -> tuple[str | None, str | N
 
 # --- iptables -------------------------------------------------------------
 
-def _iptables(argv: list[str], message: str) -> tuple[str | None, str | None]:
+def _user_chains(ctx: Context | None, table: str) -> list[str]:
+    """User chains of iptables table `table` before the script, and those the script creates (-N)."""
+    chains: list[str] = []
+    if ctx is not None:
+        for kind in ("iptables_nft", "iptables_legacy"):
+            for family in ("ip", "ip6"):
+                save = ((ctx.state.netfilter.get(kind) or {}).get(family) or {}).get("save") or ""
+                current = None
+                for line in save.splitlines():
+                    if line.startswith("*"):
+                        current = line[1:].strip()
+                    elif line.startswith(":") and current == table:
+                        chains.append(line[1:].split()[0])
+        for step in ctx.steps:
+            args = list(step.argv)
+            if step.tool.startswith(("iptables", "ip6tables")) and (_option_value(args, "-t", "--table") or
+                                                                     "filter") == table:
+                new = _option_value(args, "-N", "--new-chain")
+                if new:
+                    chains.append(new)
+    return [c for c in dict.fromkeys(chains) if c not in _BUILTIN_CHAINS]
+
+
+def _unknown_name(argv: list[str], fixed: list[str], flags: tuple[str, str], name: str, known, what: str,
+                  where: str) -> str:
+    """"there is no target DROPP …; did you mean DROP?" and, when a guess exists, the fixed argv."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6) or \
+        difflib.get_close_matches(name.upper(), [k.upper() for k in known], n=1, cutoff=0.6)
+    guess = next((k for k in known if close and k.upper() == close[0].upper()), None)
+    if guess:
+        for flag in flags:
+            if flag in fixed and fixed.index(flag) + 1 < len(fixed) and fixed[fixed.index(flag) + 1] == name:
+                fixed[fixed.index(flag) + 1] = guess
+    return f"there is no {what} {name} ({where}){f'; did you mean {guess}?' if guess else ''}"
+
+
+def _iptables(argv: list[str], message: str, ctx: Context | None = None) -> tuple[str | None, str | None]:
     problems: list[str] = []
     fixed = list(argv)
     target = _option_value(argv, "-j", "--jump")
     table = _option_value(argv, "-t", "--table") or "filter"
+    missing_chain = re.search(r"Chain '([^']+)' does not exist|Couldn't load target `([^']+)'", message)
+    missing_match = re.search(r"Couldn't load match `([^']+)'", message)
+    missing_table = re.search(r"table '([^']+)' does not exist|table `([^']+)': Table does not exist", message)
     unknown = re.search(r'unknown option "([^"]+)"', message)
     if unknown:
         option = unknown.group(1)
@@ -99,11 +147,32 @@ def _iptables(argv: list[str], message: str) -> tuple[str | None, str | None]:
         flag = next((f for f in ("-t", "--table") if f in fixed), None)
         at = fixed.index(flag) + 2 if flag else 1
         fixed[at:at] = ["-A", chain]
-    if "does not exist" in message and "table" in message:
-        problems.append(f"there is no iptables table {table!r}: the tables are filter, nat, mangle, raw, security")
-    if "No chain/target/match by that name" in message:
-        problems.append("a chain, target (-j) or match (-m) named here does not exist: user chains must be "
-                        "created first with -N, and built-in chains are upper-case (POSTROUTING)")
+    if missing_table:
+        name = missing_table.group(1) or missing_table.group(2)
+        problems.append(_unknown_name(argv, fixed, ("-t", "--table"), name, _IPTABLES_TABLES, "iptables table",
+                                      "the tables are " + ", ".join(_IPTABLES_TABLES)))
+    elif missing_chain and (missing_chain.group(1) or missing_chain.group(2)) == target:
+        chains = _user_chains(ctx, table)
+        where = (f"not a built-in target, nor a chain of table {table}" +
+                 (f" ({', '.join(chains)})" if chains else "") + "; a chain must be created first with -N")
+        problems.append(_unknown_name(argv, fixed, ("-j", "--jump"), target, (*_TARGETS, *chains), "target",
+                                      where))
+    elif missing_match:
+        problems.append(_unknown_name(argv, fixed, ("-m", "--match"), missing_match.group(1), _MATCHES,
+                                      "match (-m)", "not a match module of iptables"))
+    elif "No chain/target/match by that name" in message:
+        chain = next((_option_value(argv, f, f) for f in ("-A", "--append", "-I", "--insert", "-D", "--delete",
+                                                          "-F", "--flush", "-L", "--list", "-P", "--policy")
+                      if _option_value(argv, f, f)), None)
+        chains = _user_chains(ctx, table)
+        if chain and chain not in _BUILTIN_CHAINS and chain not in chains:
+            problems.append(_unknown_name(argv, fixed, ("-A", "--append", "-I", "--insert", "-D", "--delete"),
+                                          chain, (*_BUILTIN_CHAINS, *chains), "chain",
+                                          f"in table {table}; user chains are created first with -N, built-in "
+                                          "chains are upper-case"))
+        else:
+            problems.append("a chain, target (-j) or match (-m) named here does not exist: user chains must be "
+                            "created first with -N, and built-in chains are upper-case (POSTROUTING)")
     must = re.search(r'option "(--[\w-]+)" must be specified', message)
     if must:
         problems.append(f"the {target} target needs {must.group(1)}")

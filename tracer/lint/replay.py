@@ -305,6 +305,9 @@ class _Build:
 
     def netfilter(self) -> None:
         raw = self.state.netfilter or {}
+        sets = (raw.get("ipset") or {}).get("save") or ""
+        if sets.strip():  # before the iptables rules: `-m set` refuses a set that does not exist
+            self._restore("ipset", sets, "restore")
         managed = set()
         for family, key in (("ip", "ip"), ("ip6", "ip6")):
             save = ((raw.get("iptables_nft") or {}).get(key) or {}).get("save") or ""
@@ -338,11 +341,12 @@ class _Build:
             self.r.run(["nft", "-f", "-"], input="".join(
                 f"delete chain {c['family']} {c['table']} {c['name']}\n" for c in extra))
 
-    def _restore(self, tool: str, save: str) -> None:
+    def _restore(self, tool: str, save: str, *args: str) -> None:
+        """Load `save` with `tool` (iptables-*-restore -c by default, keeping the counters)."""
         if shutil.which(tool) is None:
             self.note(f"{tool} not installed: those rules are not replayed")
             return
-        result = self.r.run([tool, "-c"], input=save)
+        result = self.r.run([tool, *(args or ("-c",))], input=save)
         if result.returncode:
             self.note(f"{tool}: {_first_line(result.stderr)}")
 

@@ -116,11 +116,30 @@ def _expectation(path: str, index: int, item: dict) -> Expectation:
                 raise bad(f"{key} {asserts[key]!r} is not an IP address") from None
     options = {k: item[k] for k in FLOW_OPTIONS if k in item}
     try:
-        make_flow(item["to"], item.get("from"), **{k: str(v) if k in ("mark", "tos", "proto") else v
-                                                   for k, v in options.items()})
+        # As the command line gives them (text): ports, uid, mark and tos are range-checked.
+        make_flow(item["to"], item.get("from"), **{k: str(v) for k, v in options.items()})
     except UsageError as exc:
         raise bad(str(exc)) from None
     return Expectation(index, item.get("name", ""), item.get("from"), item["to"], options, asserts)
+
+
+# The assertions and flow options that name an interface of the state.
+INTERFACE_KEYS = ("leaves_via", "iif", "oif")
+
+
+def check_interfaces(state, expectations: list[Expectation], path: str, where: str) -> None:
+    """UsageError (one line naming the expectation) for an interface the state does not have:
+    `leaves_via = "ppp9"` can never hold, and is a typo more often than a finding."""
+    names = [link.name for link in state.links]
+    for e in expectations:
+        for key in INTERFACE_KEYS:
+            device = e.asserts.get(key, e.options.get(key))
+            if device is None or state.link(device) is not None:
+                continue
+            close = difflib.get_close_matches(device, names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"interfaces: {', '.join(names) or 'none'}"
+            raise UsageError(f"{path}: expect #{e.index} ({e.title}): {key} {device!r} is not an interface "
+                             f"of {where} ({hint})")
 
 
 def verify(state, expectations: list[Expectation]) -> list[Outcome]:

@@ -1,1 +1,1 @@
-"""Renderers: they take plain dicts (an explanation's to_dict) and return text."""
+"""Renderers: text and JSON made from the typed results (explanations, findings, reports)."""

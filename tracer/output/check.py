@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tracer.checks.base import SEVERITIES, Finding
 from tracer.output.style import Style
+from tracer.output.style import width as terminal_width
 
 _COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
 
@@ -24,15 +25,27 @@ def text(findings: list[Finding], *, colour: bool, source: str, rules_run: int) 
         for f in group:
             lines.append(f"  {style(f.id, 'bold', _COLOURS[severity])} {style(f.title, 'bold')}")
             lines.extend(_wrap(f.message, "      "))
-            for command in f.fix:
-                lines.append(f"      {style('fix:', 'green')} {command}")
+            lines.extend(fix_lines(f, style, "      "))
     return "\n".join(lines)
 
 
-def _wrap(message: str, indent: str, width: int = 100) -> list[str]:
+def fix_lines(f: Finding, style: Style, indent: str) -> list[str]:
+    """A finding's commands, introduced by what they are (`fix:`, `fix (run in order):`,
+    `fix (one of):`, `probe:`); several commands go one a line, indented under the label."""
+    out = []
+    for label, command in f.fix.lines():
+        if label:
+            out.append(f"{indent}{style(label, 'green')}" + (f" {command}" if command else ""))
+        else:
+            out.append(f"{indent}  {command}")
+    return out
+
+
+def _wrap(message: str, indent: str, width: int | None = None) -> list[str]:
+    """Wrapped at the terminal's width (style.width: 100 columns when piped)."""
     import textwrap
 
-    return textwrap.wrap(message, width=width, initial_indent=indent, subsequent_indent=indent,
+    return textwrap.wrap(message, width=width or terminal_width(), initial_indent=indent, subsequent_indent=indent,
                          break_long_words=False, break_on_hyphens=False)
 
 

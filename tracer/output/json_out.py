@@ -29,6 +29,7 @@ from tracer.sim.explanation import (
     RerouteStep,
     RoutingStep,
 )
+from tracer.sim.netfilter import ChainVisit, HookTraversal, NatRewrite, PacketView, RuleVisit
 from tracer.vocab import protocol_name
 
 JSON_SCHEMA_VERSION = 1
@@ -45,6 +46,18 @@ def dumps(body: dict, *, pretty: bool = True) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
+def source_doc(kind: str, name: str | None, after: str | None = None) -> dict:
+    """SOURCE, the one way every document names the state it read (docs/json.md): `kind` is
+    snapshot, netns or host; `name` the file, the namespace or the hostname; `after` the script
+    of a what-if (`--with`), else null."""
+    return {"kind": kind, "name": name, "after": after}
+
+
+def error(message: str, exit_status: int, **extra) -> str:
+    """An error under --json: the same line as on stderr, and the exit status."""
+    return dumps({"error": message, "exit_status": int(exit_status), **extra})
+
+
 # ------------------------------------------------------------- explanations
 
 def flow_doc(flow: Flow) -> dict:
@@ -57,8 +70,9 @@ def iif_inferred_text(inferred: IifInference | None) -> str | None:
     if inferred is None:
         return None
     how = f"via {inferred.gateway} " if inferred.gateway else ""
+    table = f", table {inferred.table}" if inferred.table else ""
     return (f"input interface {inferred.iif} inferred from the route back to {inferred.src} "
-            f"({how}dev {inferred.iif}, table {inferred.table}); use --iif to override")
+            f"({how}dev {inferred.iif}{table}); use --iif to override")
 
 
 def decision_doc(step: RoutingStep, state: HostState) -> dict:
@@ -84,6 +98,44 @@ def decision_doc(step: RoutingStep, state: HostState) -> dict:
     }
 
 
+def packet_doc(packet: PacketView) -> dict:
+    return {f.name: getattr(packet, f.name) for f in dataclasses.fields(packet)}
+
+
+def rule_visit_doc(visit: RuleVisit) -> dict:
+    return {f.name: getattr(visit, f.name) for f in dataclasses.fields(visit)}
+
+
+def chain_doc(chain: ChainVisit) -> dict:
+    doc = {f.name: getattr(chain, f.name) for f in dataclasses.fields(chain) if f.name != "steps"}
+    doc["steps"] = [rule_visit_doc(s) for s in chain.steps]
+    return doc
+
+
+def rewrite_doc(n: NatRewrite) -> dict:
+    doc = {f.name: getattr(n, f.name) for f in dataclasses.fields(n)}
+    doc["from"] = doc.pop("from_")
+    return doc
+
+
+def traversal_doc(t: HookTraversal) -> dict:
+    """One hook's walk: its chains, the packet before and after, NAT, and whether it re-routes."""
+    return {
+        "hook": t.hook,
+        "verdict": t.verdict,
+        "decided_by": t.decided_by,
+        "uncertain": t.uncertain,
+        "uncertain_reasons": list(t.uncertain_reasons),
+        "packet_in": packet_doc(t.packet_in),
+        "packet": packet_doc(t.packet),
+        "nat": [rewrite_doc(n) for n in t.nat],
+        "mss_clamp": list(t.mss_clamp),
+        "reroute_needed": t.reroute_needed,
+        "reroute_reasons": list(t.reroute_reasons),
+        "chains": [chain_doc(c) for c in t.chains],
+    }
+
+
 def hook_doc(step: HookStep) -> dict:
     """The hook's traversal; chains of more than MAX_LISTED_STEPS rules keep only the
     rules that matched or could not be evaluated, and count the others in `omitted`."""
@@ -95,14 +147,14 @@ def hook_doc(step: HookStep) -> dict:
             kept = tuple(rule for rule in kept if rule.matched is not False)
         omitted.append(len(chain.steps) - len(kept))
         chains.append(dataclasses.replace(chain, steps=kept))
-    doc = dataclasses.replace(traversal, chains=tuple(chains)).to_dict()
+    doc = traversal_doc(dataclasses.replace(traversal, chains=tuple(chains)))
     for chain, count in zip(doc["chains"], omitted, strict=True):
         chain["omitted"] = count
     return doc
 
 
 def nat_doc(step: NatStep) -> dict:
-    return {**step.rewrite.to_dict(), "hook": step.hook}
+    return {**rewrite_doc(step.rewrite), "hook": step.hook}
 
 
 def egress_doc(step: EgressStep) -> dict:
@@ -130,7 +182,7 @@ def kernel_doc(kernel: KernelCheck | None) -> dict | None:
     if kernel is None:
         return None
     return {**answer_doc(kernel.final), "agrees": kernel.agrees, "differences": list(kernel.differences),
-            "queries": len(kernel.answers)}
+            "confirmed": list(kernel.confirmed), "assumed": list(kernel.assumed), "queries": len(kernel.answers)}
 
 
 def step_doc(step) -> dict:
@@ -194,17 +246,19 @@ def outcome_doc(e: Explanation) -> dict:
             "nat": [nat_doc(n) for n in e.nat], "steps": [step_doc(s) for s in e.steps]}
 
 
-def explanation(e: Explanation, *, pretty: bool = True) -> str:
-    return dumps(explanation_doc(e), pretty=pretty)
+def explanation(e: Explanation, *, pretty: bool = True, source: dict | None = None) -> str:
+    doc = explanation_doc(e)
+    return dumps({"source": source, **doc} if source is not None else doc, pretty=pretty)
 
 
 # ------------------------------------------------------------------ findings
 
 def finding_doc(f: Finding) -> dict:
-    return {"id": f.id, "severity": f.severity, "title": f.title, "message": f.message, "fix": list(f.fix)}
+    return {"id": f.id, "severity": f.severity, "title": f.title, "message": f.message,
+            "fix": {"kind": f.fix.kind, "commands": list(f.fix)}}
 
 
-def check(findings: list[Finding], *, source: str, rules_run: list[str]) -> str:
+def check(findings: list[Finding], *, source: dict, rules_run: list[str]) -> str:
     """`why-route check --json`."""
     return dumps({"source": source, "rules": rules_run,
                   "summary": {name: sum(1 for f in findings if f.severity == name) for name in SEVERITIES},
@@ -214,19 +268,30 @@ def check(findings: list[Finding], *, source: str, rules_run: list[str]) -> str:
 # ---------------------------------------------------------------------- lint
 
 def _flow_facts(explanation: Explanation) -> dict:
-    return {**flows.facts(explanation), "summary": flows.summary(explanation)}
+    return {**flows.facts(explanation), "text": flows.summary(explanation)}
 
 
-def lint(report: LintReport) -> str:
-    """`why-route lint --json`."""
+def lint(report: LintReport, *, source: dict | None = None) -> str:
+    """`why-route lint --json`; `source` (SOURCE) names the state the replay started from."""
+    def after(f) -> dict:
+        if f.after is not None:
+            return _flow_facts(f.after)
+        # The flow cannot even be asked after the script (its input interface is gone).
+        facts = dict.fromkeys(flows.facts(f.before))
+        return {**facts, "verdict": "unreachable", "error": f.after_reason, "text": f.after_summary}
+
     return dumps({
-        "script": report.script, "source": report.source,
-        "lines": [{"line": r.lineno, "text": r.text, "command": r.command, "status": r.status,
-                   "message": r.message, "why": r.why, "fix": r.fix} for r in report.lines],
+        "script": report.script, "source": source if source is not None else report.source,
+        "warnings": [{"line": w.lineno, "text": w.text, "command": w.command, "destroys": w.destroys}
+                     for w in report.warnings],
+        "lines": [{"line": r.lineno, "last_line": r.last_line or r.lineno, "text": r.text, "command": r.command,
+                   "status": r.status, "message": r.message, "why": r.why,
+                   "fix": r.fix.splitlines() if r.fix else []} for r in report.lines],
         "summary": {"failed": len(report.failed), "not_checked": len(report.not_checked),
                     "ok": sum(r.status == LINE_OK for r in report.lines)},
-        "flows": [{"src": f.src, "dst": f.dst, "changed": f.changed,
-                   "before": _flow_facts(f.before), "after": _flow_facts(f.after)} for f in report.flows],
+        "flows": [{"src": f.src, "dst": f.dst, "changed": f.changed, "broken": f.broken,
+                   "effect": f.effect if f.broken else None,
+                   "before": _flow_facts(f.before), "after": after(f)} for f in report.flows],
         "new_findings": [finding_doc(f) for f in report.new_findings],
         "replay": {"namespace": report.namespace, "seconds": round(report.replay_seconds, 3),
                    "notes": report.notes},
@@ -253,7 +318,9 @@ def verify_outcome_doc(o: Outcome) -> dict:
     return doc
 
 
-def verify(outcomes: list[Outcome], *, expectations: str, source: str) -> str:
+def verify(outcomes: list[Outcome], *, expectations: str, source: dict) -> str:
     """`why-route verify --json`."""
+    held = sum(o.ok for o in outcomes)
     return dumps({"expectations": expectations, "source": source, "ok": all(o.ok for o in outcomes),
+                  "summary": {"ok": held, "failed": len(outcomes) - held},
                   "outcomes": [verify_outcome_doc(o) for o in outcomes]})

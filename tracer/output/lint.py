@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from tracer.lint import flows as flows_mod
-from tracer.lint.run import FAILED, NOT_CHECKED, LintReport
+from tracer.lint.run import FAILED, NOT_CHECKED, LineResult, LintReport
 from tracer.output.style import Style
 
 _SEVERITY_COLOUR = {"error": "red", "warning": "yellow", "info": "cyan"}
@@ -15,16 +15,17 @@ def text(report: LintReport, *, colour: bool) -> str:
     style = Style(colour)
     out = [style(f"why-route lint {report.script}: on {report.source}, replayed in a throwaway namespace "
                  f"in {report.replay_seconds:.2f} s", "bold")]
+    out += _warning(report, style)
     width = max((len(str(r.lineno)) for r in report.lines), default=1)
     for r in report.lines:
         name, colours = {FAILED: ("FAILED", ("bold", "red")), NOT_CHECKED: ("not checked", ("yellow",))} \
             .get(r.status, ("ok", ("green",)))
         label = style(name, *colours) + " " * (len("not checked") - len(name))
-        shown = r.text if r.command == r.text or r.status == NOT_CHECKED else f"{r.command}   ({r.text})"
-        out.append(f"line {r.lineno:>{width}}  {label}  {shown}")
+        out.append(f"line {r.lineno:>{width}}  {label}  {_shown(r)}")
         indent = " " * (width + 20)
         if r.message:
-            tool = r.command.split()[0] if r.status == FAILED else ""
+            tool = r.command.split()[0] if r.status == FAILED and r.command.split() \
+                and not r.message.startswith("bash: ") else ""
             for line in r.message.splitlines():
                 out.append(f"{indent}{style(f'{tool}: ' if tool else '', 'dim')}{line}")
         if r.why:
@@ -33,13 +34,18 @@ def text(report: LintReport, *, colour: bool) -> str:
             out.append(f"{indent}{style('fix:', 'green')} {r.fix}")
     failed, skipped = len(report.failed), len(report.not_checked)
     verdict = style(f"{failed} failed", "bold", "red") if failed else style("0 failed", "green")
-    out.append(f"{verdict}, {skipped} not checked, {len(report.lines) - failed - skipped} ok "
+    destructive = f", {len(report.warnings)} destructive (see WARNING)" if report.warnings else ""
+    out.append(f"{verdict}, {skipped} not checked, {len(report.lines) - failed - skipped} ok{destructive} "
                f"({len({r.lineno for r in report.lines})} lines)")
     if report.flows:
         out += ["", style("Key flows, before → after the script:", "bold")]
         for change in report.flows:
-            before, after = flows_mod.summary(change.before), flows_mod.summary(change.after)
+            before, after = flows_mod.summary(change.before), change.after_summary
             head = f"  {change.src} → {change.dst}"
+            if change.broken:
+                out.extend(_wrap(style(change.effect, "bold", "red"), "  "))
+                out.extend(_wrap(f"before: {before}", "      "))
+                continue
             if before == after:
                 out.append(f"{head}: unchanged: {before}")
                 continue
@@ -59,6 +65,35 @@ def text(report: LintReport, *, colour: bool) -> str:
         out += ["", style("Not replayed exactly:", "bold")]
         out.extend(f"  {note}" for note in report.notes)
     return "\n".join(out) + "\n"
+
+
+def _warning(report: LintReport, style: Style) -> list[str]:
+    """The WARNING block, before anything else: each destructive line and what it destroys, then the
+    key flows the script breaks."""
+    if not report.warnings:
+        return []
+    count = len(report.warnings)
+    out = [style(f"WARNING: {count} line{'s' if count != 1 else ''} of this script destroy"
+                 f"{'s' if count == 1 else ''} configuration:", "bold", "red")]
+    for w in report.warnings:
+        out.extend(_wrap(f"line {w.lineno}: {w.command}: {w.destroys}", "  "))
+    broken = report.broken_flows
+    if broken:
+        out.append(style(f"  after the script, {len(broken)} of {len(report.flows)} key flows no longer work:",
+                         "bold"))
+        out.extend(f"    {f.src} → {f.dst} is {f.after.verdict if f.after is not None else 'unreachable'}"
+                   for f in broken)
+    out.append("")
+    return out
+
+
+def _shown(r: LineResult) -> str:
+    """The line as written; a block as its first and last line; the command run when it differs."""
+    if "\n" in r.text:
+        lines = r.text.splitlines()
+        shown = f"{lines[0]} … {lines[-1]}  (lines {r.lineno}–{r.last_line or r.lineno + len(lines) - 1}, one block)"
+        return shown if r.command == r.text or r.status == NOT_CHECKED else f"{shown}: {r.command}"
+    return r.text if r.command == r.text or r.status == NOT_CHECKED else f"{r.command}   ({r.text})"
 
 
 def _wrap(message: str, indent: str, width: int = 110) -> list[str]:

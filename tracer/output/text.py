@@ -6,7 +6,7 @@ from tracer.model import HostState
 from tracer.output.json_out import MAX_LISTED_STEPS, iif_inferred_text
 from tracer.output.style import Style
 from tracer.sim import fib
-from tracer.sim.explanation import Explanation, RoutingStep
+from tracer.sim.explanation import Explanation, HookStep, RoutingStep
 from tracer.sim.netfilter import ChainVisit, HookTraversal
 from tracer.vocab import protocol_name
 
@@ -43,12 +43,22 @@ def _flow_line(e: Explanation) -> str:
     return "  ".join(words)
 
 
+# ✓ matched and decided, ↷ matched but the lookup fell through to the next rule, ✗ did not match
+_DECIDED, _FELL_THROUGH, _NO_MATCH = "✓", "↷", "✗"
+
+
 def _rules(decision: RoutingStep, s: Style) -> list[str]:
     walked = decision.rules_walked
-    lines = [s("Policy routing (ip rule, in priority order)", "bold")]
+    lines = [s(f"Policy routing (ip rule, in priority order: {_DECIDED} decided, {_FELL_THROUGH} matched but fell "
+               f"through, {_NO_MATCH} no match)", "bold")]
     width = max((len(str(r.rule.priority)) for r in walked), default=1)
     for rule in walked:
-        mark = s("✓", "green") if rule.matched else s("✗", "dim")
+        if not rule.matched:
+            mark = s(_NO_MATCH, "dim")
+        elif rule.rule is decision.rule:
+            mark = s(_DECIDED, "green")
+        else:
+            mark = s(_FELL_THROUGH, "yellow")
         lines.append(f"  {mark} {rule.text}")
         detail = rule.reason if not rule.matched else rule.result
         if rule.matched and rule.reason:
@@ -121,9 +131,32 @@ def _netfilter(hooks: list[HookTraversal], s: Style) -> list[str]:
     return lines
 
 
+def _nat_misses(e: Explanation) -> list[str]:
+    """Why no NAT rule applied: each NAT rule of a nat chain the packet crossed, and its failed match."""
+    misses = []
+    for hook in e.hooks:
+        for chain in hook.chains:
+            if chain.type != "nat":
+                continue
+            if chain.skipped:
+                misses.append(f"{hook.hook}: {_chain_title(chain)} {chain.skipped}")
+                continue
+            misses.extend(f"{hook.hook}: #{step.handle} {step.text}: {step.reason}"
+                          for step in chain.steps if step.matched is False and step.reason
+                          and any(word in step.text.lower() for word in _NAT_WORDS))
+    return misses
+
+
+_NAT_WORDS = ("snat", "dnat", "masquerade", "redirect", "netmap")
+
+
 def _nat(e: Explanation, s: Style) -> list[str]:
     if not e.nat and not e.conntrack:
-        return [s("NAT", "bold"), "  none: the packet keeps its addresses"]
+        misses = _nat_misses(e)
+        if not misses:
+            return [s("NAT", "bold"), "  none: the packet keeps its addresses"]
+        return [s("NAT", "bold"), "  none: the packet keeps its addresses; no NAT rule matched:",
+                *(f"    {miss}" for miss in misses)]
     lines = [s("NAT", "bold")]
     if e.conntrack:
         lines.append(f"  existing conntrack entry (overrides the NAT rules): {e.conntrack.text}")
@@ -143,7 +176,8 @@ def _outcomes(e: Explanation, s: Style) -> list[str]:
     for outcome in e.outcomes:
         took = "; ".join(c.text for c in outcome.choices)
         shown = "  (explained above)" if outcome is e else ""
-        lines.append(f"  {outcome.share:>4.0%}  {took}: {outcome.verdict} — {outcome.verdict_reason}{shown}")
+        share = "  if" if outcome.share is None else f"{outcome.share:>4.0%}"
+        lines.append(f"  {share}  {took}: {outcome.verdict} — {outcome.verdict_reason}{shown}")
     return lines
 
 
@@ -151,10 +185,15 @@ def _kernel(e: Explanation, s: Style) -> list[str]:
     kernel = e.kernel
     if kernel is None:
         return []
+    what = "the routing decision" if len(kernel.answers) == 1 else f"{len(kernel.answers)} routing decisions"
     if kernel.agrees:
-        return [s("Kernel", "bold") + f": agrees — {kernel.final.text}"]
-    lines = [s("Kernel: DISAGREES", "red", "bold") + f" — {kernel.final.text}"]
-    lines.extend("  " + s(diff, "red") for diff in kernel.differences)
+        lines = [s("Kernel", "bold") + f": agrees on {what} — {kernel.final.text}"]
+    else:
+        lines = [s("Kernel: DISAGREES", "red", "bold") + f" on {what} — {kernel.final.text}"]
+        lines.extend("  " + s(diff, "red") for diff in kernel.differences)
+    if kernel.confirmed:
+        lines.append(f"  confirmed: {', '.join(kernel.confirmed)}")
+    lines.extend(f"  {s('assumed:', 'yellow')} {a}" for a in kernel.assumed)
     return lines
 
 
@@ -166,7 +205,9 @@ def _findings(findings, s: Style) -> list[str]:
     for f in findings:
         lines.append(f"  {s(f.severity, colours.get(f.severity, 'bold'))} {f.id} {f.title}")
         lines.append(f"    {f.message}")
-        lines.extend(f"    fix: {command}" for command in f.fix)
+        for label, command in f.fix.lines():
+            lines.append(f"    {label} {command}" if label and command else f"    {label}" if label
+                         else f"      {command}")
     return lines
 
 
@@ -177,8 +218,11 @@ def render(e: Explanation, *, colour: bool = False) -> str:
     if e.iif_inferred:
         lines.append(f"  {iif_inferred_text(e.iif_inferred)}")
     lines.extend(f"  note: {note}" for note in e.notes)
-    hooks = e.hooks
-    lines.extend(_netfilter([h for h in hooks if h.hook == "prerouting"], s))
+    # hooks before the first routing decision (prerouting), then those after it in path order
+    first = next((i for i, step in enumerate(e.steps) if isinstance(step, RoutingStep)), len(e.steps))
+    before = [step.traversal for step in e.steps[:first] if isinstance(step, HookStep)]
+    after = [step.traversal for step in e.steps[first:] if isinstance(step, HookStep)]
+    lines.extend(_netfilter(before, s))
     decisions = e.decisions
     if decisions and decisions[-1].rules_walked:
         lines.extend(_rules(decisions[-1], s))
@@ -187,7 +231,7 @@ def render(e: Explanation, *, colour: bool = False) -> str:
     if decisions:
         final = decisions[-1]
         lines.extend(_decision(final, state, s, "Route" if len(decisions) == 1 else f"Route ({final.stage})"))
-    lines.extend(_netfilter([h for h in hooks if h.hook != "prerouting"], s))
+    lines.extend(_netfilter(after, s))
     lines.extend(_nat(e, s))
     if e.egress:
         eg = e.egress
@@ -196,9 +240,14 @@ def render(e: Explanation, *, colour: bool = False) -> str:
         lines.append(f"  dev {eg.dev}: {_endpoint(eg.src, eg.sport)} → {_endpoint(eg.dst, eg.dport)}, "
                      f"next hop {eg.nexthop}{mtu}")
     lines.extend(_outcomes(e, s))
-    forks = f" (one of {len(e.outcomes)} outcomes, {e.share:.0%})" if e.alternatives else ""
-    lines.append(s("Verdict", "bold") + ": " + s(e.verdict, _VERDICT_COLOURS.get(e.verdict, "red"))
-                 + f" — {e.verdict_reason}{forks}")
+    forks = ""
+    if e.alternatives:
+        forks = f" (one of {len(e.outcomes)} outcomes" + (f", {e.share:.0%})" if e.share is not None else ")")
+    # a flow that leaves is not green when an error-level finding says it will fail anyway
+    doomed = any(f.severity == "error" for f in e.findings)
+    colour = "yellow" if doomed and e.verdict in _VERDICT_COLOURS else _VERDICT_COLOURS.get(e.verdict, "red")
+    lines.append(s("Verdict", "bold") + ": " + s(e.verdict, colour) + f" — {e.verdict_reason}{forks}"
+                 + (" — but see the error findings below" if doomed else ""))
     lines.extend(_kernel(e, s))
     lines.extend(_findings(e.findings, s))
     return "\n".join(lines) + "\n"

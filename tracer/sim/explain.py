@@ -35,7 +35,7 @@ from tracer.sim.explanation import (
     Step,
 )
 from tracer.sim.netfilter import AddressInfo, NatRewrite, PacketView, Ruleset, load_ruleset, traverse
-from tracer.vocab import AF_INET, ICMP_PROTOCOLS, TCP, addr_int, nf_family, protocol_name
+from tracer.vocab import AF_INET, AF_INET6, ICMP_PROTOCOLS, TCP, UDP, addr_int, nf_family, protocol_name
 
 TCP_SYN, TCP_SYN_ACK = 0x02, 0x12
 
@@ -52,6 +52,7 @@ class PacketVariant:
     ct_state: str | None = None  # "new" | "established"
     length: int | None = None
     conntrack: bool = True
+    reply: bool = False  # the answer to the flow (SYN/ACK, echo reply), not the flow's own packet
 
 
 # ----------------------------------------------------------------- host facts
@@ -171,7 +172,7 @@ def infer_iif(state: HostState, flow: Flow) -> IifInference:
     if back.error or not back.dev:
         raise FlowError("iif", f"cannot tell where packets from {flow.src} come in: no route back to "
                                f"{flow.src} ({back.error or 'no device'}); give {{iif}}")
-    table = state.table_name(back.table) if back.table is not None else "?"
+    table = state.table_name(back.table) if back.table is not None else None
     return IifInference(back.dev, flow.src, back.gateway, table)
 
 
@@ -218,10 +219,25 @@ class _Walk:
         self.steps.append(RoutingStep(stage, q, result))
         return result
 
+    def _option(self) -> int:
+        """The option this walk takes at the next fork (the first one past its picks)."""
+        return self.picks[len(self.forks)] if len(self.forks) < len(self.picks) else 0
+
+    def _chance(self, rule: str, probability: float) -> bool:
+        """A random match (`-m statistic`) forks the path: this walk takes one side."""
+        if probability >= 1 or probability <= 0:
+            return probability >= 1
+        index = self._option()
+        self.forks.append(2)
+        matches = index == 0
+        share = probability if matches else 1 - probability
+        self.choices.append(Choice("random", index, 2, share, f"{rule} {'matches' if matches else 'does not match'}"))
+        return matches
+
     def _pick_nexthop(self, query: RouteQuery, result: fib.FibResult) -> fib.FibResult:
         """A multipath route forks the path: this walk follows one nexthop (weighted by the kernel's hash)."""
         hops = result.nexthops
-        index = self.picks[len(self.forks)] if len(self.forks) < len(self.picks) else 0
+        index = self._option()
         self.forks.append(len(hops))
         total = sum(h.weight for h in hops)
         hop = hops[index]
@@ -234,7 +250,7 @@ class _Walk:
         """Run one netfilter hook; returns the packet as it leaves the hook."""
         if self.ruleset is None:
             return packet
-        traversal = traverse(self.ruleset, name, packet, addresses=self.addresses)
+        traversal = traverse(self.ruleset, name, packet, addresses=self.addresses, choose=self._chance)
         self.last_hook = HookStep(traversal)
         self.steps.append(self.last_hook)
         self.steps.extend(NatStep(name, rewrite) for rewrite in traversal.nat)
@@ -261,7 +277,6 @@ class _Walk:
         link = self.state.link
         proto = self.flow.proto
         ct_state = self.variant.ct_state or ("established" if self.conntrack else "new")
-        new = ct_state == "new"
         family = self.flow.family
         return PacketView(
             family=nf_family(family), src=src, dst=dst, proto=proto, sport=self.flow.sport,
@@ -269,7 +284,7 @@ class _Walk:
             ct_state=ct_state, uid=self.flow.uid if not iif else None,
             iifkind=link(iif).kind if iif and link(iif) else None,
             oifkind=link(oif).kind if oif and link(oif) else None,
-            icmp_type=_icmp_echo(family, new) if proto in ICMP_PROTOCOLS else None,
+            icmp_type=_icmp_echo(family, not self.variant.reply) if proto in ICMP_PROTOCOLS else None,
             icmp_code=0 if proto in ICMP_PROTOCOLS else None,
             tcp_flags=_tcp_flags(self.variant, self.conntrack) if proto == TCP else None,
             length=self.variant.length,
@@ -289,7 +304,7 @@ def _icmp_echo(family: int, request: bool) -> int:
 def _tcp_flags(variant: PacketVariant, conntrack: ConntrackEntry | None) -> int | None:
     """A SYN for a new connection, a SYN/ACK for a reply asked about; unknown for a
     packet of an existing connection (any segment can be next)."""
-    if variant.ct_state == "established":
+    if variant.reply:
         return TCP_SYN_ACK
     if variant.ct_state == "new" or conntrack is None:
         return TCP_SYN
@@ -308,29 +323,51 @@ MAX_OUTCOMES = 16
 
 
 def explain(state: HostState, flow: Flow, variant: PacketVariant = PacketVariant()) -> Explanation:
-    """The flow's path; where it forks (multipath), the first outcome with the others as alternatives."""
+    """The flow's path; where it forks (multipath nexthops, random matches, a protocol the
+    user did not give but an ip rule selects on), the first outcome, with the others as
+    alternatives."""
     outcomes: list[Explanation] = []
-    _outcomes(state, flow, variant, (), outcomes)
+    complete = True
+    for assumption, asked in _assumed_protocols(state, flow):
+        found: list[Explanation] = []
+        complete = _outcomes(state, asked, variant, (), found) and complete
+        outcomes.extend(dataclasses.replace(o, choices=(assumption, *o.choices)) if assumption else o for o in found)
     main = outcomes[0]
     if len(outcomes) == 1:
         return main
     notes = main.notes
-    if len(outcomes) >= MAX_OUTCOMES:
+    if not complete:
         notes = (*notes, f"the path forks into more than {MAX_OUTCOMES} outcomes: the first {MAX_OUTCOMES} are shown")
     return dataclasses.replace(main, alternatives=tuple(outcomes[1:]), notes=notes)
 
 
+def _assumed_protocols(state: HostState, flow: Flow) -> list[tuple[Choice | None, Flow]]:
+    """The flow as asked; or, when it names no protocol but an ip rule selects one, the flow
+    as `ip route get` takes it (UDP) and with the other protocol the rules tell apart."""
+    selected = sorted({r.ipproto for r in state.rules if r.family == flow.family and r.ipproto})
+    if flow.proto or not selected:
+        return [(None, flow)]
+    other = TCP if UDP in selected else selected[0]
+    rules = ", ".join(protocol_name(p) for p in selected)
+    return [(Choice("assumed", 0, 2, None, f"protocol udp (none given: `ip route get` assumes udp; "
+                                           f"ip rules select {rules})"), dataclasses.replace(flow, proto=UDP)),
+            (Choice("assumed", 1, 2, None, f"protocol {protocol_name(other)}"), dataclasses.replace(flow, proto=other))]
+
+
 def _outcomes(state: HostState, flow: Flow, variant: PacketVariant, picks: tuple[int, ...],
-              found: list[Explanation]) -> None:
-    """Depth first: the walk with `picks`, then every other option at each later fork."""
+              found: list[Explanation]) -> bool:
+    """Depth first: the walk with `picks`, then every other option at each later fork.
+    False when MAX_OUTCOMES cut the enumeration short."""
     outcome, forks = _explain_one(state, flow, variant, picks)
     found.append(outcome)
     taken = tuple(c.index for c in outcome.choices)
     for depth in range(len(picks), len(forks)):
         for option in range(1, forks[depth]):
             if len(found) >= MAX_OUTCOMES:
-                return
-            _outcomes(state, flow, variant, (*taken[:depth], option), found)
+                return False
+            if not _outcomes(state, flow, variant, (*taken[:depth], option), found):
+                return False
+    return True
 
 
 def _explain_one(state: HostState, flow: Flow, variant: PacketVariant,
@@ -341,6 +378,9 @@ def _explain_one(state: HostState, flow: Flow, variant: PacketVariant,
         inferred = infer_iif(state, flow)
         flow = dataclasses.replace(flow, iif=inferred.iif)
     walk = _Walk(state, flow, variant, inferred, picks)
+    if flow.family == AF_INET6 and state.sysctl("net.ipv6.conf.all.disable_ipv6") == "1":
+        walk.notes.append("IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6=1): it has no IPv6 "
+                          "addresses or routes, and sends or forwards no IPv6 packet")
     if not flow.proto and variant.conntrack and flow.src:
         protocols = sorted({protocol_name(e.proto) for e in state.conntrack
                             if e.orig_src == flow.src and e.orig_dst == flow.dst})
@@ -393,6 +433,10 @@ def _explain_output(walk: _Walk) -> Explanation:
     src = flow.src or result.prefsrc
     if src is None:
         return _finish(walk, "local-out", "unreachable", "no source address to send from")
+    if flow.src is None and flow.proto in (TCP, UDP):
+        result = _connect_lookup(walk, result, src)
+        if result.error:
+            return _routing_failed(walk, "local-out", result)
     if walk.conntrack is None and walk.variant.conntrack:
         walk.conntrack = find_conntrack(walk.state, dataclasses.replace(flow, src=src))
     packet = walk.hook("output", walk.packet(src, flow.dst, flow.mark, oif=result.dev))
@@ -402,17 +446,64 @@ def _explain_output(walk: _Walk) -> Explanation:
         walk.conntrack_nat("output", "dst")
         packet = dataclasses.replace(packet, dst=walk.conntrack.reply_src,
                                      dport=_reply_port(walk.conntrack.reply_sport, packet.dport))
-    if packet.mark != flow.mark or packet.dst != flow.dst:
-        # ip_route_me_harder: mangle/nat OUTPUT changed what routing keys on.
-        walk.notes.append(f"output hook changed mark/destination (mark {packet.mark:#x}, dst {packet.dst}): re-routed")
+    output = walk.last_hook.traversal if walk.last_hook else None
+    if (output is not None and output.reroute_needed) or packet.dst != flow.dst:
+        # ip_route_me_harder: a route chain or NAT at output changed what routing keys on
+        # (a mark set in a filter chain does not re-route); or a conntrack entry's DNAT.
+        why = "; ".join(output.reroute_reasons) if output is not None and output.reroute_reasons else \
+            f"destination {packet.dst}"
+        walk.notes.append(f"the output hook changed what routing keys on ({why}): re-routed")
         walk.steps.append(RerouteStep(packet.mark, packet.dst))
         result = walk.route("re-route after output", packet, dst=packet.dst, src=src, oif=flow.oif,
                             mark=packet.mark, uid=flow.uid)
         if result.error:
             return _routing_failed(walk, "local-out", result)
     if result.type == "local":
-        return _finish(walk, "local-out", "delivered-locally", f"{packet.dst} is an address of this host")
+        return _looped_back(walk, walk.with_oif(packet, "lo"))
     return _postrouting(walk, "local-out", walk.with_oif(packet, result.dev))
+
+
+def _connect_lookup(walk: _Walk, first: fib.FibResult, src: str) -> fib.FibResult:
+    """connect() without a bound source (ip_route_connect) looks the route up again with the
+    source the first lookup selected: a `from` rule can then send the SYN elsewhere than
+    `ip route get DST` says. Unconnected UDP (sendto) keeps the first answer."""
+    flow = walk.flow
+    query = RouteQuery(family=flow.family, dst=flow.dst, src=src, oif=flow.oif, mark=flow.mark, tos=flow.tos,
+                       proto=flow.proto, sport=flow.sport, dport=flow.dport, uid=flow.uid)
+    again = fib.route(walk.state, query)
+    same = (again.error, again.table, again.dev, again.gateway) == (first.error, first.table, first.dev, first.gateway)
+    if same:
+        return first
+    via = f" via {again.gateway}" if again.gateway else ""
+    where = f"error {again.error}" if again.error else f"dev {again.dev}{via}"
+    if flow.proto == UDP:
+        walk.notes.append(f"this is unconnected UDP (sendto): a connect()ed UDP socket looks the route up again "
+                          f"with source {src} and goes {where} (table {walk.state.table_name(again.table)})"
+                          if not again.error else f"this is unconnected UDP (sendto): a connect()ed UDP socket "
+                          f"looks the route up again with source {src} and fails ({again.error})")
+        return first
+    walk.notes.append(f"TCP connect() looks the route up again with the source it selected ({src}): "
+                      f"the SYN goes {where}, not where `ip route get {flow.dst}` says")
+    return walk.route("connect() with the selected source", dst=flow.dst, src=src, oif=flow.oif, mark=flow.mark,
+                      uid=flow.uid)
+
+
+def _looped_back(walk: _Walk, packet: PacketView) -> Explanation:
+    """A local packet to a local address leaves by lo and comes back in (ip_output →
+    loopback_xmit → ip_rcv): postrouting, then prerouting and input with iif lo. Its NAT
+    is bound at output/postrouting, so the nat chains of prerouting and input do not run."""
+    packet = walk.hook("postrouting", packet)
+    if walk.dropped_in():
+        return _dropped(walk, "local-out")
+    back = dataclasses.replace(packet, iif="lo", oif=None, iifkind=None, oifkind=None, uid=None, nat_bound=True)
+    back = walk.hook("prerouting", back)
+    if walk.dropped_in():
+        return _dropped(walk, "local-out")
+    walk.hook("input", back)
+    if walk.dropped_in():
+        return _dropped(walk, "local-out")
+    return _finish(walk, "local-out", "delivered-locally",
+                   f"{back.dst} is an address of this host (looped back through lo)")
 
 
 def _postrouting(walk: _Walk, origin: str, packet: PacketView) -> Explanation:

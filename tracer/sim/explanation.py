@@ -31,7 +31,7 @@ class IifInference:
     iif: str
     src: str
     gateway: str | None
-    table: str
+    table: str | None  # None: no table was looked up (a local or broadcast route back)
 
 
 @dataclass(frozen=True)
@@ -146,19 +146,26 @@ Step = HookStep | RoutingStep | RerouteStep | NatStep | EgressStep
 class Choice:
     """A fork of the path that this outcome took: which option, and how likely it is."""
 
-    kind: str  # "multipath"
+    kind: str  # "multipath" | "random" | "assumed" (a value the user did not give)
     index: int  # 0-based, in the kernel's order
     options: int
-    share: float  # this option's probability at this fork
+    share: float | None  # this option's probability at this fork; None for an assumption
     text: str  # "nexthop via 10.0.0.1 dev wan, weight 1 of 2"
 
 
 @dataclass(frozen=True)
 class KernelCheck:
-    """The kernel's answers to the explanation's routing queries, one per RoutingStep."""
+    """The kernel's answers to the explanation's routing queries, one per RoutingStep.
+
+    What the kernel confirms is one routing decision per query, for the packet the
+    query describes; `assumed` says what of that packet came from the simulation
+    (a mark or destination netfilter set, a re-route), and that netfilter and NAT
+    themselves are simulated, never confirmed by a route query."""
 
     answers: tuple[RouteAnswer, ...]
     differences: tuple[str, ...]
+    confirmed: tuple[str, ...] = ()  # "table 7375", "device ppp0", … equal in both, per decision
+    assumed: tuple[str, ...] = ()  # what the question took from the simulation
 
     @property
     def agrees(self) -> bool:
@@ -187,10 +194,13 @@ class Explanation:
     alternatives: tuple[Explanation, ...] = ()
 
     @property
-    def share(self) -> float:
-        """This outcome's probability (1.0 when the path does not fork)."""
+    def share(self) -> float | None:
+        """This outcome's probability (1.0 when the path does not fork; None when it rests
+        on an assumption, which has no probability)."""
         share = 1.0
         for choice in self.choices:
+            if choice.share is None:
+                return None
             share *= choice.share
         return share
 

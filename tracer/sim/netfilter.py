@@ -23,17 +23,32 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import ipaddress
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping
 
 from tracer.sim.nft_expr import AddrEqCond, Scope, compile_nft_rule, nft_text_index, xt_target_from_text
 from tracer.sim.nft_ipt import (
-    BUILTIN, LEGACY_PRIORITY, IpSets, compile_saved_chain_rules, parse_ipset_save, parse_save,
+    BUILTIN,
+    LEGACY_PRIORITY,
+    IpSets,
+    compile_saved_chain_rules,
+    parse_ipset_save,
+    parse_save,
 )
 from tracer.sim.nft_model import (
-    HOOKS, NAT_CORE_PRIORITY, PRIO_CONNTRACK, Chain, Cond, EvalState, Miss, NatSpec, Rule, Stmt,
-    Unknown, Verdict,
+    HOOKS,
+    NAT_CORE_PRIORITY,
+    PRIO_CONNTRACK,
+    Chain,
+    Cond,
+    EvalState,
+    Miss,
+    NatSpec,
+    Rule,
+    Stmt,
+    Unknown,
+    Verdict,
 )
 
 __all__ = [
@@ -92,7 +107,7 @@ class AddressInfo:
 
     @classmethod
     def simple(cls, local: Iterable[str] = (), *, interfaces: Mapping[str, Iterable[str]] | None = None,
-               masquerade: Mapping[str, str] | None = None) -> "AddressInfo":
+               masquerade: Mapping[str, str] | None = None) -> AddressInfo:
         """A convenience for tests and snapshots: `local` addresses; per-interface
         addresses (first = primary); `masquerade` maps oif -> source address."""
         interfaces = {k: list(v) for k, v in (interfaces or {}).items()}
@@ -151,13 +166,13 @@ class PacketView:
     iifkind: str | None = None
     oifkind: str | None = None
     nftrace: bool = False
+    # NAT for this connection is set up already: a locally generated packet looped
+    # back through lo meets prerouting and input with its NAT bound at output/postrouting
+    nat_bound: bool = False
 
     def __post_init__(self):
         if self.family not in ("ip", "ip6"):
             raise ValueError(f"family must be 'ip' or 'ip6', not {self.family!r}")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 # ----------------------------------------------------------------- results
@@ -175,8 +190,6 @@ class RuleVisit:
     counters: dict | None = None
     nft_handle: int | None = None  # for iptables-nft rules: the nft handle
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class _LazyWhy:
@@ -184,7 +197,7 @@ class _LazyWhy:
 
     __slots__ = ("cond", "snap")
 
-    def __init__(self, cond: Cond, snap: "_Snap"):
+    def __init__(self, cond: Cond, snap: _Snap):
         self.cond, self.snap = cond, snap
 
     def text(self) -> str:
@@ -225,11 +238,6 @@ class ChainVisit:
     # packet (chains longer than INDEX_MIN_RULES are indexed by address)
     skipped_rules: int = 0
 
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "steps"}
-        d["steps"] = [s.to_dict() for s in self.steps]
-        return d
-
 
 @dataclass(frozen=True)
 class NatRewrite:
@@ -246,11 +254,6 @@ class NatRewrite:
     from_port: int | None = None
     to_port: int | None = None
     note: str | None = None
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["from"] = d.pop("from_")
-        return d
 
 
 @dataclass(frozen=True)
@@ -273,20 +276,6 @@ class HookTraversal:
     # re-routes every packet, and nat chains do not run for it.
     reroute_needed: bool = False
     reroute_reasons: tuple[str, ...] = ()  # what triggered it, e.g. "ip mangle OUTPUT (type route): mark 0x0 -> 0x1"
-
-    def to_dict(self) -> dict:
-        return {
-            "hook": self.hook,
-            "verdict": self.verdict,
-            "decided_by": self.decided_by,
-            "uncertain": self.uncertain,
-            "uncertain_reasons": list(self.uncertain_reasons),
-            "packet_in": self.packet_in.to_dict(),
-            "packet": self.packet.to_dict(),
-            "nat": [n.to_dict() for n in self.nat],
-            "mss_clamp": list(self.mss_clamp),
-            "chains": [c.to_dict() for c in self.chains],
-        }
 
 
 # ---------------------------------------------------------------- queries
@@ -338,7 +327,7 @@ class Ruleset:
     warnings: tuple[str, ...] = ()
     reachable: Mapping[tuple[str, str, str, str], tuple[str, ...]] = field(default_factory=dict)
     # chain key -> _ChainIndex, for chains longer than INDEX_MIN_RULES
-    indexes: Mapping[tuple[str, str, str, str], "_ChainIndex"] = field(default_factory=dict)
+    indexes: Mapping[tuple[str, str, str, str], _ChainIndex] = field(default_factory=dict)
 
     # -- inventory
     def sources(self) -> dict[str, list[str]]:
@@ -503,7 +492,7 @@ def load_ruleset(raw: dict) -> Ruleset:
                 by_chain = compile_saved_chain_rules({n: saved_table[n] for n in saved_table}, fam, ipsets)
                 compiled = tuple(dataclasses.replace(r, nft_handle=rj.get("handle"),
                                                      counters=r.counters or _nft_counter(rj))
-                                 for r, rj in zip(by_chain[name], rjs))
+                                 for r, rj in zip(by_chain[name], rjs, strict=False))
             else:
                 warnings.append(f"{fam} {tname} {name}: iptables-nft-save shows {len(sc.rules)} rules, "
                                 f"nft {len(rjs)}; evaluating nft's view")
@@ -609,7 +598,7 @@ def _compile_nft(rj: dict, scope: Scope, fam: str, texts: dict) -> Rule:
     if text and any(isinstance(x, dict) and x.get("xt", {}).get("type") == "target"
                     for x in rj.get("expr") or []):
         items = []
-        for it, x in zip(rule.items, rj.get("expr") or []):
+        for it, x in zip(rule.items, rj.get("expr") or [], strict=False):
             if isinstance(x, dict) and x.get("xt", {}).get("type") == "target":
                 items.extend(xt_target_from_text(x["xt"]["name"], text))
             else:
@@ -686,6 +675,7 @@ def _state(packet: PacketView, hook: str, addresses: AddressInfo) -> EvalState:
     if st.oif and st.oifkind is None:
         st.oifkind = addresses.interface_kind(st.oif)
     st.untracked = packet.ct_state == "untracked"
+    st.nat_bound = packet.nat_bound
     st.hook = hook
     st.ct_attached = True
     st.addresses = addresses
@@ -729,12 +719,18 @@ def _copy_state(st: EvalState) -> EvalState:
     return new
 
 
-def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: AddressInfo | None = None) -> HookTraversal:
-    """Walk `packet` through every base chain at `hook` (pure)."""
+def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: AddressInfo | None = None,
+             choose: Callable[[str, float], bool] | None = None) -> HookTraversal:
+    """Walk `packet` through every base chain at `hook` (pure).
+
+    `choose(rule_text, probability)` decides a random match (`-m statistic`): whether
+    this walk takes the branch where it matches. Without it such a match cannot be
+    evaluated (None), and the walk says so."""
     if hook not in HOOKS:
         raise ValueError(f"unknown hook {hook!r}: one of {', '.join(HOOKS)}")
     addresses = addresses or AddressInfo()
     st = _state(packet, hook, addresses)
+    st.choose = choose
     epoch = _Epoch(st)
     visits: list[ChainVisit] = []
     nat: list[NatRewrite] = []
@@ -826,6 +822,8 @@ def _decider(v: ChainVisit) -> str:
 def _nat_skip_reason(st: EvalState) -> str | None:
     if st.untracked:
         return "not consulted: packet is untracked (notrack)"
+    if st.nat_bound:
+        return "not consulted: this connection's NAT was set up when it left (a locally generated packet looped back)"
     s = st.ct_state
     if s in ("new", "related"):
         return None

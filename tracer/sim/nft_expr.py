@@ -10,14 +10,35 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from tracer.sim.nft_model import (
-    CT_DIR, CT_STATE_BITS, DSCP, ETHERTYPE, FIB_TYPES, ICMP_CODES, ICMP_TYPES, ICMPV6_CODES,
-    ICMPV6_TYPES, IPPROTO, IPPROTO_NAMES, NFPROTO, PORT_PROTOS, TCP_FLAGS, Cond, EvalState, Miss,
-    NatSpec, Rule, Stmt, Unknown, Verdict, addr_int, flag_bits, int_addr, parse_int,
+    CT_DIR,
+    CT_STATE_BITS,
+    DSCP,
+    ETHERTYPE,
+    FIB_TYPES,
+    ICMP_CODES,
+    ICMP_TYPES,
+    ICMPV6_CODES,
+    ICMPV6_TYPES,
+    NFPROTO,
+    TCP_FLAGS,
+    Cond,
+    EvalState,
+    Miss,
+    NatSpec,
+    Rule,
+    Stmt,
+    Unknown,
+    Verdict,
+    flag_bits,
+    int_addr,
+    parse_int,
 )
+from tracer.vocab import IPPROTO, IPPROTO_NAMES, any_addr_int
 
 SERVICES = {"ftp": 21, "ssh": 22, "telnet": 23, "smtp": 25, "domain": 53, "bootps": 67,
             "bootpc": 68, "http": 80, "pop3": 110, "ntp": 123, "imap": 143, "snmp": 161,
@@ -127,7 +148,7 @@ def conv(kind: str, v: Any):
     if isinstance(v, dict) and "elem" in v:
         v = v["elem"].get("val")
     if kind in ("ipv4_addr", "ipv6_addr"):
-        return addr_int(v)
+        return any_addr_int(v)
     if kind in ("ifname", "iface", "fib_addrtype", "ifkind", "string"):
         return str(v)
     if isinstance(v, bool):
@@ -159,7 +180,7 @@ def fmt(kind: str, v: Any) -> str:
     if isinstance(v, (Miss, Unknown)):
         return v.why
     if isinstance(v, tuple):
-        return " . ".join(fmt(k, x) for k, x in zip(kind.split("."), v))
+        return " . ".join(fmt(k, x) for k, x in zip(kind.split("."), v, strict=False))
     if kind == "ipv4_addr":
         return int_addr(v, "ip")
     if kind == "ipv6_addr":
@@ -328,7 +349,7 @@ def _payload(v: dict):
     if proto in PAYLOAD_L4 and fld in ("sport", "dport"):
         return "inet_service", _need_l4(frozenset({PAYLOAD_L4[proto]}), proto, fld, fld)
     elif proto == "th" and fld in ("sport", "dport"):
-        return "inet_service", _need_l4(PORT_PROTOS, "a port protocol", fld, fld)
+        return "inet_service", _need_l4( "a port protocol", fld, fld)
     elif proto == "tcp" and fld == "flags":
         return "tcp_flag", _need_l4(frozenset({6}), "tcp", "tcp_flags", "tcp flags")
     elif proto == "icmp" and fld in ("type", "code"):
@@ -403,7 +424,7 @@ def _interval(kind: str, x) -> tuple[Any, Any] | None:
     """(lo, hi) for a prefix/range element, None for a scalar."""
     if isinstance(x, dict) and "prefix" in x:
         p = x["prefix"]
-        lo = addr_int(p["addr"])
+        lo = any_addr_int(p["addr"])
         bits = 32 if kind == "ipv4_addr" else 128
         span = (1 << (bits - p["len"])) - 1
         return lo & ~span, (lo & ~span) | span
@@ -439,8 +460,8 @@ class ElementSet:
             if "." in kind:
                 kinds = kind.split(".")
                 comps = x["concat"] if isinstance(x, dict) and "concat" in x else [x]
-                tests = [_component_test(k, c) for k, c in zip(kinds, comps)]
-                self.other.append((lambda v, tests=tests: all(t(a) for t, a in zip(tests, v)), val))
+                tests = [_component_test(k, c) for k, c in zip(kinds, comps, strict=False)]
+                self.other.append((lambda v, tests=tests: all(t(a) for t, a in zip(tests, v, strict=False)), val))
                 continue
             iv = _interval(kind, x)
             if iv:
@@ -448,13 +469,14 @@ class ElementSet:
             elif kind == "ifname" and isinstance(x, str) and x.endswith("*") and not x.endswith("\\*"):
                 self.other.append((_component_test(kind, x), val))
             else:
-                self.exact.setdefault(conv(kind, x.replace("\\*", "*") if isinstance(x, str) and kind == "ifname" else x), val)
+                key = x.replace("\\*", "*") if isinstance(x, str) and kind == "ifname" else x
+                self.exact.setdefault(conv(kind, key), val)
         self.ivals.sort(key=lambda t: t[0])
         self.starts = [t[0] for t in self.ivals]
         # an interval set may overlap only in odd hand-made cases; keep the max end seen so far
         self.maxhi = []
         m = None
-        for lo, hi, _ in self.ivals:
+        for _lo, hi, _ in self.ivals:
             m = hi if m is None or hi > m else m
             self.maxhi.append(m)
 
@@ -725,7 +747,8 @@ def compile_item(x: dict, scope: Scope, family: str) -> Cond | Stmt | Verdict:
             reason = f"cannot evaluate iptables match -m {name}: its parameters are not in nft's JSON"
             return Cond(f"xt match {name}", lambda st: None, f"xt {name}", lambda st: reason)
         if v.get("type") == "target":
-            return Stmt("unknown", f"xt target {name}", lambda st: Unknown(f"iptables target {name}: parameters unknown"))
+            return Stmt("unknown", f"xt target {name}",
+                        lambda st: Unknown(f"iptables target {name}: parameters unknown"))
         return Stmt("other", f"xt {v.get('type')} {name}")
     if k == "flow":
         return Stmt("other", f"flow add {v.get('flowtable')}",

@@ -16,9 +16,23 @@ from dataclasses import dataclass, field
 
 from tracer.sim.nft_expr import AddrEqCond
 from tracer.sim.nft_model import (
-    CT_STATE_BITS, DSCP, ICMP_TYPE_CODES, ICMP_TYPES, ICMPV6_TYPES, IPPROTO, IPPROTO_NAMES,
-    TCP_FLAGS, Cond, Miss, NatSpec, Rule, Stmt, Unknown, Verdict, addr_int, int_addr, parse_int,
+    CT_STATE_BITS,
+    DSCP,
+    ICMP_TYPE_CODES,
+    ICMP_TYPES,
+    ICMPV6_TYPES,
+    TCP_FLAGS,
+    Cond,
+    Miss,
+    NatSpec,
+    Rule,
+    Stmt,
+    Unknown,
+    Verdict,
+    int_addr,
+    parse_int,
 )
+from tracer.vocab import IPPROTO, IPPROTO_NAMES, any_addr_int
 
 # Legacy x_tables priorities per (table, hook).
 LEGACY_PRIORITY = {
@@ -340,6 +354,34 @@ def _owner_cond(text: str, attr: str, spec: str, neg: bool) -> Cond:
     return _cond(text, fn, f"meta sk{attr}")
 
 
+def _statistic_cond(text: str, opt: str, value: str, neg: bool) -> Cond:
+    """`-m statistic`: a random pick (--mode random --probability P) or every Nth packet
+    (--mode nth --every N --packet K, for one new flow as likely as 1/N). The walk's
+    `choose` decides which way this outcome goes; without it the match is unknown."""
+    if opt == "--mode":
+        if value in ("random", "nth"):
+            return _cond(text, lambda st: True)
+        return _unknown(text, f"statistic mode {value} not modelled")
+    if opt == "--packet":
+        return _cond(text, lambda st: True)
+    if opt not in ("--probability", "--every"):
+        return _unknown(text, f"statistic {opt} not modelled")
+    chance = float(value) if opt == "--probability" else 1 / int(value)
+    pick = f"-m statistic --mode random --probability {chance:g}" if opt == "--probability" else \
+        f"-m statistic --mode nth --every {value}"
+    if neg:
+        chance, pick = 1 - chance, f"! {pick}"
+
+    def fn(st):
+        return None if st.choose is None else st.choose(pick, chance)
+
+    def why(st):
+        if st.choose is None:
+            return f"cannot evaluate {text}: the kernel picks at random for each new connection"
+        return f"{text}: random pick ({chance:.0%}), not taken in this outcome"
+    return Cond(text, fn, "statistic", why)
+
+
 def _module_cond(mod: str, opt: str, args: list[str], neg: bool, family: str) -> Cond:
     text = f"{'! ' if neg else ''}{opt} {' '.join(args)}".strip()
     full = f"-m {mod} {text}"
@@ -399,7 +441,7 @@ def _module_cond(mod: str, opt: str, args: list[str], neg: bool, family: str) ->
         if mod == "owner" and opt in ("--uid-owner", "--gid-owner"):
             return _owner_cond(full, "uid" if opt == "--uid-owner" else "gid", a0, neg)
         if mod == "statistic":
-            return _unknown(full, "the kernel picks at random (or by a packet counter) for each packet")
+            return _statistic_cond(full, opt, a0, neg)
     except (ValueError, KeyError, IndexError) as exc:
         return _unknown(full, str(exc))
     return _unknown(full, f"match -m {mod} {opt} not modelled")
@@ -438,7 +480,7 @@ IPSET_ICMPV6 = {
     "router-solicitation": (133, 0), "router-advertisement": (134, 0),
     "neighbour-solicitation": (135, 0), "neighbour-advertisement": (136, 0), "redirect": (137, 0),
 }
-_PORT_PROTOS_IPSET = frozenset({6, 17, 132, 136})  # ip_set_get_port reads ports of these
+_PORT_PROTOCOLS_IPSET = frozenset({6, 17, 132, 136})  # ip_set_get_port reads ports of these
 _ICMP_PROTO = {"ip": 1, "ip6": 58}
 _BITS = {"ip": 32, "ip6": 128}
 
@@ -485,7 +527,7 @@ class IpSet:
         if "netmask" in opts:
             self.mask = _prefix_mask(int(opts["netmask"]), bits)
         if "bitmask" in opts:
-            self.mask = addr_int(opts["bitmask"])
+            self.mask = any_addr_int(opts["bitmask"])
         self.net_dim = self.dims.index("net") if "net" in self.dims else None
         # prefix length of the net dimension (None: no net dimension) -> key -> nomatch
         self.entries: dict[int | None, dict[tuple, bool]] = {}
@@ -501,11 +543,11 @@ class IpSet:
         key, length = [], None
         for dim, part in zip(self.dims, parts, strict=True):
             if dim == "ip":
-                key.append(addr_int(part) & self.mask)
+                key.append(any_addr_int(part) & self.mask)
             elif dim == "net":
                 addr, _, plen = part.partition("/")
                 length = int(plen) if plen else _BITS[self.family]
-                key.append(addr_int(addr) & _prefix_mask(length, _BITS[self.family]))
+                key.append(any_addr_int(addr) & _prefix_mask(length, _BITS[self.family]))
             elif dim == "port":
                 key.append(self._port_element(part))
             else:  # iface; physdev elements only match bridged packets (never a routed one)
@@ -598,7 +640,7 @@ class IpSet:
             if st.icmp_type is None or st.icmp_code is None:
                 return Unknown("icmp type/code not known")
             return st.proto, st.icmp_type << 8 | st.icmp_code
-        if st.proto in _PORT_PROTOS_IPSET:
+        if st.proto in _PORT_PROTOCOLS_IPSET:
             port = st.sport if src else st.dport
             return Unknown("port not known") if port is None else (st.proto, port)
         return st.proto, 0  # other protocols have port 0 in ipset

@@ -1,0 +1,96 @@
+/* BPF netfilter programs (BPF_PROG_TYPE_NETFILTER), attached at each hook twice: at the first
+ * allowed priority (the packet before the hook's chains) and the last (after them). One event
+ * per flow and hook position; reply-direction packets only mark the flow as answered. */
+
+struct nf_ctx {
+    const void *state; /* struct nf_hook_state */
+    const void *skb;   /* struct sk_buff */
+};
+
+static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
+{
+    const void *skb = ctx->skb;
+    const void *state = ctx->state;
+    int zero = 0;
+    struct config *c = config.lookup(&zero);
+    if (!c)
+        return 1;
+    struct event ev = {};
+    const void *net = 0, *in = 0, *out = 0;
+    READ(net, state, OFF_STATE_NET);
+    READ(ev.hook, state, OFF_STATE_HOOK);
+    READ(ev.pf, state, OFF_STATE_PF);
+    READ(in, state, OFF_STATE_IN);
+    READ(out, state, OFF_STATE_OUT);
+    u32 inum = 0;
+    if (net)
+        READ(inum, net, OFF_NET_INUM);
+    if ((c->flags & F_NETNS) && c->netns != inum)
+        return 1;
+    u8 proto = 0;
+    if (parse_ipv4(skb, &ev.pkt, &proto) != 0)
+        return 1;
+    ev.in_ifindex = ifindex_of(in);
+    ev.out_ifindex = ifindex_of(out);
+    if ((c->flags & F_IIF) && ev.hook <= 2 && c->iif != ev.in_ifindex)
+        return 1;
+    read_ct(skb, &ev, proto);
+    ev.key.netns = inum;
+    ev.key.proto = proto;
+    if (ev.has_ct) {
+        ev.key.saddr = ev.orig.saddr;
+        ev.key.daddr = ev.orig.daddr;
+        ev.key.sport = ev.orig.sport;
+        ev.key.dport = ev.orig.dport;
+    } else {
+        ev.key.saddr = ev.pkt.saddr;
+        ev.key.daddr = ev.pkt.daddr;
+        ev.key.sport = ev.pkt.sport;
+        ev.key.dport = ev.pkt.dport;
+    }
+    if (!matches(c, &ev.key))
+        return 1;
+    ev.kind = KIND_HOOK;
+    ev.pos = pos;
+    ev.ts = bpf_ktime_get_ns();
+    ev.cpu = bpf_get_smp_processor_id();
+    ev.skb = (u64)skb;
+    READ(ev.mark, skb, OFF_SKB_MARK);
+
+    if (ev.has_ct && ev.ctinfo >= 3) { /* IP_CT_IS_REPLY: an answer of a flow we know */
+        struct flowstate *fs = flows.lookup(&ev.key);
+        if (fs && !(fs->seen & SEEN_REPLY)) {
+            fs->seen |= SEEN_REPLY;
+            ev.kind = KIND_REPLY;
+            emit(&ev);
+        }
+        return 1;
+    }
+    struct flowstate fresh = {};
+    struct flowstate *fs = flows.lookup_or_try_init(&ev.key, &fresh);
+    if (!fs)
+        return 1;
+    u32 bit = 1u << ((ev.hook & 7) * 2 + pos);
+    if (fs->seen & bit)
+        return 1;
+    fs->seen |= bit;
+    emit(&ev);
+    if (pos == 1 && ev.hook == 0) { /* prerouting, after its chains: routing comes next on this CPU */
+        struct routing *cur = routing_packet.lookup(&zero);
+        if (cur) {
+            cur->skb = ev.skb;
+            cur->key = ev.key;
+            cur->saddr = ev.pkt.saddr;
+            cur->daddr = ev.pkt.daddr;
+            cur->armed = 1;
+        }
+    } else if (pos == 0 && (ev.hook == 1 || ev.hook == 2)) { /* input or forward: routing is done */
+        struct routing *cur = routing_packet.lookup(&zero);
+        if (cur && cur->skb == ev.skb)
+            cur->armed = 0;
+    }
+    return 1;
+}
+
+int wr_hook_first(struct nf_ctx *ctx) { return on_hook(ctx, 0); }
+int wr_hook_last(struct nf_ctx *ctx) { return on_hook(ctx, 1); }

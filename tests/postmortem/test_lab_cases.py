@@ -1,0 +1,129 @@
+"""The slow-connection cases, reproduced in the seed lab (variant ultimate) with real TCP traffic,
+captured by `why-route capture` on the router's br-lan, ppp0 and eth0.2, diagnosed by
+`why-route postmortem` on the run directory: the verdict, the top suspect and the configuration
+object it ties to."""
+
+import pytest
+
+from tests.lab.lab_helpers import new_prefix
+from tests.postmortem import pmlab
+from tracer.lab import builder
+
+ICMP_DROP = """
+table inet pmtest {
+    chain pmout { type filter hook output priority 0; policy accept; icmp type destination-unreachable drop; }
+    chain pmfwd { type filter hook forward priority 0; policy accept; icmp type destination-unreachable drop; }
+}
+"""
+RANDOM_DROP = """
+table inet pmloss {
+    chain pmfwd { type filter hook forward priority 0; policy accept; oifname "ppp0" numgen random mod 100 < 3 drop; }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(kernel_lab):
+    state = builder.up(variant="ultimate", prefix=new_prefix("p"))
+    try:
+        pmlab.offloads_off(state)
+        yield state
+    finally:
+        builder.down(state.prefix)
+
+
+def _suspects(conn):
+    return [s["id"] for s in conn["suspects"]]
+
+
+def test_healthy_download_is_ok_with_no_suspect(lab, tmp_path):
+    client = pmlab.transfer(lab, tmp_path / "run", server="send", client="download", size=1_000_000)
+    assert client["error"] is None and client["bytes"] == 1_000_000
+    conn = pmlab.the_connection(pmlab.postmortem(tmp_path / "run"), client)
+    assert conn["verdict"] == "ok", conn["reasons"]
+    assert conn["suspects"] == []
+    assert conn["interfaces"] == {"in": "br-lan", "out": "ppp0"}
+    assert conn["flow"]["wan"]["src"] == "123.150.232.74" and conn["flow"]["pairing"] == "conntrack"
+    assert conn["bytes"]["to_client"] == 1_000_000
+    assert conn["retransmissions"]["br-lan"]["to_client"] == 0
+
+
+def test_random_drop_rule_is_located_inside_the_router_and_tied_by_handle(lab, tmp_path):
+    lab.run("route", ["nft", "-f", "-"], input=RANDOM_DROP)
+    try:
+        client = pmlab.transfer(lab, tmp_path / "run", server="sink", client="upload", size=1_000_000, timeout=8)
+        assert client["error"] is None
+        handle = _handle(lab, "pmloss", "pmfwd")
+    finally:
+        lab.run("route", ["nft", "delete", "table", "inet", "pmloss"])
+    conn = pmlab.the_connection(pmlab.postmortem(tmp_path / "run"), client)
+    where = conn["retransmissions"]["where"]["to_server"]
+    assert where["inside_router"] >= 1 and where["beyond_router"] == 0, where
+    top = conn["suspects"][0]
+    assert top["id"] == "PM002", _suspects(conn)
+    rule = top["config"][0]
+    assert (rule["family"], rule["table"], rule["chain"], rule["handle"]) == ("inet", "pmloss", "pmfwd", handle)
+    assert f"nft delete rule inet pmloss pmfwd handle {handle}" in top["fix"]
+    assert all(e["interface"] == "ppp0" for e in top["evidence"] if e["packet"])
+
+
+def test_slow_reader_on_the_macbook_is_receiver_limited(lab, tmp_path):
+    client = pmlab.transfer(lab, tmp_path / "run", server="send", client="slowread", size=150_000, timeout=6)
+    assert client["error"] is None and client["bytes"] == 150_000
+    conn = pmlab.the_connection(pmlab.postmortem(tmp_path / "run"), client)
+    assert conn["verdict"] == "slow"
+    assert conn["zero_windows"]["br-lan"]["from_client"] >= 1
+    assert _suspects(conn)[0] == "PM003"
+    assert "192.168.1.169" in conn["suspects"][0]["summary"]
+    assert "PM002" not in _suspects(conn) and "PM005" not in _suspects(conn)
+
+
+def test_pmtu_black_hole_ties_to_the_route_the_missing_clamp_and_the_icmp_drop(lab, tmp_path):
+    # the server's own link takes 1500 bytes, so it announces MSS 1460: the MacBook's
+    # full-size segments do not fit ppp0 (1400), and the router's ICMP answer is dropped
+    lab.run("internet2", ["ip", "link", "set", "ppp0", "mtu", "1500"])
+    lab.run("route", ["nft", "-f", "-"], input=ICMP_DROP)
+    try:
+        client = pmlab.transfer(lab, tmp_path / "run", server="sink", client="upload", size=300_000, timeout=3)
+        handles = {_handle(lab, "pmtest", "pmout"), _handle(lab, "pmtest", "pmfwd")}
+    finally:
+        lab.run("route", ["nft", "delete", "table", "inet", "pmtest"])
+        lab.run("internet2", ["ip", "link", "set", "ppp0", "mtu", "1400"])
+    assert client["error"] == "TimeoutError"
+    conn = pmlab.the_connection(pmlab.postmortem(tmp_path / "run"), client)
+    assert conn["verdict"] == "stalled"
+    assert _suspects(conn) == ["PM001"]
+    top = conn["suspects"][0]
+    kinds = {c["kind"]: c for c in top["config"]}
+    assert kinds["ip rule"]["priority"] == 32765
+    assert "dev ppp0" in kinds["route"]["text"] and kinds["route"]["table"] == "sunusroute"
+    assert kinds["device"]["mtu"] == 1400
+    assert "WR026" in top["findings"]
+    dropping = {c["handle"] for c in top["config"] if c.get("table") == "pmtest"}
+    assert dropping == handles
+    assert any("TCPMSS" in f for f in top["fix"])
+    assert top["evidence"][0]["interface"] == "br-lan"
+
+
+def test_missing_snat_fails_and_ties_to_wr019(lab, tmp_path):
+    snat = ["-t", "nat", "POSTROUTING", "-o", "ppp0", "-j", "SNAT", "--to-source", "123.150.232.74"]
+    lab.run("route", ["iptables", snat[0], snat[1], "-D", *snat[2:]])
+    try:
+        client = pmlab.transfer(lab, tmp_path / "run", server="sink", client="upload", size=1000, timeout=2.5)
+    finally:
+        lab.run("route", ["iptables", snat[0], snat[1], "-A", *snat[2:]])
+    assert client["error"] == "TimeoutError"
+    conn = pmlab.the_connection(pmlab.postmortem(tmp_path / "run"), client)
+    assert conn["verdict"] == "failed"
+    top = conn["suspects"][0]
+    assert top["id"] == "PM004"
+    assert "WR019" in top["findings"]
+    assert conn["flow"]["wan"]["src"] == "192.168.1.169"
+    assert any("SNAT" in f or "MASQUERADE" in f for f in top["fix"])
+
+
+def _handle(lab, table, chain) -> int:
+    import json
+
+    data = json.loads(lab.run("route", ["nft", "-j", "-a", "list", "chain", "inet", table, chain]).stdout)
+    return next(item["rule"]["handle"] for item in data["nftables"] if "rule" in item)

@@ -1,0 +1,88 @@
+"""Filters, namespaces, drops, a disagreement with the simulation made on purpose, run directories."""
+
+import json
+
+from tests.helpers.cli import why_route
+from tests.lab.lab_helpers import ping_from_macbook
+from tests.trace.trace_helpers import RunningTrace, flow_to, tcp_connect
+
+ICMP, TCP = 1, 6
+
+
+def test_only_the_filtered_flow_is_reported(trace_lab):
+    lab = trace_lab("ultimate")
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "tcp", "--dport", "443", "--duration", "4").started()
+    ping_from_macbook(lab)
+    tcp_connect(lab, "macbook", "8.8.8.8", 80)
+    tcp_connect(lab, "macbook", "8.8.8.8", 443)
+    docs, summary = trace.finish()
+    assert [(d["flow"]["proto"], d["flow"]["dport"]) for d in docs] == [(TCP, 443)], docs
+    assert summary["flows"] == 1
+
+
+def test_flows_of_other_namespaces_never_leak_in(trace_lab):
+    lab = trace_lab("ultimate")
+    trace = RunningTrace("--netns", lab.ns("route"), "--duration", "4").started()
+    # Traffic inside other namespaces: the internet node talks to itself, the MacBook to its own address.
+    lab.run("internet2", ["ping", "-n", "-c", "1", "-W", "1", "127.0.0.1"], check=False)
+    lab.run("macbook", ["ping", "-n", "-c", "1", "-W", "1", "192.168.1.169"], check=False)
+    ping_from_macbook(lab)
+    docs, _summary = trace.finish()
+    assert docs, trace.stderr
+    assert {d["flow"]["src"] for d in docs} == {"192.168.1.169"}
+    assert {d["flow"]["dst"] for d in docs} == {"8.8.8.8"}
+
+
+def test_a_drop_by_an_nft_rule_is_reported_with_its_reason(own_lab):
+    lab = own_lab("ultimate")
+    ruleset = ("table ip wrdrop {\n chain dropping {\n  type filter hook forward priority 0;\n"
+               "  tcp dport 8443 drop\n }\n}\n")
+    lab.run("route", ["nft", "-f", "-"], input=ruleset)
+    trace = RunningTrace("--netns", lab.ns("route"), "--dport", "8443", "--count", "1").started()
+    tcp_connect(lab, "macbook", "8.8.8.8", 8443)
+    docs, _summary = trace.finish()
+    doc = flow_to(docs, "8.8.8.8", TCP)
+    assert doc["verdict"] == "dropped"
+    assert doc["drop"]["reason"] == "NETFILTER_DROP"
+    assert [(h["hook"], h["verdict"]) for h in doc["hooks"]] == [("prerouting", "accept"), ("forward", "drop")]
+    assert doc["rule"]["priority"] == 32765  # routed before the forward hook dropped it
+    assert doc["sim"]["agrees"], doc["sim"]["differences"]  # the rule was there when the trace started
+
+
+def test_the_simulation_disagrees_when_the_host_changed_after_the_start(own_lab):
+    lab = own_lab("ultimate")
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp", "--count", "1").started()
+    # The state was collected at start: delete the policy rule behind the simulation's back.
+    lab.run("route", ["ip", "rule", "del", "priority", "32765"])
+    ping_from_macbook(lab)
+    docs, _summary = trace.finish()
+    doc = flow_to(docs, "8.8.8.8", ICMP)
+    assert doc["rule"]["priority"] == 32766 and doc["dev"] == "eth0.2"
+    assert doc["sim"]["agrees"] is False
+    differences = " | ".join(doc["sim"]["differences"])
+    assert "rule: kernel 32766, simulation 32765" in differences
+    assert "device: kernel eth0.2, simulation ppp0" in differences
+
+
+def test_run_directory_replays_the_same_flows_without_the_host(trace_lab, tmp_path):
+    lab = trace_lab("ultimate")
+    run_dir = tmp_path / "run"
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp", "--count", "1", "-o", str(run_dir)).started()
+    ping_from_macbook(lab)
+    docs, summary = trace.finish()
+    assert {p.name for p in run_dir.iterdir()} == {"events.jsonl", "snapshot.json", "summary.json"}
+    assert json.loads((run_dir / "summary.json").read_text())["flows"] == 1
+    replayed = why_route("trace", "--replay", str(run_dir), "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    lines = [json.loads(line) for line in replayed.stdout.splitlines()]
+    flows = [d for d in lines if d["type"] == "flow"]
+    assert [(d["rule"], d["table_id"], d["nat"], d["reply_seen"]) for d in flows] == \
+        [(d["rule"], d["table_id"], d["nat"], d["reply_seen"]) for d in docs]
+    assert lines[-1]["type"] == "summary" and lines[-1]["events"] == summary["events"]
+
+
+def test_replay_of_a_missing_directory_is_a_usage_error(tmp_path):
+    result = why_route("trace", "--replay", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "cannot read the run directory" in result.stderr
+
+

@@ -1,0 +1,104 @@
+"""Capability detection (`trace --check`), the fallback without BPF netfilter links, and cleanup:
+nothing is left behind by SIGTERM or SIGKILL."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.helpers.cli import why_route
+from tests.lab.lab_helpers import leftovers, ping_from_macbook
+from tests.trace.trace_helpers import RunningTrace, flow_to, netfilter_links
+from tracer.lab import builder
+
+DISABLE_NETFILTER = {"WHYROUTE_TRACE_DISABLE": "netfilter"}
+
+
+def _check(env=None) -> dict:
+    result = why_route("trace", "--check", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return {p["name"]: p for p in json.loads(result.stdout)["probes"]}
+
+
+def test_check_lists_every_probe_with_the_reason_for_each_missing_one():
+    probes = _check()
+    for name in ("netfilter", "fib", "drop", "conntrack"):
+        assert probes[name]["used"] and probes[name]["why"] is None, probes[name]
+    missing = [p for p in probes.values() if not p["used"]]
+    assert missing and all(p["why"] for p in missing)
+    kprobe = next(p for name, p in probes.items() if name.startswith("kprobe"))
+    assert kprobe["used"] is False
+    if not Path("/sys/bus/event_source/devices/kprobe").exists():
+        assert "no kprobes" in kprobe["why"]
+    text = why_route("trace", "--check").stdout
+    assert "netfilter" in text and "why:" in text
+
+
+def test_check_says_why_when_netfilter_links_are_disabled():
+    probes = _check(DISABLE_NETFILTER)
+    assert probes["netfilter"]["used"] is False and "disabled" in probes["netfilter"]["why"]
+    assert probes["fib"]["used"] is False and "needs the netfilter probe" in probes["fib"]["why"]
+    assert probes["conntrack"]["used"] and probes["drop"]["used"]
+
+
+def test_without_netfilter_links_conntrack_still_gives_the_nat_and_the_reply(trace_lab):
+    lab = trace_lab("ultimate")
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp", "--count", "1", env=DISABLE_NETFILTER)
+    trace.started()
+    assert "unavailable: netfilter (disabled" in trace.stderr
+    ping_from_macbook(lab)
+    docs, summary = trace.finish()
+    doc = flow_to(docs, "8.8.8.8", 1)
+    assert doc["hooks"] == [] and doc["tables_tried"] == [] and doc["verdict"] == "confirmed"
+    assert [(n["type"], n["to"]) for n in doc["nat"]] == [("snat", "123.150.232.74")]
+    assert doc["reply_seen"] is True
+    assert doc["sim"]["agrees"], doc["sim"]["differences"]
+    assert "netfilter" not in summary["probes"] and "netfilter" in summary["unavailable"]
+
+
+def _wait_for_links(expected: int, before: set[str], timeout: float = 5) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        now = set(netfilter_links()) - before
+        if len(now) == expected or time.monotonic() > deadline:
+            return now
+        time.sleep(0.05)
+
+
+def test_sigkill_leaves_no_link_no_pinned_object_and_the_namespace_can_go(own_lab):
+    lab = own_lab("ultimate")
+    pinned = set(os.listdir("/sys/fs/bpf")) if os.path.isdir("/sys/fs/bpf") else set()
+    before = set(netfilter_links())
+    trace = RunningTrace("--netns", lab.ns("route")).started()
+    ours = {link for link in set(netfilter_links()) - before if link.startswith(f"{trace.proc.pid}:")}
+    assert len(ours) == 10  # 5 hooks × first and last
+    trace.kill()
+    assert trace.proc.returncode == -signal.SIGKILL
+    assert not _wait_for_links(0, before)
+    assert (set(os.listdir("/sys/fs/bpf")) if os.path.isdir("/sys/fs/bpf") else set()) == pinned
+    builder.down(lab.prefix)
+    assert not leftovers(lab.prefix)
+    assert not Path("/run/netns", lab.ns("route")).exists()
+
+
+def test_sigterm_prints_the_summary_and_detaches(trace_lab):
+    lab = trace_lab("ultimate")
+    before = set(netfilter_links())
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp").started()
+    ping_from_macbook(lab)
+    time.sleep(0.3)
+    trace.signal(signal.SIGTERM)
+    docs, summary = trace.finish()
+    assert trace.proc.returncode == 128 + signal.SIGTERM
+    assert summary is not None and summary["flows"] == len(docs) == 1 and summary["events"] > 0
+    assert not _wait_for_links(0, before)
+
+
+def test_ctrl_c_prints_the_summary_and_exits_130(trace_lab):
+    lab = trace_lab("ultimate")
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp").started()
+    trace.signal(signal.SIGINT)
+    docs, summary = trace.finish()
+    assert trace.proc.returncode == 130
+    assert docs == [] and summary["flows"] == 0 and summary["lost"] == 0

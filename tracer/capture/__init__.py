@@ -1,0 +1,1 @@
+"""Captures and post-mortem of TCP connections: `why-route capture` and `why-route postmortem`."""

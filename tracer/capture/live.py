@@ -1,0 +1,232 @@
+"""`why-route capture`: capture on several interfaces of one namespace into a run directory.
+
+    RUN_DIR/capture.pcapng     one interface description block per interface (if_name = the device,
+                               if_description = "DEV in netns NS"), statistics blocks with the drops
+    RUN_DIR/conntrack.events   `conntrack -E -p tcp -o timestamp` while capturing (NAT pairing)
+    RUN_DIR/snapshot.json      the state at start (why-route snapshot)
+    RUN_DIR/capture.json       what was asked and what came out
+
+dumpcap captures (one process, every interface, one pcapng). The children get
+PR_SET_PDEATHSIG(SIGKILL): whatever happens to this process — Ctrl-C, SIGTERM,
+a crash, SIGKILL — they die with it; Ctrl-C and SIGTERM stop them cleanly first
+(tracer.netns.Teardown).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from tracer import netns as netns_mod
+from tracer.capture import pcapio
+from tracer.errors import EnvironmentProblem, UsageError
+
+PR_SET_PDEATHSIG = 1
+RAW_FILE = ".dumpcap.pcapng"
+
+
+def _die_with_parent(parent: int):
+    def preexec():
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+        # Ctrl-C goes to why-route, which stops the children itself (the capture is then complete)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return preexec
+
+
+def routed_interfaces(state) -> list[str]:
+    """Interfaces that route: up, not loopback, not a bridge port, with an address."""
+    with_address = {a.ifname for a in state.addresses} if state.addresses else set()
+    out = []
+    for link in state.links:
+        if "LOOPBACK" in link.flags or not link.up or link.master:
+            continue
+        if link.name in with_address or "POINTOPOINT" in link.flags:
+            out.append(link.name)
+    return out
+
+
+@dataclass
+class Progress:
+    packets: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    def line(self) -> str:
+        parts = ", ".join(f"{name} {n}" for name, n in self.packets.items())
+        return f"capturing {self.elapsed:5.1f} s: {parts}"
+
+
+class _Counter:
+    """Counts packets per interface in a pcapng that is still being written (resumes where it stopped)."""
+
+    def __init__(self, path: str):
+        self.path, self.offset, self.names, self.counts = path, 0, [], []
+
+    def update(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        off = 0
+        while off + 12 <= len(data):
+            btype, blen = struct.unpack_from("<II", data, off)
+            if blen < 12 or off + blen > len(data):
+                break
+            if btype == pcapio.IDB:
+                name = f"if{len(self.names)}"
+                for code, value in pcapio._options(data, off + 16, off + blen - 4, "<"):
+                    if code == pcapio.IF_NAME:
+                        name = value.rstrip(b"\0").decode()
+                self.names.append(name)
+                self.counts.append(0)
+            elif btype == pcapio.EPB:
+                iface = struct.unpack_from("<I", data, off + 8)[0]
+                if iface < len(self.counts):
+                    self.counts[iface] += 1
+            off += blen
+        self.offset += off
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | None = None,
+            bpf: str | None = None, duration: float | None = None, count: int | None = None,
+            progress=None, snapshot: bool = True) -> dict:
+    """Capture into run_dir; returns what capture.json holds. `progress(Progress)` is called twice a second."""
+    for tool in ("dumpcap", "conntrack"):
+        if shutil.which(tool) is None:
+            raise EnvironmentProblem(f"`{tool}` is not installed (scripts/setup.sh installs it)")
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("capturing needs root")
+    if netns:
+        netns_mod.check_name(netns)
+    from tracer.collect import snapshot as snapshots
+    from tracer.collect.live import collect_state
+
+    os.makedirs(run_dir, exist_ok=True)
+    state = collect_state(netns)
+    names = {link.name for link in state.links}
+    wanted = interfaces or routed_interfaces(state)
+    unknown = [i for i in wanted if i not in names]
+    if unknown:
+        raise UsageError(f"no interface {', '.join(unknown)} in {'netns ' + netns if netns else 'this host'} "
+                         f"(interfaces: {', '.join(sorted(names))})")
+    if not wanted:
+        raise UsageError("no routed interface to capture on: name them with -i")
+    if snapshot:
+        snapshots.save(state, os.path.join(run_dir, "snapshot.json"))
+    raw = os.path.join(run_dir, RAW_FILE)
+    if os.path.exists(raw):
+        os.unlink(raw)
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    argv = [*prefix, "dumpcap", "-q", "-n", "-w", raw]
+    for name in wanted:
+        argv += ["-i", name]
+    if bpf:
+        argv += ["-f", bpf]
+    if duration is not None:
+        argv += ["-a", f"duration:{max(1, int(round(duration)))}"]
+    if count is not None:
+        argv += ["-c", str(count)]
+    events_path = os.path.join(run_dir, "conntrack.events")
+    started = time.time()
+    meta = {"version": 1, "netns": netns, "interfaces": wanted, "filter": bpf, "duration": duration,
+            "count": count, "started": started}
+    with netns_mod.Teardown() as undo, open(events_path, "w") as events:
+        parent = os.getpid()
+        ct = subprocess.Popen([*prefix, "conntrack", "-E", "-p", "tcp", "-o", "timestamp"], stdout=events,
+                              stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent(parent))
+        undo.callback(_stop, ct)
+        dump = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=_die_with_parent(parent))
+        undo.callback(_stop, dump)
+        counter = _Counter(raw)
+        interrupted = False
+        try:
+            while dump.poll() is None:
+                time.sleep(0.5)
+                if progress:
+                    counter.update()
+                    progress(Progress(dict(zip(counter.names, counter.counts, strict=False)),
+                                      time.time() - started))
+        except KeyboardInterrupt:
+            interrupted = True
+        _stop(dump)
+        time.sleep(0.2)  # the last conntrack events
+        _stop(ct)
+        error = dump.stderr.read().decode(errors="replace") if dump.stderr else ""
+    if dump.returncode not in (0, -signal.SIGTERM, 143) and not os.path.exists(raw):
+        raise EnvironmentProblem(f"dumpcap failed: {error.strip()}")
+    final = os.path.join(run_dir, "capture.pcapng")
+    stats = describe_interfaces(raw, final, netns)
+    os.unlink(raw)
+    meta.update({"stopped": time.time(), "interrupted": interrupted, "statistics": stats})
+    with open(os.path.join(run_dir, "capture.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+def describe_interfaces(src: str, dst: str, netns: str | None) -> list[dict]:
+    """Copy dumpcap's pcapng, its interface blocks rewritten: if_name the device, if_description
+    "DEV in netns NS". Returns per interface: packets, kernel drops, capture drops."""
+    where = f"netns {netns}" if netns else "the host's namespace"
+    stats: list[dict] = []
+    with open(src, "rb") as f:
+        data = f.read()
+    out = []
+    off = 0
+    while off + 12 <= len(data):
+        btype, blen = struct.unpack_from("<II", data, off)
+        if blen < 12 or off + blen > len(data):
+            break
+        block = data[off:off + blen]
+        if btype == pcapio.IDB:
+            linktype, _res, snaplen = struct.unpack_from("<HHI", block, 8)
+            name, keep = f"if{len(stats)}", b""
+            for code, value in pcapio._options(block, 16, blen - 4, "<"):
+                if code == pcapio.IF_NAME:
+                    name = value.rstrip(b"\0").decode()
+                elif code not in (pcapio.IF_DESCRIPTION,):
+                    keep += pcapio._option(code, value)
+            options = (pcapio._option(pcapio.IF_NAME, name.encode())
+                       + pcapio._option(pcapio.IF_DESCRIPTION, f"{name} in {where}".encode()) + keep
+                       + pcapio._option(0, b""))
+            block = pcapio._block(pcapio.IDB, struct.pack("<HHI", linktype, 0, snaplen) + options)
+            stats.append({"interface": name, "packets": 0, "kernel_drops": None, "capture_drops": None})
+        elif btype == pcapio.EPB:
+            iface = struct.unpack_from("<I", block, 8)[0]
+            if iface < len(stats):
+                stats[iface]["packets"] += 1
+        elif btype == pcapio.ISB:
+            iface = struct.unpack_from("<I", block, 8)[0]
+            for code, value in pcapio._options(block, 20, blen - 4, "<"):
+                if len(value) == 8 and iface < len(stats):
+                    number = struct.unpack("<Q", value)[0]
+                    if code == pcapio.ISB_IFDROP:
+                        stats[iface]["kernel_drops"] = number
+                    elif code == pcapio.ISB_OSDROP:
+                        stats[iface]["capture_drops"] = number
+        out.append(block)
+        off += blen
+    with open(dst, "wb") as f:
+        f.write(b"".join(out))
+    return stats

@@ -1,0 +1,229 @@
+"""Streaming pcap / pcapng reading and pcapng writing, struct-based (no dependency).
+
+`read(path)` returns a `Capture`: its interfaces (known after the header for
+pcap; pcapng interface blocks may come later, so `interfaces` grows while
+iterating) and `packets()`, a generator of `(number, time, iface, buf, off,
+caplen, origlen)` where the frame is `buf[off:off+caplen]`. The buffer is the
+file mapped into memory: nothing is copied per packet, and memory does not
+grow with the file.
+
+`PcapngWriter` writes a section header, one interface description block per
+interface (name, description, link type) and enhanced packet blocks with an
+optional comment (`opt_comment`, shown by Wireshark/tshark as `frame.comment`).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+
+from tracer.errors import UsageError
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+PCAPNG_SHB = 0x0A0D0D0A
+BYTE_ORDER_MAGIC = 0x1A2B3C4D
+IDB, SPB, EPB, ISB, OPB = 1, 3, 6, 5, 2
+
+LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2 = 1, 101, 113, 276
+OPT_COMMENT, IF_NAME, IF_DESCRIPTION, IF_TSRESOL = 1, 2, 3, 9
+ISB_IFRECV, ISB_IFDROP, ISB_OSDROP = 4, 5, 7
+
+
+@dataclass
+class Interface:
+    name: str
+    linktype: int
+    description: str = ""
+    tsresol: float = 1e-6
+    # from interface statistics blocks (pcapng), when present
+    received: int | None = None
+    dropped: int | None = None  # by the interface/kernel
+    os_dropped: int | None = None  # by the capture (buffer full)
+
+
+@dataclass
+class Capture:
+    path: str
+    format: str  # "pcap" | "pcapng"
+    interfaces: list[Interface] = field(default_factory=list)
+    _map: mmap.mmap | bytes | None = field(default=None, repr=False)
+
+    def packets(self):
+        if self.format == "pcap":
+            return _pcap_packets(self)
+        return _pcapng_packets(self)
+
+
+def read(path: str) -> Capture:
+    """Open a capture file (pcap or pcapng); UsageError if it is neither."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        data = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else b""
+    finally:
+        os.close(fd)
+    head = bytes(data[:4])
+    if head in PCAP_MAGICS:
+        order, resolution = PCAP_MAGICS[head]
+        if len(data) < 24:
+            raise UsageError(f"{path}: truncated pcap header")
+        linktype = struct.unpack_from(order + "I", data, 20)[0] & 0x0FFFFFFF
+        name = os.path.basename(path)
+        return Capture(path, "pcap", [Interface(name, linktype, tsresol=resolution)], data)
+    if len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB:
+        return Capture(path, "pcapng", [], data)
+    raise UsageError(f"{path} is not a pcap or pcapng file")
+
+
+def _pcap_packets(cap: Capture):
+    data = cap._map
+    order, resolution = PCAP_MAGICS[bytes(data[:4])]
+    header = struct.Struct(order + "IIII").unpack_from
+    end = len(data)
+    off, number = 24, 0
+    while off + 16 <= end:
+        sec, frac, caplen, origlen = header(data, off)
+        off += 16
+        if off + caplen > end:
+            break  # truncated last packet (a capture still being written)
+        number += 1
+        yield number, sec + frac * resolution, 0, data, off, caplen, origlen
+        off += caplen
+
+
+def _options(data, off: int, end: int, order: str):
+    u16 = struct.Struct(order + "HH").unpack_from
+    while off + 4 <= end:
+        code, length = u16(data, off)
+        if code == 0:
+            return
+        yield code, bytes(data[off + 4:off + 4 + length])
+        off += 4 + ((length + 3) & ~3)
+
+
+def _tsresol(raw: bytes) -> float:
+    value = raw[0]
+    return 2.0 ** -(value & 0x7F) if value & 0x80 else 10.0 ** -value
+
+
+def _pcapng_packets(cap: Capture):
+    data = cap._map
+    end = len(data)
+    off, number, order = 0, 0, "<"
+    interfaces = cap.interfaces
+    base = 0  # index of this section's first interface in `interfaces`
+    resolutions: list[float] = []
+    block = struct.Struct("<II").unpack_from
+    epb = struct.Struct("<IIIII").unpack_from
+    while off + 12 <= end:
+        btype, blen = block(data, off)
+        if btype == PCAPNG_SHB:
+            magic = struct.unpack_from("<I", data, off + 8)[0]
+            order = "<" if magic == BYTE_ORDER_MAGIC else ">"
+            block = struct.Struct(order + "II").unpack_from
+            epb = struct.Struct(order + "IIIII").unpack_from
+            btype, blen = block(data, off)
+            base = len(interfaces)
+            resolutions = []
+        if blen < 12 or off + blen > end:
+            break  # truncated (still being written)
+        if btype == EPB:
+            iface, hi, lo, caplen, origlen = epb(data, off + 8)
+            number += 1
+            yield (number, ((hi << 32) | lo) * resolutions[iface], base + iface, data, off + 28, caplen, origlen)
+        elif btype == SPB:
+            origlen = struct.unpack_from(order + "I", data, off + 8)[0]
+            number += 1
+            yield number, 0.0, base, data, off + 12, min(origlen, blen - 16), origlen
+        elif btype == IDB:
+            linktype = struct.unpack_from(order + "H", data, off + 8)[0]
+            intf = Interface(f"if{len(interfaces)}", linktype)
+            for code, value in _options(data, off + 16, off + blen - 4, order):
+                if code == IF_NAME:
+                    intf.name = value.rstrip(b"\0").decode("utf-8", "replace")
+                elif code == IF_DESCRIPTION:
+                    intf.description = value.rstrip(b"\0").decode("utf-8", "replace")
+                elif code == IF_TSRESOL:
+                    intf.tsresol = _tsresol(value)
+            interfaces.append(intf)
+            resolutions.append(intf.tsresol)
+        elif btype == ISB:
+            iface = struct.unpack_from(order + "I", data, off + 8)[0]
+            if base + iface < len(interfaces):
+                intf = interfaces[base + iface]
+                for code, value in _options(data, off + 20, off + blen - 4, order):
+                    if len(value) == 8:
+                        count = struct.unpack(order + "Q", value)[0]
+                        if code == ISB_IFRECV:
+                            intf.received = count
+                        elif code == ISB_IFDROP:
+                            intf.dropped = count
+                        elif code == ISB_OSDROP:
+                            intf.os_dropped = count
+        off += blen
+
+
+# ---------------------------------------------------------------- writing
+
+def _option(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    length = 12 + len(body)
+    return struct.pack("<II", btype, length) + body + struct.pack("<I", length)
+
+
+class PcapngWriter:
+    """pcapng out: `add_interface(...)` then `packet(...)`; timestamps in microseconds."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        shb = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) + _option(0, b"")
+        self._file.write(_block(PCAPNG_SHB, shb))
+        self.count = 0
+
+    def add_interface(self, name: str, linktype: int, description: str = "", snaplen: int = 0) -> None:
+        options = _option(IF_NAME, name.encode())
+        if description:
+            options += _option(IF_DESCRIPTION, description.encode())
+        options += _option(IF_TSRESOL, b"\x06") + _option(0, b"")
+        self._file.write(_block(IDB, struct.pack("<HHI", linktype, 0, snaplen) + options))
+
+    def packet(self, iface: int, time: float, frame, origlen: int | None = None, comment: str | None = None) -> None:
+        frame = bytes(frame)
+        ts = int(round(time * 1e6))
+        body = struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(frame), origlen or len(frame))
+        body += frame + b"\0" * (-len(frame) % 4)
+        if comment:
+            body += _option(OPT_COMMENT, comment.encode()) + _option(0, b"")
+        self._file.write(_block(EPB, body))
+        self.count += 1
+
+    def statistics(self, iface: int, time: float, received: int | None, dropped: int | None,
+                   os_dropped: int | None = None) -> None:
+        ts = int(round(time * 1e6))
+        options = b""
+        for code, value in ((ISB_IFRECV, received), (ISB_IFDROP, dropped), (ISB_OSDROP, os_dropped)):
+            if value is not None:
+                options += _option(code, struct.pack("<Q", value))
+        if options:
+            options += _option(0, b"")
+        self._file.write(_block(ISB, struct.pack("<III", iface, ts >> 32, ts & 0xFFFFFFFF) + options))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

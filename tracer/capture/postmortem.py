@@ -1,0 +1,347 @@
+"""`why-route postmortem`: read captures, pair each connection's sides across NAT, measure, judge,
+and tie what went wrong to the configuration (the explanation of the flow on the snapshot).
+
+    run = postmortem.run(source, snapshot=None, flow=None)   # a Report
+    report.connections                                       # worst first
+    postmortem.to_json(report) / postmortem.text(report)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+
+from tracer.capture import pcapio, tcp
+from tracer.capture.connection import Connection, conntrack_mapping, pair
+from tracer.capture.suspects import catalogue
+from tracer.errors import UsageError, WhyRouteError
+
+VERDICT_RANK = {"failed": 0, "stalled": 1, "slow": 2, "ok": 3}
+CAPTURE_FILE, SNAPSHOT_FILE, CONNTRACK_FILE, META_FILE = "capture.pcapng", "snapshot.json", "conntrack.events", \
+    "capture.json"
+
+
+@dataclass
+class Report:
+    source: str
+    capture: pcapio.Capture
+    analysis: tcp.Analysis
+    connections: list[Connection]
+    state: object = None
+    snapshot: str | None = None
+    conntrack: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- inputs
+
+def _inputs(source: str, snapshot: str | None) -> tuple[str, str | None, str | None]:
+    if os.path.isdir(source):
+        capture = os.path.join(source, CAPTURE_FILE)
+        if not os.path.exists(capture):
+            found = sorted(f for f in os.listdir(source) if f.endswith((".pcap", ".pcapng")))
+            if not found:
+                raise UsageError(f"{source}: no {CAPTURE_FILE} (nor any .pcap/.pcapng) in this directory")
+            capture = os.path.join(source, found[0])
+        snap = snapshot or (os.path.join(source, SNAPSHOT_FILE)
+                            if os.path.exists(os.path.join(source, SNAPSHOT_FILE)) else None)
+        events = os.path.join(source, CONNTRACK_FILE)
+        return capture, snap, events if os.path.exists(events) else None
+    if not os.path.exists(source):
+        raise UsageError(f"{source}: no such file or directory")
+    return source, snapshot, None
+
+
+def parse_flow(text: str):
+    """--flow "SRC DST [SPORT] [DPORT]" → a predicate on (src, dst) address texts and ports."""
+    parts = text.split()
+    if not parts or len(parts) > 4:
+        raise UsageError('--flow takes "SRC DST [SPORT [DPORT]]" (addresses, or * for any)')
+    for p in parts[:2]:
+        if p != "*":
+            try:
+                ipaddress.ip_address(p)
+            except ValueError:
+                raise UsageError(f"--flow: invalid address {p!r}") from None
+    return parts
+
+
+def _flow_matches(parts, conn: Connection) -> bool:
+    for side in conn.sides:
+        for a, b in ((side.client, side.server), (side.server, side.client)):
+            want = [a[0], b[0], str(a[1]), str(b[1])]
+            if all(p == "*" or p == w for p, w in zip(parts, want, strict=False)):
+                return True
+    return False
+
+
+# ---------------------------------------------------------------- the configuration
+
+class Context:
+    """What suspects ask about the configuration, per connection (cached)."""
+
+    def __init__(self, state):
+        self.state = state
+        self._explained: dict = {}
+        self._findings: dict = {}
+
+    def _explain(self, client: str, server: str, dport: int, sport: int, iif: str | None):
+        if self.state is None:
+            return None
+        key = (client, server, dport, iif)
+        if key not in self._explained:
+            from tracer.flow import make_flow
+            from tracer.sim.explain import explain
+
+            try:
+                links = {link.name for link in self.state.links}
+                flow = make_flow(server, client, iif=iif if iif in links else None, proto="tcp", sport=sport,
+                                 dport=dport)
+                self._explained[key] = explain(self.state, flow)
+            except WhyRouteError:
+                self._explained[key] = None
+        return self._explained[key]
+
+    def explanation(self, conn: Connection):
+        if conn.explanation is None:
+            side = conn.first
+            conn.explanation = self._explain(side.client[0], side.server[0], side.server[1], side.client[1],
+                                             conn.names[0])
+        return conn.explanation
+
+    def findings(self, conn: Connection) -> list:
+        explanation = self.explanation(conn)
+        if explanation is None:
+            return []
+        key = id(explanation)
+        if key not in self._findings:
+            from tracer.checks.engine import flow_findings
+
+            self._findings[key] = flow_findings(explanation)
+        return self._findings[key]
+
+    def finding(self, conn: Connection, rule_id: str):
+        return next((f for f in self.findings(conn) if f.id == rule_id), None)
+
+    def mtu(self, name: str | None) -> int | None:
+        if self.state is None or name is None:
+            return None
+        link = self.state.link(name)
+        return link.mtu if link else None
+
+    def egress_mtu(self, conn: Connection, d: int) -> int | None:
+        """The MTU of the interface direction d leaves the router by."""
+        if conn.paired:
+            return self.mtu(conn.name_of(conn.downstream(d)))
+        explanation = self.explanation(conn)
+        if d == 0 and explanation is not None and explanation.egress is not None:
+            link = self.state.link(explanation.egress.dev)
+            return link.mtu if link else explanation.egress.mtu
+        return None
+
+    def predict(self, side, name: str):
+        """The tuple this side's connection has after the router (explanation's NAT and egress)."""
+        explanation = self._explain(side.client[0], side.server[0], side.server[1], side.client[1], name)
+        if explanation is None or explanation.egress is None or explanation.egress.dev == name:
+            return None
+        e = explanation.egress
+        sport = e.sport if e.sport not in (None, explanation.flow.sport) else side.client[1]
+        dport = e.dport if e.dport not in (None, explanation.flow.dport) else side.server[1]
+        return (e.src or side.client[0], sport, e.dst, dport)
+
+
+# ---------------------------------------------------------------- judging
+
+def judge(conn: Connection) -> None:
+    """verdict (ok, slow, stalled, failed) and its reasons, from the measurements."""
+    first = conn.first
+    reasons = []
+    if conn.syn_seen and not conn.handshake_done:
+        if first.h[1].rst is not None:
+            reasons.append("the SYN was answered by a reset")
+        elif any(m.type == 3 for m, _ in conn.icmp):
+            reasons.append("the SYN was answered by ICMP destination-unreachable")
+        else:
+            reasons.append(f"no SYN/ACK after {first.h[0].syns} SYN(s)")
+        conn.verdict, conn.reasons = "failed", reasons
+        return
+    stall = conn.stall()
+    if stall:
+        conn.verdict = "stalled"
+        conn.reasons = [f"{stall['outstanding']} bytes {stall['direction'].replace('_', ' ')} unacknowledged for "
+                        f"{stall['idle']:.1f} s at the end"
+                        + (f", one segment sent {stall['sent_max']} times" if stall["sent_max"] > 1 else "")]
+        return
+    for d, what in ((0, "to the server"), (1, "to the client")):
+        h = first.h[d]
+        if h.data_packets and h.retransmissions >= 3 and h.retransmissions > 0.01 * h.data_packets:
+            reasons.append(f"{h.retransmissions} retransmissions {what} "
+                           f"({100.0 * h.retransmissions / h.data_packets:.1f}% of {h.data_packets} segments)")
+        if h.zero_windows:
+            reasons.append(f"{h.zero_windows} zero window(s) advertised by the "
+                           f"{'client' if d == 0 else 'server'}")
+    duration = conn.end - conn.start
+    for side in conn.sides:
+        for d in (0, 1):
+            if duration > 0.5 and side.h[d].wl_time > 0.3 * duration:
+                reasons.append(f"receive-window limited {100 * side.h[d].wl_time / duration:.0f}% of the time")
+                break
+    if any(s.id == "PM006" for s in conn.suspects):
+        reasons.append("RTT grows with the transfer (queueing)")
+    if first.h[0].rst is not None or first.h[1].rst is not None:
+        pass  # a reset after data is how many applications close; reported, not judged
+    conn.verdict = "slow" if reasons else "ok"
+    conn.reasons = reasons
+
+
+def run(source: str, snapshot: str | None = None, flow: str | None = None) -> Report:
+    capture_path, snapshot_path, events_path = _inputs(source, snapshot)
+    state = None
+    if snapshot_path:
+        from tracer.collect import snapshot as snapshots
+
+        state = snapshots.load(snapshot_path)
+    capture = pcapio.read(capture_path)
+    analysis = tcp.analyse(capture)
+    names = [i.name for i in capture.interfaces]
+    mapping = None
+    if events_path:
+        with open(events_path, errors="replace") as f:
+            mapping = conntrack_mapping(f)
+    ctx = Context(state)
+    connections = pair(analysis.sides, names, analysis.last or 0.0, analysis.icmp, conntrack=mapping,
+                       predict=ctx.predict if state is not None else None)
+    if flow:
+        parts = parse_flow(flow)
+        connections = [c for c in connections if _flow_matches(parts, c)]
+    for conn in connections:
+        for suspect in catalogue():
+            found = suspect.detect(conn, ctx)
+            if found is not None:
+                conn.suspects.append(found)
+        judge(conn)
+        if conn.verdict == "ok":
+            conn.suspects = [s for s in conn.suspects if s.score >= 90]
+            if conn.suspects:
+                conn.verdict = "slow"
+                conn.reasons.append(conn.suspects[0].summary)
+        conn.suspects.sort(key=lambda s: -s.score)
+        if state is not None and conn.verdict != "ok":
+            conn.findings = ctx.findings(conn)
+    connections.sort(key=lambda c: (VERDICT_RANK[c.verdict], -max((s.score for s in c.suspects), default=0),
+                                    c.start))
+    report = Report(source, capture, analysis, connections, state, snapshot_path, events_path)
+    if state is None:
+        report.notes.append("no snapshot: suspects are not tied to the configuration (use --snapshot)")
+    return report
+
+
+# ---------------------------------------------------------------- output
+
+def _tuple(t: tuple) -> dict:
+    return {"src": t[0], "sport": t[1], "dst": t[2], "dport": t[3]}
+
+
+def _ms(value):
+    return None if value is None else round(value * 1000, 3)
+
+
+def _rtt_ms(summary):
+    if summary is None:
+        return None
+    return {"samples": summary["samples"], **{k: _ms(summary[k]) for k in ("min", "median", "p95")}}
+
+
+def _evidence(items, base: float) -> list[dict]:
+    return [{"packet": n, "time": None if t is None else round(t - base, 6), "interface": i, "text": text}
+            for n, t, i, text in items]
+
+
+def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
+    first, last = conn.first, conn.last
+    base = conn.start
+    out = {
+        "verdict": conn.verdict,
+        "reasons": conn.reasons,
+        "flow": {"lan": _tuple(conn.lan), "wan": _tuple(conn.wan) if conn.paired else None,
+                 "pairing": conn.pairing},
+        "interfaces": {"in": conn.names[0], "out": conn.names[-1] if conn.paired else None},
+        "start": round(conn.start, 6),
+        "duration": round(conn.end - conn.start, 6),
+        "bytes": {"to_server": first.h[0].payload, "to_client": first.h[1].payload},
+        "packets": {name: side.packets for side, name in zip(conn.sides, conn.names, strict=True)},
+        "handshake": {},
+        "rtt": {},
+        "retransmissions": {},
+        "dup_acks": {},
+        "zero_windows": {},
+        "window_limited": {},
+        "mss": {},
+        "icmp": [{"packet": m.number, "time": round(m.time - base, 6), "interface": name, "type": m.type,
+                  "code": m.code, "mtu": m.mtu, "from": m.src, "text": m.text} for m, name in conn.icmp],
+        "reply_path": None,
+        "resets": [],
+        "suspects": [],
+        "findings": [{"id": f.id, "severity": f.severity, "title": f.title, "message": f.message,
+                      "fix": list(f.fix)} for f in conn.findings],
+    }
+    for side, name in zip(conn.sides, conn.names, strict=True):
+        hs = side.handshake
+        out["handshake"][name] = None if hs is None else {
+            "syn": None if hs["syn"] is None else round(hs["syn"] - base, 6),
+            "syn_ack": None if hs["syn_ack"] is None else round(hs["syn_ack"] - base, 6),
+            "ack": None if hs["ack"] is None else round(hs["ack"] - base, 6),
+            "syns": hs["syns"], "server_rtt_ms": _ms(hs["to_server"]), "client_rtt_ms": _ms(hs["to_client"]),
+            "initial_rtt_ms": _ms(hs["initial_rtt"])}
+        out["rtt"][name] = {"to_server": _rtt_ms(conn.rtt()[name]["to_server"]),
+                            "to_client": _rtt_ms(conn.rtt()[name]["to_client"])}
+        out["retransmissions"][name] = {
+            "to_server": side.h[0].retransmissions, "to_client": side.h[1].retransmissions,
+            "out_of_order": side.h[0].ooo + side.h[1].ooo,
+            "holes": {"to_server": side.h[0].lost, "to_client": side.h[1].lost}}
+        out["dup_acks"][name] = {"from_server": side.h[1].dupacks, "from_client": side.h[0].dupacks}
+        out["zero_windows"][name] = {"from_server": side.h[1].zero_windows, "from_client": side.h[0].zero_windows}
+        out["window_limited"][name] = {"to_server": round(side.h[0].wl_time, 6),
+                                       "to_client": round(side.h[1].wl_time, 6)}
+        out["mss"][name] = {"client": side.h[0].mss, "server": side.h[1].mss, "mtu": ctx_mtu(name) if ctx_mtu else None,
+                            "largest_packet": {"to_server": first.h[0].max_len or None,
+                                               "to_client": first.h[1].max_len or None}}
+        for d, who in ((0, "client"), (1, "server")):
+            if side.h[d].rst is not None:
+                n, t = side.h[d].rst
+                out["resets"].append({"packet": n, "time": round(t - base, 6), "interface": name, "by": who})
+    losses = {}
+    for d in (0, 1):
+        loss = conn.losses(d)
+        losses[loss.direction] = {"inside_router": loss.inside, "beyond_router": loss.beyond,
+                                  "before_router": loss.before}
+    out["retransmissions"]["where"] = losses
+    if conn.paired:
+        # replies should come back on the interface the requests left by
+        replies = [n for s, n in zip(conn.sides, conn.names, strict=True) if s.h[1].packets]
+        out["reply_path"] = {"requests_leave": conn.names[-1], "replies_arrive": replies[-1] if replies else None,
+                             "asymmetric": bool(replies) and conn.names[-1] not in replies}
+    for s in conn.suspects:
+        out["suspects"].append({"id": s.id, "title": s.title, "score": s.score, "summary": s.summary,
+                                "evidence": _evidence(s.evidence, base), "config": s.config, "fix": s.fix,
+                                "findings": s.findings})
+    return out
+
+
+def to_dict(report: Report) -> dict:
+    ctx = Context(report.state)
+    interfaces = [{"name": i.name, "description": i.description, "packets": n,
+                   "kernel_drops": i.dropped, "capture_drops": i.os_dropped}
+                  for i, n in zip(report.capture.interfaces, report.analysis.per_interface + [0] * 99,
+                                  strict=False)]
+    counts = {v: sum(1 for c in report.connections if c.verdict == v) for v in VERDICT_RANK}
+    return {"version": 1, "source": report.source, "capture": report.capture.path, "snapshot": report.snapshot,
+            "conntrack_events": report.conntrack, "packets": report.analysis.packets, "interfaces": interfaces,
+            "verdicts": counts, "notes": report.notes,
+            "connections": [connection_dict(c, ctx.mtu) for c in report.connections]}
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(to_dict(report), indent=2)

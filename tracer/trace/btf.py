@@ -1,0 +1,171 @@
+"""The running kernel's BTF (/sys/kernel/btf/vmlinux), read with the stdlib: struct member offsets
+and enum values. Struct layouts differ between kernels (and from the installed headers, which may
+be for another kernel), so every offset a probe uses comes from here, never from a header.
+
+    btf = Btf.load()
+    btf.offset("sk_buff", "mark")              164 on 6.18
+    btf.offset("nf_conn", "tuplehash")         nested and anonymous members are searched
+    btf.enum("skb_drop_reason")                {"SKB_DROP_REASON_NOT_SPECIFIED": 2, …}
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+VMLINUX = Path("/sys/kernel/btf/vmlinux")
+MAGIC = 0xEB9F
+(INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FUNC_PROTO,
+ VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64) = range(1, 20)
+# Bytes of kind-specific data after the 12-byte common header: fixed, or per vlen entry.
+_FIXED = {INT: 4, ARRAY: 12, VAR: 4, DECL_TAG: 4}
+_PER_ENTRY = {STRUCT: 12, UNION: 12, ENUM: 8, FUNC_PROTO: 8, DATASEC: 12, ENUM64: 12}
+_MODIFIERS = (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG)
+
+
+class BtfError(Exception):
+    """The BTF is missing, malformed, or lacks a type or member a probe needs."""
+
+
+@dataclass(frozen=True)
+class _Type:
+    kind: int
+    name: str
+    size_or_type: int
+    members: tuple  # (name, type_id, bit_offset) for structs/unions, (name, value) for enums
+
+
+class Btf:
+    def __init__(self, data: bytes):
+        if len(data) < 24:
+            raise BtfError("BTF data too short")
+        magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != MAGIC:
+            raise BtfError("not BTF data (bad magic)")
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
+        self._types: list[_Type | None] = [None]  # type id 0 is void
+        self._by_name: dict[tuple[int, str], int] = {}
+
+        def name_at(offset: int) -> str:
+            end = strings.index(b"\0", offset)
+            return strings[offset:end].decode()
+
+        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        while pos < end:
+            name_off, info, size_or_type = struct.unpack_from("<III", data, pos)
+            pos += 12
+            kind, vlen, kind_flag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
+            members: tuple = ()
+            if kind in (STRUCT, UNION):
+                entries = []
+                for i in range(vlen):
+                    m_name, m_type, m_off = struct.unpack_from("<III", data, pos + 12 * i)
+                    entries.append((name_at(m_name), m_type, m_off & 0xFFFFFF if kind_flag else m_off))
+                members = tuple(entries)
+            elif kind == ENUM:
+                members = tuple((name_at(n), v) for n, v in
+                                (struct.unpack_from("<Ii", data, pos + 8 * i) for i in range(vlen)))
+            elif kind == ENUM64:
+                members = tuple((name_at(n), lo | (hi << 32)) for n, lo, hi in
+                                (struct.unpack_from("<III", data, pos + 12 * i) for i in range(vlen)))
+            elif kind == FUNC_PROTO:
+                members = tuple((name_at(n), t) for n, t in
+                                (struct.unpack_from("<II", data, pos + 8 * i) for i in range(vlen)))
+            pos += _FIXED.get(kind, 0) + _PER_ENTRY.get(kind, 0) * vlen
+            name = name_at(name_off)
+            self._types.append(_Type(kind, name, size_or_type, members))
+            if name:
+                self._by_name.setdefault((kind, name), len(self._types) - 1)
+
+    @classmethod
+    @cache
+    def load(cls, path: Path = VMLINUX) -> Btf:
+        try:
+            return cls(path.read_bytes())
+        except OSError as error:
+            raise BtfError(f"cannot read {path}: {error.strerror} (kernel built without CONFIG_DEBUG_INFO_BTF?)") \
+                from None
+
+    def _resolve(self, type_id: int) -> _Type:
+        t = self._types[type_id]
+        while t is not None and t.kind in _MODIFIERS:
+            t = self._types[t.size_or_type]
+        if t is None:
+            raise BtfError("member of type void")
+        return t
+
+    def _struct(self, name: str) -> _Type:
+        for kind in (STRUCT, UNION):
+            type_id = self._by_name.get((kind, name))
+            if type_id is not None:
+                return self._types[type_id]
+        raise BtfError(f"the kernel's BTF has no struct {name}")
+
+    def _member(self, t: _Type, name: str) -> tuple[int, int] | None:
+        """(bit offset, type id) of member `name`, looking into anonymous structs and unions."""
+        for m_name, m_type, m_off in t.members:
+            if m_name == name:
+                return m_off, m_type
+        for m_name, m_type, m_off in t.members:
+            if not m_name:
+                inner = self._resolve(m_type)
+                if inner.kind in (STRUCT, UNION):
+                    found = self._member(inner, name)
+                    if found:
+                        return m_off + found[0], found[1]
+        return None
+
+    def offset(self, struct_name: str, path: str) -> int:
+        """Byte offset of a (dotted) member path in a struct, e.g. ("net", "ns.inum")."""
+        t, total = self._struct(struct_name), 0
+        for part in path.split("."):
+            if t.kind not in (STRUCT, UNION):
+                raise BtfError(f"{struct_name}.{path}: {part} is not inside a struct")
+            found = self._member(t, part)
+            if found is None:
+                raise BtfError(f"the kernel's struct {struct_name} has no member {path}")
+            total += found[0]
+            t = self._resolve(found[1])
+        if total % 8:
+            raise BtfError(f"{struct_name}.{path} is a bit field")
+        return total // 8
+
+    def size(self, struct_name: str) -> int:
+        return self._struct(struct_name).size_or_type
+
+    def has(self, struct_name: str, path: str) -> bool:
+        try:
+            self.offset(struct_name, path)
+        except BtfError:
+            return False
+        return True
+
+    def has_struct(self, name: str) -> bool:
+        return (STRUCT, name) in self._by_name or (UNION, name) in self._by_name
+
+    def has_typedef(self, name: str) -> bool:
+        return (TYPEDEF, name) in self._by_name
+
+    def tracepoint_args(self, name: str) -> list[str]:
+        """The kinds ("ptr", "int", …) of a raw tracepoint's arguments (without the leading __data),
+        from the typedef btf_trace_<name>: what ctx->args[i] holds on this kernel."""
+        type_id = self._by_name.get((TYPEDEF, f"btf_trace_{name}"))
+        if type_id is None:
+            raise BtfError(f"the kernel has no tracepoint {name}")
+        proto = self._resolve(type_id)
+        if proto.kind == PTR:
+            proto = self._resolve(proto.size_or_type)
+        if proto.kind != FUNC_PROTO:
+            raise BtfError(f"btf_trace_{name} is not a function pointer")
+        names = {PTR: "ptr", INT: "int", ENUM: "int", ENUM64: "int", STRUCT: "struct"}
+        return [names.get(self._resolve(t).kind, "other") for _n, t in proto.members[1:]]
+
+    def enum(self, name: str) -> dict[str, int]:
+        for kind in (ENUM, ENUM64):
+            type_id = self._by_name.get((kind, name))
+            if type_id is not None:
+                return dict(self._types[type_id].members)
+        raise BtfError(f"the kernel's BTF has no enum {name}")

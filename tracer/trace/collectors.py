@@ -1,0 +1,170 @@
+"""The collectors of a trace, retis-style: each one has its options, says whether it can run on
+this kernel (`can_run()`: None, or the reason in plain words), attaches its probe, produces one
+event type (tracer.trace.events), and registers its own cleanup on the session's Teardown.
+
+    netfilter   BPF netfilter programs at each IPv4 hook, first and last priority  → HookEvent, ReplyEvent
+    fib         fib:fib_table_lookup raw tracepoint                                 → FibEvent
+    drop        skb:kfree_skb raw tracepoint, reason names from BTF                 → DropEvent
+    conntrack   ctnetlink NEW/UPDATE/DESTROY multicast groups                       → ConntrackEvent
+
+The BPF collectors share one BPF object (probes/common.h and each running one's probes/*.c) and its
+maps: the flow table, the filter, the ring buffer.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer import netns as netns_mod
+from tracer.trace import kernel
+from tracer.trace.btf import Btf, BtfError
+
+DISABLE_ENV = "WHYROUTE_TRACE_DISABLE"  # comma-separated collector names, as --without
+
+
+def kernel_release() -> tuple[int, int]:
+    parts = platform.release().split(".")
+    try:
+        return int(parts[0]), int(parts[1].split("-")[0])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def _btf() -> tuple[Btf | None, str | None]:
+    try:
+        return Btf.load(), None
+    except BtfError as error:
+        return None, str(error)
+
+
+def _has_tracepoint(btf: Btf, name: str) -> bool:
+    """Raw tracepoints appear in BTF as typedefs btf_trace_<name>."""
+    return btf.has_typedef(f"btf_trace_{name}")
+
+
+class Collector:
+    name = ""
+    part: str | None = None  # its file in probes/
+    what = ""  # one line for --check
+    event = ""  # the event kind it produces
+
+    def __init__(self, disabled: frozenset[str] = frozenset()):
+        self.disabled = disabled
+        self.attached: list[str] = []
+
+    def can_run(self) -> str | None:
+        if self.name in self.disabled:
+            return f"disabled (--without {self.name} or {DISABLE_ENV})"
+        if os.geteuid() != 0:
+            return "needs root (CAP_BPF, CAP_NET_ADMIN)"
+        btf, why = _btf()
+        if btf is None:
+            return why
+        return self._can_run(btf)
+
+    def _can_run(self, btf: Btf) -> str | None:
+        return None
+
+    def attach(self, bpf, undo, netns: str | None) -> None:
+        """Attach (BCC already attached raw tracepoints when loading); cleanup goes on `undo`."""
+
+
+class NetfilterCollector(Collector):
+    name = "netfilter"
+    part = "netfilter.c"
+    what = "BPF netfilter programs at every IPv4 hook, first and last priority (verdicts, NAT, marks, replies)"
+    event = "hook"
+
+    def _can_run(self, btf: Btf) -> str | None:
+        if kernel_release() < (6, 4):
+            return f"BPF netfilter links need kernel >= 6.4 (this is {platform.release()})"
+        if not btf.has_struct("bpf_nf_ctx"):
+            return "the kernel has no BPF netfilter links (built without CONFIG_NETFILTER_BPF_LINK)"
+        for struct in ("nf_conn", "nf_hook_state"):
+            if not btf.has_struct(struct):
+                return f"the kernel's BTF has no struct {struct} (conntrack built as a module not loaded?)"
+        return None
+
+    def attach(self, bpf, undo, netns: str | None) -> None:
+        first = bpf.load_func(b"wr_hook_first", kernel.BPF_PROG_TYPE_NETFILTER, attach_type=kernel.BPF_NETFILTER)
+        last = bpf.load_func(b"wr_hook_last", kernel.BPF_PROG_TYPE_NETFILTER, attach_type=kernel.BPF_NETFILTER)
+        # The link attaches in the calling thread's namespace, and pins it until closed.
+        with netns_mod.entered(netns):
+            for hook in kernel.NF_HOOKS:
+                for prog, priority in ((first, kernel.PRIORITY_FIRST), (last, kernel.PRIORITY_LAST)):
+                    fd = kernel.netfilter_link(prog.fd, hook, priority)
+                    undo.callback(os.close, fd)
+                    self.attached.append(f"{hook}@{priority}")
+
+
+class FibCollector(Collector):
+    name = "fib"
+    part = "fib.c"
+    what = "fib:fib_table_lookup raw tracepoint (every table looked up, in order, with its result)"
+    event = "fib"
+
+    def _can_run(self, btf: Btf) -> str | None:
+        if not _has_tracepoint(btf, "fib_table_lookup"):
+            return "the kernel has no fib:fib_table_lookup tracepoint"
+        if "netfilter" in self.disabled:
+            return ("needs the netfilter probe: the prerouting-last program tells which packet is being "
+                    "routed (the tracepoint carries no netns and no packet)")
+        return None
+
+    def attach(self, bpf, undo, netns: str | None) -> None:
+        self.attached.append("raw_tracepoint/fib_table_lookup")
+
+
+class DropCollector(Collector):
+    name = "drop"
+    part = "drop.c"
+    what = "skb:kfree_skb raw tracepoint (where and why a flow's packet was dropped)"
+    event = "drop"
+
+    def _can_run(self, btf: Btf) -> str | None:
+        if not _has_tracepoint(btf, "kfree_skb"):
+            return "the kernel has no skb:kfree_skb tracepoint"
+        try:
+            btf.enum("skb_drop_reason")
+        except BtfError:
+            return "the kernel has no enum skb_drop_reason (kernel < 5.17): drops would have no reason"
+        return None
+
+    def attach(self, bpf, undo, netns: str | None) -> None:
+        self.attached.append("raw_tracepoint/kfree_skb")
+
+
+BPF_COLLECTORS = (NetfilterCollector, FibCollector, DropCollector)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One probe this kernel may or may not offer, for --check."""
+
+    name: str
+    offered: bool
+    used: bool
+    why: str
+
+
+def other_probes() -> list[Offer]:
+    """Probes why-route could use on other kernels, and why it does not here."""
+    kprobe = Path("/sys/bus/event_source/devices/kprobe").exists()
+    offers = [Offer("kprobe fib_rules_lookup / fib4_rule_action", kprobe, False,
+                    "kprobes are offered but not needed: the deciding rule is derived from the rule list and "
+                    "the tables looked up" if kprobe else
+                    "this kernel has no kprobes (CONFIG_KPROBES off): the rule is derived from the rule list "
+                    "and the tables looked up")]
+    offers.append(Offer("fentry/fexit fib4_rule_action", False, False,
+                        "not tried: fentry programs are refused on some kernels (EPERM); the fib tracepoint "
+                        "and the rule list give the same answer"))
+    return offers
+
+
+def disabled_from(without: tuple[str, ...] = ()) -> frozenset[str]:
+    names = set(without)
+    names.update(n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip())
+    return frozenset(names)

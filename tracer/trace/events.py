@@ -1,0 +1,137 @@
+"""What the probes report, as plain frozen dataclasses: one type per kind of event, each made
+from the kernel's struct event (tracer.trace.kernel.RawEvent) or loaded back from its JSON line
+(`-o RUN_DIR` writes them, `--replay` reads them).
+
+Addresses are strings, interfaces are names (resolved with the state collected at trace start),
+a flow is identified by its FlowKey-like `FlowId`: the conntrack original tuple in its namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
+POSITIONS = ("first", "last")
+
+
+@dataclass(frozen=True)
+class FlowId:
+    netns: int  # the namespace's inode number
+    proto: int
+    src: str
+    dst: str
+    sport: int
+    dport: int
+
+
+@dataclass(frozen=True)
+class Tuple:
+    src: str
+    dst: str
+    sport: int
+    dport: int
+
+
+@dataclass(frozen=True)
+class HookEvent:
+    """A flow's first packet at one netfilter hook, before (`first`) or after (`last`) its chains."""
+
+    ts: int
+    cpu: int
+    flow: FlowId
+    hook: str
+    position: str
+    packet: Tuple
+    iif: str | None
+    oif: str | None
+    mark: int
+    ct_orig: Tuple | None
+    ct_reply: Tuple | None
+    ct_status: int
+    kind: str = "hook"
+
+
+@dataclass(frozen=True)
+class FibEvent:
+    """One FIB table looked up for a flow's first packet (fib:fib_table_lookup)."""
+
+    ts: int
+    cpu: int
+    flow: FlowId
+    flowi: int  # the struct flowi4's address: the lookups of one routing decision share it
+    table_id: int
+    err: int  # 0 found; -EAGAIN (-11) nothing here, go on; -113/-13/-22 unreachable/prohibit/blackhole
+    reverse: bool  # the source-validation lookup (daddr = the packet's source)
+    src: str
+    dst: str
+    iif: str | None
+    mark: int
+    dev: str | None
+    gateway: str | None
+    kind: str = "fib"
+
+
+@dataclass(frozen=True)
+class DropEvent:
+    """A flow's packet freed with a drop reason (skb:kfree_skb)."""
+
+    ts: int
+    cpu: int
+    flow: FlowId
+    reason: str
+    location: int
+    dev: str | None
+    packet: Tuple
+    kind: str = "drop"
+
+
+@dataclass(frozen=True)
+class ReplyEvent:
+    """The first reply-direction packet of a flow seen at a hook (conntrack says IS_REPLY)."""
+
+    ts: int
+    cpu: int
+    flow: FlowId
+    hook: str
+    kind: str = "reply"
+
+
+@dataclass(frozen=True)
+class ConntrackEvent:
+    """A ctnetlink message about a flow: NEW, UPDATE or DESTROY, with both tuples and the status."""
+
+    ts: int
+    flow: FlowId
+    type: str  # new | update | destroy
+    orig: Tuple
+    reply: Tuple
+    status: int
+    cpu: int = -1
+    kind: str = "conntrack"
+
+
+Event = HookEvent | FibEvent | DropEvent | ReplyEvent | ConntrackEvent
+KINDS = {cls.kind: cls for cls in (HookEvent, FibEvent, DropEvent, ReplyEvent, ConntrackEvent)}
+_NESTED = {"flow": FlowId, "packet": Tuple, "ct_orig": Tuple, "ct_reply": Tuple, "orig": Tuple, "reply": Tuple}
+
+
+def to_json(event: Event) -> dict:
+    return dataclasses.asdict(event)
+
+
+def from_json(data: dict) -> Event:
+    """An event from its JSON object (raises ValueError on an unknown kind or missing field)."""
+    cls = KINDS.get(data.get("kind"))
+    if cls is None:
+        raise ValueError(f"unknown event kind {data.get('kind')!r}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING:
+                raise ValueError(f"{cls.kind} event without {f.name}")
+            continue
+        value = data[f.name]
+        nested = _NESTED.get(f.name)
+        values[f.name] = nested(**value) if nested and value is not None else value
+    return cls(**values)

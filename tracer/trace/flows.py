@@ -1,0 +1,331 @@
+"""From events to flows: the kernel's decisions for one flow's first packet, and how they compare
+with why-route's own explanation of that flow on the state collected when the trace started.
+
+A flow is complete when its first packet has left (postrouting, after the chains), was delivered
+(input, after the chains) or was dropped; then it waits a little (`reply_wait`) for a reply.
+The deciding ip rule is not in any event (the fib tracepoint carries the table, not the rule): it
+is derived from the rule list with the simulator's rule walk, matched against the tables the
+kernel looked up, in order — the last table looked up decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+from dataclasses import dataclass, field
+
+from tracer.flow import Flow
+from tracer.model import HostState, Route
+from tracer.sim import fib
+from tracer.sim.explain import explain
+from tracer.trace.events import ConntrackEvent, DropEvent, Event, FibEvent, FlowId, HookEvent, ReplyEvent
+from tracer.vocab import AF_INET, protocol_name
+
+PORTED = (6, 17, 132)
+IPS_SEEN_REPLY = 1 << 1
+
+
+@dataclass
+class TracedFlow:
+    id: FlowId
+    hooks: list[HookEvent] = field(default_factory=list)
+    lookups: list[FibEvent] = field(default_factory=list)
+    drop: DropEvent | None = None
+    reply: bool = False
+    conntrack: list[ConntrackEvent] = field(default_factory=list)
+    complete_at: float | None = None  # monotonic time the first packet left / was dropped
+
+    def add(self, event: Event, now: float) -> None:
+        if isinstance(event, HookEvent):
+            self.hooks.append(event)
+            if event.position == "last" and event.hook in ("postrouting", "input"):
+                self.complete_at = self.complete_at or now
+        elif isinstance(event, FibEvent):
+            self.lookups.append(event)
+        elif isinstance(event, DropEvent):
+            self.drop = event
+            self.complete_at = self.complete_at or now
+        elif isinstance(event, ReplyEvent):
+            self.reply = True
+        elif isinstance(event, ConntrackEvent):
+            self.conntrack.append(event)
+            if event.status & IPS_SEEN_REPLY:
+                self.reply = True
+            if not self.hooks and event.type == "new":  # without the netfilter probe: confirmed = left
+                self.complete_at = self.complete_at or now
+
+    @property
+    def original(self) -> bool:
+        """A flow of its own, not the reply direction of one (those only ever show a first-position
+        event at prerouting or output, before conntrack ran)."""
+        return (any(h.ct_orig is not None for h in self.hooks) or self.drop is not None or bool(self.lookups)
+                or bool(self.conntrack))
+
+    def hook(self, name: str, position: str) -> HookEvent | None:
+        return next((h for h in self.hooks if h.hook == name and h.position == position), None)
+
+
+def _errname(err: int) -> str:
+    return "ok" if err == 0 else errno.errorcode.get(-err, str(err))
+
+
+def _lpm(state: HostState, table: int, family: int, dst: str) -> Route | None:
+    address = ipaddress.ip_address(dst)
+    best = None
+    for route in state.routes:
+        if route.table != table or route.family != family:
+            continue
+        if address in ipaddress.ip_network(f"{route.dst}/{route.dst_len}", strict=False):
+            if best is None or route.dst_len > best.dst_len or (
+                    route.dst_len == best.dst_len and route.metric < best.metric):
+                best = route
+    return best
+
+
+def _decision_lookups(flow: TracedFlow) -> list[FibEvent]:
+    """The lookups of the routing decision (not source validation): those sharing the last
+    decision lookup's CPU and flowi."""
+    decisive = [e for e in flow.lookups if not e.reverse]
+    if not decisive:
+        return []
+    last = decisive[-1]
+    return [e for e in decisive if e.cpu == last.cpu and e.flowi == last.flowi]
+
+
+def deciding_rule(state: HostState, query, tables: list[int]):
+    """The rule whose lookup is the kernel's last table lookup, and the walk that led there.
+
+    The simulator's rule walk lists the rules that match, in order; each consumes the kernel's next
+    lookup when it names the same table (a rule whose table does not exist yields no lookup). When
+    the kernel went on past the rule where the simulation stops (the host changed since the start),
+    the walk resumes after that rule. Returns (rule, text, walk) — (None, None, walk) when no rule
+    accounts for the lookups."""
+    walk: list[dict] = []
+    if not tables:
+        return None, None, walk
+    existing = {route.table for route in state.routes if route.family == query.family}
+    i = 0
+    rules = state.rules
+    for _attempt in range(8):
+        result = fib.lookup_rules(dataclasses.replace(state, rules=rules), query, full_trace=True)
+        last = None
+        for step in result.steps:
+            rule, last = step.rule, step.rule
+            if not step.matched or rule.action != "lookup":
+                continue
+            name = state.table_names.get(rule.table, str(rule.table))
+            if i < len(tables) and tables[i] == rule.table:
+                decided = i == len(tables) - 1
+                walk.append({"priority": rule.priority, "table": name,
+                             "result": "decided" if decided else "looked up, went on"})
+                if decided:
+                    return rule, step.text, walk
+                i += 1
+            else:
+                walk.append({"priority": rule.priority, "table": name,
+                             "result": "no such table: no lookup" if rule.table not in existing
+                             else "not looked up by the kernel"})
+        if last is None:
+            break
+        rules = tuple(r for r in rules if r.family != query.family or r.priority > last.priority)
+    return None, None, walk
+
+
+def _nat(flow: TracedFlow) -> list[dict]:
+    """The NAT mapping from the conntrack tuples as the packet left (or as last seen)."""
+    tuples = [(h.ct_orig, h.ct_reply) for h in flow.hooks if h.ct_orig is not None]
+    tuples += [(c.orig, c.reply) for c in flow.conntrack]
+    if not tuples:
+        return []
+    orig, reply = tuples[-1]
+    found = []
+    if reply.dst != orig.src or (flow.id.proto in PORTED and reply.dport != orig.sport):
+        found.append({"type": "snat", "field": "src", "from": orig.src, "to": reply.dst,
+                      "from_port": orig.sport if flow.id.proto in PORTED else None,
+                      "to_port": reply.dport if flow.id.proto in PORTED else None})
+    if reply.src != orig.dst or (flow.id.proto in PORTED and reply.sport != orig.dport):
+        found.append({"type": "dnat", "field": "dst", "from": orig.dst, "to": reply.src,
+                      "from_port": orig.dport if flow.id.proto in PORTED else None,
+                      "to_port": reply.sport if flow.id.proto in PORTED else None})
+    return found
+
+
+def _origin(flow: TracedFlow) -> str:
+    names = {h.hook for h in flow.hooks}
+    if "forward" in names:
+        return "forwarded"
+    if "output" in names and "prerouting" not in names:
+        return "local-out"
+    if "input" in names:
+        return "local-in"
+    return "forwarded" if flow.lookups else "unknown"
+
+
+def _verdict(flow: TracedFlow, origin: str) -> str:
+    if flow.drop is not None:
+        return "dropped"
+    if flow.hook("postrouting", "last"):
+        return "forwarded" if origin == "forwarded" else "sent"
+    if flow.hook("input", "last"):
+        return "delivered-locally"
+    if not flow.hooks and any(c.type == "new" for c in flow.conntrack):
+        return "confirmed"  # conntrack only: the first packet passed every hook (which way, unknown)
+    return "unknown"
+
+
+def _hooks(flow: TracedFlow) -> list[dict]:
+    crossed = []
+    for name in ("prerouting", "input", "forward", "output", "postrouting"):
+        first, last = flow.hook(name, "first"), flow.hook(name, "last")
+        if not first and not last:
+            continue
+        if last:
+            verdict = "accept"
+        elif flow.drop is not None:
+            verdict = "drop"
+        else:
+            verdict = "unknown"
+        entry = {"hook": name, "verdict": verdict}
+        seen = last or first
+        entry["mark"] = seen.mark
+        if first and last and first.mark != last.mark:
+            entry["mark_from"] = first.mark
+        crossed.append(entry)
+    return crossed
+
+
+def describe(flow: TracedFlow, state: HostState) -> dict:
+    """The flow as `why-route trace --json` prints it (docs/trace.md)."""
+    fid = flow.id
+    origin = _origin(flow)
+    pre = flow.hook("prerouting", "first") or flow.hook("prerouting", "last")
+    iif = pre.iif if pre else (flow.drop.dev if flow.drop else None)
+    ports = fid.proto in PORTED
+    doc: dict = {
+        "type": "flow",
+        "flow": {"family": AF_INET, "proto": fid.proto, "src": fid.src, "dst": fid.dst,
+                 "sport": fid.sport if ports else None, "dport": fid.dport if ports else None,
+                 "iif": iif, "mark": pre.mark if pre else 0},
+        "origin": origin,
+    }
+    if fid.proto == 1:
+        doc["flow"]["icmp_id"] = fid.sport
+    decision = _decision_lookups(flow)
+    doc["tables_tried"] = [{"table_id": e.table_id, "table": state.table_names.get(e.table_id, str(e.table_id)),
+                            "result": _errname(e.err)} for e in decision]
+    routed = flow.hook("prerouting", "last")
+    final = decision[-1] if decision else None
+    rule = rule_text = None
+    walk: list[dict] = []
+    if final is not None:
+        from tracer.flow import RouteQuery
+
+        dst = routed.packet.dst if routed else fid.dst
+        query = RouteQuery(family=AF_INET, dst=dst, src=fid.src, iif=iif, mark=routed.mark if routed else 0,
+                           proto=fid.proto, sport=fid.sport if ports else None, dport=fid.dport if ports else None)
+        rule, rule_text, walk = deciding_rule(state, query, [e.table_id for e in decision])
+    doc["rule"] = {"priority": rule.priority, "text": rule_text} if rule else None
+    doc["rules_matched"] = walk
+    doc["table_id"] = final.table_id if final else None
+    doc["table"] = state.table_names.get(final.table_id, str(final.table_id)) if final else None
+    route = _lpm(state, final.table_id, AF_INET, final.dst) if final and final.err == 0 else None
+    doc["route"] = fib.route_text(state, route) if route else None
+    doc["route_error"] = _errname(final.err) if final and final.err else None
+    doc["gateway"] = final.gateway if final else None
+    doc["dev"] = final.dev if final else None
+    doc["hooks"] = _hooks(flow)
+    doc["nat"] = _nat(flow)
+    out = flow.hook("postrouting", "last")
+    doc["egress"] = ({"dev": out.oif, "src": out.packet.src, "dst": out.packet.dst,
+                      "sport": out.packet.sport if ports else None, "dport": out.packet.dport if ports else None}
+                     if out else None)
+    doc["verdict"] = _verdict(flow, origin)
+    doc["drop"] = ({"reason": flow.drop.reason, "location": f"{flow.drop.location:#x}", "dev": flow.drop.dev,
+                    "after_hook": flow.hooks[-1].hook if flow.hooks else None} if flow.drop else None)
+    doc["reply_seen"] = flow.reply
+    doc["sim"] = compare(doc, state)
+    return doc
+
+
+def sim_flow(doc: dict) -> Flow:
+    f = doc["flow"]
+    local_out = doc["origin"] == "local-out"
+    return Flow(dst=f["dst"], src=f["src"], iif=None if local_out else f["iif"], proto=f["proto"],
+                sport=f["sport"], dport=f["dport"], mark=f["mark"])
+
+
+def compare(doc: dict, state: HostState) -> dict:
+    """`sim`: whether why-route's explanation of this flow (on the state at trace start) says what the
+    kernel did, and every difference, one sentence each."""
+    try:
+        explanation = explain(state, sim_flow(doc))
+    except Exception as error:  # noqa: BLE001 - a flow the simulator cannot take is reported, not fatal
+        return {"agrees": False, "differences": [f"the simulation could not explain this flow: {error}"]}
+    differences = []
+
+    def differ(what: str, kernel, sim) -> None:
+        if kernel != sim:
+            differences.append(f"{what}: kernel {kernel if kernel is not None else 'none'}, "
+                               f"simulation {sim if sim is not None else 'none'}")
+
+    decision = explanation.decision
+    if doc["tables_tried"]:
+        differ("rule", (doc["rule"] or {}).get("priority"),
+               decision.rule.priority if decision and decision.rule else None)
+        differ("table", doc["table_id"], decision.table_id if decision else None)
+        if doc["route_error"] is None:
+            differ("device", doc["dev"], decision.dev if decision else None)
+            differ("gateway", doc["gateway"], decision.gateway if decision else None)
+    kernel_snat = next((n["to"] for n in doc["nat"] if n["field"] == "src"), None)
+    sim_snat = next((s.rewrite.to for s in explanation.nat if s.rewrite.field == "src"), None)
+    kernel_dnat = next((n["to"] for n in doc["nat"] if n["field"] == "dst"), None)
+    sim_dnat = next((s.rewrite.to for s in explanation.nat if s.rewrite.field == "dst"), None)
+    if doc["verdict"] not in ("unknown",):
+        differ("source NAT", kernel_snat, sim_snat)
+        differ("destination NAT", kernel_dnat, sim_dnat)
+    sim_verdict = explanation.verdict
+    kernel_verdict = doc["verdict"]
+    if kernel_verdict == "confirmed":
+        if sim_verdict in ("dropped",):
+            differences.append("verdict: kernel let the first packet through, simulation drops it")
+    elif kernel_verdict != "unknown":
+        differ("verdict", kernel_verdict, sim_verdict)
+    if doc["egress"] and explanation.egress:
+        differ("leaves via", doc["egress"]["dev"], explanation.egress.dev)
+        differ("source on the wire", doc["egress"]["src"], explanation.egress.src)
+    nat_types = {s.rewrite.field: s.rewrite.type for s in explanation.nat}
+    for entry in doc["nat"]:
+        entry["rule_type"] = nat_types.get(entry["field"])  # snat | masquerade | dnat | redirect, per the ruleset
+    from tracer.checks.engine import flow_findings
+
+    return {"agrees": not differences, "differences": differences, "verdict": sim_verdict,
+            "rule": decision.rule.priority if decision and decision.rule else None,
+            "findings": [{"id": f.id, "severity": f.severity, "title": f.title}
+                         for f in flow_findings(explanation)]}
+
+
+def text_line(doc: dict) -> str:
+    """One line per flow for the terminal."""
+    f = doc["flow"]
+    proto = protocol_name(f["proto"])
+    ends = (f"{f['src']}:{f['sport']} → {f['dst']}:{f['dport']}" if f["sport"] is not None
+            else f"{f['src']} → {f['dst']}")
+    parts = [f"{proto} {ends}", f"iif {f['iif']}" if f["iif"] else "", f"[{doc['origin']}]"]
+    if doc["tables_tried"]:
+        tried = ", ".join(f"{t['table']} {t['result']}" for t in doc["tables_tried"])
+        rule = f"rule {doc['rule']['priority']}" if doc["rule"] else "rule ?"
+        parts.append(f"{rule} table {doc['table']} ({doc['table_id']}) [tried: {tried}]")
+    if doc["route"]:
+        parts.append(doc["route"])
+    for n in doc["nat"]:
+        parts.append(f"{(n.get('rule_type') or n['type']).upper()} {n['from']} → {n['to']}")
+    if doc["egress"]:
+        e = doc["egress"]
+        parts.append(f"out {e['dev']} {e['src']} → {e['dst']}")
+    if doc["drop"]:
+        parts.append(f"DROPPED {doc['drop']['reason']} (after {doc['drop']['after_hook']})")
+    parts.append("reply seen" if doc["reply_seen"] else "no reply")
+    sim = doc["sim"]
+    parts.append("sim: agrees" if sim["agrees"] else "sim: DIFFERS — " + "; ".join(sim["differences"]))
+    return "  ".join(p for p in parts if p)

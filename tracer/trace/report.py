@@ -1,0 +1,47 @@
+"""What `why-route trace` prints besides the flows: the probe check, the start line, the summary."""
+
+from __future__ import annotations
+
+import platform
+
+from tracer.trace.collectors import Collector, Offer
+
+
+def check_doc(collectors: list[Collector], others: list[Offer]) -> dict:
+    probes = []
+    for c in collectors:
+        why = c.can_run()
+        probes.append({"name": c.name, "probe": c.what, "offered": why is None or why.startswith("disabled"),
+                       "used": why is None, "why": why})
+    for o in others:
+        probes.append({"name": o.name, "probe": o.name, "offered": o.offered, "used": o.used, "why": o.why})
+    probes.append({"name": "ipv6", "probe": "IPv6 flows", "offered": True, "used": False,
+                   "why": "not traced yet: the probes read IPv4 headers and fib:fib_table_lookup only"})
+    return {"type": "check", "kernel": platform.release(), "probes": probes}
+
+
+def check_text(doc: dict) -> str:
+    lines = [f"why-route trace: probes on kernel {doc['kernel']}"]
+    width = max(len(p["name"]) for p in doc["probes"])
+    for p in doc["probes"]:
+        state = "used" if p["used"] else ("offered, not used" if p["offered"] else "unavailable")
+        lines.append(f"  {p['name']:<{width}}  {state:<17}  {p['probe'] if p['name'] != p['probe'] else ''}".rstrip())
+        if p["why"]:
+            lines.append(f"  {'':<{width}}  {'':<17}  why: {p['why']}")
+    return "\n".join(lines)
+
+
+def start_line(netns: str | None, what: str, summary) -> str:
+    where = f"netns {netns}" if netns else "this host"
+    line = f"why-route trace: {where}, {what}; probes: {', '.join(summary.probes) or 'none'}"
+    if summary.unavailable:
+        line += "; unavailable: " + "; ".join(f"{n} ({why})" for n, why in summary.unavailable.items())
+    return line + " — Ctrl-C to stop"
+
+
+def summary_text(doc: dict) -> str:
+    text = (f"why-route trace: {doc['flows']} flows, {doc['events']} events, {doc['lost']} lost, "
+            f"{doc['duration']} s; probes: {', '.join(doc['probes']) or 'none'}")
+    if doc.get("unavailable"):
+        text += "; unavailable: " + "; ".join(f"{n} ({why})" for n, why in doc["unavailable"].items())
+    return text

@@ -1,0 +1,339 @@
+"""A trace session: collect the state, load and attach the collectors that can run, read events
+until --count flows, --duration seconds, Ctrl-C or SIGTERM, then print the summary. Everything
+attached is undone by a tracer.netns.Teardown whatever happens; what a SIGKILL leaves is undone by
+the kernel (BPF links and programs die with their last fd, ctnetlink sockets with the process).
+
+    options = TraceOptions(dst="8.8.8.8", netns="wr-route", count=1)
+    for doc in Session(options).run():          flow documents, then the summary
+        print(doc)
+    replay(run_dir)                             the same documents from a -o RUN_DIR
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracer import netns as netns_mod
+from tracer.collect import snapshot
+from tracer.errors import EnvironmentProblem, Terminated, UsageError
+from tracer.model import HostState
+from tracer.trace import collectors as collectors_mod
+from tracer.trace import kernel
+from tracer.trace.btf import Btf
+from tracer.trace.events import (
+    HOOKS,
+    POSITIONS,
+    DropEvent,
+    Event,
+    FibEvent,
+    FlowId,
+    HookEvent,
+    ReplyEvent,
+    Tuple,
+    from_json,
+    to_json,
+)
+from tracer.trace.flows import TracedFlow, describe
+from tracer.vocab import protocol_name
+
+POLL_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    src: str | None = None
+    dst: str | None = None
+    proto: int = 0
+    sport: int | None = None
+    dport: int | None = None
+    iif: str | None = None
+    netns: str | None = None
+    duration: float | None = None
+    count: int | None = None
+    run_dir: str | None = None
+    without: tuple[str, ...] = ()
+    reply_wait: float = 1.0  # seconds a complete flow waits for its reply before it is printed
+
+
+@dataclass
+class Summary:
+    flows: int = 0
+    events: int = 0
+    lost: int = 0
+    probes: list[str] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    duration: float = 0.0
+    first_event_after: float | None = None  # seconds from start to the first event
+
+    def to_json(self) -> dict:
+        return {"type": "summary", "flows": self.flows, "events": self.events, "lost": self.lost,
+                "probes": self.probes, "unavailable": self.unavailable, "duration": round(self.duration, 3),
+                "first_event_after": None if self.first_event_after is None else round(self.first_event_after, 3)}
+
+
+def netns_inode(name: str | None) -> int:
+    path = netns_mod.check_name(name) if name else Path("/proc/self/ns/net")
+    return os.stat(path).st_ino
+
+
+def _config(options: TraceOptions, state: HostState, inode: int) -> kernel.Config:
+    cfg = kernel.Config(flags=kernel.F_NETNS, netns=inode)
+    if options.src:
+        cfg.flags |= kernel.F_SRC
+        cfg.saddr = kernel.ipv4_be(options.src)
+    if options.dst:
+        cfg.flags |= kernel.F_DST
+        cfg.daddr = kernel.ipv4_be(options.dst)
+    if options.proto:
+        cfg.flags |= kernel.F_PROTO
+        cfg.proto = options.proto
+    if options.sport is not None:
+        cfg.flags |= kernel.F_SPORT
+        cfg.sport = options.sport
+    if options.dport is not None:
+        cfg.flags |= kernel.F_DPORT
+        cfg.dport = options.dport
+    if options.iif:
+        link = state.link(options.iif)
+        if link is None:
+            raise UsageError(f"unknown interface {options.iif!r} for --iif")
+        cfg.flags |= kernel.F_IIF
+        cfg.iif = link.index
+    return cfg
+
+
+class Decoder:
+    """struct event → events.*, interfaces named from the state collected at start."""
+
+    def __init__(self, state: HostState, drop_reasons: dict[int, str]):
+        self.names = {link.index: link.name for link in state.links}
+        self.reasons = drop_reasons
+
+    def _dev(self, index: int) -> str | None:
+        return self.names.get(index, str(index)) if index else None
+
+    @staticmethod
+    def _tuple(t) -> Tuple:
+        return Tuple(kernel.ipv4_text(t.saddr), kernel.ipv4_text(t.daddr), t.sport, t.dport)
+
+    def decode(self, raw: kernel.RawEvent) -> Event | None:
+        k = raw.key
+        fid = FlowId(k.netns, k.proto, kernel.ipv4_text(k.saddr), kernel.ipv4_text(k.daddr), k.sport, k.dport)
+        if raw.kind == 1:
+            return HookEvent(raw.ts, raw.cpu, fid, HOOKS[raw.hook], POSITIONS[raw.pos], self._tuple(raw.pkt),
+                             self._dev(raw.in_ifindex), self._dev(raw.out_ifindex), raw.mark,
+                             self._tuple(raw.orig) if raw.has_ct else None,
+                             self._tuple(raw.reply) if raw.has_ct else None, raw.ct_status)
+        if raw.kind == 2:
+            return FibEvent(raw.ts, raw.cpu, fid, raw.ptr, raw.table, raw.err, bool(raw.pos),
+                            kernel.ipv4_text(raw.pkt.saddr), kernel.ipv4_text(raw.pkt.daddr),
+                            self._dev(raw.in_ifindex), raw.mark, self._dev(raw.out_ifindex),
+                            kernel.ipv4_text(raw.gw) if raw.gw_family == 2 else None)
+        if raw.kind == 3:
+            reason = self.reasons.get(raw.reason, str(raw.reason)).removeprefix("SKB_DROP_REASON_")
+            return DropEvent(raw.ts, raw.cpu, fid, reason, raw.ptr, self._dev(raw.in_ifindex), self._tuple(raw.pkt))
+        if raw.kind == 4:
+            return ReplyEvent(raw.ts, raw.cpu, fid, HOOKS[raw.hook])
+        return None
+
+
+class Assembler:
+    """Events → flow documents, each once, when its first packet left or was dropped and its reply
+    came or `reply_wait` passed."""
+
+    def __init__(self, state: HostState, reply_wait: float):
+        self.state = state
+        self.reply_wait = reply_wait
+        self.flows: dict[FlowId, TracedFlow] = {}
+        self.done: set[FlowId] = set()
+
+    def add(self, event: Event, now: float) -> None:
+        if event.flow in self.done:
+            return
+        self.flows.setdefault(event.flow, TracedFlow(event.flow)).add(event, now)
+
+    def ready(self, now: float, *, final: bool = False) -> Iterator[dict]:
+        for fid, flow in list(self.flows.items()):
+            if not flow.original:
+                if final:
+                    del self.flows[fid]
+                continue
+            if flow.complete_at is None and not final:
+                continue
+            if not final and not flow.reply and now - flow.complete_at < self.reply_wait:
+                continue
+            del self.flows[fid]
+            self.done.add(fid)
+            yield describe(flow, self.state)
+
+
+def check(options: TraceOptions) -> tuple[list[collectors_mod.Collector], list[collectors_mod.Offer]]:
+    """The collectors (each with can_run()) and the other probes, for --check and the start line."""
+    disabled = collectors_mod.disabled_from(options.without)
+    chosen = [cls(disabled) for cls in collectors_mod.BPF_COLLECTORS]
+    chosen.append(_conntrack_collector(disabled))
+    return chosen, collectors_mod.other_probes()
+
+
+def _conntrack_collector(disabled):
+    from tracer.trace.conntrack import ConntrackCollector
+
+    return ConntrackCollector(disabled)
+
+
+class Session:
+    def __init__(self, options: TraceOptions):
+        self.options = options
+        self.summary = Summary()
+        self.state: HostState | None = None
+        self.started = time.monotonic()
+        self.interrupted: BaseException | None = None
+
+    def run(self, on_start=None) -> Iterator[dict]:
+        """Flow documents as they complete, then the summary's document (also after Ctrl-C or
+        SIGTERM: `self.interrupted` then says which). `on_start(collectors, summary)` is called once
+        the probes are attached (the first event may come right after)."""
+        options = self.options
+        if os.geteuid() != 0:
+            raise EnvironmentProblem("why-route trace needs root (BPF programs, netfilter links)")
+        from tracer.collect.live import collect_state
+
+        self.state = state = collect_state(options.netns)
+        inode = netns_inode(options.netns)
+        collectors, _others = check(options)
+        usable = [c for c in collectors if c.can_run() is None]
+        self.summary.unavailable = {c.name: c.can_run() for c in collectors if c not in usable}
+        if not usable:
+            raise EnvironmentProblem("no probe can run here: " + "; ".join(
+                f"{n}: {why}" for n, why in self.summary.unavailable.items()))
+        run_dir = Path(options.run_dir) if options.run_dir else None
+        events_file = None
+        with netns_mod.Teardown() as undo:
+            if run_dir:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                snapshot.save(state, str(run_dir / "snapshot.json"))
+                events_file = undo.enter_context(open(run_dir / "events.jsonl", "w"))
+            btf = Btf.load()
+            decoder = Decoder(state, {v: k for k, v in btf.enum("skb_drop_reason").items()})
+            assembler = Assembler(state, options.reply_wait)
+            pending: list[Event] = []
+            bpf_parts = [c for c in usable if c.part]
+            bpf = None
+            if bpf_parts:
+                bpf = kernel.compile_probes([c.part for c in bpf_parts], btf)
+                undo.callback(bpf.cleanup)
+                bpf["config"][ctypes.c_int(0)] = _config(options, state, inode)
+
+                def on_event(_ctx, data, size):
+                    event = decoder.decode(kernel.RawEvent.from_buffer_copy(ctypes.string_at(data, size)))
+                    if event is not None:
+                        pending.append(event)
+
+                bpf["events"].open_ring_buffer(on_event)
+            sources = []
+            for collector in usable:
+                try:
+                    if collector.part:
+                        collector.attach(bpf, undo, options.netns)
+                    else:
+                        sources.append(collector.open(undo, options, state, inode))
+                except kernel.KernelError as error:
+                    self.summary.unavailable[collector.name] = str(error)
+                    continue
+                self.summary.probes.append(collector.name)
+            if on_start:
+                on_start(collectors, self.summary)
+            deadline = time.monotonic() + options.duration if options.duration else None
+            try:
+                while not self._enough():
+                    if bpf is not None:
+                        bpf.ring_buffer_consume()
+                    for source in sources:
+                        pending.extend(source.poll())
+                    now = time.monotonic()
+                    for event in pending:
+                        self._count_event(event, events_file)
+                        assembler.add(event, now)
+                    pending.clear()
+                    for doc in assembler.ready(now):
+                        self.summary.flows += 1
+                        yield doc
+                        if self._enough():
+                            break
+                    if deadline and now >= deadline:
+                        break
+                    time.sleep(POLL_SECONDS)
+            except (KeyboardInterrupt, Terminated) as stop:
+                self.interrupted = stop  # Ctrl-C or SIGTERM: what is complete is still printed
+            self.summary.lost += _lost(bpf) + sum(source.lost for source in sources)
+        # Detached: the rest is printing.
+        for doc in assembler.ready(time.monotonic(), final=True):
+            if self._enough():
+                break
+            self.summary.flows += 1
+            yield doc
+        self.summary.duration = time.monotonic() - self.started
+        if run_dir:
+            (run_dir / "summary.json").write_text(json.dumps(self.summary.to_json(), indent=2) + "\n")
+        yield self.summary.to_json()
+
+    def _enough(self) -> bool:
+        return bool(self.options.count) and self.summary.flows >= self.options.count
+
+    def _count_event(self, event: Event, events_file) -> None:
+        self.summary.events += 1
+        if self.summary.first_event_after is None:
+            self.summary.first_event_after = time.monotonic() - self.started
+        if events_file is not None:
+            events_file.write(json.dumps(to_json(event)) + "\n")
+
+
+def _lost(bpf) -> int:
+    if bpf is None:
+        return 0
+    return int(bpf["lost"][ctypes.c_int(0)].value)
+
+
+def replay(run_dir: str, reply_wait: float = 0.0) -> Iterator[dict]:
+    """The flows of a `-o RUN_DIR`, from its events and its snapshot, without the host; then its summary."""
+    path = Path(run_dir)
+    missing = [name for name in ("snapshot.json", "events.jsonl") if not (path / name).is_file()]
+    if missing:
+        raise UsageError(f"cannot read the run directory {run_dir}: no {' and no '.join(missing)} in it "
+                         "(made by `why-route trace -o RUN_DIR`)")
+    try:
+        state = snapshot.load(str(path / "snapshot.json"))
+        lines = (path / "events.jsonl").read_text().splitlines()
+    except OSError as error:
+        raise UsageError(f"cannot read the run directory {run_dir}: {error.strerror}: {error.filename}") from None
+    assembler = Assembler(state, reply_wait)
+    for number, line in enumerate(lines, 1):
+        try:
+            assembler.add(from_json(json.loads(line)), 0.0)
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"{path / 'events.jsonl'} line {number}: {error}") from None
+    yield from assembler.ready(0.0, final=True)
+    summary = path / "summary.json"
+    if summary.exists():
+        yield json.loads(summary.read_text())
+
+
+def describe_filter(options: TraceOptions) -> str:
+    words = []
+    if options.proto:
+        words.append(protocol_name(options.proto))
+    for label, value in (("from", options.src), ("to", options.dst), ("sport", options.sport),
+                         ("dport", options.dport), ("iif", options.iif)):
+        if value is not None:
+            words.append(f"{label} {value}")
+    return " ".join(words) or "every new flow"
+
+
+__all__ = ["TraceOptions", "Session", "Summary", "check", "replay", "describe_filter", "FibEvent", "HookEvent",
+           "DropEvent", "ReplyEvent"]
