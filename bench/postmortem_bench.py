@@ -54,7 +54,8 @@ def main() -> int:
     why_route = [str(ROOT / ".venv" / "bin" / "why-route"), "postmortem", path, "--json"]
     ours, ours_rss = timed(why_route)
     theirs, theirs_rss = timed(["tshark", "-r", path, "-q", "-z", "expert"])
-    print(f"why-route postmortem: {ours:6.2f} s  {count / ours / 1000:7.0f}k packets/s  (max RSS {ours_rss / 1024:.0f} MB)")
+    print(f"why-route postmortem: {ours:6.2f} s  {count / ours / 1000:7.0f}k packets/s  "
+          f"(max RSS {ours_rss / 1024:.0f} MB)")
     print(f"tshark -q -z expert:  {theirs:6.2f} s  {count / theirs / 1000:7.0f}k packets/s  "
           f"(max RSS {theirs_rss / 1024:.0f} MB)")
     print(f"ratio: {theirs / ours:.2f}× faster than tshark (target ≥ 2×)")

@@ -12,7 +12,10 @@ class RuleTableNoRoute(Check):
     `suppress_ifgroup`: the table must hold a route (of any type, `throw`
     included) whose prefix contains the rule's whole destination selector —
     the rule's `to` prefix, or everything (`0.0.0.0/0`, i.e. a default route)
-    for a rule without `to`.
+    for a rule without `to`. A rule that selects all traffic (no selector
+    at all, like Tailscale's `5270: from all lookup 52`) is not checked: it
+    lays a table of specific routes (the peers) over `main`, and falling
+    through for everything else is its purpose.
 
     ## Why it breaks forwarding
     A lookup that finds no route falls through to the next rule, so the
@@ -45,7 +48,7 @@ class RuleTableNoRoute(Check):
         for rule in ctx.rules:
             if (rule.action != "lookup" or rule.l3mdev or reserved(rule.table)
                     or rule.suppress_prefixlength >= 0 or rule.suppress_ifgroup >= 0
-                    or not ctx.table_has_routes(rule.family, rule.table)):
+                    or not ctx.table_has_routes(rule.family, rule.table) or _selects_all(rule)):
                 continue
             dst = rule.dst or ("0.0.0.0" if rule.family == 4 else "::")
             if ctx.covering_route(rule.family, rule.table, dst, rule.dst_len if rule.dst else 0) is not None:
@@ -68,3 +71,10 @@ class RuleTableNoRoute(Check):
                          "   # if falling through is intended")
             # a route for the traffic, or a throw route that hands it on: pick one
             yield self.finding(message, Fix.alternatives(*fixes), rule=rule.priority, table=rule.table)
+
+
+def _selects_all(rule) -> bool:
+    """A catch-all rule: no selector of any kind (an overlay of specific routes over the later tables)."""
+    return (not rule.src and not rule.dst and not rule.iif and not rule.oif and not rule.fwmark and not rule.fwmask
+            and not rule.tos and not rule.ipproto and rule.sport is None and rule.dport is None
+            and rule.uidrange is None and not rule.invert)

@@ -15,9 +15,18 @@ class RuleShadowed(Check):
     `tos`, `ipproto`, port and uid ranges; neither rule inverted, R1 not
     `l3mdev`) — and R1 is terminal for that traffic: its action is
     `blackhole`, `unreachable` or `prohibit`; or `lookup` of a table holding a
-    non-`throw` default route with no `suppress_*` option; or `goto` past R2.
-    R2 is reported only if it would do something (its table holds routes, or
-    it is not a `lookup`).
+    non-`throw` default route with no `suppress_*` option and no `throw` route
+    that R2's traffic can hit (a throw route hands the packet on to the next
+    rules); or `goto` past R2. R2 is reported only if it would do something
+    (its table holds routes, or it is not a `lookup`), and not when it is a
+    deliberate fallback: a `blackhole`/`unreachable`/`prohibit` rule after a
+    `lookup` decides when that table loses its routes (Tailscale's `5250
+    unreachable` after 5210's `lookup main`, mwan3's `3001 … unreachable`
+    after `2001 … lookup 1`: marked traffic must not leak elsewhere).
+
+    An exact duplicate of an earlier rule (the same selectors and action) can
+    never decide anything either way — the earlier copy already did the same
+    thing — and is always reported, whatever its action.
 
     ## Why it breaks forwarding
     The rule is dead configuration: the traffic it was written for is
@@ -31,8 +40,11 @@ class RuleShadowed(Check):
     ```
 
     ## Fix
-    Move the rule before the one that shadows it:
-    `ip rule del priority 40000 && ip rule add from 192.168.1.169 lookup sunusroute priority 32765`.
+    Move the rule before the one that shadows it (steps, in order):
+    `ip rule del priority 40000` then `ip rule add from 192.168.1.169 lookup
+    sunusroute priority 32765`. A duplicate is deleted, not moved (moving it
+    in front of its twin only makes the twin the duplicate):
+    `ip rule del from 192.168.1.169 lookup sunusroute priority 40000`.
     """
 
     id = "WR008"
@@ -47,6 +59,7 @@ class RuleShadowed(Check):
             # (earliest priority first), so a rule is compared with at most one per prefix
             # length of its source instead of with every earlier rule.
             by_src: dict[tuple[int, int], object] = {}
+            throws: dict[tuple[int, int], list] = {}  # table → its throw routes, looked at once per table
             others = []
             for r1 in rules:
                 if not _terminal(ctx, r1):
@@ -57,14 +70,25 @@ class RuleShadowed(Check):
                 else:
                     others.append(r1)
             lengths = sorted({length for _, length in by_src})
+            first_of: dict[str, object] = {}
             for r2 in rules:
+                spec = rule_text(r2, state).split(":", 1)[1].strip()
+                twin = first_of.setdefault(spec, r2)
+                if twin is not r2:
+                    message = (f"rule {rule_text(r2, state)} is a duplicate of the earlier rule "
+                               f"{rule_text(twin, state)}: it can never decide anything the first did not")
+                    ip = "ip -6" if family == 6 else "ip"
+                    yield self.finding(message, f"{ip} rule del {spec} priority {r2.priority}",
+                                       rule=r2.priority, shadowed_by=twin.priority)
+                    continue
                 if r2.action == "lookup" and not r2.l3mdev and not ctx.table_has_routes(family, r2.table):
                     continue
                 candidates = [by_src.get((_net(r2.src, length, family), length)) for length in lengths
                               if length <= r2.src_len]
                 candidates += [r1 for r1 in others if r1.priority < r2.priority]
                 shadows = sorted((r1 for r1 in candidates if r1 is not None and r1.priority < r2.priority
-                                  and (r1.action != "goto" or (r1.goto or 0) > r2.priority) and _covers(r1, r2)),
+                                  and (r1.action != "goto" or (r1.goto or 0) > r2.priority) and _covers(r1, r2)
+                                  and not _fallback(r1, r2) and not _falls_through(ctx, throws, r1, r2)),
                                  key=lambda r: r.priority)
                 if not shadows:
                     continue
@@ -73,7 +97,6 @@ class RuleShadowed(Check):
                 message = (f"rule {rule_text(r2, state)} can never match: the earlier rule "
                            f"{rule_text(r1, state)} selects all its traffic and {how}")
                 free = _free_priority(rules, r1.priority)
-                spec = rule_text(r2, state).split(":", 1)[1].strip()
                 fixes = [f"ip rule del priority {r2.priority}"]
                 if free is not None:
                     fixes.append(f"ip {'-6 ' if family == 6 else ''}rule add {spec} priority {free}")
@@ -101,6 +124,28 @@ def _terminal(ctx, rule) -> bool:
     if rule.action != "lookup" or rule.suppress_prefixlength >= 0 or rule.suppress_ifgroup >= 0:
         return False
     return any(r.type != "throw" for r in ctx.defaults.get((rule.family, rule.table), ()))
+
+
+def _fallback(r1, r2) -> bool:
+    """R2 refuses what R1's table could not route: a deliberate fallback, which decides
+    whenever that table loses its routes (tables change; rule actions do not)."""
+    return r1.action == "lookup" and r2.action in ("blackhole", "unreachable", "prohibit")
+
+
+def _falls_through(ctx, throws: dict, r1, r2) -> bool:
+    """Whether some of R2's traffic hits a throw route in R1's table (and goes on to later rules)."""
+    if r1.action != "lookup":
+        return False
+    key = (r1.family, r1.table)
+    if key not in throws:
+        throws[key] = [r for r in ctx.table_routes(*key) if r.type == "throw"]
+    for route in throws[key]:
+        if not r2.dst or r2.dst_len == 0:
+            return True
+        if _prefix_covers(route.dst, route.dst_len, r2.dst, r2.dst_len) or \
+                _prefix_covers(r2.dst, r2.dst_len, route.dst, route.dst_len):
+            return True
+    return False
 
 
 def _prefix_covers(a, alen, b, blen) -> bool:

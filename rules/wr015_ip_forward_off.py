@@ -11,7 +11,9 @@ class IpForwardOff(Check):
     forward IPv4: an IPv4 `from` rule selects a source that is not a local
     address, an IPv4 rule matches `iif` of a device other than `lo`, or the
     ruleset has SNAT/MASQUERADE rules (which only make sense for forwarded
-    traffic) — and the snapshot holds the `ip_forward` value.
+    traffic) — and the snapshot holds the `ip_forward` value. It is an error
+    when ip rules show the routing; a warning when only NAT rules do (tools
+    such as tailscaled install them on hosts that forward nothing).
 
     ## Why it breaks forwarding
     With `ip_forward=0` the kernel answers every packet not addressed to the
@@ -45,6 +47,7 @@ class IpForwardOff(Check):
                 evidence.append(f"rule {rule_text(rule, ctx.state)} selects a non-local source")
             elif rule.iif and rule.iif != "lo":
                 evidence.append(f"rule {rule_text(rule, ctx.state)} selects traffic arriving on {rule.iif}")
+        routing = bool(evidence)
         if ctx.netfilter_known:
             nat = [n for n in ctx.ruleset.nat_rules()
                    if n.type in ("snat", "masquerade") and n.family in ("ip", "inet")]
@@ -53,5 +56,10 @@ class IpForwardOff(Check):
             return
         message = ("net.ipv4.ip_forward is 0, so this host forwards no IPv4 packet (EHOSTUNREACH), yet it is "
                    "configured to route: " + "; ".join(evidence[:4]))
+        if not routing:
+            # Tools install NAT rules on hosts that may never forward (tailscaled's ts-postrouting
+            # on every node): on their own they only suggest routing.
+            message += " (only NAT rules suggest it: harmless if this host is not meant to forward)"
         yield self.finding(message, ["sysctl -w net.ipv4.ip_forward=1",
-                                     "echo 'net.ipv4.ip_forward = 1' > /etc/sysctl.d/90-forwarding.conf"])
+                                     "echo 'net.ipv4.ip_forward = 1' > /etc/sysctl.d/90-forwarding.conf"],
+                           severity="error" if routing else "warning")

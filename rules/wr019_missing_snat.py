@@ -36,6 +36,10 @@ class MissingSnat(Check):
     Source-NAT the traffic leaving O: `iptables -t nat -A POSTROUTING -o ppp0
     -j SNAT --to-source 123.150.232.74`, or `-j MASQUERADE` when O's address
     is dynamic (PPP, DHCP), which the fix proposes for such interfaces.
+    When O is a tunnel this host terminates (a WireGuard, Tailscale, OpenVPN
+    or GRE device), routing a LAN into it unmasqueraded is often deliberate —
+    the far end may route the LAN back, which nothing on this host shows —
+    so the finding is only a warning.
     """
 
     id = "WR019"
@@ -73,4 +77,12 @@ class MissingSnat(Check):
         if dynamic and ctx.primary_address(oif):
             message += f" ({dynamic}: MASQUERADE follows its address)"
             fixes = Fix.alternatives(*fixes, snat_command(ctx, oif, masquerade=False) + "   # if the address is static")
+        tunnel = ctx.tunnel_reason(oif)
+        if tunnel:
+            # A LAN reaching a VPN or overlay unmasqueraded is often meant: the far end may
+            # route the LAN back (WireGuard: the peer's AllowedIPs); nothing here can tell.
+            message += (f". But {tunnel}, a tunnel this host terminates: this works if its far end routes "
+                        f"{', '.join(dict.fromkeys(f.src for f in flows))} back through the tunnel (WireGuard: "
+                        f"the peer's AllowedIPs include it); if not, source-NAT it")
+            return self.finding(message, fixes, severity="warning", dev=oif, sources=[f.src for f in flows])
         return self.finding(message, fixes, dev=oif, sources=[f.src for f in flows])

@@ -1,5 +1,5 @@
 from tracer.checks.base import Check
-from tracer.checks.fixes import rule_accepts_oif, snat_command
+from tracer.checks.fixes import nat_replace_command, rule_accepts_oif
 
 
 class SnatAddressNotOnEgress(Check):
@@ -27,8 +27,13 @@ class SnatAddressNotOnEgress(Check):
     ```
 
     ## Fix
-    Rewrite to the egress interface's address, or use MASQUERADE:
-    `iptables -t nat -R POSTROUTING 1 -o ppp0 -j SNAT --to-source 123.150.232.74`.
+    Replace the bad rule where it stands (a rule appended after it would
+    never be reached: the bad one matches first), by its rule number or
+    handle: `iptables -t nat -R POSTROUTING 1 -o ppp0 -j SNAT --to-source
+    123.150.232.74` — or `-j MASQUERADE` when the egress address is dynamic
+    (PPP, DHCP), when it has none, or when the rule serves several egress
+    interfaces (nft: `nft replace rule ip nat postrouting handle 7 oifname
+    "ppp0" masquerade`).
     """
 
     id = "WR020"
@@ -43,7 +48,7 @@ class SnatAddressNotOnEgress(Check):
                 continue
             for oif in ctx.links:
                 if rule_accepts_oif(nat.conditions, oif):
-                    finding = self._judge(ctx, oif, nat.addr.split("-")[0], nat.text)
+                    finding = self._judge(ctx, oif, nat.addr.split("-")[0], nat, nat.conditions)
                     if finding is not None and (oif, nat.text) not in seen:
                         seen.add((oif, nat.text))
                         yield finding
@@ -57,11 +62,15 @@ class SnatAddressNotOnEgress(Check):
     def flow_check(self, ctx, flow):
         for rewrite in flow.snat:
             if rewrite.type == "snat" and rewrite.to and flow.oif:
-                finding = self._judge(ctx, flow.oif, rewrite.to, rewrite.rule)
+                conditions = next((n.conditions for n in ctx.ruleset.nat_rules()
+                                   if (n.family, n.table, n.chain, n.handle) ==
+                                   (rewrite.family, rewrite.table, rewrite.chain, rewrite.handle)), ())
+                finding = self._judge(ctx, flow.oif, rewrite.to, rewrite, conditions)
                 if finding is not None:
                     yield finding
 
-    def _judge(self, ctx, oif, address, text):
+    def _judge(self, ctx, oif, address, rule, conditions):
+        text = getattr(rule, "text", None) or rule.rule
         if ctx.source_routed_back_via(address, oif):
             return None
         state = ctx.state
@@ -75,4 +84,8 @@ class SnatAddressNotOnEgress(Check):
             where, severity = f"the address of {owner}", "error"
         message = (f"{text} rewrites traffic leaving {oif} to {address}, {where}; {oif} has {own}, and the far side "
                    f"of {oif} has no reason to route {address} back here")
-        return self.finding(message, snat_command(ctx, oif), severity=severity, dev=oif, rule=text, address=address)
+        right = ctx.primary_address(oif)
+        egresses = [name for name in ctx.links if name != "lo" and rule_accepts_oif(conditions, name) is not False]
+        masquerade = right is None or ctx.dynamic_reason(oif) is not None or len(egresses) > 1
+        fix = nat_replace_command(rule, masquerade=masquerade, address=right)
+        return self.finding(message, fix, severity=severity, dev=oif, rule=text, address=address)

@@ -1,7 +1,5 @@
-import re
-
 from tracer.checks.base import Check
-from tracer.checks.fixes import rule_accepts_oif
+from tracer.checks.fixes import nat_replace_command, rule_accepts_oif
 
 
 class FixedSnatOnDynamic(Check):
@@ -46,14 +44,5 @@ class FixedSnatOnDynamic(Check):
                     continue
                 message = (f"{nat.text} source-NATs traffic leaving {oif} to the fixed address {nat.addr}, but "
                            f"{reason}: after a reconnection with a new address the rule keeps writing the old one")
-                yield self.finding(message, _masquerade_fix(nat), dev=oif, rule=nat.text)
+                yield self.finding(message, nat_replace_command(nat, masquerade=True), dev=oif, rule=nat.text)
 
-
-def _masquerade_fix(nat) -> str:
-    if nat.source == "nft":
-        text = re.sub(r"\bsnat( ip)? to \S+", "masquerade", nat.text)
-        return f"nft replace rule {nat.family} {nat.table} {nat.chain} handle {nat.handle} {text}"
-    tool = "iptables-legacy" if nat.source == "iptables-legacy" else "iptables"
-    spec = re.sub(r"-j SNAT .*$", "-j MASQUERADE", nat.text)
-    spec = re.sub(r"^-A (\S+)", lambda m: f"-R {m.group(1)} {nat.handle}", spec)
-    return f"{tool} -t {nat.table} {spec}"

@@ -71,8 +71,8 @@ def test_a_closed_pipe_is_not_an_error(args, stdin):
 
 
 def test_head_of_a_batch_in_a_shell_pipeline():
-    command = f"yes '192.168.1.169 8.8.8.8' | head -500 | {' '.join(why_route_argv())} batch --snapshot {SNAPSHOT} - " \
-              "| head -1; echo \"status ${PIPESTATUS[2]}\""
+    batch = " ".join([*why_route_argv(), "batch", "--snapshot", SNAPSHOT, "-"])
+    command = f"yes '192.168.1.169 8.8.8.8' | head -500 | {batch} | head -1; echo \"status ${{PIPESTATUS[2]}}\""
     result = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     first, status = result.stdout.splitlines()
     assert json.loads(first)["egress"]["dev"] == "ppp0"
@@ -221,7 +221,8 @@ def test_completion_of_commands_options_and_values():
     assert {"--color", "--colour"} == set(complete("--co"))
     assert complete("--color", "") == ["auto", "always", "never"]
     assert "--snapshot" in complete("check", "--")
-    assert {"slow", "faster", "ultimate", "ultimate-nosnat", "blog-as-written"} == set(complete("lab", "up", "--variant", ""))
+    variants = set(complete("lab", "up", "--variant", ""))
+    assert variants == {"slow", "faster", "ultimate", "ultimate-nosnat", "blog-as-written"}
     assert "macbook" in complete("lab", "exec", "") and "route" in complete("lab", "exec", "")
     assert complete("rules", "wr01") == [f"WR01{i}" for i in range(10)]
     assert complete("check", "--select", "WR001,WR02") == [f"WR001,WR02{i}" for i in range(10)]

@@ -5,10 +5,9 @@ import json
 
 import pytest
 
-from tests.explain.explain_helpers import MISSING
+from tests.explain.explain_helpers import seed_lab_with
 from tests.helpers.cli import why_route
-from tests.lab.lab_helpers import install_observers, new_prefix, observe
-from tracer.lab import builder
+from tests.lab.lab_helpers import install_observers, observe
 
 SETUP = ("ip route add default via 123.150.232.1 dev ppp0 table 100",
          "ip rule add from 10.10.149.4 lookup 100 pref 100")
@@ -16,17 +15,9 @@ SETUP = ("ip route add default via 123.150.232.1 dev ppp0 table 100",
 
 @pytest.fixture(scope="module")
 def lab():
-    if MISSING:
-        pytest.skip(MISSING)
-    prefix = new_prefix()
-    state = builder.up(variant="ultimate", prefix=prefix)
-    try:
-        for command in SETUP:
-            state.run("route", ["sh", "-c", command])
+    with seed_lab_with("ultimate", SETUP) as state:
         install_observers(state)
         yield state
-    finally:
-        builder.down(prefix)
 
 
 def _explain(lab, proto):

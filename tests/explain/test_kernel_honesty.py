@@ -5,10 +5,8 @@ import json
 
 import pytest
 
-from tests.explain.explain_helpers import MISSING
+from tests.explain.explain_helpers import seed_lab_with
 from tests.helpers.cli import why_route
-from tests.lab.lab_helpers import new_prefix
-from tracer.lab import builder
 
 # A port-changing DNAT on the seed router: the kernel is asked about the packet after it.
 DNAT = "iptables -t nat -A PREROUTING -i br-lan -p tcp --dport 8080 -j DNAT --to-destination 8.8.4.4:80"
@@ -16,15 +14,8 @@ DNAT = "iptables -t nat -A PREROUTING -i br-lan -p tcp --dport 8080 -j DNAT --to
 
 @pytest.fixture(scope="module")
 def lab():
-    if MISSING:
-        pytest.skip(MISSING)
-    prefix = new_prefix()
-    state = builder.up(variant="ultimate", prefix=prefix)
-    try:
-        state.run("route", ["sh", "-c", DNAT])
+    with seed_lab_with("ultimate", (DNAT,)) as state:
         yield state
-    finally:
-        builder.down(prefix)
 
 
 def _explain(lab, *args):

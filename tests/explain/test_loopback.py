@@ -6,10 +6,8 @@ import subprocess
 
 import pytest
 
-from tests.explain.explain_helpers import MISSING
+from tests.explain.explain_helpers import seed_lab_with
 from tests.helpers.cli import why_route
-from tests.lab.lab_helpers import new_prefix
-from tracer.lab import builder
 
 DROPS = {
     "input": "add table ip t; add chain ip t in { type filter hook input priority 0; policy drop; }",
@@ -20,12 +18,8 @@ DROPS = {
 
 @pytest.fixture(scope="module")
 def lab():
-    if MISSING:
-        pytest.skip(MISSING)
-    prefix = new_prefix()
-    state = builder.up(variant="slow", prefix=prefix)
-    yield state
-    builder.down(prefix)
+    with seed_lab_with("slow", ()) as state:
+        yield state
 
 
 def _own_ping(lab):

@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from tests.explain.explain_helpers import MISSING
+from tests.explain.explain_helpers import seed_lab_with
 from tests.helpers.cli import why_route
-from tests.lab.lab_helpers import install_observers, new_prefix, observe
-from tracer.lab import builder
+from tests.lab.lab_helpers import install_observers, observe
 
 MULTIPATH = ("ip route replace default nexthop via 10.10.149.1 dev eth0.2 weight 1 "
              "nexthop via 123.150.232.1 dev ppp0 weight 3")
@@ -20,17 +19,9 @@ ARRIVES_AT = {"eth0.2": ("internet1", "10.10.149.4"), "ppp0": ("internet2", "123
 
 @pytest.fixture(scope="module")
 def lab():
-    if MISSING:
-        pytest.skip(MISSING)
-    prefix = new_prefix()
-    state = builder.up(variant="slow", prefix=prefix)
-    try:
-        for command in (MULTIPATH, SNAT_PPP0, L4_HASH):
-            state.run("route", ["sh", "-c", command])
+    with seed_lab_with("slow", (MULTIPATH, SNAT_PPP0, L4_HASH)) as state:
         install_observers(state)
         yield state
-    finally:
-        builder.down(prefix)
 
 
 def _explain(lab, *args):

@@ -6,10 +6,8 @@ import re
 
 import pytest
 
-from tests.explain.explain_helpers import MISSING
+from tests.explain.explain_helpers import seed_lab_with
 from tests.helpers.cli import why_route
-from tests.lab.lab_helpers import new_prefix
-from tracer.lab import builder
 
 # kube-proxy's shape (proxier.go): the first endpoint with probability 1/n, the last unconditionally.
 BALANCE = ("iptables -t nat -N SVC",
@@ -21,16 +19,8 @@ BALANCE = ("iptables -t nat -N SVC",
 
 @pytest.fixture(scope="module")
 def lab():
-    if MISSING:
-        pytest.skip(MISSING)
-    prefix = new_prefix()
-    state = builder.up(variant="ultimate", prefix=prefix)
-    try:
-        for command in BALANCE:
-            state.run("route", ["sh", "-c", command])
+    with seed_lab_with("ultimate", BALANCE) as state:
         yield state
-    finally:
-        builder.down(prefix)
 
 
 def test_each_branch_is_an_outcome_with_its_probability(lab):

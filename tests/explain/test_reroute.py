@@ -5,10 +5,9 @@ import json
 
 import pytest
 
-from tests.explain.explain_helpers import MISSING
+from tests.explain.explain_helpers import seed_lab_with
 from tests.helpers.cli import why_route
-from tests.lab.lab_helpers import install_observers, new_prefix, observe
-from tracer.lab import builder
+from tests.lab.lab_helpers import install_observers, observe
 
 SETUP = ("ip route add default via 123.150.232.1 dev ppp0 table 100",
          "ip rule add fwmark 0x1 lookup 100 pref 100")
@@ -21,17 +20,9 @@ def _marking(chain_type: str) -> str:
 
 @pytest.fixture(scope="module", params=["filter", "route"])
 def lab(request):
-    if MISSING:
-        pytest.skip(MISSING)
-    prefix = new_prefix()
-    state = builder.up(variant="ultimate", prefix=prefix)
-    try:
-        for command in (*SETUP, _marking(request.param)):
-            state.run("route", ["sh", "-c", command])
+    with seed_lab_with("ultimate", (*SETUP, _marking(request.param))) as state:
         install_observers(state)
         yield request.param, state
-    finally:
-        builder.down(prefix)
 
 
 def test_only_a_route_chain_mark_reroutes(lab):

@@ -67,7 +67,7 @@ CASES = [
     (_set("routes.0.family", 6), "routes[0].dst: '0.0.0.0' is not an IPv6 address"),
     (_set("routes.0.nexthops.0.gateway", "10.1"), "routes[0].nexthops[0].gateway: '10.1' is not an IP address"),
     (_set("routes.0.nexthops.0.devv", "x"), "routes[0].nexthops[0].devv: unknown field 'devv' (did you mean 'dev'?)"),
-    (_set("routes.0.table", True), "routes[0].table: expected an integer, got True"),
+    (_set("routes.0.table", True), "routes[0].table: expected an integer, got true"),
     (_set("routes.0.type", "teleport"), "routes[0].type: 'teleport' is not one of unicast"),
     (_set("rules.1.dport", [1, 70000]), "rules[1].dport[1]: 70000 is not an integer in 0..65535"),
     (_set("rules.1.family", "4"), "rules[1].family: '4' is not an address family (4 or 6)"),
@@ -108,7 +108,8 @@ def test_a_json_syntax_error_gives_its_real_line_and_column(capsys, tmp_path):
 def test_a_snapshot_that_is_not_utf8(capsys, tmp_path):
     path = tmp_path / "latin1.json"
     path.write_bytes(b'{"format": "why-route-snapshot",\n "meta": {"hostname": "r\xe9seau"}}')
-    one_line(*why_route_in_process(capsys, "8.8.8.8", "--snapshot", str(path)), "not UTF-8 text: byte 0xe9 at line 2, column 25")
+    one_line(*why_route_in_process(capsys, "8.8.8.8", "--snapshot", str(path)),
+             "not UTF-8 text: byte 0xe9 at line 2, column 25")
 
 
 def test_the_committed_snapshots_load_and_round_trip():

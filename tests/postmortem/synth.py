@@ -31,7 +31,9 @@ def _tcp(sport, dport, seq, ack, flags, win, options=b"") -> bytes:
 
 
 def transfer(index: int, start: float, segments: int, rng: random.Random, *, loss: float = 0.0,
-             rtt: float = 0.010, gap: float = 0.0002, zero_window: bool = False):
+             rtt: float = 0.010, gap: float = 0.0002, zero_window: bool = False, queue_growth: float = 0.0):
+    """`queue_growth`: each segment's ACK is delayed this much more than the previous one's (a
+    queue that fills during the transfer: bufferbloat)."""
     """[(time, frame, original length)] of one connection, sorted by time."""
     client = bytes([10, 1, (index >> 8) & 255, index & 255])
     server = bytes([10, 2, 0, 1])
@@ -94,7 +96,7 @@ def transfer(index: int, start: float, segments: int, rng: random.Random, *, los
                 t = max(t, rt + rtt)
         else:
             received = seq + MSS
-            s2c(t + rtt, 1, received, 0x10)
+            s2c(t + rtt + i * queue_growth, 1, received, 0x10)
         seq += MSS
     t += rtt * 2
     c2s(t, seq, 1, 0x11)

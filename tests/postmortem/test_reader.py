@@ -78,3 +78,20 @@ def test_annotated_capture_carries_verdicts_and_suspects_as_frame_comments(tmp_p
     total = subprocess.run(["tshark", "-r", out, "-T", "fields", "-e", "frame.number"], capture_output=True,
                            text=True, check=True).stdout.split()
     assert len(total) == sum(1 for _ in pcapio.read(path).packets())
+
+
+def test_html_report_is_self_contained_with_a_time_sequence_graph_per_suspect_connection(tmp_path):
+    path = str(tmp_path / "s.pcap")
+    synth.capture(path, connections=4, segments=300, seed=4, loss=0.02)
+    out = tmp_path / "r.html"
+    result = why_route("postmortem", path, "--report", str(out))
+    assert result.returncode == 1, result.stderr
+    page = out.read_text()
+    report = postmortem.run(path)
+    bad = [c for c in report.connections if c.verdict != "ok"]
+    assert bad
+    assert page.count("<svg") == len(bad)
+    assert page.count("Time–sequence graph") == len(bad)
+    assert "retransmission on s.pcap" in page  # the legend names the marks
+    # nothing to fetch: no images, stylesheets or scripts by reference
+    assert "<img" not in page and "<link" not in page and "<script" not in page and "xlink:href=\"http" not in page

@@ -15,7 +15,9 @@ before conntrack and NAT). Tests only send between the lab's namespaces.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import subprocess
 import time
@@ -309,7 +311,8 @@ def _route_mismatches(lab: ToolLab, flow: Flow, path: Path) -> list[str]:
                           mark=flow.mark, proto=flow.proto, dport=path.wire[2] if path.wire else flow.dport,
                           sport=flow.sport)
     if path.error:
-        return [] if "error" in route else [f"ip route get gave {route}, expected {path.error}"]
+        expected = os.strerror(getattr(errno, path.error))  # as `ip` prints it: "RTNETLINK answers: <strerror>"
+        return [] if expected in route.get("error", "") else [f"ip route get gave {route}, expected {expected}"]
     if "error" in route:
         return [f"ip route get failed: {route['error']}"]
     problems = []
@@ -366,7 +369,7 @@ def why_route_mismatches(doc: dict, path: Path) -> list[str]:
                 (path.dev, *path.wire))
     # An expected rewrite names its port only when the rule sets one (DNAT to ADDR:PORT).
     rewrites = [(n["type"], n["field"], n["to"], n.get("to_port")) for n in doc["nat"]]
-    differs("NAT", [r[:len(want)] for r, want in zip(rewrites, path.nat)] + rewrites[len(path.nat):],
+    differs("NAT", [r[:len(want)] for r, want in zip(rewrites, path.nat, strict=False)] + rewrites[len(path.nat):],
             list(path.nat))
     kernel = doc.get("kernel")
     if kernel is not None and not kernel["agrees"]:

@@ -19,7 +19,15 @@ with its bridge br-dummy / 192.168.0.0/24 replaced by docker0 / 172.17.0.0/16.
 import pytest
 
 from tests.realtools.realtools_lab import (
-    Flow, Path, cases, check, errors, explain_flow, findings_naming, kernel_mismatches, why_route_mismatches,
+    Flow,
+    Path,
+    cases,
+    check,
+    errors,
+    explain_flow,
+    findings_naming,
+    kernel_mismatches,
+    why_route_mismatches,
 )
 
 TOPOLOGY = "docker"
@@ -135,19 +143,7 @@ BROKEN = {
         sink="internet", sink_iif="eth0", outcome="sent")),
 }
 
-# The reply walk of WR025 starts from the de-NATed destination, so Docker's raw
-# PREROUTING `-d 172.17.0.2/32 ! -i docker0 -j DROP` drops the container's
-# replies before routing (the kernel's raw hook sees the masqueraded address
-# 198.51.100.10; conntrack restores 172.17.0.2 at nat priority -100), and the
-# dropped walk's routing result, None, reaches CheckContext.rp_filter_drop.
-WR025_CRASH = ("why-route exits 70 (AttributeError): rules/wr025_reply_path.py ReplyPath.flow_check passes "
-               "reply.result=None to tracer/checks/context.py CheckContext.rp_filter_drop; the reply "
-               "8.8.8.8 → 172.17.0.2 is walked with its de-NATed destination from the start, so raw "
-               "PREROUTING `-d 172.17.0.2/32 ! -i docker0 -j DROP` drops it, where the kernel's raw hook sees "
-               "198.51.100.10 (conntrack de-NATs at nat priority -100)")
-
 WHY_ROUTE_DEFECTS = {
-    "container-to-internet": WR025_CRASH,
 }
 
 
@@ -175,7 +171,6 @@ def test_why_route_explains_the_breakage(tool_lab, capsys, key):
     assert why_route_mismatches(explain_flow(capsys, tool_lab(key[0]), flow), path) == []
 
 
-@pytest.mark.xfail(strict=True, reason=WR025_CRASH)
 def test_check_finds_no_error_on_the_healthy_host(tool_lab, capsys):
     assert errors(check(capsys, tool_lab("healthy").ns("docker"))) == []
 

@@ -16,7 +16,15 @@ commands only fail with "File exists".
 import pytest
 
 from tests.realtools.realtools_lab import (
-    Flow, Path, cases, check, errors, explain_flow, findings_naming, kernel_mismatches, outcomes,
+    Flow,
+    Path,
+    cases,
+    check,
+    errors,
+    explain_flow,
+    findings_naming,
+    kernel_mismatches,
+    outcomes,
     why_route_mismatches,
 )
 
@@ -147,19 +155,10 @@ def test_why_route_gives_both_providers_as_the_hash_may_pick_either(tool_lab, ca
     assert outcomes(doc, "dev", "src") == {("eth1", IP1): 0.5, ("eth2", IP2): 0.5}
 
 
-WR019_FALSE_ALARM = (
-    "false alarm: WR019 takes provider 2's uplink subnet 203.0.113.0/24 on eth2 for a private LAN and reports "
-    "203.0.113.1 → 8.8.8.8 out eth1 as missing SNAT; tracer/checks/context.py is_private uses "
-    "ipaddress.is_private, which also counts the RFC 5737 documentation prefixes (192.0.2/24, 198.51.100/24, "
-    "203.0.113/24) and 198.18/15, where WR019's docstring says RFC 1918, CGNAT, ULA")
-
-
-@pytest.mark.xfail(strict=True, reason=WR019_FALSE_ALARM)
 def test_check_finds_no_error_with_split_access(tool_lab, capsys):
     assert errors(check(capsys, tool_lab("healthy").ns("router"))) == []
 
 
-@pytest.mark.xfail(strict=True, reason=WR019_FALSE_ALARM)
 def test_check_finds_no_error_with_load_balancing(tool_lab, capsys):
     assert errors(check(capsys, tool_lab("load-balanced").ns("router"))) == []
 

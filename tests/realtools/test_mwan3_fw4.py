@@ -1,3 +1,4 @@
+# ruff: noqa: E501 -- fw4's ruleset is quoted line for line, and some of its lines are long
 """OpenWrt with mwan3 2.12.2 balancing over two uplinks, and fw4 as the firewall.
 
 mwan3 (openwrt/packages net/mwan3, PKG_VERSION 2.12.2), as its scripts write
@@ -36,7 +37,15 @@ offloading, no conntrack helpers.
 import pytest
 
 from tests.realtools.realtools_lab import (
-    Flow, Path, cases, check, errors, explain_flow, findings_naming, kernel_mismatches, outcomes,
+    Flow,
+    Path,
+    cases,
+    check,
+    errors,
+    explain_flow,
+    findings_naming,
+    kernel_mismatches,
+    outcomes,
     why_route_mismatches,
 )
 

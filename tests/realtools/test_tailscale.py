@@ -20,7 +20,15 @@ tsconst/linuxfw.go: bypass mark 0x80000, subnet-route mark 0x40000, mask 0xff000
 import pytest
 
 from tests.realtools.realtools_lab import (
-    Flow, Path, cases, check, errors, explain_flow, findings_naming, kernel_mismatches, why_route_mismatches,
+    Flow,
+    Path,
+    cases,
+    check,
+    errors,
+    explain_flow,
+    findings_naming,
+    kernel_mismatches,
+    why_route_mismatches,
 )
 
 TOPOLOGY = "tailscale"
@@ -40,6 +48,12 @@ def ip_rules() -> str:
     ])
 
 
+CONNMARK_RESTORE = ("-A PREROUTING -m conntrack --ctstate RELATED,ESTABLISHED -m connmark ! --mark 0x0/0xff0000 "
+                    "-j CONNMARK --restore-mark --nfmask 0xff0000 --ctmask 0xff0000")
+CONNMARK_SAVE = ("-A OUTPUT -m conntrack --ctstate NEW -m mark ! --mark 0x0/0xff0000 "
+                 "-j CONNMARK --save-mark --nfmask 0xff0000 --ctmask 0xff0000")
+
+
 def netfilter(own_address: str) -> str:
     return f"""\
 *mangle
@@ -48,8 +62,8 @@ def netfilter(own_address: str) -> str:
 :FORWARD ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
--A PREROUTING -m conntrack --ctstate RELATED,ESTABLISHED -m connmark ! --mark 0x0/0xff0000 -j CONNMARK --restore-mark --nfmask 0xff0000 --ctmask 0xff0000
--A OUTPUT -m conntrack --ctstate NEW -m mark ! --mark 0x0/0xff0000 -j CONNMARK --save-mark --nfmask 0xff0000 --ctmask 0xff0000
+{CONNMARK_RESTORE}
+{CONNMARK_SAVE}
 COMMIT
 *filter
 :INPUT ACCEPT [0:0]

@@ -17,7 +17,15 @@ encrypted UDP to the endpoint, which WireGuard's socket marks.
 import pytest
 
 from tests.realtools.realtools_lab import (
-    Flow, Path, cases, check, errors, explain_flow, findings_naming, kernel_mismatches, why_route_mismatches,
+    Flow,
+    Path,
+    cases,
+    check,
+    errors,
+    explain_flow,
+    findings_naming,
+    kernel_mismatches,
+    why_route_mismatches,
 )
 
 TOPOLOGY = "wireguard"
@@ -39,8 +47,8 @@ add chain ip wg-quick-wg0 preraw {{ type filter hook prerouting priority -300; }
 add chain ip wg-quick-wg0 premangle {{ type filter hook prerouting priority -150; }}
 add chain ip wg-quick-wg0 postmangle {{ type filter hook postrouting priority -150; }}
 add rule ip wg-quick-wg0 preraw iifname != "wg0" ip daddr {TUNNEL_ADDRESS} fib saddr type != local drop
-add rule ip wg-quick-wg0 postmangle meta l4proto udp mark {FWMARK} ct mark set mark 
-add rule ip wg-quick-wg0 premangle meta l4proto udp meta mark set ct mark 
+add rule ip wg-quick-wg0 postmangle meta l4proto udp mark {FWMARK} ct mark set mark
+add rule ip wg-quick-wg0 premangle meta l4proto udp meta mark set ct mark
 """
 
 BREAKAGES = {

@@ -45,7 +45,8 @@ EXPECT = {
     "WR018": ["fwmark 0x2", "ppp0", "sysctl -w net.ipv4.conf.all.src_valid_mark=1"],
     "WR019": ["ppp0", "192.168.1.169", "sunusroute", "123.150.232.74",
               "iptables -t nat -A POSTROUTING -o ppp0 -j SNAT --to-source 123.150.232.74"],
-    "WR020": ["10.10.149.4", "eth0.2", "ppp0", "123.150.232.74"],
+    # issue 9: the bad rule is replaced where it stands (an appended rule would never be reached)
+    "WR020": ["10.10.149.4", "eth0.2", "ppp0", "123.150.232.74", "iptables -t nat -R POSTROUTING 2 -o ppp0 -j MASQUERADE"],
     "WR021": ["ppp0", "123.150.232.74", "iptables -t nat -R POSTROUTING 2 -o ppp0 -j MASQUERADE"],
     "WR022": ["192.168.1.169", "no NAT", "123.150.232.74", "conntrack -D -p icmp -s 192.168.1.169 -d 8.8.8.8"],
     "WR023": ["ip nat", "iptables-legacy -t nat -F"],
@@ -58,6 +59,13 @@ EXPECT = {
     "WR027": ["ppp0", "linkdown", "table sunusroute"],
     "WR028": ["iif eth1", "ip rule del priority 100"],
     "WR029": ["table sunusroute", "no rule looks it up", "lookup sunusroute"],
+    "WR030": ["0x80000/0xff0000", "rule 5250", "ENETUNREACH", "eth0.2",
+              "ip rule add fwmark 0x80000/0xff0000 lookup main priority 5249"],
+    "WR031": ["not from all fwmark 0xca6c lookup 51820", "192.168.1.0/24", "br-lan", "wg0",
+              "ip rule add table main suppress_prefixlength 0 priority 32764",
+              "ip route add 192.168.1.0/24 dev br-lan src 192.168.1.1 table 51820"],
+    "WR032": ["ppp0", "fwmark 0x2 lookup fast", "192.168.1.2", "123.150.232.74",
+              "iptables -t nat -A POSTROUTING -o ppp0 -j MASQUERADE"],
 }
 IDS = [c.id for c in engine.catalogue()]
 
@@ -111,7 +119,7 @@ def test_finding_dict_contract():
 
 # What each rule's fix on its bad fixture is (issue 9): steps run in order, alternatives, a probe.
 FIX_KIND = {"WR002": "alternatives", "WR006": "probe", "WR010": "alternatives", "WR019": "alternatives",
-            "WR027": "alternatives"}
+            "WR027": "alternatives", "WR031": "alternatives"}
 
 
 @pytest.mark.parametrize("rule_id", IDS)
@@ -125,13 +133,14 @@ def test_fix_text_labels():
 
     def shown(fix):
         finding = Finding("WR999", "error", "t", "m", fix)
-        return render.text([finding], colour=False, source="x", rules_run=1).splitlines()[4:]
+        return render.text([finding], colour=False, source="x", rules_run=1).splitlines()[5:]
 
     assert shown(Fix.steps("a")) == ["      fix: a"]
     assert shown(Fix.steps("a", "b")) == ["      fix (run in order):", "        a", "        b"]
     assert shown(Fix.alternatives("a", "b")) == ["      fix (one of):", "        a", "        b"]
     assert shown(Fix.probe("a")) == ["      probe: a"]
     assert Finding("WR999", "error", "t", "m", ("a", "b")).fix.kind == "steps"
+    assert Fix.alternatives("a").kind == "steps"  # one choice is no choice
     with pytest.raises(ValueError):
         Fix(("a",), "maybe")
 

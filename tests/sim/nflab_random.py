@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tests.sim.nfwire import CLIENT_SIDE, EGRESS, ROUTER_ADDRESSES, IptTables, Probe, empty_legacy_tables, restore_text
+from tests.sim.nfwire import CLIENT_SIDE, EGRESS, ROUTER_ADDRESSES, IptTables, Probe, Ruleset
 from tracer.vocab import ICMP, TCP, UDP
 
 FEATURES = {
@@ -33,8 +33,8 @@ FEATURES = {
     "named-sets": "nft named sets of addresses and ports",
     "interface-names": "iifname / oifname (also at hooks without that device) and iptables -i / -o",
     "marks": "meta mark / MARK set and matched anywhere",
-    "output-mark-after-reroute": "marks set at output by filter chains, or by more than one chain (else only one "
-                                 "route chain sets them): a change after the re-route does not re-route again",
+    "output-several-reroutes": "marks set at output by filter chains or by several chains, or next to an output "
+                               "dnat (else one route chain sets marks, or NAT alone changes the destination)",
     "mark-routing": "marks set in prerouting or output, which select ip rules (fwmark 0x1/0x3, 0x2/0x3)",
     "ct-mark": "ct mark set from the mark, and the mark restored from it",
     "ct-state": "ct state / -m conntrack --ctstate (also below conntrack's priority)",
@@ -63,9 +63,10 @@ FEATURES = {
 DISABLED: dict[str, str] = {
     "snat-port-range": "for a source NAT to a port range that the port is outside of, the kernel picks a port in "
                        "the range at random (nf_nat_l4proto_unique_tuple); why-route claims the range's first port",
-    "output-mark-after-reroute": "why-route re-routes a local packet once, with the mark as the whole output hook "
-                                 "left it; the kernel re-routes right after the route chain (or NAT) that changed "
-                                 "the keys, with the mark of that moment",
+    "output-several-reroutes": "why-route routes a local packet again once, with the keys as the whole output hook "
+                               "left them; the kernel re-routes right after each route chain (or NAT) that changed "
+                               "them, with the keys of that moment: a later change is not routed, and an "
+                               "intermediate route that fails drops the packet",
     "local-out-to-self": "explain() ends a local-out packet to a local address after the output hook; the kernel "
                          "also runs postrouting (oif lo) and, on the way back in, prerouting (iif lo) and input",
 }
@@ -108,13 +109,11 @@ PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
 
 
 @dataclass
-class Config:
-    seed: int
-    legacy_tables: bool  # the lab has iptables-legacy tables (rules for them may be drawn)
-    nft: str = ""
-    iptables_nft: IptTables = field(default_factory=dict)
-    iptables_legacy: IptTables = field(default_factory=dict)
-    nft_first: bool = True
+class Config(Ruleset):
+    """A drawn ruleset (with `legacy_tables`, rules for the legacy tables may be drawn), its probes,
+    and the features it used."""
+
+    seed: int = 0
     probes: list[Probe] = field(default_factory=list)
     features: set[str] = field(default_factory=set)
 
@@ -122,15 +121,6 @@ class Config:
     def name(self) -> str:
         """What WHYROUTE_NF_CONFIG takes to replay this config: its seed, and whether the lab had legacy tables."""
         return f"{self.seed}:legacy" if self.legacy_tables else str(self.seed)
-
-    def script(self) -> str:
-        """The router's ruleset as shell commands, in load order (a human's replay)."""
-        nft = f"nft -f - <<'EOF'\n{self.nft}EOF\n" if self.nft.strip() else ""
-        ipt = f"iptables-nft-restore <<'EOF'\n{restore_text(self.iptables_nft)}EOF\n" if self.iptables_nft else ""
-        legacy = ""
-        if self.legacy_tables:
-            legacy = f"iptables-legacy-restore <<'EOF'\n{restore_text({**empty_legacy_tables(), **self.iptables_legacy})}EOF\n"
-        return legacy + (nft + ipt if self.nft_first else ipt + nft)
 
 
 @dataclass(frozen=True)
@@ -160,10 +150,13 @@ def config_named(name: str, enabled: frozenset[str] = ENABLED) -> Config:
 class _Generator:
     def __init__(self, seed: int, legacy_tables: bool, enabled: frozenset[str]):
         self.rng = random.Random(seed)
-        self.cfg = Config(seed=seed, legacy_tables=legacy_tables)
+        self.cfg = Config(legacy_tables=legacy_tables, seed=seed)
         self.enabled = enabled
+        # Without output-several-reroutes one thing re-routes at output: marks (in one route chain) or NAT.
+        self.output_rerouter = self.rng.choice(("marks", "nat"))
         self.output_mark_chain: str | None = None  # the one output chain that may set marks
         self.output_mark_chains: set[str] = set()  # output chains that do
+        self.output_nat = False
 
     def on(self, feature: str, probability: float = 1.0) -> bool:
         """Whether to use `feature` here (enabled, and drawn with `probability`); records its use."""
@@ -330,10 +323,11 @@ class _Generator:
         return self.rng.choice((0x1, 0x1, 0x2, 0x3))
 
     def may_set_mark(self, context: Context) -> bool:
-        """Without output-mark-after-reroute, only one route chain sets marks at output."""
-        if context.hook != "output" or "output-mark-after-reroute" in self.enabled:
+        """Without output-several-reroutes, only one route chain sets marks at output, and only
+        in configs without output NAT."""
+        if context.hook != "output" or "output-several-reroutes" in self.enabled:
             return True
-        if context.type != "route":
+        if context.type != "route" or self.output_rerouter != "marks":
             return False
         self.output_mark_chain = self.output_mark_chain or context.chain
         return self.output_mark_chain == context.chain
@@ -343,8 +337,8 @@ class _Generator:
             self.cfg.features.add("mark-routing")
         if context.hook == "output":
             self.output_mark_chains.add(context.chain)
-            if context.type != "route" or len(self.output_mark_chains) > 1:
-                self.cfg.features.add("output-mark-after-reroute")
+            if context.type != "route" or len(self.output_mark_chains) > 1 or self.output_nat:
+                self.cfg.features.add("output-several-reroutes")
 
     def nft_ending(self, context: Context, proto: int | None, targets: list[str], dropping: bool) -> str:
         """The rule's verdict or NAT statement; rarely a drop after a statement (a mark that
@@ -354,7 +348,7 @@ class _Generator:
         if context.regular:
             choices["return"] = 2
         if targets:
-            choices["jump"] = choices["goto"] = 2
+            choices["jump"] = choices["goto"] = 4 if context.type == "nat" else 2
         if context.hook != "postrouting" and context.type == "filter" and "reject" in self.enabled:
             choices["reject"] = 1 if dropping else 0.2
         if "vmap" in self.enabled:
@@ -439,6 +433,8 @@ class _Generator:
         hook_feature = {"input": "nat-input", "output": "nat-output"}.get(hook)
         if hook_feature and hook_feature not in self.enabled:
             return None
+        if hook == "output" and self.output_rerouter != "nat" and "output-several-reroutes" not in self.enabled:
+            return None
         kinds = [k for k in kinds if k in self.enabled]
         if not kinds:
             return None
@@ -446,8 +442,12 @@ class _Generator:
             self.cfg.features.add(hook_feature)
         kind = self.rng.choice(kinds)
         self.cfg.features.add(kind)
-        if hook == "output" and kind == "redirect":
-            self.cfg.features.add("local-out-to-self")
+        if hook == "output":
+            self.output_nat = True
+            if self.output_mark_chains:
+                self.cfg.features.add("output-several-reroutes")
+            if kind == "redirect":
+                self.cfg.features.add("local-out-to-self")
         return kind
 
     # ------------------------------------------------------------ iptables
@@ -525,7 +525,7 @@ class _Generator:
         if context.table in ("filter", "mangle", "raw"):
             choices["DROP"] = 2
         if targets:
-            choices["jump"] = choices["goto"] = 2
+            choices["jump"] = choices["goto"] = 4 if context.type == "nat" else 2
         if context.table == "filter" and "reject" in self.enabled:
             choices["REJECT"] = 1
         if context.table == "mangle" and "marks" in self.enabled and self.may_set_mark(context):

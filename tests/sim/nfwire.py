@@ -18,6 +18,10 @@ the client and the sink read what the router sent out of r0..r3; raw sockets in 
 read what it delivered locally (after the input hook). The client and the sink drop
 everything their own stack would send, so only the probes cross the router.
 
+`compare(lab, ruleset, probes)` is the differential step itself: load the ruleset, collect
+the router's state (collect_state), explain every probe (tracer.sim.explain.explain), send
+them, and pair each explanation with where the kernel put the packet.
+
 Nothing touches the root namespace: the lab is a tracer.lab topology under a fresh prefix
 (`w` and four hex digits); `down()` removes it.
 """
@@ -29,13 +33,16 @@ import shutil
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tests.lab.lab_helpers import new_prefix
 from tracer import netns
+from tracer.collect.live import collect_state
 from tracer.flow import Flow, make_flow
 from tracer.lab import builder
 from tracer.lab import topology as topo
+from tracer.sim.explain import explain
+from tracer.sim.explanation import Explanation
 from tracer.vocab import ICMP, TCP, UDP
 
 CLIENT_SIDE = "r0"
@@ -205,6 +212,49 @@ def read_probe(data: bytes) -> tuple[int, Arrival] | None:
     return None
 
 
+# ------------------------------------------------------------------ rulesets
+
+# {table: {chain: (policy, [rule, …])}}: policy None for a user chain, a rule is what follows `-A CHAIN`
+IptTables = dict[str, dict[str, tuple[str | None, list[str]]]]
+
+
+@dataclass
+class Ruleset:
+    """Everything the router loads: nft's native tables (an `nft -f` script), iptables-nft's
+    tables, and rules for the iptables-legacy tables, which exist when `legacy_tables`."""
+
+    nft: str = ""
+    iptables_nft: IptTables = field(default_factory=dict)
+    iptables_legacy: IptTables = field(default_factory=dict)
+    nft_first: bool = True  # load order: registration order decides between equal priorities
+    legacy_tables: bool = False
+
+    def script(self) -> str:
+        """The ruleset as shell commands run in the router, in load order (a human's replay)."""
+        nft = f"nft -f - <<'EOF'\n{self.nft}EOF\n" if self.nft.strip() else ""
+        ipt = f"iptables-nft-restore <<'EOF'\n{restore_text(self.iptables_nft)}EOF\n" if self.iptables_nft else ""
+        legacy = ""
+        if self.legacy_tables:
+            tables = restore_text({**empty_legacy_tables(), **self.iptables_legacy})
+            legacy = f"iptables-legacy-restore <<'EOF'\n{tables}EOF\n"
+        return legacy + (nft + ipt if self.nft_first else ipt + nft)
+
+
+def restore_text(tables: IptTables) -> str:
+    """iptables-restore input that replaces each of `tables` whole."""
+    out = []
+    for table, chains in tables.items():
+        out.append(f"*{table}")
+        out += [f":{chain} {policy or '-'} [0:0]" for chain, (policy, _rules) in chains.items()]
+        out += [f"-A {chain} {rule}" for chain, (_policy, rules) in chains.items() for rule in rules]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n" if out else ""
+
+
+def empty_legacy_tables() -> IptTables:
+    return {table: {chain: ("ACCEPT", []) for chain in chains} for table, chains in LEGACY_BUILTINS.items()}
+
+
 # ------------------------------------------------------------------ the lab
 
 class WireLab:
@@ -272,16 +322,19 @@ class WireLab:
         self.run(["iptables-legacy-restore"], input=restore_text(empty_legacy_tables()))
         self.legacy = True
 
-    def load(self, nft: str, iptables_nft: IptTables, iptables_legacy: IptTables, nft_first: bool) -> None:
-        """Replace the router's ruleset: nft's native tables and iptables-nft's (in that order or
-        the other), the legacy tables' rules (when they exist); then forget every connection."""
+    def load(self, ruleset: Ruleset) -> None:
+        """Replace the router's ruleset (making the legacy tables first if it wants them, which
+        then stay); then forget every connection."""
+        if ruleset.legacy_tables and not self.legacy:
+            self.load_legacy_tables()
+        if ruleset.iptables_legacy and not self.legacy:
+            raise ValueError("iptables-legacy rules for a ruleset without legacy_tables")
         self.run(["nft", "flush", "ruleset"])
         if self.legacy:
-            self.run(["iptables-legacy-restore"], input=restore_text({**empty_legacy_tables(), **iptables_legacy}))
-        elif iptables_legacy:
-            raise ValueError("iptables-legacy rules for a lab without legacy tables (load_legacy_tables first)")
-        steps = [(["nft", "-f", "-"], nft), (["iptables-nft-restore"], restore_text(iptables_nft))]
-        for argv, text in steps if nft_first else steps[::-1]:
+            tables = {**empty_legacy_tables(), **ruleset.iptables_legacy}
+            self.run(["iptables-legacy-restore"], input=restore_text(tables))
+        steps = [(["nft", "-f", "-"], ruleset.nft), (["iptables-nft-restore"], restore_text(ruleset.iptables_nft))]
+        for argv, text in steps if ruleset.nft_first else steps[::-1]:
             if text.strip():
                 self.run(argv, input=text)
         self.forget_connections()
@@ -354,20 +407,114 @@ def _pending(sock: socket.socket):
             return
 
 
-# {table: {chain: (policy, [rule, …])}}: policy None for a user chain, a rule is what follows `-A CHAIN`
-IptTables = dict[str, dict[str, tuple[str | None, list[str]]]]
+# ------------------------------------------------------------------ why-route against the wire
+
+@dataclass
+class Comparison:
+    """One probe: what why-route said, and where the kernel put it."""
+
+    probe: Probe
+    explanation: Explanation | None
+    expected: Arrival | None  # where the explanation says it shows up (None: nowhere)
+    seen: list[Arrival] = field(default_factory=list)
+    refused: str | None = None  # sendto's error for a local-out probe
+    error: str | None = None  # why-route raised
+
+    @property
+    def uncertain(self) -> tuple[str, ...]:
+        if self.explanation is None:
+            return ()
+        return tuple(reason for hook in self.explanation.hooks for reason in hook.uncertain_reasons)
+
+    @property
+    def agrees(self) -> bool:
+        if self.error or self.uncertain or len(self.seen) > 1:
+            return False
+        if self.expected is None or not self.seen:
+            return self.expected is None and not self.seen
+        return same_place(self.expected, self.seen[0], self.explanation)
+
+    def describe(self) -> str:
+        kernel = " and ".join(map(str, self.seen)) or "not seen" + (f" (sendto: {self.refused})" if self.refused else "")
+        if self.error:
+            said = f"raised {self.error}"
+        else:
+            e = self.explanation
+            said = str(self.expected) if self.expected else f"not seen ({e.verdict}: {e.verdict_reason})"
+            if self.uncertain:
+                said += f"; uncertain: {'; '.join(self.uncertain)}"
+        return f"{self.probe}\n      kernel:    {kernel}\n      why-route: {said}"
 
 
-def restore_text(tables: IptTables) -> str:
-    """iptables-restore input that replaces each of `tables` whole."""
-    out = []
-    for table, chains in tables.items():
-        out.append(f"*{table}")
-        out += [f":{chain} {policy or '-'} [0:0]" for chain, (policy, _rules) in chains.items()]
-        out += [f"-A {chain} {rule}" for chain, (_policy, rules) in chains.items() for rule in rules]
-        out.append("COMMIT")
-    return "\n".join(out) + "\n" if out else ""
+def same_place(expected: Arrival, seen: Arrival, e: Explanation) -> bool:
+    """The explanation's arrival is the kernel's. A port the explanation leaves out (None on a
+    TCP/UDP probe) is one it says the kernel picks at random (tracer.sim.netfilter's NAT
+    rewrite with `to_port` None and a note saying so): any port is then the kernel's pick."""
+    if (expected.place, expected.src, expected.dst) != (seen.place, seen.src, seen.dst):
+        return False
+    for name, side in (("sport", "src"), ("dport", "dst")):
+        claimed, got = getattr(expected, name), getattr(seen, name)
+        if claimed is None and got is not None and _picked_at_random(e, side):
+            continue
+        if claimed != got:
+            return False
+    return True
 
 
-def empty_legacy_tables() -> IptTables:
-    return {table: {chain: ("ACCEPT", []) for chain in chains} for table, chains in LEGACY_BUILTINS.items()}
+def _picked_at_random(e: Explanation, side: str) -> bool:
+    return any(step.rewrite.field == side and step.rewrite.to_port is None and "random" in (step.rewrite.note or "")
+               for step in e.nat)
+
+
+def expected_arrival(e: Explanation) -> Arrival | None:
+    """Where the explanation says the probe shows up."""
+    if e.leaves:
+        out = e.egress
+        return Arrival(out.dev, out.src, out.dst, out.sport, out.dport)
+    if e.verdict == "delivered-locally":
+        packet = e.hooks[-1].packet  # as the last hook (input, or output for a local-out probe) left it
+        return Arrival(LOCAL, packet.src, packet.dst, packet.sport, packet.dport)
+    return None
+
+
+def waves(probes: list[Probe], expected: dict[int, Arrival | None]) -> list[list[Probe]]:
+    """The probes in sending rounds, no two of a round expected to end with the same addresses
+    and ports: the second would meet the first's conntrack entry and the kernel would pick
+    another port (or drop it), which no single-flow explanation can foresee. Source ports are
+    unique among the probes, so only NAT to a fixed port makes two of them collide."""
+    rounds: list[tuple[list[Probe], set]] = []
+    for probe in probes:
+        arrival = expected.get(probe.id)
+        key = (probe.proto, arrival.src, arrival.sport, arrival.dst, arrival.dport) \
+            if arrival and probe.proto != ICMP else None
+        for members, keys in rounds:
+            if key is None or key not in keys:
+                members.append(probe)
+                keys.add(key)
+                break
+        else:
+            rounds.append(([probe], {key}))
+    return [members for members, _keys in rounds]
+
+
+def compare(lab: WireLab, ruleset: Ruleset, probes: list[Probe]) -> list[Comparison]:
+    """Load `ruleset`, explain every probe from the collected state, send them, and pair each
+    explanation with the probe's arrivals."""
+    lab.load(ruleset)
+    state = collect_state(lab.router)
+    comparisons: dict[int, Comparison] = {}
+    for probe in probes:
+        try:
+            e = explain(state, probe.flow())
+            comparisons[probe.id] = Comparison(probe, e, expected_arrival(e))
+        except Exception as exc:  # noqa: BLE001 - a crash is a disagreement to report, not the end of the run
+            comparisons[probe.id] = Comparison(probe, None, None, error=f"{type(exc).__name__}: {exc}")
+    for n, batch in enumerate(waves(probes, {i: c.expected for i, c in comparisons.items()})):
+        if n:
+            lab.forget_connections()
+        refused = lab.send(batch)
+        seen = lab.arrivals({p.id for p in batch if comparisons[p.id].expected})
+        for probe in batch:
+            comparisons[probe.id].seen = seen.get(probe.id, [])
+            comparisons[probe.id].refused = refused.get(probe.id)
+    return [comparisons[p.id] for p in probes]

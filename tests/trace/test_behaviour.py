@@ -86,3 +86,49 @@ def test_replay_of_a_missing_directory_is_a_usage_error(tmp_path):
     assert result.returncode == 2 and "cannot read the run directory" in result.stderr
 
 
+
+
+def test_port_changing_dnat_is_read_from_the_conntrack_tuples(own_lab):
+    lab = own_lab("ultimate")
+    lab.run("route", ["iptables", "-t", "nat", "-A", "PREROUTING", "-i", "br-lan", "-p", "tcp", "--dport", "8080",
+                      "-j", "DNAT", "--to-destination", "8.8.4.4:80"])
+    trace = RunningTrace("--netns", lab.ns("route"), "--dport", "8080", "--count", "1", "--reply-wait", "0.3")
+    trace.started()
+    tcp_connect(lab, "macbook", "8.8.8.8", 8080)
+    docs, _summary = trace.finish()
+    doc = flow_to(docs, "8.8.8.8", TCP)
+    dnat = next(n for n in doc["nat"] if n["field"] == "dst")
+    assert (dnat["from"], dnat["to"], dnat["from_port"], dnat["to_port"]) == ("8.8.8.8", "8.8.4.4", 8080, 80)
+    assert (doc["egress"]["dst"], doc["egress"]["dport"]) == ("8.8.4.4", 80)
+    assert doc["rule"]["priority"] == 32765 and doc["dev"] == "ppp0"
+    assert doc["sim"]["agrees"], doc["sim"]["differences"]
+
+
+def test_a_mark_set_in_mangle_changes_the_table(own_lab):
+    lab = own_lab("ultimate")
+    lab.run("route", ["iptables", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--dport", "8081",
+                      "-j", "MARK", "--set-mark", "0x10"])
+    lab.run("route", ["ip", "rule", "add", "fwmark", "0x10", "lookup", "main", "priority", "100"])
+    trace = RunningTrace("--netns", lab.ns("route"), "--dport", "8081", "--count", "1", "--reply-wait", "0.3")
+    trace.started()
+    tcp_connect(lab, "macbook", "8.8.8.8", 8081)
+    docs, _summary = trace.finish()
+    doc = flow_to(docs, "8.8.8.8", TCP)
+    pre = doc["hooks"][0]
+    assert (pre["hook"], pre["mark_from"], pre["mark"]) == ("prerouting", 0, 0x10)
+    assert doc["rule"]["priority"] == 100 and doc["table"] == "main" and doc["dev"] == "eth0.2"
+    assert doc["sim"]["agrees"], doc["sim"]["differences"]
+
+
+def test_a_packet_without_a_route_is_dropped_with_the_routing_error(own_lab):
+    lab = own_lab("ultimate")
+    lab.run("route", ["ip", "route", "add", "unreachable", "203.0.113.0/24", "table", "sunusroute"])
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp", "--count", "1").started()
+    lab.run("macbook", ["ping", "-n", "-c", "1", "-W", "1", "203.0.113.9"], check=False)
+    docs, _summary = trace.finish()
+    doc = flow_to(docs, "203.0.113.9", 1)
+    assert doc["tables_tried"][-1] == {"table_id": 7375, "table": "sunusroute", "result": "EHOSTUNREACH"}
+    assert doc["route_error"] == "EHOSTUNREACH" and doc["verdict"] == "dropped"
+    assert doc["drop"]["reason"], doc["drop"]
+    assert doc["rule"]["priority"] == 32765
+    assert doc["sim"]["agrees"], doc["sim"]["differences"]

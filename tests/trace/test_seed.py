@@ -66,3 +66,29 @@ def test_text_output_is_one_line_per_flow(trace_lab):
                   "SNAT 192.168.1.169 → 123.150.232.74", "reply seen", "sim: agrees"):
         assert words in line, line
     assert "1 flows" in trace.stderr and "0 lost" in trace.stderr
+
+
+def test_ultimate_nosnat_leaves_ppp0_unmasked_gets_no_reply_and_carries_wr019(trace_lab):
+    lab = trace_lab("ultimate-nosnat")
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp", "--count", "1",
+                         "--reply-wait", "0.5").started()
+    ping_from_macbook(lab)
+    docs, _summary = trace.finish()
+    doc = flow_to(docs, "8.8.8.8", ICMP)
+    assert doc["rule"]["priority"] == 32765 and doc["dev"] == "ppp0"
+    assert doc["nat"] == [] and doc["egress"]["src"] == "192.168.1.169"
+    assert doc["reply_seen"] is False
+    assert "WR019" in [f["id"] for f in doc["sim"]["findings"]]
+    assert doc["sim"]["agrees"], doc["sim"]["differences"]
+
+
+def test_faster_traced_on_archlinux(trace_lab):
+    lab = trace_lab("faster")
+    trace = RunningTrace("--netns", lab.ns("archlinux"), "192.168.1.169", "8.8.8.8", "--count", "1",
+                         "--reply-wait", "0.5").started()
+    ping_from_macbook(lab)
+    docs, _summary = trace.finish()
+    doc = flow_to(docs, "8.8.8.8", ICMP)
+    assert doc["rule"]["priority"] == 32765 and (doc["table_id"], doc["table"]) == (7375, "SunusRules")
+    assert doc["dev"] == "ppp0" and doc["egress"]["src"] == "192.168.1.169"
+    assert doc["sim"]["agrees"], doc["sim"]["differences"]

@@ -186,7 +186,7 @@ class PcapngWriter:
     """pcapng out: `add_interface(...)` then `packet(...)`; timestamps in microseconds."""
 
     def __init__(self, path: str):
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._file = open(path, "wb")  # closed by close()
         shb = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) + _option(0, b"")
         self._file.write(_block(PCAPNG_SHB, shb))
         self.count = 0

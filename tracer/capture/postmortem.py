@@ -131,6 +131,16 @@ class Context:
         link = self.state.link(name)
         return link.mtu if link else None
 
+    def device(self, conn: Connection, name: str) -> str:
+        """`name` if the snapshot has such a device (a capture file's only interface is named after the
+        file), else the flow's egress device from the explanation, else DEV."""
+        if self.state is not None and self.state.link(name) is not None:
+            return name
+        explanation = self.explanation(conn)
+        if explanation is not None and explanation.egress is not None and explanation.egress.dev:
+            return explanation.egress.dev
+        return "DEV"
+
     def egress_mtu(self, conn: Connection, d: int) -> int | None:
         """The MTU of the interface direction d leaves the router by."""
         if conn.paired:
@@ -179,9 +189,10 @@ def judge(conn: Connection) -> None:
         if h.data_packets and h.retransmissions >= 3 and h.retransmissions > 0.01 * h.data_packets:
             reasons.append(f"{h.retransmissions} retransmissions {what} "
                            f"({100.0 * h.retransmissions / h.data_packets:.1f}% of {h.data_packets} segments)")
-        if h.zero_windows:
-            reasons.append(f"{h.zero_windows} zero window(s) advertised by the "
-                           f"{'client' if d == 0 else 'server'}")
+        closed = h.zero_window_time(conn.capture_end)
+        if h.zero_windows and closed >= max(0.05, 0.05 * (conn.end - conn.start)):
+            reasons.append(f"the {'client' if d == 0 else 'server'}'s receive window was closed {closed:.2f} s "
+                           f"({h.zero_windows} zero window(s))")
     duration = conn.end - conn.start
     for side in conn.sides:
         for d in (0, 1):
@@ -260,7 +271,7 @@ def _evidence(items, base: float) -> list[dict]:
 
 
 def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
-    first, last = conn.first, conn.last
+    first = conn.first
     base = conn.start
     out = {
         "verdict": conn.verdict,
@@ -337,7 +348,9 @@ def to_dict(report: Report) -> dict:
                   for i, n in zip(report.capture.interfaces, report.analysis.per_interface + [0] * 99,
                                   strict=False)]
     counts = {v: sum(1 for c in report.connections if c.verdict == v) for v in VERDICT_RANK}
-    return {"version": 1, "source": report.source, "capture": report.capture.path, "snapshot": report.snapshot,
+    source = {"kind": "snapshot", "name": report.snapshot} if report.snapshot else None
+    return {"version": 1, "input": report.source, "source": source, "capture": report.capture.path,
+            "snapshot": report.snapshot,
             "conntrack_events": report.conntrack, "packets": report.analysis.packets, "interfaces": interfaces,
             "verdicts": counts, "notes": report.notes,
             "connections": [connection_dict(c, ctx.mtu) for c in report.connections]}

@@ -70,7 +70,7 @@ class Half:
         "zwp", "keepalive", "lost", "gaps", "filled", "rtt", "rtt_seen", "timed_end", "timed_ts", "mss",
         "syn_time", "first_syn", "syn_number", "syns", "fin", "rst", "progress", "wl_time", "wl_since",
         "first", "last", "ev_retrans", "ev_zero", "ev_dup", "big", "big_first", "max_len", "retrans_max",
-        "same_seq", "last_retrans_seq", "isn", "ev_data",
+        "same_seq", "last_retrans_seq", "isn", "ev_data", "zw_since", "zw_time",
     )
 
     def __init__(self):
@@ -111,6 +111,11 @@ class Half:
         self.same_seq = 0
         self.last_retrans_seq = None
         self.isn = None
+        self.zw_since = None  # this half's receive window has been closed since
+        self.zw_time = 0.0  # seconds it was closed
+
+    def zero_window_time(self, end: float) -> float:
+        return self.zw_time + (end - self.zw_since if self.zw_since is not None else 0.0)
 
     @property
     def retransmissions(self) -> int:
@@ -169,52 +174,6 @@ class Side:
         self.packets += 1
         h.packets += 1
         h.last = ts
-        # Fast path: an in-order segment (new data, or an ACK that is no duplicate) of an
-        # established connection, neither SYN, FIN nor RST, with an open window — most packets.
-        # Every branch of the full analysis below leaves such a segment alone but these updates.
-        if flags & 0x17 == 0x10 and win and h.base >= 0 and r.base >= 0 and ack != 0:
-            s = (seq - h.base) & _M
-            a = (ack - r.base) & _M
-            if s == h.nextseq and s <= _H and a <= _H and (seglen > 1 or seglen == 0):
-                wnd = win << h.wscale if self.scaled else win
-                if seglen:
-                    end = s + seglen
-                    h.nextseq = end
-                    h.nextseqtime = ts
-                    if h.timed_end < 0:
-                        h.timed_end = end
-                        h.timed_ts = ts
-                    if ip_len > BIG:
-                        if ip_len > h.max_len:
-                            h.max_len = ip_len
-                        h.big[ip_len] = h.big.get(ip_len, 0) + 1
-                        if len(h.big_first) < EVIDENCE:
-                            h.big_first.append((number, ts, ip_len))
-                    h.payload += seglen
-                    h.data_packets += 1
-                    if len(h.ev_data) < EVIDENCE:
-                        h.ev_data.append((number, ts, s, seglen, ip_len))
-                    if h.wl_since is not None:
-                        h.wl_time += ts - h.wl_since
-                        h.wl_since = None
-                    if r.window > 0 and r.lastack >= 0 and end - r.lastack + seglen > r.window:
-                        h.wl_since = ts
-                elif wnd == h.window and a == h.lastack:
-                    a = -2  # a duplicate ACK: the full analysis
-                if a != -2:
-                    if a > h.lastack:
-                        h.dupacknum = 0
-                        r.progress = ts
-                    if r.timed_end >= 0 and a >= r.timed_end:
-                        self._rtt_sample(r, ts - r.timed_ts)
-                    h.lastack = a
-                    h.lastacktime = ts
-                    h.window = wnd
-                    if d == 0 and self.ack_time is None and self.synack_time is not None:
-                        self.ack_time = ts
-                        if self.syn_for_rtt is not None:
-                            self.first_rtt = ts - self.syn_for_rtt
-                    return
         if h.first is None:
             h.first = ts
         if h.base < 0:
@@ -251,6 +210,8 @@ class Side:
             h.zwp += 1
         else:
             if win == 0 and not flags & (RST | FIN | SYN):
+                if h.zw_since is None:
+                    h.zw_since = ts
                 h.zero_windows += 1
                 if len(h.ev_zero) < EVIDENCE:
                     h.ev_zero.append((number, ts))
@@ -334,6 +295,9 @@ class Side:
                 if self.syn_for_rtt is not None:
                     self.first_rtt = ts - self.syn_for_rtt
         h.window = wnd
+        if win and h.zw_since is not None:
+            h.zw_time += ts - h.zw_since
+            h.zw_since = None
         if flags & FIN and h.fin is None:
             h.fin = (number, ts)
         if flags & RST and h.rst is None:
@@ -398,6 +362,7 @@ class Analysis:
 
 
 _IP4 = struct.Struct("!BBHHHBBH4s4s").unpack_from
+_IP4TCP = struct.Struct("!BBHHHBBH4s4sHHIIBBH").unpack_from
 _IP6 = struct.Struct("!IHBB16s16s").unpack_from
 _TCP = struct.Struct("!HHIIBBH").unpack_from
 _U16 = struct.Struct("!H").unpack_from
@@ -423,9 +388,11 @@ def analyse(capture: pcapio.Capture, flow_filter=None) -> Analysis:
                 linktypes.append(interfaces[len(linktypes)].linktype if len(linktypes) < len(interfaces) else 1)
                 per_interface.append(0)
         per_interface[iface] += 1
-        if first is None:
+        # dumpcap writes each interface's packets in batches: times are not ordered across interfaces
+        if first is None or ts < first:
             first = ts
-        last = ts
+        if last is None or ts > last:
+            last = ts
         lt = linktypes[iface]
         end = off + caplen
         if lt == 1:
@@ -446,6 +413,78 @@ def analyse(capture: pcapio.Capture, flow_filter=None) -> Analysis:
             continue
         if etype == 0x0800:
             if off + 20 > end:
+                continue
+            if buf[off] == 0x45 and buf[off + 9] == 6 and off + 40 <= end:
+                # the common case in one unpack: IPv4 without options, TCP
+                (_v, _tos, ip_len, _ipid, frag, _ttl, proto, _sum, src, dst, sport, dport, seq, ack, offx, flags,
+                 win) = _IP4TCP(buf, off)
+                if frag & 0x1FFF:
+                    continue
+                l4 = off + 20
+                thl = (offx >> 4) * 4
+                seglen = ip_len - 20 - thl
+                if seglen < 0:
+                    seglen = 0
+                found = get((iface, src, sport, dst, dport))
+                if found is not None and flags & 0x17 == 0x10 and win and ack:
+                    side, d = found
+                    h = side.h[d]
+                    r = side.h[1 - d]
+                    if h.base >= 0 and r.base >= 0 and h.zw_since is None:
+                        sq = (seq - h.base) & _M
+                        a = (ack - r.base) & _M
+                        if sq == h.nextseq and sq <= _H and a <= _H and seglen != 1:
+                            wnd = win << h.wscale if side.scaled else win
+                            if seglen or wnd != h.window or a != h.lastack:
+                                # Fast path: in order, new data or an ACK that is no duplicate, neither
+                                # SYN, FIN nor RST, window open — every check of Side.segment leaves such
+                                # a segment alone but for these updates.
+                                side.last = ts
+                                side.number_last = number
+                                side.packets += 1
+                                h.packets += 1
+                                h.last = ts
+                                if seglen:
+                                    sq += seglen
+                                    h.nextseq = sq
+                                    h.nextseqtime = ts
+                                    if h.timed_end < 0:
+                                        h.timed_end = sq
+                                        h.timed_ts = ts
+                                    if ip_len > BIG:
+                                        if ip_len > h.max_len:
+                                            h.max_len = ip_len
+                                        h.big[ip_len] = h.big.get(ip_len, 0) + 1
+                                        if len(h.big_first) < EVIDENCE:
+                                            h.big_first.append((number, ts, ip_len))
+                                    h.payload += seglen
+                                    h.data_packets += 1
+                                    if len(h.ev_data) < EVIDENCE:
+                                        h.ev_data.append((number, ts, sq - seglen, seglen, ip_len))
+                                    if h.wl_since is not None:
+                                        h.wl_time += ts - h.wl_since
+                                        h.wl_since = None
+                                    if r.window > 0 and r.lastack >= 0 and sq - r.lastack + seglen > r.window:
+                                        h.wl_since = ts
+                                if a > h.lastack:
+                                    h.dupacknum = 0
+                                    r.progress = ts
+                                if r.timed_end >= 0 and a >= r.timed_end:
+                                    Side._rtt_sample(r, ts - r.timed_ts)
+                                h.lastack = a
+                                h.lastacktime = ts
+                                h.window = wnd
+                                if d == 0 and side.ack_time is None and side.synack_time is not None:
+                                    side.ack_time = ts
+                                    if side.syn_for_rtt is not None:
+                                        side.first_rtt = ts - side.syn_for_rtt
+                                continue
+                if found is None:
+                    found = _new_side(conns, sides, names, flow_filter, iface, src, sport, dst, dport, flags, ts,
+                                      number)
+                    if found is None:
+                        continue
+                found[0].segment(found[1], number, ts, seq, ack, flags, win, seglen, ip_len, buf, l4, thl)
                 continue
             vihl, _tos, ip_len, _ipid, frag, _ttl, proto, _sum, src, dst = _IP4(buf, off)
             ihl = (vihl & 15) * 4
@@ -472,26 +511,31 @@ def analyse(capture: pcapio.Capture, flow_filter=None) -> Analysis:
                 seglen = 0
             found = get((iface, src, sport, dst, dport))
             if found is None:
-                if flow_filter is not None and not flow_filter(_name(names, src), _name(names, dst)):
+                found = _new_side(conns, sides, names, flow_filter, iface, src, sport, dst, dport, flags, ts, number)
+                if found is None:
                     continue
-                # the first packet's sender is the client, unless it is a SYN/ACK
-                if flags & (SYN | ACK) == (SYN | ACK):
-                    client, server = (_name(names, dst), dport), (_name(names, src), sport)
-                    side = Side(iface, client, server, ts, number)
-                    conns[(iface, dst, dport, src, sport)] = (side, 0)
-                    conns[(iface, src, sport, dst, dport)] = found = (side, 1)
-                else:
-                    client, server = (_name(names, src), sport), (_name(names, dst), dport)
-                    side = Side(iface, client, server, ts, number)
-                    conns[(iface, dst, dport, src, sport)] = (side, 1)
-                    conns[(iface, src, sport, dst, dport)] = found = (side, 0)
-                sides.append(side)
             found[0].segment(found[1], number, ts, seq, ack, flags, win, seglen, ip_len, buf, l4, thl)
         elif (proto == 1 or proto == 58) and l4 + 8 <= end:
             icmp = _icmp(number, ts, iface, proto, buf, l4, end, src, dst, names)
             if icmp is not None:
                 icmps.append(icmp)
     return Analysis(capture, sides, icmps, number, per_interface, first, last)
+
+
+def _new_side(conns, sides, names, flow_filter, iface, src, sport, dst, dport, flags, ts, number):
+    if flow_filter is not None and not flow_filter(_name(names, src), _name(names, dst)):
+        return None
+    # the first packet's sender is the client, unless it is a SYN/ACK
+    if flags & (SYN | ACK) == (SYN | ACK):
+        side = Side(iface, (_name(names, dst), dport), (_name(names, src), sport), ts, number)
+        conns[(iface, dst, dport, src, sport)] = (side, 0)
+        conns[(iface, src, sport, dst, dport)] = found = (side, 1)
+    else:
+        side = Side(iface, (_name(names, src), sport), (_name(names, dst), dport), ts, number)
+        conns[(iface, dst, dport, src, sport)] = (side, 1)
+        conns[(iface, src, sport, dst, dport)] = found = (side, 0)
+    sides.append(side)
+    return found
 
 
 def _name(names: dict, raw: bytes) -> str:

@@ -23,7 +23,7 @@ class Fix(tuple):
         if kind not in FIX_KINDS:
             raise ValueError(f"fix kind must be one of {FIX_KINDS}, not {kind!r}")
         self = super().__new__(cls, (commands,) if isinstance(commands, str) else tuple(commands))
-        self.kind = kind
+        self.kind = "steps" if kind == "alternatives" and len(self) < 2 else kind  # one choice: just do it
         return self
 
     def __getnewargs__(self):  # copy and pickle keep the kind

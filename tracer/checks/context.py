@@ -45,6 +45,11 @@ PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
 # What a check may require of the state (Check.requires), and the context property that tells.
 REQUIREMENTS = {"netfilter": "netfilter_known"}
+# Devices of tunnels this host terminates itself (a VPN or an overlay), by link kind and
+# by the names tunnel daemons give them (a tun device has no kind of its own).
+TUNNEL_KINDS = frozenset({"wireguard", "tun", "gre", "ipip", "sit", "vti", "vti6", "ip6tnl", "ip6gre", "xfrm",
+                          "geneve", "vxlan", "openvpn"})
+TUNNEL_NAMES = ("wg", "tailscale", "tun", "zt", "nebula", "ts", "vpn", "ipsec", "vti", "gre", "ovpn", "tap")
 
 
 def is_private(address: str) -> bool:
@@ -272,6 +277,18 @@ class CheckContext:
         for route in self.routes_on_dev.get(ifname, ()):
             if route.protocol in ("dhcp", "ra"):
                 return f"routes on {ifname} are installed by {route.protocol.upper()}"
+        return None
+
+    def tunnel_reason(self, ifname: str | None) -> str | None:
+        """Why `ifname` looks like a tunnel this host terminates (WireGuard, Tailscale, OpenVPN,
+        GRE …), or None."""
+        if not ifname:
+            return None
+        link = self.links.get(ifname)
+        if link is not None and link.kind in TUNNEL_KINDS:
+            return f"{ifname} is a {link.kind} device"
+        if ifname.lower().startswith(TUNNEL_NAMES):
+            return f"{ifname} is named like a tunnel device"
         return None
 
     # -- sysctls -------------------------------------------------------------

@@ -71,6 +71,36 @@ def snat_command(ctx, oif: str, *, masquerade: bool | None = None) -> str:
     return f"iptables -t nat -A POSTROUTING -o {oif} -j {action}"
 
 
+def nat_replace_command(rule, *, masquerade: bool, address: str | None = None) -> str:
+    """The command that replaces one SNAT/MASQUERADE rule in place (where it matches now)
+    by MASQUERADE or by SNAT to `address`: `iptables -R CHAIN N` with its rule number,
+    `nft replace rule … handle H`. `rule` has family, table, chain, source, handle and its
+    text (a NatRule, or a NatRewrite whose `rule` is the text)."""
+    text = getattr(rule, "text", None) or rule.rule
+    if rule.source == "nft":
+        action = "masquerade" if masquerade else f"snat ip to {address}"
+        spec = re.sub(r"\bsnat( ip6?)? to \S+|\bmasquerade\b", action, text, count=1)
+        return f"nft replace rule {rule.family} {rule.table} {rule.chain} handle {rule.handle} {spec}"
+    action = "-j MASQUERADE" if masquerade else f"-j SNAT --to-source {address}"
+    spec = re.sub(r"-j (SNAT|MASQUERADE)\b.*$", action, text)
+    spec = re.sub(r"^-A (\S+)", lambda m: f"-R {m.group(1)} {rule.handle}", spec)
+    return f"{_iptables_tool(rule)} -t {rule.table} {spec}"
+
+
+def nat_delete_command(rule) -> str:
+    """The command that deletes one NAT rule: by rule number (iptables) or handle (nft)."""
+    if rule.source == "nft":
+        return f"nft delete rule {rule.family} {rule.table} {rule.chain} handle {rule.handle}"
+    return f"{_iptables_tool(rule)} -t {rule.table} -D {rule.chain} {rule.handle}"
+
+
+def _iptables_tool(rule) -> str:
+    legacy = rule.source == "iptables-legacy"
+    if rule.family == "ip6":
+        return "ip6tables-legacy" if legacy else "ip6tables"
+    return "iptables-legacy" if legacy else "iptables"
+
+
 def mss_clamp_command(ctx, oif: str) -> str:
     chain = native_nft_chain(ctx, "forward", "filter") if uses_only_native_nft(ctx) else None
     if chain is not None:

@@ -150,6 +150,8 @@ def flow_from_params(params: dict):
 @json_option("Print the JSON contract (docs/json.md).")
 @click.option("--with", "with_script", metavar="SCRIPT", type=click.Path(dir_okay=False),
               help="What-if: the flow after SCRIPT (replayed, see lint).")
+@click.option("--probe", "probe", is_flag=True,
+              help="Also send one real packet of the flow through a throwaway replica and compare (docs/probe.md).")
 def explain(snapshot, netns, as_json, **params):
     """Explain one flow: ip rules, table, route, netfilter, NAT, egress.
 
@@ -169,14 +171,20 @@ def explain(snapshot, netns, as_json, **params):
             explanation = explain_flow(source.load(for_flows=True), flow, source)
     except FlowError as exc:
         raise UsageError(worded(exc)) from None
+    probed = None
+    if params.get("probe"):
+        from tracer.lint.probe import probe
+        probed = probe(explanation)
     if as_json:
         from tracer.output import json_out
         click.echo(json_out.explanation(explanation, source=json_out.source_doc(
-            source.kind, source.name, params.get("with_script"))))
+            source.kind, source.name, params.get("with_script")), probe=probed))
     else:
         from tracer.output import style, text
-        click.echo(text.render(explanation, colour=style.use_colour()), nl=False)
+        click.echo(text.render(explanation, colour=style.use_colour(), probe=probed), nl=False)
     if explanation.kernel is not None and not explanation.kernel.agrees:
+        return ExitStatus.KERNEL_DISAGREES
+    if probed is not None and not probed.agrees:
         return ExitStatus.KERNEL_DISAGREES
     return ExitStatus.SUCCESS
 
@@ -204,8 +212,10 @@ def snapshot_command(output, netns):
 @cli.command()
 @click.argument("queries", type=click.File("rb"))
 @source_options
+@click.option("--probe", is_flag=True, help="Probe each flow with a real packet in one throwaway replica "
+              "(docs/probe.md).")
 @click.pass_obj
-def batch(global_options, queries, snapshot, netns):
+def batch(global_options, queries, snapshot, netns, probe):
     """Explain many flows: one query per line (`SRC DST --dport 443`, or `DST`),
     `-` for stdin, `#` comments. Prints one JSON object per line.
 
@@ -221,15 +231,18 @@ def batch(global_options, queries, snapshot, netns):
     source = StateSource(snapshot, netns)
     named = json_out.source_doc(source.kind, source.name)
     state = source.load(for_flows=True)
-    for result in run_batch(state, source, queries, _parse_query):
-        if result.error is not None:
-            line = json_out.dumps({"source": named, "line": result.line, "query": result.query,
-                                   "error": worded(result.error), "exit_status": int(result.error.exit_status)},
-                                  pretty=False)
-        else:
-            line = json_out.explanation(result.explanation, pretty=False, source=named)
-        click.echo(line)
-        sys.stdout.flush()
+    from tracer.lint.probe import Prober
+    with Prober(state) as prober:
+        for result in run_batch(state, source, queries, _parse_query):
+            if result.error is not None:
+                line = json_out.dumps({"source": named, "line": result.line, "query": result.query,
+                                       "error": worded(result.error), "exit_status": int(result.error.exit_status)},
+                                      pretty=False)
+            else:
+                probed = prober.probe(result.explanation) if probe else None
+                line = json_out.explanation(result.explanation, pretty=False, source=named, probe=probed)
+            click.echo(line)
+            sys.stdout.flush()
 
 
 # A batch line is parsed by the same options as the command line (no --help: a line is a query).

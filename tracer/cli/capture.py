@@ -78,7 +78,8 @@ def postmortem(source, snapshot, flow, as_json, report, annotate):
         click.echo(pm.to_json(result))
     else:
         from tracer.capture import render
+        from tracer.output.style import use_colour
 
-        click.echo(render.text(result, colour=sys.stdout.isatty()), nl=False)
+        click.echo(render.text(result, colour=use_colour()), nl=False)
     bad = any(c.verdict != "ok" for c in result.connections)
     return ExitStatus.PROBLEMS_FOUND if bad else ExitStatus.SUCCESS

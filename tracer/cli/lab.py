@@ -52,12 +52,11 @@ def list_command(as_json):
     """List the labs on this machine: prefix, topology, variant, status, namespaces present."""
     from tracer.lab import builder
 
-    builder.require_lab_privileges()
-    labs = builder.labs()
+    labs = builder.labs()  # reads the state files: no root needed
     if as_json:
-        import json
+        from tracer.output import json_out
 
-        click.echo(json.dumps({"labs": labs}, indent=2))
+        click.echo(json_out.dumps({"labs": labs}))
         return
     if not labs:
         click.echo("no labs on this machine (`why-route lab up` builds one)")

@@ -58,7 +58,9 @@ def lint(script, snapshot, netns, as_json):
 @click.option("--with", "with_script", metavar="SCRIPT", type=click.Path(dir_okay=False),
               help="Verify the state as it would be after SCRIPT.")
 @json_option("Print the outcomes as JSON (docs/json.md).")
-def verify(expectations, snapshot, netns, with_script, as_json):
+@click.option("--probe", is_flag=True, help="Also probe each flow expectation with a real packet in one "
+              "throwaway replica; a probe that disagrees fails it (docs/probe.md).")
+def verify(expectations, snapshot, netns, with_script, as_json, probe):
     """Check a router's config against expectations (docs/verify.md); exit 1 on a mismatch.
 
     \b
@@ -76,12 +78,16 @@ def verify(expectations, snapshot, netns, with_script, as_json):
         state = _replayed(state, with_script)[0]
     verify_mod.check_interfaces(state, wanted, expectations, label)  # an unknown device is a broken file
     outcomes = verify_mod.verify(state, wanted)
+    probes = None
+    if probe:
+        from tracer.lint.probe import probe_outcomes
+        outcomes, probes = (list(x) for x in zip(*probe_outcomes(state, outcomes), strict=True))
     failed = [o for o in outcomes if not o.ok]
     if as_json:
         from tracer.output import json_out
 
         click.echo(json_out.verify(outcomes, expectations=expectations,
-                                   source=json_out.source_doc(source.kind, source.name, with_script)))
+                                   source=json_out.source_doc(source.kind, source.name, with_script), probes=probes))
     else:
         from tracer.output import text
 
@@ -93,10 +99,14 @@ def verify(expectations, snapshot, netns, with_script, as_json):
             click.echo(f"  {mark}  {o.expectation.title}")
             for mismatch in o.mismatches:
                 click.echo(f"        {mismatch}")
+            probed = probes[outcomes.index(o)] if probes else None
+            if probed is not None and probed.agrees:
+                click.echo(f"        probe: agrees — {probed.observed.text}")
         for o in failed:
             if o.explanation is not None:
                 click.echo("\n" + style(f"Why {o.expectation.title} fails:", "bold"))
-                click.echo(text.render(o.explanation, colour=colour), nl=False)
+                click.echo(text.render(o.explanation, colour=colour,
+                                       probe=probes[outcomes.index(o)] if probes else None), nl=False)
         click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} expectations hold")
     return ExitStatus.PROBLEMS_FOUND if failed else ExitStatus.SUCCESS
 

@@ -102,8 +102,10 @@ _JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an inte
 
 
 def _got(value) -> str:
-    shown = repr(value) if isinstance(value, (str, int, float, bool)) or value is None else _JSON_TYPES.get(
-        type(value), type(value).__name__)
+    """A value as the file spells it (true, null, 'text', 12), or its JSON type when it is big."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    shown = repr(value) if isinstance(value, (str, int, float)) else _JSON_TYPES.get(type(value), type(value).__name__)
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
@@ -320,7 +322,6 @@ def _maker(cls) -> Callable[[dict], Any]:
 
 _MAKE = {cls: _maker(cls) for cls in FIELDS}
 _NEXTHOP_REQUIRED = _REQUIRED[Nexthop]
-_HAS_FAMILY = {cls: "family" in fields for cls, fields in FIELDS.items()}
 
 
 def _unknown(key: str, fields) -> Invalid:

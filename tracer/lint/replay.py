@@ -11,6 +11,12 @@ links, tun for point-to-point ones), and its rt_tables live in
 Everything is removed on exit, Ctrl-C, SIGTERM/SIGHUP or an exception (a
 tracer.netns.Teardown); a namespace left by a killed process (SIGKILL) is
 swept by the next replay. What is replayed and what is not: docs/lint.md.
+
+`Replay(state, sinks=True)` (the probe, tracer/lint/probe.py) makes every interface but lo one end
+of a veth pair instead, whose peer, `sink`, sits alone in a namespace of its own (also named
+wrreplay-<pid>-<n>, so swept alike): a packet the replica sends out of an interface arrives in that
+interface's sink, and a frame written in the sink arrives on the interface. A link without carrier
+keeps its sink's end down. The sinks hold no address and no IPv6: they never answer by themselves.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import time
@@ -41,6 +48,9 @@ _PROTOCOL_NUMBERS = {name: number for number, name in ROUTE_PROTOCOLS.items()}
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+ETH_P_ALL = 0x0003
+SINK_DEV = "sink"  # the peer's name, in each sink namespace
 _FAMILY_FLAG = {AF_INET: "-4", AF_INET6: "-6"}
 _ENV = dict(os.environ, LC_ALL="C")
 
@@ -87,12 +97,14 @@ def _proto(name: str | None) -> str:
 class Replay:
     """A namespace holding `state`: a context manager, removed with everything it made on exit."""
 
-    def __init__(self, state: HostState):
+    def __init__(self, state: HostState, *, sinks: bool = False):
         self.state = state
         self.name = netns.owned_name(NAME_PREFIX)
         self.etc = netns.ETC_NETNS / self.name / "iproute2"
         self.notes: list[str] = []  # what could not be replayed exactly
         self.seconds: float | None = None
+        # sinks=True: {interface: the namespace holding its veth peer SINK_DEV}
+        self.sinks: dict[str, str] | None = {} if sinks else None
         self._teardown = netns.Teardown()
 
     # --- lifetime -----------------------------------------------------------
@@ -105,6 +117,8 @@ class Replay:
         try:
             # rt_tables are left out: the state's own are written by _Build.rt_tables.
             self._teardown.namespace(self.name, iproute2_without=("rt_tables*",))
+            if self.sinks is not None:
+                self._make_sinks()
             _Build(self).run()
         except BaseException:
             self.close()
@@ -168,6 +182,47 @@ class Replay:
         return state.replace(provenance=dataclasses.replace(state.provenance, netns=source.netns,
                                                             hostname=source.hostname, replayed_in=self.name))
 
+    # --- sinks (sinks=True) -------------------------------------------------
+
+    def _make_sinks(self) -> None:
+        """One empty namespace per interface (lo aside), made in one `ip -batch`, IPv6 off."""
+        names = {link.name: netns.owned_name(NAME_PREFIX) for link in self.state.links if "LOOPBACK" not in link.flags}
+        if not names:
+            return
+        self._teardown.callback(_delete_all, list(names.values()))  # registered first, as Teardown.namespace does
+        result = subprocess.run(["ip", "-batch", "-"], input="".join(f"netns add {n}\n" for n in names.values()),
+                                capture_output=True, text=True, env=_ENV)
+        missing = [n for n in names.values() if not netns.exists(n)]
+        if missing:
+            raise EnvironmentProblem(f"cannot create the probe's sink namespaces: {_first_line(result.stderr)}")
+        for name in names.values():
+            with netns.entered(name):
+                for key in ("all", "default"):
+                    Path(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6").write_text("1\n")
+        self.sinks.update(names)
+
+    def sink_up(self, ifname: str, up: bool = True) -> None:
+        """Set the sink end of `ifname` up (the replica's end gets a carrier) or down."""
+        with netns.entered(self.sinks[ifname]), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            request = struct.pack("16sH", SINK_DEV.encode(), 0)
+            flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, request))[1]
+            flags = flags | IFF_UP if up else flags & ~IFF_UP
+            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH", SINK_DEV.encode(), flags))
+
+    def sink_socket(self, ifname: str) -> socket.socket:
+        """A raw AF_PACKET socket on the sink end of `ifname`: every frame the replica sends out of
+        `ifname` is read here, and a frame sent here arrives on `ifname`. Non-blocking; the caller closes it."""
+        with netns.entered(self.sinks[ifname]):
+            # protocol 0 until bound: a packet socket bound with its protocol already hooked waits for RCU
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            s.bind((SINK_DEV, ETH_P_ALL))
+            s.setblocking(False)
+        except OSError:
+            s.close()
+            raise
+        return s
+
     def attach_tun(self, name: str) -> None:
         """Create the point-to-point device `name` and keep it open, so it has a carrier like a live PPP link."""
         with netns.entered(self.name):
@@ -178,6 +233,14 @@ class Replay:
                 os.close(fd)
                 raise
         self._teardown.callback(os.close, fd)
+
+
+def _delete_all(names: list[str]) -> None:
+    """Remove namespaces in one `ip -batch` (one process, not one each); any left, one by one."""
+    subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in names if netns.exists(n)),
+                   capture_output=True, text=True, env=_ENV)
+    for name in names:
+        netns.delete(name)
 
 
 class _Build:
@@ -221,7 +284,12 @@ class _Build:
                 continue
             options = [f"mtu {link.mtu}"]
             mac = f" address {link.mac}" if link.mac and link.mac != "00:00:00:00:00:00" else ""
-            if link.pointopoint:
+            if self.r.sinks is not None:
+                # a veth whose peer sits in the link's sink; carrier comes from the peer (sink_up)
+                commands.append(f"link add {link.name}{mac} mtu {link.mtu} type veth peer name {SINK_DEV} "
+                                f"mtu {max(link.mtu, 1500)} netns {self.r.sinks[link.name]}")
+                options.append("arp off" if link.noarp else "arp on")
+            elif link.pointopoint:
                 if link.up and "LOWER_UP" in link.flags:
                     try:
                         self.r.attach_tun(link.name)
@@ -244,6 +312,14 @@ class _Build:
             commands.append(f"link set dev {link.name} {' '.join(options)}" + (" up" if link.up else ""))
         for index, error in self.r.ip_batch(commands).items():
             self.note(f"`ip {commands[index]}`: {error}")
+        if self.r.sinks is not None:
+            for link in self.state.links:
+                # a link up without carrier on the source keeps its sink end down
+                if link.name in self.r.sinks and (not link.up or "LOWER_UP" in link.flags):
+                    try:
+                        self.r.sink_up(link.name)
+                    except OSError as exc:
+                        self.note(f"link {link.name}: its sink could not be set up: {exc.strerror}")
 
     def addresses(self) -> None:
         commands = [self._address_command("add", a) for a in self.state.addresses]

@@ -246,9 +246,35 @@ def outcome_doc(e: Explanation) -> dict:
             "nat": [nat_doc(n) for n in e.nat], "steps": [step_doc(s) for s in e.steps]}
 
 
-def explanation(e: Explanation, *, pretty: bool = True, source: dict | None = None) -> str:
+def explanation(e: Explanation, *, pretty: bool = True, source: dict | None = None, probe=None) -> str:
     doc = explanation_doc(e)
+    if probe is not None:
+        doc["probe"] = probe_doc(probe)
     return dumps({"source": source, **doc} if source is not None else doc, pretty=pretty)
+
+
+def probe_doc(p) -> dict:
+    """`--probe`: a tracer.lint.probe.Probe — the real packet sent through a replica, and what became of it."""
+    seen = p.observed
+    left = seen is not None and seen.outcome == "left"
+    return {
+        "agrees": p.agrees,
+        "packet": p.packet,
+        "sent": flow_doc(p.flow),
+        "observed": {"dev": seen.dev, "src": seen.src, "dst": seen.dst, "sport": seen.sport, "dport": seen.dport,
+                     "nexthop": seen.nexthop} if left else None,
+        "dropped": seen is not None and seen.outcome == "dropped",
+        "delivered": seen is not None and seen.outcome == "delivered",
+        "reason": seen.reason if seen is not None else None,
+        "text": seen.text if seen is not None else "not probed",
+        "outcome": p.outcome,
+        "outcomes": p.outcomes,
+        "took": p.took,
+        "differences": list(p.differences),
+        "cannot_reproduce": list(p.cannot_reproduce),
+        "notes": list(p.notes),
+        "seconds": round(p.seconds, 3),
+    }
 
 
 # ------------------------------------------------------------------ findings
@@ -318,9 +344,13 @@ def verify_outcome_doc(o: Outcome) -> dict:
     return doc
 
 
-def verify(outcomes: list[Outcome], *, expectations: str, source: dict) -> str:
-    """`why-route verify --json`."""
+def verify(outcomes: list[Outcome], *, expectations: str, source: dict, probes: list | None = None) -> str:
+    """`why-route verify --json`; `probes` (`--probe`): one Probe or None per outcome."""
     held = sum(o.ok for o in outcomes)
+    docs = [verify_outcome_doc(o) for o in outcomes]
+    for doc, probe in zip(docs, probes or (), strict=False):
+        if probe is not None:
+            doc["probe"] = probe_doc(probe)
     return dumps({"expectations": expectations, "source": source, "ok": all(o.ok for o in outcomes),
                   "summary": {"ok": held, "failed": len(outcomes) - held},
-                  "outcomes": [verify_outcome_doc(o) for o in outcomes]})
+                  "outcomes": docs})

@@ -51,13 +51,14 @@ def _isatty(stream) -> bool:
         return False
 
 
-def width(stream=None) -> int:
-    """Columns to wrap the text output at (never fewer than MIN_WIDTH)."""
+def width(stream=None, *, default: int = DEFAULT_WIDTH) -> int:
+    """Columns to wrap the text output at: the terminal's (never fewer than MIN_WIDTH), or
+    `default` when the output is not a terminal."""
     stream = stream or sys.stdout
     if _isatty(stream):
-        columns = shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
+        columns = shutil.get_terminal_size((default, 24)).columns
         return max(columns, MIN_WIDTH)
-    return DEFAULT_WIDTH
+    return default
 
 
 class Style:

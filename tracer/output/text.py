@@ -177,7 +177,10 @@ def _outcomes(e: Explanation, s: Style) -> list[str]:
         took = "; ".join(c.text for c in outcome.choices)
         shown = "  (explained above)" if outcome is e else ""
         share = "  if" if outcome.share is None else f"{outcome.share:>4.0%}"
-        lines.append(f"  {share}  {took}: {outcome.verdict} — {outcome.verdict_reason}{shown}")
+        eg = outcome.egress
+        where = (f"leaves {eg.dev} as {_endpoint(eg.src, eg.sport)} → {_endpoint(eg.dst, eg.dport)}" if eg
+                 else outcome.verdict_reason)
+        lines.append(f"  {share}  {took}: {outcome.verdict} — {where}{shown}")
     return lines
 
 
@@ -197,6 +200,27 @@ def _kernel(e: Explanation, s: Style) -> list[str]:
     return lines
 
 
+def _probe(probe, s: Style) -> list[str]:
+    """`--probe`: what became of the real packet sent through a replica (tracer.lint.probe.Probe)."""
+    if probe is None:
+        return []
+    seen = probe.observed
+    if seen is None:
+        return [s("Probe", "bold") + ": not probed — " + "; ".join(probe.cannot_reproduce)]
+    took = ""
+    if probe.outcomes > 1 and probe.outcome is not None:
+        took = f" — took outcome {probe.outcome + 1} of {probe.outcomes}" + (f" ({probe.took})" if probe.took else "")
+    if probe.agrees:
+        lines = [s("Probe", "bold") + ": " + s("agrees", "green") + f" — {seen.text}{took}"]
+    else:
+        lines = [s("Probe: DISAGREES", "red", "bold") + f" — {seen.text}"]
+        lines.extend("  " + s(diff, "red") for diff in probe.differences)
+    lines.append(f"  sent: {probe.packet} ({probe.seconds:.2f} s, in a throwaway replica)")
+    lines.extend(f"  note: {note}" for note in probe.notes)
+    lines.extend(f"  {s('cannot reproduce:', 'yellow')} {what}" for what in probe.cannot_reproduce)
+    return lines
+
+
 def _findings(findings, s: Style) -> list[str]:
     if not findings:
         return []
@@ -211,7 +235,7 @@ def _findings(findings, s: Style) -> list[str]:
     return lines
 
 
-def render(e: Explanation, *, colour: bool = False) -> str:
+def render(e: Explanation, *, colour: bool = False, probe=None) -> str:
     s = Style(colour)
     state = e.state
     lines = [s("Flow", "bold") + f"  {_flow_line(e)}  [{e.origin}]"]
@@ -249,5 +273,6 @@ def render(e: Explanation, *, colour: bool = False) -> str:
     lines.append(s("Verdict", "bold") + ": " + s(e.verdict, colour) + f" — {e.verdict_reason}{forks}"
                  + (" — but see the error findings below" if doomed else ""))
     lines.extend(_kernel(e, s))
+    lines.extend(_probe(probe, s))
     lines.extend(_findings(e.findings, s))
     return "\n".join(lines) + "\n"

@@ -35,7 +35,17 @@ from tracer.sim.explanation import (
     Step,
 )
 from tracer.sim.netfilter import AddressInfo, NatRewrite, PacketView, Ruleset, load_ruleset, traverse
-from tracer.vocab import AF_INET, AF_INET6, ICMP_PROTOCOLS, TCP, UDP, addr_int, nf_family, protocol_name
+from tracer.vocab import (
+    AF_INET,
+    AF_INET6,
+    ICMP_PROTOCOLS,
+    PORT_PROTOCOLS,
+    TCP,
+    UDP,
+    addr_int,
+    nf_family,
+    protocol_name,
+)
 
 TCP_SYN, TCP_SYN_ACK = 0x02, 0x12
 
@@ -223,16 +233,16 @@ class _Walk:
         """The option this walk takes at the next fork (the first one past its picks)."""
         return self.picks[len(self.forks)] if len(self.forks) < len(self.picks) else 0
 
-    def _chance(self, rule: str, probability: float) -> bool:
-        """A random match (`-m statistic`) forks the path: this walk takes one side."""
-        if probability >= 1 or probability <= 0:
-            return probability >= 1
-        index = self._option()
-        self.forks.append(2)
-        matches = index == 0
-        share = probability if matches else 1 - probability
-        self.choices.append(Choice("random", index, 2, share, f"{rule} {'matches' if matches else 'does not match'}"))
-        return matches
+    def _choose(self, what: str, shares: tuple[float, ...], labels: tuple[str, ...]) -> int:
+        """A random pick in netfilter (`-m statistic`, `numgen`) forks the path: the option this
+        walk takes. An option of share 1 is no fork."""
+        live = [i for i, share in enumerate(shares) if share > 0]
+        if len(live) == 1:
+            return live[0]
+        index = live[self._option()]
+        self.forks.append(len(live))
+        self.choices.append(Choice("random", live.index(index), len(live), shares[index], f"{what} {labels[index]}"))
+        return index
 
     def _pick_nexthop(self, query: RouteQuery, result: fib.FibResult) -> fib.FibResult:
         """A multipath route forks the path: this walk follows one nexthop (weighted by the kernel's hash)."""
@@ -250,7 +260,7 @@ class _Walk:
         """Run one netfilter hook; returns the packet as it leaves the hook."""
         if self.ruleset is None:
             return packet
-        traversal = traverse(self.ruleset, name, packet, addresses=self.addresses, choose=self._chance)
+        traversal = traverse(self.ruleset, name, packet, addresses=self.addresses, choose=self._choose)
         self.last_hook = HookStep(traversal)
         self.steps.append(self.last_hook)
         self.steps.extend(NatStep(name, rewrite) for rewrite in traversal.nat)
@@ -332,13 +342,39 @@ def explain(state: HostState, flow: Flow, variant: PacketVariant = PacketVariant
         found: list[Explanation] = []
         complete = _outcomes(state, asked, variant, (), found) and complete
         outcomes.extend(dataclasses.replace(o, choices=(assumption, *o.choices)) if assumption else o for o in found)
+    if all(o.share is not None for o in outcomes):  # the likeliest outcome first
+        outcomes.sort(key=lambda o: -o.share)
     main = outcomes[0]
+    unasked = _unasked_selectors(state, main.flow)
+    if unasked:
+        main = dataclasses.replace(main, notes=(*main.notes, *unasked))
     if len(outcomes) == 1:
         return main
     notes = main.notes
     if not complete:
         notes = (*notes, f"the path forks into more than {MAX_OUTCOMES} outcomes: the first {MAX_OUTCOMES} are shown")
     return dataclasses.replace(main, alternatives=tuple(outcomes[1:]), notes=notes)
+
+
+def _unasked_selectors(state: HostState, flow: Flow) -> list[str]:
+    """What ip rules select on that the flow left out, and the value the answer assumed
+    (the one `ip route get` assumes too)."""
+    rules = [r for r in state.rules if r.family == flow.family]
+    notes = []
+    for field, selects, assumed in (
+            ("sport", lambda r: r.sport, "no source port"),
+            ("dport", lambda r: r.dport, "no destination port"),
+            ("uid", lambda r: r.uidrange and not flow.iif, "uid 0 (root, as `ip route get` run by root)"),
+            ("tos", lambda r: r.tos, "tos 0")):
+        given = getattr(flow, field)
+        if given or (given is not None and field != "tos") or (
+                field in ("sport", "dport") and flow.proto and flow.proto not in PORT_PROTOCOLS):
+            continue
+        chosen = [str(r.priority) for r in rules if selects(r)]
+        if chosen:
+            notes.append(f"ip rule {', '.join(chosen)} select{'s' if len(chosen) == 1 else ''} on {field}, which "
+                         f"the flow does not give: the answer is for {assumed}; ask with that field to see its effect")
+    return notes
 
 
 def _assumed_protocols(state: HostState, flow: Flow) -> list[tuple[Choice | None, Flow]]:

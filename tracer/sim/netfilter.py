@@ -720,12 +720,12 @@ def _copy_state(st: EvalState) -> EvalState:
 
 
 def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: AddressInfo | None = None,
-             choose: Callable[[str, float], bool] | None = None) -> HookTraversal:
+             choose: Callable[[str, tuple[float, ...], tuple[str, ...]], int] | None = None) -> HookTraversal:
     """Walk `packet` through every base chain at `hook` (pure).
 
-    `choose(rule_text, probability)` decides a random match (`-m statistic`): whether
-    this walk takes the branch where it matches. Without it such a match cannot be
-    evaluated (None), and the walk says so."""
+    `choose(what, shares, labels)` decides a random pick (`-m statistic`, nft `numgen`):
+    the index of the option this walk takes. Without it such a pick cannot be evaluated
+    (None), and the walk says so."""
     if hook not in HOOKS:
         raise ValueError(f"unknown hook {hook!r}: one of {', '.join(HOOKS)}")
     addresses = addresses or AddressInfo()

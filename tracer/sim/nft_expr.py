@@ -28,6 +28,7 @@ from tracer.sim.nft_model import (
     TCP_FLAGS,
     Cond,
     EvalState,
+    Getter,
     Miss,
     NatSpec,
     Rule,
@@ -38,7 +39,7 @@ from tracer.sim.nft_model import (
     int_addr,
     parse_int,
 )
-from tracer.vocab import IPPROTO, IPPROTO_NAMES, any_addr_int
+from tracer.vocab import IPPROTO, IPPROTO_NAMES, PORT_PROTOCOLS, any_addr_int
 
 SERVICES = {"ftp": 21, "ssh": 22, "telnet": 23, "smtp": 25, "domain": 53, "bootps": 67,
             "bootpc": 68, "http": 80, "pop3": 110, "ntp": 123, "imap": 143, "snmp": 161,
@@ -93,6 +94,9 @@ def render(e: Any) -> str:
         return f"fib {' . '.join(v.get('flags', []))} {v.get('result')}"
     if k == "rt":
         return f"rt {v.get('key')}"
+    if k == "numgen":
+        offset = f" offset {v['offset']}" if v.get("offset") else ""
+        return f"numgen {v.get('mode', 'random')} mod {v.get('mod')}{offset}"
     if k in ("&", "|", "^", ">>", "<<"):
         return f"{render(v[0])} {k} {render(v[1])}"
     if k == "prefix":
@@ -349,7 +353,7 @@ def _payload(v: dict):
     if proto in PAYLOAD_L4 and fld in ("sport", "dport"):
         return "inet_service", _need_l4(frozenset({PAYLOAD_L4[proto]}), proto, fld, fld)
     elif proto == "th" and fld in ("sport", "dport"):
-        return "inet_service", _need_l4( "a port protocol", fld, fld)
+        return "inet_service", _need_l4(PORT_PROTOCOLS, "a port protocol", fld, fld)
     elif proto == "tcp" and fld == "flags":
         return "tcp_flag", _need_l4(frozenset({6}), "tcp", "tcp_flags", "tcp flags")
     elif proto == "icmp" and fld in ("type", "code"):
@@ -395,6 +399,8 @@ def left_expr(e: Any, scope: Scope):
         return kind, get, render(e)
     if k in ("&", "|", "^", ">>", "<<"):
         return _binop(k, v[0], v[1], scope)
+    if k == "numgen":
+        return "int", _numgen(v, render(e)), render(e)
     if k == "concat":
         parts = [left_expr(x, scope) for x in v]
         kinds = ".".join(p[0] for p in parts)
@@ -534,10 +540,46 @@ def _addr_eq(m: dict, op: str, kind: str) -> tuple[str, int] | None:
     return ("src_i" if pl["field"] == "saddr" else "dst_i"), value
 
 
+def _numgen(v: dict, text: str) -> Getter:
+    """`numgen random|inc mod N offset K`: for one new connection each of the N values is
+    as likely (random; inc counts packets, which one a new flow meets is as good as
+    random); the walk's `choose` picks the value of this outcome."""
+    mod, offset = int(v["mod"]), int(v.get("offset", 0))
+    shares, labels = (1 / mod,) * mod, tuple(f"= {offset + i}" for i in range(mod))
+
+    def get(st):
+        if st.choose is None:
+            return Unknown(f"{text} picks at random for each new connection")
+        return offset + st.choose(text, shares, labels)
+    return get
+
+
+def _numgen_match(m: dict, text: str, scope: Scope) -> Cond:
+    """`numgen … mod N OP VALUE`: one fork between holding and not, with the share of the
+    N values for which it holds (`numgen random mod 100 < 3` holds for 3 %)."""
+    v = m["left"]["numgen"]
+    mod, offset = int(v["mod"]), int(v.get("offset", 0))
+    test = _rhs_test("int", m.get("op", "=="), m["right"], scope)
+    share = sum(1 for value in range(offset, offset + mod) if test(value)) / mod
+
+    def fn(st):
+        if st.choose is None:
+            return None
+        return st.choose(text, (share, 1 - share), ("holds", "does not hold")) == 0
+
+    def why(st):
+        if st.choose is None:
+            return f"cannot evaluate {text}: a random pick for each new connection"
+        return f"{text}: random pick ({share:.0%}), not taken in this outcome"
+    return Cond(text, fn, "numgen", why)
+
+
 def compile_match(m: dict, scope: Scope) -> Cond:
     text = render({"match": m})
     op = m.get("op", "==")
     try:
+        if isinstance(m.get("left"), dict) and "numgen" in m["left"]:
+            return _numgen_match(m, text, scope)
         kind, get, field = left_expr(m["left"], scope)
         test = _rhs_test(kind, op, m["right"], scope)
     except (KeyError, ValueError, TypeError) as exc:

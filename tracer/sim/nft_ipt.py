@@ -373,7 +373,7 @@ def _statistic_cond(text: str, opt: str, value: str, neg: bool) -> Cond:
         chance, pick = 1 - chance, f"! {pick}"
 
     def fn(st):
-        return None if st.choose is None else st.choose(pick, chance)
+        return None if st.choose is None else st.choose(pick, (chance, 1 - chance), ("matches", "does not match")) == 0
 
     def why(st):
         if st.choose is None:

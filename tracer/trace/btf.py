@@ -34,10 +34,17 @@ class _Type:
     kind: int
     name: str
     size_or_type: int
-    members: tuple  # (name, type_id, bit_offset) for structs/unions, (name, value) for enums
+    members: tuple  # (name, type_id, bit_offset) for structs/unions, (name, value) for enums, (name, type) params
+
+
+# Only these kinds are looked up by name; the rest are decoded when a member refers to them.
+_NAMED = (STRUCT, UNION, ENUM, ENUM64, TYPEDEF)
 
 
 class Btf:
+    """Types are located in one pass over the type section; a type's name and members are decoded
+    only when it is used (the whole vmlinux BTF holds over 100,000 types)."""
+
     def __init__(self, data: bytes):
         if len(data) < 24:
             raise BtfError("BTF data too short")
@@ -45,40 +52,58 @@ class Btf:
         if magic != MAGIC:
             raise BtfError("not BTF data (bad magic)")
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
-        strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
-        self._types: list[_Type | None] = [None]  # type id 0 is void
+        self._data = data
+        self._strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
+        self._positions: list[int] = [0]  # type id → position of its header (id 0 is void)
+        self._cache: dict[int, _Type] = {}
         self._by_name: dict[tuple[int, str], int] = {}
-
-        def name_at(offset: int) -> str:
-            end = strings.index(b"\0", offset)
-            return strings[offset:end].decode()
-
+        unpack = struct.unpack_from
+        fixed, per_entry, named = _FIXED, _PER_ENTRY, _NAMED
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        names: list[tuple[int, int, int]] = []
         while pos < end:
-            name_off, info, size_or_type = struct.unpack_from("<III", data, pos)
-            pos += 12
-            kind, vlen, kind_flag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
-            members: tuple = ()
-            if kind in (STRUCT, UNION):
-                entries = []
-                for i in range(vlen):
-                    m_name, m_type, m_off = struct.unpack_from("<III", data, pos + 12 * i)
-                    entries.append((name_at(m_name), m_type, m_off & 0xFFFFFF if kind_flag else m_off))
-                members = tuple(entries)
-            elif kind == ENUM:
-                members = tuple((name_at(n), v) for n, v in
-                                (struct.unpack_from("<Ii", data, pos + 8 * i) for i in range(vlen)))
-            elif kind == ENUM64:
-                members = tuple((name_at(n), lo | (hi << 32)) for n, lo, hi in
-                                (struct.unpack_from("<III", data, pos + 12 * i) for i in range(vlen)))
-            elif kind == FUNC_PROTO:
-                members = tuple((name_at(n), t) for n, t in
-                                (struct.unpack_from("<II", data, pos + 8 * i) for i in range(vlen)))
-            pos += _FIXED.get(kind, 0) + _PER_ENTRY.get(kind, 0) * vlen
-            name = name_at(name_off)
-            self._types.append(_Type(kind, name, size_or_type, members))
-            if name:
-                self._by_name.setdefault((kind, name), len(self._types) - 1)
+            name_off, info = unpack("<II", data, pos)
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            self._positions.append(pos)
+            if name_off and kind in named:
+                names.append((kind, name_off, len(self._positions) - 1))
+            pos += 12 + fixed.get(kind, 0) + per_entry.get(kind, 0) * vlen
+        for kind, name_off, type_id in names:
+            self._by_name.setdefault((kind, self._name(name_off)), type_id)
+
+    def _name(self, offset: int) -> str:
+        strings = self._strings
+        return strings[offset:strings.index(b"\0", offset)].decode()
+
+    def _type(self, type_id: int) -> _Type | None:
+        if type_id == 0:
+            return None
+        found = self._cache.get(type_id)
+        if found is not None:
+            return found
+        data, pos = self._data, self._positions[type_id]
+        name_off, info, size_or_type = struct.unpack_from("<III", data, pos)
+        pos += 12
+        kind, vlen, kind_flag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
+        name = self._name(name_off)
+        members: tuple = ()
+        if kind in (STRUCT, UNION):
+            entries = []
+            for i in range(vlen):
+                m_name, m_type, m_off = struct.unpack_from("<III", data, pos + 12 * i)
+                entries.append((self._name(m_name), m_type, m_off & 0xFFFFFF if kind_flag else m_off))
+            members = tuple(entries)
+        elif kind == ENUM:
+            members = tuple((self._name(n), v) for n, v in
+                            (struct.unpack_from("<Ii", data, pos + 8 * i) for i in range(vlen)))
+        elif kind == ENUM64:
+            members = tuple((self._name(n), lo | (hi << 32)) for n, lo, hi in
+                            (struct.unpack_from("<III", data, pos + 12 * i) for i in range(vlen)))
+        elif kind == FUNC_PROTO:
+            members = tuple((self._name(n), t) for n, t in
+                            (struct.unpack_from("<II", data, pos + 8 * i) for i in range(vlen)))
+        found = self._cache[type_id] = _Type(kind, name, size_or_type, members)
+        return found
 
     @classmethod
     @cache
@@ -90,9 +115,9 @@ class Btf:
                 from None
 
     def _resolve(self, type_id: int) -> _Type:
-        t = self._types[type_id]
+        t = self._type(type_id)
         while t is not None and t.kind in _MODIFIERS:
-            t = self._types[t.size_or_type]
+            t = self._type(t.size_or_type)
         if t is None:
             raise BtfError("member of type void")
         return t
@@ -101,7 +126,7 @@ class Btf:
         for kind in (STRUCT, UNION):
             type_id = self._by_name.get((kind, name))
             if type_id is not None:
-                return self._types[type_id]
+                return self._type(type_id)
         raise BtfError(f"the kernel's BTF has no struct {name}")
 
     def _member(self, t: _Type, name: str) -> tuple[int, int] | None:
@@ -167,5 +192,5 @@ class Btf:
         for kind in (ENUM, ENUM64):
             type_id = self._by_name.get((kind, name))
             if type_id is not None:
-                return dict(self._types[type_id].members)
+                return dict(self._type(type_id).members)
         raise BtfError(f"the kernel's BTF has no enum {name}")

@@ -24,6 +24,7 @@ from tracer.vocab import AF_INET, protocol_name
 
 PORTED = (6, 17, 132)
 IPS_SEEN_REPLY = 1 << 1
+SIM_DROPS = ("dropped", "blackholed", "prohibited", "dropped-rp-filter", "unreachable")
 
 
 @dataclass
@@ -151,8 +152,12 @@ def _nat(flow: TracedFlow) -> list[dict]:
     return found
 
 
-def _origin(flow: TracedFlow) -> str:
+def _origin(flow: TracedFlow, state: HostState) -> str:
     names = {h.hook for h in flow.hooks}
+    pre = flow.hook("prerouting", "first")
+    port = state.link(pre.iif) if pre and pre.iif else None
+    if "forward" in names and not flow.lookups and port is not None and port.master:
+        return "bridged"  # br_netfilter runs the IPv4 hooks for frames a bridge forwards: no routing
     if "forward" in names:
         return "forwarded"
     if "output" in names and "prerouting" not in names:
@@ -166,7 +171,7 @@ def _verdict(flow: TracedFlow, origin: str) -> str:
     if flow.drop is not None:
         return "dropped"
     if flow.hook("postrouting", "last"):
-        return "forwarded" if origin == "forwarded" else "sent"
+        return {"forwarded": "forwarded", "bridged": "bridged"}.get(origin, "sent")
     if flow.hook("input", "last"):
         return "delivered-locally"
     if not flow.hooks and any(c.type == "new" for c in flow.conntrack):
@@ -198,7 +203,7 @@ def _hooks(flow: TracedFlow) -> list[dict]:
 def describe(flow: TracedFlow, state: HostState) -> dict:
     """The flow as `why-route trace --json` prints it (docs/trace.md)."""
     fid = flow.id
-    origin = _origin(flow)
+    origin = _origin(flow, state)
     pre = flow.hook("prerouting", "first") or flow.hook("prerouting", "last")
     iif = pre.iif if pre else (flow.drop.dev if flow.drop else None)
     ports = fid.proto in PORTED
@@ -258,6 +263,9 @@ def sim_flow(doc: dict) -> Flow:
 def compare(doc: dict, state: HostState) -> dict:
     """`sim`: whether why-route's explanation of this flow (on the state at trace start) says what the
     kernel did, and every difference, one sentence each."""
+    if doc["origin"] == "bridged":
+        return {"agrees": None, "differences": [], "verdict": None, "rule": None, "findings": [],
+                "note": "bridged by br-netfilter, not routed: the simulation covers routed flows"}
     try:
         explanation = explain(state, sim_flow(doc))
     except Exception as error:  # noqa: BLE001 - a flow the simulator cannot take is reported, not fatal
@@ -276,7 +284,10 @@ def compare(doc: dict, state: HostState) -> dict:
         differ("table", doc["table_id"], decision.table_id if decision else None)
         if doc["route_error"] is None:
             differ("device", doc["dev"], decision.dev if decision else None)
-            differ("gateway", doc["gateway"], decision.gateway if decision else None)
+            # The FIB result's nexthop gateway, as configured (on a point-to-point device the kernel
+            # then sends on-link; the simulation's `gateway` says so, its nexthop keeps the route's).
+            nexthop = decision.result.nexthop if decision else None
+            differ("gateway", doc["gateway"], nexthop.gateway if nexthop else None)
     kernel_snat = next((n["to"] for n in doc["nat"] if n["field"] == "src"), None)
     sim_snat = next((s.rewrite.to for s in explanation.nat if s.rewrite.field == "src"), None)
     kernel_dnat = next((n["to"] for n in doc["nat"] if n["field"] == "dst"), None)
@@ -290,7 +301,10 @@ def compare(doc: dict, state: HostState) -> dict:
         if sim_verdict in ("dropped",):
             differences.append("verdict: kernel let the first packet through, simulation drops it")
     elif kernel_verdict != "unknown":
-        differ("verdict", kernel_verdict, sim_verdict)
+        # The kernel frees the packet in every one of these cases; the simulation says which.
+        same = kernel_verdict == "dropped" and sim_verdict in SIM_DROPS
+        if not same:
+            differ("verdict", kernel_verdict, sim_verdict)
     if doc["egress"] and explanation.egress:
         differ("leaves via", doc["egress"]["dev"], explanation.egress.dev)
         differ("source on the wire", doc["egress"]["src"], explanation.egress.src)
@@ -327,5 +341,8 @@ def text_line(doc: dict) -> str:
         parts.append(f"DROPPED {doc['drop']['reason']} (after {doc['drop']['after_hook']})")
     parts.append("reply seen" if doc["reply_seen"] else "no reply")
     sim = doc["sim"]
-    parts.append("sim: agrees" if sim["agrees"] else "sim: DIFFERS — " + "; ".join(sim["differences"]))
+    if sim["agrees"] is None:
+        parts.append(f"sim: {sim.get('note', 'not compared')}")
+    else:
+        parts.append("sim: agrees" if sim["agrees"] else "sim: DIFFERS — " + "; ".join(sim["differences"]))
     return "  ".join(p for p in parts if p)

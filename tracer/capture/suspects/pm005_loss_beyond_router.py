@@ -38,7 +38,8 @@ class LossBeyondRouter(Suspect):
             config = ties.route(ctx.explanation(conn))
             summary = (f"{loss.beyond} segment(s) {loss.direction.replace('_', ' ')} left {name} and were sent "
                        f"again ({100.0 * loss.beyond / sent:.1f}% of {sent}): lost beyond the router")
+            dev = ctx.device(conn, name)
             return self.raise_(min(75, 40 + 2 * loss.beyond), summary, evidence=loss.evidence, config=config,
-                               fix=[f"check the uplink behind {name}; shape slightly below its rate: "
-                                    f"tc qdisc replace dev {name} root cake bandwidth RATE"])
+                               fix=[f"check the uplink behind {dev}; shape slightly below its rate: "
+                                    f"tc qdisc replace dev {dev} root cake bandwidth RATE"])
         return None

@@ -45,7 +45,7 @@ class QueueingDelay(Suspect):
             if near is not None:
                 text += f"; LAN side (handshake) {near * 1000:.1f} ms"
             config = ties.route(ctx.explanation(conn))
-            dev = name
+            dev = ctx.device(conn, name)
             return self.raise_(65, text, evidence=[(None, None, name, text)], config=config,
                                fix=[f"tc qdisc replace dev {dev} root cake bandwidth RATE   # RATE just below the "
                                     "bottleneck's"])
