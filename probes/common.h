@@ -91,7 +91,17 @@ struct routing {
     u32 armed;
 };
 
+/* Fast path for packets of flows already reported (or filtered out): keyed by the conntrack entry's
+ * address, checked by a fingerprint of its original tuple (an address can be reused by a new entry). */
+struct ctseen {
+    u64 fingerprint;
+    u32 seen; /* as flowstate.seen; IGNORED: the filter does not want this flow */
+    u32 pad;
+};
+#define SEEN_IGNORED 0xFFFFFFFFu
+
 BPF_ARRAY(config, struct config, 1);
+BPF_TABLE("lru_hash", u64, struct ctseen, seen_ct, 65536);
 BPF_TABLE("lru_hash", struct key, struct flowstate, flows, 65536);
 BPF_PERCPU_ARRAY(routing_packet, struct routing, 1);
 BPF_RINGBUF_OUTPUT(events, 256);
@@ -194,6 +204,17 @@ static __always_inline void read_ct_tuple(const char *th, struct tuple *t)
     READ(dp, th, OFF_TUPLE_DST_U);
     t->sport = bpf_ntohs(sp);
     t->dport = bpf_ntohs(dp);
+}
+
+static __always_inline u64 ct_fingerprint(const char *ct)
+{
+    const char *th0 = ct + OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE;
+    u32 saddr = 0;
+    u16 sport = 0, dport = 0;
+    READ(saddr, th0, OFF_TUPLE_SRC_U3);
+    READ(sport, th0, OFF_TUPLE_SRC_U);
+    READ(dport, th0, OFF_TUPLE_DST_U);
+    return ((u64)saddr << 32) | ((u32)sport << 16) | dport;
 }
 
 /* Conntrack entry of the skb (skb->_nfct): both tuples and the status; ctinfo in the low bits. */

@@ -27,6 +27,22 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
         READ(inum, net, OFF_NET_INUM);
     if ((c->flags & F_NETNS) && c->netns != inum)
         return 1;
+    /* Fast path: a packet of a flow already reported at this position, or not wanted. */
+    u64 nfct = 0;
+    READ(nfct, skb, OFF_SKB_NFCT);
+    u64 ctp = nfct & ~7ULL;
+    u64 fingerprint = 0;
+    u32 bit = 1u << ((ev.hook & 7) * 2 + pos);
+    if (ctp) {
+        u8 info = nfct & 7;
+        if (info == 4) /* IP_CT_RELATED_REPLY: an ICMP error about a flow, no answer */
+            return 1;
+        fingerprint = ct_fingerprint((const char *)ctp);
+        struct ctseen *cs = seen_ct.lookup(&ctp);
+        if (cs && cs->fingerprint == fingerprint &&
+            (cs->seen == SEEN_IGNORED || (cs->seen & (info == 3 ? SEEN_REPLY : bit))))
+            return 1;
+    }
     u8 proto = 0;
     if (parse_ipv4(skb, &ev.pkt, &proto) != 0)
         return 1;
@@ -48,8 +64,13 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
         ev.key.sport = ev.pkt.sport;
         ev.key.dport = ev.pkt.dport;
     }
-    if (!matches(c, &ev.key))
+    if (!matches(c, &ev.key)) {
+        if (ctp) {
+            struct ctseen ignored = {.fingerprint = fingerprint, .seen = SEEN_IGNORED};
+            seen_ct.update(&ctp, &ignored);
+        }
         return 1;
+    }
     ev.kind = KIND_HOOK;
     ev.pos = pos;
     ev.ts = bpf_ktime_get_ns();
@@ -57,12 +78,16 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
     ev.skb = (u64)skb;
     READ(ev.mark, skb, OFF_SKB_MARK);
 
-    if (ev.has_ct && ev.ctinfo >= 3) { /* IP_CT_IS_REPLY: an answer of a flow we know */
+    if (ev.has_ct && ev.ctinfo >= 3) { /* IP_CT_IS_REPLY: the reply direction of a flow */
         struct flowstate *fs = flows.lookup(&ev.key);
         if (fs && !(fs->seen & SEEN_REPLY)) {
             fs->seen |= SEEN_REPLY;
             ev.kind = KIND_REPLY;
             emit(&ev);
+        }
+        if (fs) {
+            struct ctseen known = {.fingerprint = fingerprint, .seen = fs->seen};
+            seen_ct.update(&ctp, &known);
         }
         return 1;
     }
@@ -70,10 +95,13 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
     struct flowstate *fs = flows.lookup_or_try_init(&ev.key, &fresh);
     if (!fs)
         return 1;
-    u32 bit = 1u << ((ev.hook & 7) * 2 + pos);
     if (fs->seen & bit)
         return 1;
     fs->seen |= bit;
+    if (ctp) {
+        struct ctseen known = {.fingerprint = fingerprint, .seen = fs->seen};
+        seen_ct.update(&ctp, &known);
+    }
     emit(&ev);
     if (pos == 1 && ev.hook == 0) { /* prerouting, after its chains: routing comes next on this CPU */
         struct routing *cur = routing_packet.lookup(&zero);

@@ -11,8 +11,9 @@ class ConntrackStale(Check):
     (the reply direction's destination) is compared with what the current
     rules, routes and NAT rules give a new packet of the same connection
     (FIB simulation and netfilter model, entering on the source's subnet).
-    They must agree: same source address after NAT. Entries are grouped by
-    original source, old and new source address.
+    They must agree: same source address after NAT (where the path forks —
+    random balancing, multipath — the mapping of any outcome agrees). Entries
+    are grouped by original source, old and new source address.
 
     ## Why it breaks forwarding
     NAT is decided on a connection's first packet and then kept in the
@@ -47,11 +48,14 @@ class ConntrackStale(Check):
             if lan is None:
                 continue
             ports = entry.proto in (6, 17, 132)
-            flow = ctx.flow(entry.orig_src, entry.orig_dst, lan.ifname, why=f"conntrack entry {entry.text}",
-                            proto=entry.proto, sport=entry.orig_sport if ports else None,
-                            dport=entry.orig_dport if ports else None, mark=0)
-            if flow.out_src is None or flow.out_src == entry.reply_dst:
+            outcomes = ctx.flow_outcomes(entry.orig_src, entry.orig_dst, lan.ifname,
+                                         why=f"conntrack entry {entry.text}", proto=entry.proto,
+                                         sport=entry.orig_sport if ports else None,
+                                         dport=entry.orig_dport if ports else None, mark=0)
+            # Balanced paths (random, multipath): the entry may hold any outcome's mapping.
+            if any(f.out_src is None or f.out_src == entry.reply_dst for f in outcomes):
                 continue
+            flow = outcomes[0]
             key = (entry.orig_src, entry.reply_dst, flow.out_src, flow.oif)
             groups.setdefault(key, []).append(entry)
         for (src, old, new, oif), entries in sorted(groups.items()):

@@ -61,21 +61,25 @@ class UplinkWithoutSnat(Check):
                 continue
             for host, lan in _sources(ctx, rule):
                 mark = rule.fwmark & (rule.fwmask or 0xFFFFFFFF)
-                key = (host, lan.ifname, mark)
+                key = (rule.table, lan.ifname, mark)  # rules sharing a table and a LAN: the first stands for all
                 if key in seen:
                     continue
                 seen.add(key)
-                flow = ctx.flow(host, dst, lan.ifname, why=f"a host of {lan.network} selected by rule "
-                                f"{rule_text(rule, state)}", mark=mark)
-                oif = flow.oif
-                if (oif is None or oif == flow.iif or oif not in _default_devs(ctx, rule.table)
-                        or (host, oif) in covered or flow.post is None or flow.dropped_by):
-                    continue
-                if flow.snat or flow.out_src != host or not is_private(host) or ctx.source_routed_back_via(host, oif):
-                    continue
-                groups.setdefault(oif, []).append((rule, flow))
+                for flow in ctx.flow_outcomes(host, dst, lan.ifname, why=f"a host of {lan.network} selected by "
+                                              f"rule {rule_text(rule, state)}", mark=mark):
+                    if self._unnatted(ctx, flow, _default_devs(ctx, rule.table), covered):
+                        groups.setdefault(flow.oif, []).append((rule, flow))
         for oif, hits in sorted(groups.items()):
             yield self._finding(ctx, oif, hits)
+
+    @staticmethod
+    def _unnatted(ctx, flow, devs, covered) -> bool:
+        oif = flow.oif
+        if (oif is None or oif == flow.iif or oif not in devs or (flow.src, oif) in covered
+                or flow.post is None or flow.dropped_by):
+            return False
+        return (not flow.snat and flow.out_src == flow.src and is_private(flow.src)
+                and not ctx.source_routed_back_via(flow.src, oif))
 
     def _finding(self, ctx, oif, hits):
         state = ctx.state

@@ -151,7 +151,7 @@ def test_errors_under_json_are_a_json_object_and_one_line(args, status, message)
     result = why_route(*args, input="")
     doc = json.loads(result.stdout)
     assert result.returncode == status == doc["exit_status"]
-    assert list(doc) == ["schema", "error", "exit_status"] and doc["schema"] == 1
+    assert list(doc) == ["schema", "error", "exit_status"] and doc["schema"] == 2
     assert message in doc["error"]
     assert result.stderr == f"why-route: error: {doc['error']}\n"
 
@@ -291,3 +291,13 @@ def test_text_wraps_to_the_terminal_width():
     assert len(wide.splitlines()) < len(narrow.splitlines())
     piped = why_route("check", "--snapshot", SNAPSHOT).stdout
     assert max(len(line) for line in piped.splitlines() if "fix:" not in line and "check:" not in line) <= 100
+
+
+def test_a_bug_under_json_is_a_json_object_too():
+    from tests.test_exit_status import BUG, why_route_after
+
+    result = why_route_after(BUG.replace('"snapshot"', '"check"'), "check", "--json", "--snapshot", SNAPSHOT)
+    doc = json.loads(result.stdout)
+    assert result.returncode == doc["exit_status"] == ExitStatus.BUG
+    assert doc["error"].startswith("why-route: bug: RuntimeError: boom; please report it")
+    assert result.stderr == doc["error"] + "\n"

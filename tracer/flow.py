@@ -102,10 +102,12 @@ def parse_protocol(text: str | None) -> int:
 
 
 def parse_number(text: str | int | None, field: str, what: str, maximum: int) -> int | None:
-    if text is None or isinstance(text, int):
-        return text
+    if text is None:
+        return None
+    if isinstance(text, bool):
+        raise FlowError(field, f"invalid {what} {text!r}: expected a number")
     try:
-        value = int(text, 0)
+        value = text if isinstance(text, int) else int(text, 0)
     except ValueError:
         raise FlowError(field, f"invalid {what} {text!r}: expected a number") from None
     if not 0 <= value <= maximum:

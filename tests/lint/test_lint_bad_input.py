@@ -52,4 +52,5 @@ def test_not_root(seed):
             os.setgid(65534)
             os.setuid(65534)
 
-        one_line(why_route("lint", SEED_BLOG, "--snapshot", snap.name, preexec_fn=as_nobody, no_color=True), 3, "needs root")
+        one_line(why_route("lint", SEED_BLOG, "--snapshot", snap.name, preexec_fn=as_nobody, no_color=True), 3,
+                 "needs root")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from tests.helpers.cli import REPO_ROOT, why_route_argv
+from tracer.capture import live
 
 SERVER = r"""
 import socket, sys, time
@@ -26,7 +27,7 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 if mode == "slowsink":
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-s.bind(("8.8.8.8", port)); s.listen(4); s.settimeout(timeout)
+s.bind(("0.0.0.0", port)); s.listen(4); s.settimeout(timeout)
 print("listening", flush=True)
 try:
     c, _ = s.accept()
@@ -54,7 +55,7 @@ c.close()
 
 CLIENT = r"""
 import json, socket, sys, time
-mode, port, size, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+mode, port, size, timeout, address = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 s = socket.socket()
 if mode == "slowread":
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -63,7 +64,7 @@ s.bind(("0.0.0.0", 0))
 out = {"mode": mode, "bytes": 0, "error": None, "sport": s.getsockname()[1]}
 start = time.time()
 try:
-    s.connect(("8.8.8.8", port))
+    s.connect((address, port))
     if mode == "upload":
         s.sendall(b"y" * size)
         s.shutdown(socket.SHUT_WR)
@@ -103,12 +104,15 @@ def start_capture(lab, run_dir: Path, interfaces=("br-lan", "ppp0", "eth0.2")) -
                              "tcp or icmp", "-o", str(run_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     raw = run_dir / ".dumpcap.pcapng"
-    deadline = time.time() + 10
-    while time.time() < deadline and not (raw.exists() and raw.stat().st_size > 0):
+    counter = live._Counter(str(raw))
+    deadline = time.time() + 15
+    while time.time() < deadline and len(counter.names) < len(interfaces):  # dumpcap has opened them all
         if proc.poll() is not None:
             raise AssertionError(f"capture ended early: {proc.stderr.read()}")
         time.sleep(0.05)
-    time.sleep(0.3)
+        counter.update()
+    assert len(counter.names) == len(interfaces), "dumpcap did not start"
+    time.sleep(0.5)
     return proc
 
 
@@ -120,14 +124,15 @@ def stop_capture(proc: subprocess.Popen) -> str:
 
 
 def transfer(lab, run_dir: Path, *, server: str, client: str, size: int = 300_000, port: int = 80,
-             timeout: float = 3.0, settle: float = 0.3) -> dict:
+             timeout: float = 3.0, settle: float = 0.3, address: str = "8.8.8.8") -> dict:
     """Capture one client/server exchange; returns the client's report."""
     capture = start_capture(lab, run_dir)
     try:
         srv = _popen(lab.ns("internet2"), [sys.executable, "-c", SERVER, server, str(port), str(size),
                                            str(timeout + 2)])
         assert srv.stdout.readline().strip() == "listening", srv.stderr.read()
-        cli = _popen(lab.ns("macbook"), [sys.executable, "-c", CLIENT, client, str(port), str(size), str(timeout)])
+        cli = _popen(lab.ns("macbook"), [sys.executable, "-c", CLIENT, client, str(port), str(size), str(timeout),
+                                          address])
         out, err = cli.communicate(timeout=timeout * 4 + 10)
         srv.kill()
         srv.wait()

@@ -85,3 +85,19 @@ def test_unknown_interface_is_a_usage_error(lab, tmp_path):  # noqa: F811
                        str(tmp_path / "run"))
     assert result.returncode == 2
     assert "no interface nosuch0" in result.stderr
+
+
+def test_sigterm_stops_cleanly_with_a_complete_run_directory(lab, tmp_path):  # noqa: F811
+    proc = pmlab.start_capture(lab, tmp_path / "run")
+    children = _children(proc.pid)
+    lab.run("macbook", ["ping", "-c", "3", "-i", "0.2", "-W", "1", "8.8.8.8"], check=False)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGTERM
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["capture.json", "capture.pcapng", "conntrack.events",
+                                                      "snapshot.json"]
+    assert json.loads((run / "capture.json").read_text())["interrupted"] is True
+    assert sum(1 for _ in pcapio.read(str(run / "capture.pcapng")).packets()) >= 4  # the pings, both sides
+    assert not [pid for pid in children if _alive(pid)]

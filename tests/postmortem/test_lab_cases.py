@@ -45,7 +45,8 @@ def test_healthy_download_is_ok_with_no_suspect(lab, tmp_path):
     assert conn["interfaces"] == {"in": "br-lan", "out": "ppp0"}
     assert conn["flow"]["wan"]["src"] == "123.150.232.74" and conn["flow"]["pairing"] == "conntrack"
     assert conn["bytes"]["to_client"] == 1_000_000
-    assert conn["retransmissions"]["br-lan"]["to_client"] == 0
+    # (a busy machine may drop a packet in a veth backlog: that alone flags nothing)
+    assert conn["retransmissions"]["br-lan"]["to_client"] <= 1
 
 
 def test_random_drop_rule_is_located_inside_the_router_and_tied_by_handle(lab, tmp_path):
@@ -76,6 +77,34 @@ def test_slow_reader_on_the_macbook_is_receiver_limited(lab, tmp_path):
     assert _suspects(conn)[0] == "PM003"
     assert "192.168.1.169" in conn["suspects"][0]["summary"]
     assert "PM002" not in _suspects(conn) and "PM005" not in _suspects(conn)
+
+
+def test_big_queue_beyond_the_uplink_is_queueing_delay(lab, tmp_path):
+    # bufferbloat on the far side: internet2 takes what ppp0 brings through an 8 Mbit/s tbf
+    # with a 600 kB queue (ifb on its ingress), and the MacBook uploads 1.2 MB
+    shaper = [
+        ["ip", "link", "add", "pmifb0", "type", "ifb"], ["ip", "link", "set", "pmifb0", "up"],
+        ["tc", "qdisc", "add", "dev", "pmifb0", "root", "tbf", "rate", "8mbit", "burst", "16k", "limit", "600000"],
+        ["tc", "qdisc", "add", "dev", "ppp0", "handle", "ffff:", "ingress"],
+        ["tc", "filter", "add", "dev", "ppp0", "parent", "ffff:", "protocol", "ip", "u32", "match", "u32", "0", "0",
+         "action", "mirred", "egress", "redirect", "dev", "pmifb0"],
+    ]
+    try:
+        for argv in shaper:
+            lab.run("internet2", argv)
+        client = pmlab.transfer(lab, tmp_path / "run", server="sink", client="upload", size=1_200_000, timeout=8)
+    finally:
+        lab.run("internet2", ["tc", "qdisc", "del", "dev", "ppp0", "handle", "ffff:", "ingress"], check=False)
+        lab.run("internet2", ["ip", "link", "del", "pmifb0"], check=False)
+    assert client["error"] is None
+    conn = pmlab.the_connection(pmlab.postmortem(tmp_path / "run"), client)
+    assert conn["verdict"] == "slow"
+    assert _suspects(conn)[0] == "PM006", _suspects(conn)
+    wan = conn["rtt"]["ppp0"]["to_server"]
+    lan = conn["handshake"]["br-lan"]["client_rtt_ms"]
+    assert wan["p95"] > 40 and wan["p95"] > 20 * max(lan, 0.1)
+    assert conn["retransmissions"]["where"]["to_server"]["inside_router"] == 0
+    assert any(c["kind"] == "device" and c["dev"] == "ppp0" for c in conn["suspects"][0]["config"])
 
 
 def test_pmtu_black_hole_ties_to_the_route_the_missing_clamp_and_the_icmp_drop(lab, tmp_path):
@@ -127,3 +156,42 @@ def _handle(lab, table, chain) -> int:
 
     data = json.loads(lab.run("route", ["nft", "-j", "-a", "list", "chain", "inet", table, chain]).stdout)
     return next(item["rule"]["handle"] for item in data["nftables"] if "rule" in item)
+
+
+def test_replies_by_another_uplink_are_an_asymmetric_reply_path(lab, tmp_path):
+    # internet2 (serving on 9.9.9.9, an address internet1 does not hold) sends its replies to
+    # 123.150.232.74 through internet1 (a wire the test adds between them), which delivers them
+    # to the router's eth0.2: requests leave ppp0, replies come back on eth0.2
+    i1 = lab.ns("internet1")
+    setup = [
+        ("internet2", ["ip", "addr", "add", "9.9.9.9/32", "dev", "lo"]),
+        ("internet2", ["ip", "link", "add", "pmx0", "type", "veth", "peer", "name", "pmx1", "netns", i1]),
+        ("internet2", ["ip", "addr", "add", "10.99.0.1/30", "dev", "pmx0"]),
+        ("internet2", ["ip", "link", "set", "pmx0", "up"]),
+        ("internet1", ["ip", "addr", "add", "10.99.0.2/30", "dev", "pmx1"]),
+        ("internet1", ["ip", "link", "set", "pmx1", "up"]),
+        ("internet1", ["sysctl", "-qw", "net.ipv4.ip_forward=1"]),
+        ("internet1", ["ip", "route", "add", "123.150.232.74/32", "via", "10.10.149.4"]),
+        ("internet2", ["ip", "route", "replace", "123.150.232.74/32", "via", "10.99.0.2"]),
+    ]
+    try:
+        for node, argv in setup:
+            lab.run(node, argv)
+        pmlab.offloads_off(lab)
+        client = pmlab.transfer(lab, tmp_path / "run", server="send", client="download", size=200_000, timeout=4,
+                                address="9.9.9.9")
+    finally:
+        lab.run("internet2", ["ip", "addr", "del", "9.9.9.9/32", "dev", "lo"], check=False)
+        lab.run("internet2", ["ip", "route", "del", "123.150.232.74/32", "via", "10.99.0.2"], check=False)
+        lab.run("internet2", ["ip", "link", "del", "pmx0"], check=False)
+    assert client["error"] is None and client["bytes"] == 200_000  # rp_filter is off in the lab: it works
+    conn = pmlab.the_connection(pmlab.postmortem(tmp_path / "run"), client)
+    assert conn["reply_path"] == {"requests_leave": "ppp0", "replies_arrive": "eth0.2", "asymmetric": True}
+    assert conn["interfaces"] == {"in": "br-lan", "out": "ppp0"}
+    assert conn["verdict"] == "ok"  # it works, but the configuration is still worth a look
+    assert _suspects(conn) == ["PM007"]
+    top = conn["suspects"][0]
+    assert "requests leave on ppp0, replies arrive on eth0.2" in top["summary"]
+    assert any(c["kind"] == "route" and "dev ppp0" in c["text"] for c in top["config"])
+    assert any("rp_filter=2" in f for f in top["fix"])
+    assert conn["retransmissions"]["where"]["to_client"]["inside_router"] == 0

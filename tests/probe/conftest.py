@@ -27,6 +27,7 @@ ROUTER = [
     "iptables -A FORWARD -p tcp --dport 25 -j REJECT",
     # small UDP datagrams to port 5000 are dropped: the simulator does not know a packet's length
     "iptables -A FORWARD -p udp --dport 5000 -m length --length 0:100 -j DROP",
+    "ip6tables -A FORWARD -p tcp --dport 23 -j REJECT",
     # a destination reached over two uplinks at once
     "ip route add 203.0.113.0/24 nexthop via 10.0.2.2 dev r-wan1 nexthop via 10.0.3.2 dev r-wan2",
 ]

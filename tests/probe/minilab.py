@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from tracer import netns
 
 FAR = "198.51.100.7"
+FAR6 = "2001:db8:ff::7"
 NODES = ("router", "client", "wan1", "wan2")
 OBSERVER = """
 table ip wrseen {
@@ -31,6 +32,16 @@ table ip wrseen {
         ip daddr != 10.0.0.0/8 ip daddr != 198.51.100.7 return
         meta l4proto { tcp, udp } add @ports { ip saddr . ip daddr . th dport }
         icmp type echo-request add @pings { ip saddr . ip daddr }
+    }
+}
+table ip6 wrseen {
+    set ports { type ipv6_addr . ipv6_addr . inet_service; }
+    set pings { type ipv6_addr . ipv6_addr; }
+    chain arriving {
+        type filter hook prerouting priority -300; policy accept;
+        ip6 daddr != 2001:db8::/32 return
+        meta l4proto { tcp, udp } add @ports { ip6 saddr . ip6 daddr . th dport }
+        icmpv6 type echo-request add @pings { ip6 saddr . ip6 daddr }
     }
 }
 """
@@ -58,19 +69,25 @@ class MiniLab:
     def up(self) -> MiniLab:
         for node in NODES:
             subprocess.run(["ip", "netns", "add", self.ns(node)], check=True)
+            # link-local addresses usable at once (a router collected while DAD runs has none yet)
+            self.run(node, "sysctl -qw net.ipv6.conf.default.accept_dad=0")
         links = [("r-lan", "client", "10.0.1.1", "10.0.1.2"), ("r-wan1", "wan1", "10.0.2.1", "10.0.2.2"),
                  ("r-wan2", "wan2", "10.0.3.1", "10.0.3.2")]
         for rdev, node, raddr, addr in links:
             subprocess.run(["ip", "-n", self.ns("router"), "link", "add", rdev, "type", "veth", "peer", "name",
                             "eth0", "netns", self.ns(node)], check=True)
-            self.run("router", f"ip addr add {raddr}/24 dev {rdev} && ip link set {rdev} up")
-            self.run(node, f"ip addr add {addr}/24 dev eth0 && ip link set eth0 up && ip link set lo up && "
-                           f"ip route add default via {raddr}")
+            net6 = f"2001:db8:{raddr.split('.')[2]}::"
+            self.run("router", f"ip addr add {raddr}/24 dev {rdev} && ip addr add {net6}1/64 dev {rdev} nodad && "
+                               f"ip link set {rdev} up")
+            self.run(node, f"ip addr add {addr}/24 dev eth0 && ip addr add {net6}2/64 dev eth0 nodad && "
+                           f"ip link set eth0 up && ip link set lo up && ip route add default via {raddr} && "
+                           f"ip -6 route add default via {net6}1")
         for node in ("wan1", "wan2"):
-            self.run(node, f"ip addr add {FAR}/32 dev lo")
-        self.run("router", "ip link set lo up && sysctl -qw net.ipv4.ip_forward=1 && "
+            self.run(node, f"ip addr add {FAR}/32 dev lo && ip addr add {FAR6}/128 dev lo")
+        self.run("router", "ip link set lo up && sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && "
                            "ip route add default via 10.0.2.2 dev r-wan1 && "
-                           "ip route add default via 10.0.3.2 dev r-wan2 table 102")
+                           "ip route add default via 10.0.3.2 dev r-wan2 table 102 && "
+                           "ip -6 route add default via 2001:db8:2::2 dev r-wan1")
         for node in ("client", "wan1", "wan2"):
             self.run(node, "nft -f -  <<'EOF'\n" + OBSERVER + "\nEOF")
         return self
@@ -88,6 +105,7 @@ class MiniLab:
         found = []
         for node in ("client", "wan1", "wan2"):
             doc = json.loads(self.run(node, "nft -j list table ip wrseen").stdout)["nftables"]
+            doc += json.loads(self.run(node, "nft -j list table ip6 wrseen").stdout)["nftables"]
             for item in doc:
                 if "set" not in item:
                     continue
@@ -99,18 +117,20 @@ class MiniLab:
 
     def forget(self) -> None:
         for node in ("client", "wan1", "wan2"):
-            self.run(node, "nft flush set ip wrseen ports && nft flush set ip wrseen pings")
+            self.run(node, "nft flush set ip wrseen ports && nft flush set ip wrseen pings && "
+                           "nft flush set ip6 wrseen ports && nft flush set ip6 wrseen pings")
         self.run("router", "conntrack -F", check=False)
 
     # real traffic, from a node: a ping, a UDP datagram, a TCP SYN
     def send(self, node: str, proto: str, dst: str = FAR, dport: int | None = None, *, uid: int | None = None,
              mark: int | None = None) -> None:
+        family = 10 if ":" in dst else 2
         if proto == "icmp":
             code = f"import subprocess; subprocess.run(['ping', '-n', '-c1', '-W1', '{dst}'])"
         elif proto == "udp":
-            code = f"import socket; s = socket.socket(2, 2); s.sendto(b'x', ('{dst}', {dport}))"
+            code = f"import socket; s = socket.socket({family}, 2); s.sendto(b'x', ('{dst}', {dport}))"
         else:
-            code = (f"import socket; s = socket.socket(); s.settimeout(0.5)\n"
+            code = (f"import socket; s = socket.socket({family}); s.settimeout(0.5)\n"
                     f"try: s.connect(('{dst}', {dport}))\nexcept OSError: pass")
         if mark is not None:
             code = code.replace("s = socket.socket(2, 2);", f"s = socket.socket(2, 2); s.setsockopt(1, 36, {mark});")

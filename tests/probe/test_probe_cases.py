@@ -6,11 +6,13 @@ import json
 import pytest
 
 from tests.helpers.cli import why_route_in_process
-from tests.probe.minilab import FAR
+from tests.probe.minilab import FAR, FAR6
 from tracer.collect import snapshot
 from tracer.flow import make_flow
 from tracer.lint import probe as probe_mod
+from tracer.model import ConntrackEntry
 from tracer.sim.explain import explain
+from tracer.vocab import UDP
 
 # (sender, src of the flow, proto, dport, flow options) → (where it arrives: node, source, dport) or None: dropped
 CASES = {
@@ -44,7 +46,7 @@ def test_probe_agrees_with_the_simulation_and_with_real_traffic(case, minilab, r
     assert result.agrees, result.differences
     seen = result.observed
     if expected is None:
-        assert seen.outcome == "dropped"
+        assert seen.outcome == "dropped" and "whose counter moved" in seen.reason
     else:
         dev, _node, wire_src, wire_dport = expected
         assert (seen.outcome, seen.dev, seen.src, seen.dst) == ("left", dev, wire_src, FAR)
@@ -60,9 +62,51 @@ def test_probe_agrees_with_the_simulation_and_with_real_traffic(case, minilab, r
         assert [(s.node, s.src, s.dport) for s in arrived] == [(node, wire_src, wire_dport)]
 
 
+# IPv6: (sender, src, proto, dport) → (where it arrives: node, source) or None: rejected
+CASES6 = {
+    "ping6": (("client", "2001:db8:1::2", "icmp", None), ("r-wan1", "wan1", "2001:db8:1::2")),
+    "udp6": (("client", "2001:db8:1::2", "udp", 53), ("r-wan1", "wan1", "2001:db8:1::2")),
+    "reject6": (("client", "2001:db8:1::2", "tcp", 23), None),
+    "local-udp6": (("router", None, "udp", 53), ("r-wan1", "wan1", "2001:db8:2::1")),
+    "local-ping6": (("router", None, None, None), ("r-wan1", "wan1", "2001:db8:2::1")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES6))
+def test_ipv6_probe_agrees_with_real_traffic(case, minilab, replica):
+    lab, state = minilab
+    (sender, src, proto, dport), expected = CASES6[case]
+    result = replica.probe(explain(state, _flow(src, proto, dport, {}, dst=FAR6)))
+    assert result.agrees, result.differences
+    seen = result.observed
+    lab.forget()
+    lab.send(sender, proto or "icmp", dst=FAR6, dport=dport)
+    arrived = [(s.node, s.src) for s in lab.seen() if s.dst == FAR6]
+    if expected is None:
+        assert seen.outcome == "dropped" and seen.reason.startswith("ICMPv6 destination unreachable, port unreachable")
+        assert seen.reason.endswith("`tcp dport 23 reject`, whose counter moved")
+        assert arrived == []
+    else:
+        dev, node, wire_src = expected
+        assert (seen.dev, seen.src, seen.nexthop) == (dev, wire_src, "2001:db8:2::2")
+        assert arrived == [(node, wire_src)]
+
+
+def test_a_forwarded_flow_asked_with_a_mark_carries_it(minilab, replica):
+    """A mark on a forwarded flow (set by an earlier rule, say) is set on arrival by the probe's own rule."""
+    result = replica.probe(explain(minilab[1], _flow("10.0.1.2", "udp", 9, {"mark": 3})))
+    assert result.agrees, result.differences
+    assert (result.observed.dev, result.observed.src) == ("r-wan2", "10.0.3.1")
+    assert any(line.startswith("mark 0x3: set on the packet by the probe's own") for line in result.cannot_reproduce)
+    # the next probe without a mark goes the unmarked way again
+    result = replica.probe(explain(minilab[1], _flow("10.0.1.2", "udp", 9, {})))
+    assert result.agrees and result.observed.dev == "r-wan1"
+
+
 def test_reject_is_seen_as_the_icmp_error_sent_back(minilab, replica):
     result = replica.probe(explain(minilab[1], _flow("10.0.1.2", "tcp", 25, {})))
-    assert result.observed.reason == "ICMP destination unreachable, port unreachable from 10.0.1.1, sent out of r-lan"
+    assert result.observed.reason == ("ICMP destination unreachable, port unreachable from 10.0.1.1, sent out of "
+                                      "r-lan; by ip filter FORWARD #5 `tcp dport 25 reject`, whose counter moved")
 
 
 def test_dnat_port_forward(minilab, replica):
@@ -98,7 +142,8 @@ def test_probe_disagrees_where_the_simulator_cannot_evaluate_the_rule(minilab, t
                                             "--snapshot", str(path), "--probe")
     assert status == 1, err
     assert "Verdict: forwarded" in out
-    assert "Probe: DISAGREES — dropped (no interface saw it, not delivered locally)" in out
+    assert ("Probe: DISAGREES — dropped (by ip filter FORWARD #6 `udp dport 5000 meta length 0-100 drop`, "
+            "whose counter moved)") in out
     assert "the explanation says it leaves r-wan1" in out
     status, out, _ = why_route_in_process(capsys, "10.0.1.2", FAR, "--proto", "udp", "--dport", "5000",
                                           "--snapshot", str(path), "--probe", "--json")
@@ -148,3 +193,19 @@ def test_verify_probe_fails_an_expectation_the_real_packet_breaks(minilab, tmp_p
     doc = json.loads(out)
     assert [o["ok"] for o in doc["outcomes"]] == [True, False]
     assert doc["outcomes"][0]["probe"]["agrees"] and not doc["outcomes"][1]["probe"]["agrees"]
+
+
+def test_a_conntrack_entry_the_replica_lacks_is_said(minilab, replica):
+    """The host's entry maps the flow to an old address; the replica has no entry, so its packet is a
+    new connection: the difference is shown, and why the replica cannot settle it."""
+    lab, state = minilab
+    entry = ConntrackEntry(UDP, "10.0.1.2", FAR, FAR, "10.0.3.99", 4000, 53, 53, 4000, state=None,
+                           text=f"udp src=10.0.1.2 dst={FAR} sport=4000 dport=53 src={FAR} dst=10.0.3.99")
+    with_entry = state.replace(conntrack=(entry,))
+    explanation = explain(with_entry, make_flow(FAR, "10.0.1.2", proto="udp", sport="4000", dport="53"))
+    assert explanation.egress.src == "10.0.3.99"
+    result = replica.probe(explanation)
+    assert not result.agrees
+    assert result.differences == ("source 10.0.3.1 on the wire, explained 10.0.3.99",)
+    assert any(line.startswith("the conntrack entry the explanation uses is not recreated")
+               for line in result.cannot_reproduce)

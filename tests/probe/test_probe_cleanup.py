@@ -76,3 +76,17 @@ def test_a_killed_probe_is_swept_by_the_next_run(router):
     while replay_leftovers(process.pid) and time.monotonic() < deadline:
         sweep_stale()
     assert not replay_leftovers(process.pid)
+
+
+def test_a_sigterm_as_the_batch_ends_still_removes_everything(router):
+    """The signal lands while the last line's probe is done and stdin closes: wherever the handler's
+    exception is raised (an outer __exit__ included), nothing is left."""
+    for _ in range(5):
+        process = _start_batch(router)
+        process.send_signal(signal.SIGTERM)
+        process.stdin.close()
+        process.wait(timeout=30)
+        process.stdout.close()
+        process.stderr.close()
+        assert process.returncode in (0, 128 + signal.SIGTERM)
+        assert not replay_leftovers(process.pid)

@@ -86,9 +86,9 @@ class ToolLab:
     def nft(self, node: str, script: str) -> None:
         self.run(node, ["nft", "-f", "-"], input=script)
 
-    def iptables_restore(self, node: str, save: str, *, flush: bool = True) -> None:
+    def iptables_restore(self, node: str, save: str) -> None:
         """Load iptables-save text with iptables-nft (what `iptables` is on Debian 12, OpenWrt 22.03+)."""
-        self.run(node, ["iptables-nft-restore", *([] if flush else ["--noflush"])], input=save)
+        self.run(node, ["iptables-nft-restore"], input=save)
 
     # -- the sinks
     def clear_sinks(self) -> None:
@@ -113,17 +113,28 @@ class ToolLab:
     def tcp_connect(self, node: str, dst: str, dport: int, *, src: str | None = None, sport: int | None = None,
                     timeout: float = 1.0) -> str:
         """One TCP connection attempt: "connected", "refused" (an RST came back), "timeout", or an errno name."""
-        return self._python(node, _TCP_CONNECT, dst, dport, src or "", sport or 0, timeout)
+        return self.tcp_connects(node, [(dst, dport, sport)], src=src, timeout=timeout)[0]
+
+    def tcp_connects(self, node: str, attempts: list[tuple[str, int, int | None]], *, src: str | None = None,
+                     timeout: float = 1.0) -> list[str]:
+        """Connection attempts to (dst, dport, sport) one after the other, from one process."""
+        return self._python(node, _TCP_CONNECT, attempts, src, timeout)
 
     def udp_send(self, node: str, dst: str, dport: int, *, src: str | None = None, sport: int | None = None,
                  mark: int = 0) -> str:
         """One UDP datagram (with SO_MARK `mark`, as a tunnel daemon marks its own packets): "sent" or an errno name."""
-        return self._python(node, _UDP_SEND, dst, dport, src or "", sport or 0, mark)
+        return self.udp_sends(node, [(dst, dport, sport)], src=src, mark=mark)[0]
 
-    def _python(self, node: str, program: str, *args) -> str:
-        result = self.run(node, ["python3", "-c", program, *map(str, args)], check=False)
+    def udp_sends(self, node: str, datagrams: list[tuple[str, int, int | None]], *, src: str | None = None,
+                  mark: int = 0) -> list[str]:
+        """Datagrams to (dst, dport, sport), each from a socket of its own, from one process."""
+        return self._python(node, _UDP_SEND, datagrams, src, mark)
+
+    def _python(self, node: str, program: str, items: list, src: str | None, option: float) -> list[str]:
+        argv = ["python3", "-c", program, json.dumps(items), src or "", str(option)]
+        result = self.run(node, argv, check=False)
         assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
+        return result.stdout.split()
 
     def route_get(self, node: str, dst: str, *, src: str | None = None, iif: str | None = None, mark: int = 0,
                   proto: str | None = None, dport: int | None = None, sport: int | None = None) -> dict:
@@ -137,9 +148,6 @@ class ToolLab:
         if result.returncode:
             return {"error": result.stderr.strip()}
         return json.loads(result.stdout)[0]
-
-    def conntrack(self, node: str) -> list[str]:
-        return self.run(node, ["conntrack", "-L"], check=False).stdout.splitlines()
 
 
 @dataclass(frozen=True)
@@ -176,35 +184,39 @@ def _sink_ruleset(node: topo.Node) -> str:
 
 
 _TCP_CONNECT = """
-import errno, socket, sys
-dst, dport, src, sport, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.settimeout(timeout)
-try:
-    s.bind((src, sport))
-    s.connect((dst, dport))
-    print("connected")
-except socket.timeout:
-    print("timeout")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as exc:
-    print(errno.errorcode.get(exc.errno, str(exc)))
+import errno, json, socket, sys
+src, timeout = sys.argv[2], float(sys.argv[3])
+for dst, dport, sport in json.loads(sys.argv[1]):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(timeout)
+    try:
+        s.bind((src, sport or 0))
+        s.connect((dst, dport))
+        print("connected")
+    except socket.timeout:
+        print("timeout")
+    except ConnectionRefusedError:
+        print("refused")
+    except OSError as exc:
+        print(errno.errorcode.get(exc.errno, "OSError"))
+    s.close()
 """
 
 _UDP_SEND = """
-import errno, socket, sys
-dst, dport, src, sport, mark = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-try:
-    if mark:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-    s.bind((src, sport))
-    s.sendto(b"why-route", (dst, dport))
-    print("sent")
-except OSError as exc:
-    print(errno.errorcode.get(exc.errno, str(exc)))
+import errno, json, socket, sys
+src, mark = sys.argv[2], int(float(sys.argv[3]))
+for dst, dport, sport in json.loads(sys.argv[1]):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if mark:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        s.bind((src, sport or 0))
+        s.sendto(b"why-route", (dst, dport))
+        print("sent")
+    except OSError as exc:
+        print(errno.errorcode.get(exc.errno, "OSError"))
+    s.close()
 """
 
 

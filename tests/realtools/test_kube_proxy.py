@@ -226,6 +226,7 @@ BROKEN = {
         nat=(("dnat", "dst", POD_C, 8080),), sink="podc", sink_iif="eth0", outcome="timeout")),
 }
 
+# Flow → why-route's defect, for the flows it gets wrong today (a strict xfail: a fix flips it).
 WHY_ROUTE_DEFECTS = {
 }
 
@@ -282,8 +283,7 @@ WEB_FLOW_SPORTS = range(42100, 42124)
 def test_the_kernel_spreads_the_two_endpoint_service_over_both_pods(tool_lab):
     lab = tool_lab("healthy")
     lab.clear_sinks()
-    for sport in WEB_FLOW_SPORTS:
-        lab.tcp_connect("poda", WEB, 80, src=POD_A, sport=sport)
+    lab.tcp_connects("poda", [(WEB, 80, sport) for sport in WEB_FLOW_SPORTS], src=POD_A)
     hits = {pod: {a.sport for a in lab.arrivals(pod) if (a.dst, a.dport) == (address, 8080)}
             for pod, address in (("podc", POD_C), ("podb", POD_B))}
     # 24 connections at p = 1/2 each: one pod getting none has odds 2 × 2^-24.

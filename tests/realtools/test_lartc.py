@@ -98,6 +98,7 @@ BROKEN = {
         "delivered-locally", dev="lo", table="local", outcome="timeout")),
 }
 
+# Flow → why-route's defect, for the flows it gets wrong today (a strict xfail: a fix flips it).
 WHY_ROUTE_DEFECTS = {
 }
 
@@ -141,8 +142,7 @@ DESTINATIONS = [f"198.18.0.{host}" for host in range(1, 25)]
 def test_the_kernel_spreads_destinations_over_both_providers(tool_lab):
     lab = tool_lab("load-balanced")
     lab.clear_sinks()
-    for dst in DESTINATIONS:
-        lab.udp_send("router", dst, 53, sport=46100)
+    lab.udp_sends("router", [(dst, 53, 46100) for dst in DESTINATIONS])
     seen = {isp: {(a.src, a.dst) for a in lab.arrivals(isp) if a.sport == 46100} for isp in ("isp1", "isp2")}
     # Each destination went one way, from that provider's address; with 24
     # destinations hashed over two equal nexthops, both get some (odds 2 × 2^-24).

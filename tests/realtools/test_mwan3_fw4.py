@@ -354,6 +354,7 @@ BROKEN = {
         sink_iif="eth0", outcome="timeout")),
 }
 
+# Flow → why-route's defect, for the flows it gets wrong today (a strict xfail: a fix flips it).
 WHY_ROUTE_DEFECTS = {
 }
 
@@ -390,8 +391,7 @@ BALANCED_SPORTS = range(45100, 45124)
 def _balanced_sources(lab) -> dict[str, set[str]]:
     """Send one new flow per source port from the laptop to 8.8.8.8; the sources each ISP saw."""
     lab.clear_sinks()
-    for sport in BALANCED_SPORTS:
-        lab.udp_send("laptop", "8.8.8.8", 53, src=LAPTOP, sport=sport)
+    lab.udp_sends("laptop", [("8.8.8.8", 53, sport) for sport in BALANCED_SPORTS], src=LAPTOP)
     return {isp: {a.src for a in lab.arrivals(isp) if a.dst == "8.8.8.8"} for isp in ("isp1", "isp2")}
 
 
@@ -411,12 +411,6 @@ def test_why_route_gives_both_uplinks_half_the_new_flows_each(tool_lab, capsys):
     assert outcomes(doc, "dev", "src") == {("eth1", WAN_ADDRESS): 0.5, ("eth2", WANB_ADDRESS): 0.5}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "why-route forks an existing flow again and gives an impossible outcome (eth2 with source 10.0.1.2): "
-    "tracer/sim/explain.py builds the PacketView of a flow with a conntrack entry without ct_mark=entry.mark, "
-    "so mwan3_hook's CONNMARK --restore-mark restores 0, the statistic rule picks again, and the entry's "
-    "masquerade mapping is applied to both picks; the kernel restores the ct mark (0x100 or 0x200) and keeps "
-    "the flow on its first uplink"))
 def test_why_route_keeps_an_existing_flow_on_the_uplink_the_kernel_picked(tool_lab, capsys):
     # mwan3_hook saves the mark to conntrack and restores it: the flow's next
     # packets follow its first one.

@@ -173,6 +173,7 @@ BROKEN = {
         "unreachable", error="EHOSTUNREACH", absent_from=("router",), outcome="sent")),
 }
 
+# Flow → why-route's defect, for the flows it gets wrong today (a strict xfail: a fix flips it).
 WHY_ROUTE_DEFECTS = {
 }
 
@@ -201,14 +202,7 @@ def test_why_route_explains_the_breakage(tool_lab, capsys, key):
     assert why_route_mismatches(explain_flow(capsys, tool_lab(key[0]), flow), path) == []
 
 
-WR015_FALSE_ALARM = (
-    "false alarm: WR015 (rules/wr015_ip_forward_off.py) calls the client, which forwards nothing, a routing host "
-    "because of ts-postrouting's `-m mark --mark 0x40000/0xff0000 -j MASQUERADE`; tailscaled installs that rule "
-    "on every node, and it can only match packets ts-forward marked, i.e. forwarded ones")
-
-
-@pytest.mark.parametrize("node", ["exit", pytest.param("client", marks=pytest.mark.xfail(
-    strict=True, reason=WR015_FALSE_ALARM))])
+@pytest.mark.parametrize("node", ["exit", "client"])
 def test_check_finds_no_error_on_healthy_nodes(tool_lab, capsys, node):
     assert errors(check(capsys, tool_lab("healthy").ns(node))) == []
 
@@ -220,13 +214,7 @@ CHECK_EXPECTATIONS = {
 }
 
 
-CHECK_DEFECTS = {
-    "bypass-rule-deleted": "why-route check reports nothing about tailscaled's marked (0x80000/0xff0000) packets "
-                           "now ending at rule 5250's unreachable (no finding names 5250 or the mark)",
-}
-
-
-@pytest.mark.parametrize("state", cases(CHECK_EXPECTATIONS, CHECK_DEFECTS))
+@pytest.mark.parametrize("state", CHECK_EXPECTATIONS)
 def test_check_reports_the_breakage(tool_lab, capsys, state):
     node, words = CHECK_EXPECTATIONS[state]
     assert findings_naming(check(capsys, tool_lab(state).ns(node)), *words)

@@ -102,6 +102,7 @@ BROKEN = {
         sink="home", sink_iif="eth0", absent_from=("vpn",), outcome="sent")),
 }
 
+# Flow → why-route's defect, for the flows it gets wrong today (a strict xfail: a fix flips it).
 WHY_ROUTE_DEFECTS = {
 }
 
@@ -142,14 +143,6 @@ CHECK_EXPECTATIONS = {
 }
 
 
-CHECK_DEFECTS = {
-    "suppress-rule-deleted": (
-        "why-route check reports nothing (one info) when `not fwmark 51820 lookup 51820` sends the connected LAN "
-        "192.168.1.0/24 into wg0: WR007 (rules/wr007_policy_table_no_connected.py) only considers non-inverted "
-        "`from` rules, and no rule covers a fwmark (or inverted) rule whose table lacks the connected routes"),
-}
-
-
-@pytest.mark.parametrize("state", cases(CHECK_EXPECTATIONS, CHECK_DEFECTS))
+@pytest.mark.parametrize("state", CHECK_EXPECTATIONS)
 def test_check_reports_the_breakage(tool_lab, capsys, state):
     assert findings_naming(check(capsys, tool_lab(state).ns("laptop")), *CHECK_EXPECTATIONS[state])

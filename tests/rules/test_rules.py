@@ -46,7 +46,8 @@ EXPECT = {
     "WR019": ["ppp0", "192.168.1.169", "sunusroute", "123.150.232.74",
               "iptables -t nat -A POSTROUTING -o ppp0 -j SNAT --to-source 123.150.232.74"],
     # issue 9: the bad rule is replaced where it stands (an appended rule would never be reached)
-    "WR020": ["10.10.149.4", "eth0.2", "ppp0", "123.150.232.74", "iptables -t nat -R POSTROUTING 2 -o ppp0 -j MASQUERADE"],
+    "WR020": ["10.10.149.4", "eth0.2", "ppp0", "123.150.232.74",
+              "iptables -t nat -R POSTROUTING 2 -o ppp0 -j MASQUERADE"],
     "WR021": ["ppp0", "123.150.232.74", "iptables -t nat -R POSTROUTING 2 -o ppp0 -j MASQUERADE"],
     "WR022": ["192.168.1.169", "no NAT", "123.150.232.74", "conntrack -D -p icmp -s 192.168.1.169 -d 8.8.8.8"],
     "WR023": ["ip nat", "iptables-legacy -t nat -F"],

@@ -33,12 +33,18 @@ FEATURES = {
     "named-sets": "nft named sets of addresses and ports",
     "interface-names": "iifname / oifname (also at hooks without that device) and iptables -i / -o",
     "marks": "meta mark / MARK set and matched anywhere",
+    "maps": "nft maps: the mark set from an address map, dnat to an address map",
+    "tcp-flags": "tcp flags / --syn / --tcp-flags (probes are SYNs)",
+    "addrtype": "-m addrtype --src-type / --dst-type LOCAL",
+    "iprange": "-m iprange --src-range / --dst-range",
     "output-several-reroutes": "marks set at output by filter chains or by several chains, or next to an output "
                                "dnat (else one route chain sets marks, or NAT alone changes the destination)",
     "mark-routing": "marks set in prerouting or output, which select ip rules (fwmark 0x1/0x3, 0x2/0x3)",
     "ct-mark": "ct mark set from the mark, and the mark restored from it",
     "ct-state": "ct state / -m conntrack --ctstate (also below conntrack's priority)",
     "notrack": "notrack / CT --notrack in raw-priority chains",
+    "lo-keeps-conntrack": "ct matches, ct mark and notrack in prerouting chains below conntrack's priority (-200), "
+                          "which a packet looped back through lo crosses with the entry it got at output",
     "fib": "fib daddr type local",
     "reject": "reject / REJECT",
     "policy-drop": "base chains with policy drop",
@@ -54,6 +60,8 @@ FEATURES = {
     "nat-in-regular-chain": "NAT statements and targets in regular chains jumped to from nat base chains",
     "nat-input": "snat in nat input chains (locally delivered probes)",
     "nat-output": "dnat / redirect in nat output chains (local-out probes)",
+    "nat-chains-without-conntrack": "nft nat chains in a ruleset without any conntrack user (no NAT rule, no ct "
+                                    "match): the kernel then never runs them",
     "local-out": "probes sent by the router itself (raw socket bound to one of its addresses)",
     "local-out-to-self": "local-out probes to the router's own addresses, or sent there by an output dnat / redirect "
                          "(the packet loops back through lo: postrouting, prerouting, input)",
@@ -61,17 +69,25 @@ FEATURES = {
 
 # feature -> why the generator leaves it out (the defect, as test_nf_cases.py shows it)
 DISABLED: dict[str, str] = {
+    "nat-chains-without-conntrack": "why-route runs nat chains for every new packet; the kernel runs them only "
+                                    "while conntrack is enabled in the namespace, i.e. some rule uses it (a NAT "
+                                    "statement or target, a ct match): otherwise their drops and marks never happen",
     "snat-port-range": "for a source NAT to a port range that the port is outside of, the kernel picks a port in "
                        "the range at random (nf_nat_l4proto_unique_tuple); why-route claims the range's first port",
     "output-several-reroutes": "why-route routes a local packet again once, with the keys as the whole output hook "
                                "left them; the kernel re-routes right after each route chain (or NAT) that changed "
                                "them, with the keys of that moment: a later change is not routed, and an "
                                "intermediate route that fails drops the packet",
-    "local-out-to-self": "explain() ends a local-out packet to a local address after the output hook; the kernel "
-                         "also runs postrouting (oif lo) and, on the way back in, prerouting (iif lo) and input",
+    "lo-keeps-conntrack": "on the loopback path (a local-out packet to the router's own address) a chain below "
+                          "conntrack's priority at prerouting sees no conntrack entry in why-route (ct state "
+                          "invalid, notrack works); the kernel's packet still carries the one it got at output "
+                          "(ct state new, its ct mark; notrack is ignored)",
 }
 
 ENABLED = frozenset(FEATURES) - set(DISABLED)
+# Features whose rules make the kernel track connections in the namespace (nf_ct_netns_get): a
+# NAT statement or target, a ct expression, -m conntrack. Without one, nat chains never run.
+CONNTRACK_USERS = frozenset({"dnat", "redirect", "snat", "masquerade", "ct-state", "ct-mark"})
 
 CLIENT_SOURCES = ("10.0.0.2", "10.0.0.3", "192.168.7.7")
 ROUTER_OWN = tuple(a.split("/")[0] for addrs in ROUTER_ADDRESSES.values() for a in addrs)
@@ -82,12 +98,12 @@ ADDRESS_ELEMENTS = ("10.0.0.2", "10.0.0.3", "192.168.0.0/16", "10.0.0.1", "10.1.
                     "203.0.113.0/25", "8.8.8.8", "172.16.2.0/24")
 ADDRESS_MATCHES = (*ADDRESS_ELEMENTS, "10.0.0.0/24", "10.0.0.0/8", "203.0.113.5", "10.1.0.1", "10.1.0.9")
 DPORTS = (22, 53, 80, 443, 8080)
-PORT_MATCHES = ("22", "53", "80", "8080", "20-100", "443-8080", "2000-2002", "1-1024")
+PORT_MATCHES = ("22", "53", "80", "8080", "5353", "20-100", "443-8080", "2000-2002", "1-1024")
 SPORT_BANDS = ((20000, 24999), (25000, 29999))
 MARKS = (0x1, 0x2, 0x3)
 DNAT_TO = ("10.2.0.9", "10.3.0.9", "203.0.113.5", "10.0.0.1", "10.1.0.9", "198.51.100.7", "10.0.0.9")
 SNAT_TO = ("10.1.0.1", "10.2.0.50", "192.0.2.1", "10.0.0.1", "172.16.2.1")
-NAT_PORTS = ("80", "8080", "53", "2000-2002")
+NAT_PORTS = ("80", "8080", "53", "5353", "2000-2002")  # 8080 and 5353 select ip rules
 SNAT_PORTS = ("80", "8080", "53")
 SNAT_PORT_RANGE = "2000-2002"  # probes' source ports are in SPORT_BANDS: always outside
 INTERFACES = (CLIENT_SIDE, *EGRESS)
@@ -103,6 +119,8 @@ IPT_HOOK = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward", 
             "POSTROUTING": "postrouting"}
 IPT_TABLES = {"raw": ("PREROUTING", "OUTPUT"), "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
               "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"), "filter": ("INPUT", "FORWARD", "OUTPUT")}
+PRIO_CONNTRACK = -200
+IPT_PRIORITY = {"raw": -300, "mangle": -150, "nat": -100, "filter": 0}
 HAS_IIF = ("prerouting", "input", "forward")
 HAS_OIF = ("forward", "output", "postrouting")
 PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
@@ -116,6 +134,7 @@ class Config(Ruleset):
     seed: int = 0
     probes: list[Probe] = field(default_factory=list)
     features: set[str] = field(default_factory=set)
+    nft_nat_chains: int = 0  # nft nat base chains (their drops and marks matter; iptables' nat chains have none)
 
     @property
     def name(self) -> str:
@@ -133,12 +152,18 @@ class Context:
     type: str  # filter | nat | route
     table: str
     chain: str  # the base chain, e.g. "nft t0 c1", "iptables-nft mangle OUTPUT"
+    priority: int
     regular: bool = False
     named_sets: tuple[str, ...] = ()
 
 
 def random_config(seed: int, *, legacy_tables: bool, enabled: frozenset[str] = ENABLED) -> Config:
-    return _Generator(seed, legacy_tables, enabled).config()
+    rng = random.Random(seed)
+    while True:
+        cfg = _Generator(rng, seed, legacy_tables, enabled).config()
+        # without nat-chains-without-conntrack, such a config is drawn again (from the same stream)
+        if "nat-chains-without-conntrack" in enabled or not cfg.nft_nat_chains or cfg.features & CONNTRACK_USERS:
+            return cfg
 
 
 def config_named(name: str, enabled: frozenset[str] = ENABLED) -> Config:
@@ -148,8 +173,8 @@ def config_named(name: str, enabled: frozenset[str] = ENABLED) -> Config:
 
 
 class _Generator:
-    def __init__(self, seed: int, legacy_tables: bool, enabled: frozenset[str]):
-        self.rng = random.Random(seed)
+    def __init__(self, rng: random.Random, seed: int, legacy_tables: bool, enabled: frozenset[str]):
+        self.rng = rng
         self.cfg = Config(legacy_tables=legacy_tables, seed=seed)
         self.enabled = enabled
         # Without output-several-reroutes one thing re-routes at output: marks (in one route chain) or NAT.
@@ -175,6 +200,8 @@ class _Generator:
             self.cfg.iptables_legacy = self.ipt_tables("iptables-legacy")
         self.cfg.nft_first = not (self.cfg.nft and self.cfg.iptables_nft and self.on("load-order", 0.5))
         self.cfg.probes = self.probes()
+        if self.cfg.nft_nat_chains and not self.cfg.features & CONNTRACK_USERS:
+            self.cfg.features.add("nat-chains-without-conntrack")
         return self.cfg
 
     # ------------------------------------------------------------ nft
@@ -195,8 +222,10 @@ class _Generator:
                                                                   1 if "route-chain" in self.enabled else 0))[0]
             if chain_type == "route":
                 self.cfg.features.add("route-chain")
+            self.cfg.nft_nat_chains += chain_type == "nat"
             hook = rng.choice(NFT_HOOKS[chain_type])
-            context = Context("nft", family, hook, chain_type, name, f"nft {name} c{c}", named_sets=tuple(named))
+            priority = rng.choice(NFT_PRIORITIES[chain_type])
+            context = Context("nft", family, hook, chain_type, name, f"nft {name} c{c}", priority, named_sets=tuple(named))
             lines += self.nft_chains(f"c{c}", context)
         lines.append("}")
         return "\n".join(lines) + "\n"
@@ -208,9 +237,9 @@ class _Generator:
         """A base chain and the regular chains only it reaches (each may jump to later ones)."""
         rng = self.rng
         regular = [f"{name}_{i}" for i in range(rng.choice((1, 2))) if self.on("regular-chains", 0.5)]
-        priority = rng.choice(NFT_PRIORITIES[context.type])
         policy = "drop" if self.on("policy-drop", 0.1) else "accept"
-        lines = [f"  chain {name} {{", f"    type {context.type} hook {context.hook} priority {priority}; policy {policy};"]
+        lines = [f"  chain {name} {{",
+                 f"    type {context.type} hook {context.hook} priority {context.priority}; policy {policy};"]
         lines += [f"    {self.nft_rule(context, regular)}" for _ in range(rng.randint(1, 4))]
         lines.append("  }")
         for i, sub in enumerate(regular):
@@ -253,10 +282,14 @@ class _Generator:
         kinds = ["saddr", "daddr", "daddr", "l4"]
         if proto in (TCP, UDP):
             kinds += ["dport", "dport", "sport"]
+        if proto == TCP and "tcp-flags" in self.enabled:
+            kinds.append("flags")
         if proto == ICMP:
             kinds.append("icmp")
+        kinds += ["concat"] * ("anonymous-sets" in self.enabled)
         kinds += ["ifname"] * ("interface-names" in self.enabled) + ["mark"] * ("marks" in self.enabled)
-        kinds += ["ct"] * ("ct-state" in self.enabled) + ["ctmark"] * ("ct-mark" in self.enabled)
+        if self.may_use_conntrack(context):
+            kinds += ["ct"] * ("ct-state" in self.enabled) + ["ctmark"] * ("ct-mark" in self.enabled)
         kinds += ["fib"] * ("fib" in self.enabled)
         kind = rng.choice(kinds)
         name = PROTO_NAMES.get(proto)
@@ -264,8 +297,21 @@ class _Generator:
             return self.nft_addresses(context, f"ip {kind}")
         if kind == "l4":
             if proto is None and self.on("anonymous-sets"):
-                return "meta l4proto { tcp, udp }"
+                # `th` reads the ports of whichever of the two it is
+                port = f" th dport {rng.choice(PORT_MATCHES)}" if rng.random() < 0.5 else ""
+                return "meta l4proto { tcp, udp }" + port
             return ""
+        if kind == "flags":
+            self.cfg.features.add("tcp-flags")
+            return rng.choice(("tcp flags syn", "tcp flags & (syn|ack) == syn", "tcp flags & (syn|rst) == syn",
+                               "tcp flags ack", "tcp flags & (fin|syn|rst|ack) != syn"))
+        if kind == "concat":
+            self.cfg.features.add("anonymous-sets")
+            if proto in (TCP, UDP):
+                pairs = [f"{a} . {p}" for a, p in zip(rng.sample(DNAT_TO, 2), rng.sample(DPORTS + (5353,), 2))]
+                return f"ip daddr . {PROTO_NAMES[proto]} dport {{ {', '.join(pairs)} }}"
+            pairs = [f"{a} . {b}" for a, b in zip(rng.sample(CLIENT_SOURCES + ROUTER_OWN, 2), rng.sample(DNAT_TO, 2))]
+            return f"ip saddr . ip daddr {{ {', '.join(pairs)} }}"
         if kind == "dport":
             if "ports" in context.named_sets and rng.random() < 0.2:
                 return f"{name} dport @ports"
@@ -284,18 +330,20 @@ class _Generator:
             if roll < 0.2 and self.on("anonymous-sets"):
                 names = ", ".join(f'"{name}"' for name in rng.sample(INTERFACES, 2))
                 return f"{which} {{ {names} }}"
-            value = '"r*"' if roll < 0.35 else f'"{rng.choice(INTERFACES)}"'
+            if roll < 0.3:  # by index: the device as it is now
+                return f'{which[:3]} {"!= " if rng.random() < 0.25 else ""}"{rng.choice(INTERFACES)}"'
+            value = '"r*"' if roll < 0.45 else f'"{rng.choice(INTERFACES)}"'
             return f"{which} {'!= ' if rng.random() < 0.25 else ''}{value}"
         if kind == "mark":
             self.cfg.features.add("marks")
             return rng.choice((f"meta mark {rng.choice(MARKS):#x}", f"meta mark and 0x3 == {rng.choice(MARKS):#x}",
                                "meta mark != 0x0"))
         if kind == "ct":
-            self.cfg.features.add("ct-state")
+            self.uses_conntrack(context, "ct-state")
             return rng.choice(("ct state new", "ct state new", "ct state established,related", "ct state invalid",
                                "ct state untracked"))
         if kind == "ctmark":
-            self.cfg.features.add("ct-mark")
+            self.uses_conntrack(context, "ct-mark")
             return f"ct mark {rng.choice(MARKS):#x}"
         self.cfg.features.add("fib")
         return rng.choice(("fib daddr type local", "fib daddr type != local"))
@@ -306,17 +354,33 @@ class _Generator:
         # marks where they select a route (prerouting, output) more often than elsewhere
         if self.may_set_mark(context) and self.on("marks", 0.5 if context.hook in ("prerouting", "output") else 0.2):
             self.mark_set(context)
-            out.append(rng.choice((f"meta mark set {self.mark():#x}", f"meta mark set {self.mark():#x}",
-                                   "meta mark set mark or 0x2", "meta mark set mark and 0xfffffffc")))
-        if self.on("ct-mark", 0.1):
+            if self.on("maps", 0.2):
+                keys = rng.sample(CLIENT_SOURCES + ROUTER_OWN, 3)
+                out.append(f"meta mark set ip saddr map {{ {', '.join(f'{k} : {self.mark():#x}' for k in keys)} }}")
+            else:
+                out.append(rng.choice((f"meta mark set {self.mark():#x}", f"meta mark set {self.mark():#x}",
+                                       "meta mark set mark or 0x2", "meta mark set mark and 0xfffffffc")))
+        if self.may_use_conntrack(context) and self.on("ct-mark", 0.1):
+            self.uses_conntrack(context, "ct-mark")
             if self.may_set_mark(context) and rng.random() < 0.5:
                 self.mark_set(context)
                 out.append("meta mark set ct mark")
             else:
                 out.append("ct mark set meta mark")
-        if context.hook in ("prerouting", "output") and self.on("notrack", 0.05):
+        if context.hook in ("prerouting", "output") and self.may_use_conntrack(context) and self.on("notrack", 0.05):
+            self.uses_conntrack(context, "notrack")
             out.append("notrack")
         return out
+
+    def may_use_conntrack(self, context: Context) -> bool:
+        """Without lo-keeps-conntrack, prerouting chains below conntrack's priority neither match nor
+        set anything of conntrack (a looped-back packet already has its entry there)."""
+        return not _below_conntrack(context) or "lo-keeps-conntrack" in self.enabled
+
+    def uses_conntrack(self, context: Context, feature: str) -> None:
+        self.cfg.features.add(feature)
+        if _below_conntrack(context):
+            self.cfg.features.add("lo-keeps-conntrack")
 
     def mark(self) -> int:
         """A mark to set: 0x1 (table 100) more often, as 0x2 also comes from `or 0x2`."""
@@ -393,6 +457,10 @@ class _Generator:
                 if rng.random() < 0.3:
                     return f"{PROTO_NAMES[proto]} dport != 0 dnat to :{port}"
                 return f"meta l4proto {PROTO_NAMES[proto]} dnat {family}to {self.dnat_target(context)}:{port}"
+            if self.on("maps", 0.2):
+                keys = rng.sample(CLIENT_SOURCES + ROUTER_OWN, 3)
+                targets = ", ".join(f"{k} : {self.dnat_target(context)}" for k in keys)
+                return f"dnat {family}to ip saddr map {{ {targets} }}"
             return f"dnat {family}to {self.dnat_target(context)}"
         if kind == "redirect":
             if ports and self.on("dnat-port", 0.6):
@@ -400,19 +468,27 @@ class _Generator:
             return "redirect"
         flags = f" {rng.choice(('random', 'fully-random'))}" if self.on("nat-random", 0.15) else ""
         port = self.snat_port() if ports else None
+        guard = 'oifname != "lo" ' if self.kernel_picks_port(context, flags, port) else ""
         if kind == "snat":
             if port:
-                return f"meta l4proto {PROTO_NAMES[proto]} snat {family}to {rng.choice(SNAT_TO)}:{port}{flags}"
-            return f"snat {family}to {rng.choice(SNAT_TO)}{flags}"
+                return f"meta l4proto {PROTO_NAMES[proto]} {guard}snat {family}to {rng.choice(SNAT_TO)}:{port}{flags}"
+            return f"{guard}snat {family}to {rng.choice(SNAT_TO)}{flags}"
         if port:
-            return f"meta l4proto {PROTO_NAMES[proto]} masquerade to :{port}{flags}"
-        return f"masquerade{flags}"
+            return f"meta l4proto {PROTO_NAMES[proto]} {guard}masquerade to :{port}{flags}"
+        return f"{guard}masquerade{flags}"
 
-    def snat_port(self) -> str | None:
+    @staticmethod
+    def kernel_picks_port(context: Context, flags: str, port: str | None) -> bool:
+        """Whether the source port is the kernel's random pick at postrouting: such a rule gets an
+        `oifname != "lo"` guard, because on the loopback path prerouting and input could match
+        the unknowable port and make the explanation rightly uncertain."""
+        return context.hook == "postrouting" and bool(flags or port == SNAT_PORT_RANGE)
+
+    def snat_port(self, range_allowed: bool = True) -> str | None:
         """The port of a source NAT, if it gets one: a single port, or (enabled) a range."""
         if not self.on("snat-port", 0.5):
             return None
-        return SNAT_PORT_RANGE if self.on("snat-port-range", 0.4) else self.rng.choice(SNAT_PORTS)
+        return SNAT_PORT_RANGE if range_allowed and self.on("snat-port-range", 0.4) else self.rng.choice(SNAT_PORTS)
 
     def dnat_target(self, context: Context) -> str:
         """A DNAT address; at output one of the router's own only with local-out-to-self."""
@@ -459,7 +535,7 @@ class _Generator:
             chains: dict[str, tuple[str | None, list[str]]] = {}
             for builtin in rng.sample(IPT_TABLES[table], rng.randint(1, len(IPT_TABLES[table]))):
                 context = Context(tool, "ip", IPT_HOOK[builtin], _ipt_type(table, builtin), table,
-                                  f"{tool} {table} {builtin}")
+                                  f"{tool} {table} {builtin}", IPT_PRIORITY[table])
                 regular = [f"{builtin[:3]}_{i}" for i in range(rng.choice((1, 2))) if self.on("regular-chains", 0.5)]
                 policy = "DROP" if table == "filter" and self.on("policy-drop", 0.1) else "ACCEPT"
                 chains[builtin] = (policy, [self.ipt_rule(context, regular) for _ in range(rng.randint(1, 4))])
@@ -478,7 +554,7 @@ class _Generator:
         used: set[str] = set()  # iptables takes each option once per rule
         for _ in range(rng.choice((0, 1, 1, 2) if context.type == "nat" else (0, 1, 1, 2, 2))):
             parts.append(self.ipt_match(context, proto, used))
-        parts.append(self.ipt_target(context, proto, targets))
+        parts.append(self.ipt_target(context, proto, targets, "-o" in used))
         return " ".join(p for p in parts if p)
 
     def ipt_match(self, context: Context, proto: int | None, used: set[str]) -> str:
@@ -486,11 +562,16 @@ class _Generator:
         kinds = ["-s", "-d", "-d"]
         if proto in (TCP, UDP):
             kinds += ["--dport", "--dport", "--sport", "multiport"]
+        if proto == TCP and "tcp-flags" in self.enabled:
+            kinds.append("flags")
         if proto == ICMP:
             kinds.append("icmp")
         if "interface-names" in self.enabled:
             kinds += ["-i"] * (context.hook in HAS_IIF) + ["-o"] * (context.hook in HAS_OIF)
-        kinds += ["mark"] * ("marks" in self.enabled) + ["ct"] * ("ct-state" in self.enabled)
+        kinds += ["mark"] * ("marks" in self.enabled) + ["addrtype"] * ("addrtype" in self.enabled)
+        kinds += ["iprange"] * ("iprange" in self.enabled)
+        if self.may_use_conntrack(context):
+            kinds += ["ct"] * ("ct-state" in self.enabled) + ["connmark"] * ("ct-mark" in self.enabled)
         kinds = [k for k in kinds if k not in used]
         if not kinds:
             return ""
@@ -510,16 +591,31 @@ class _Generator:
             return f"-m multiport {negate}--dports {','.join(map(str, rng.sample(DPORTS, rng.randint(2, 3))))}"
         if kind == "icmp":
             return "--icmp-type echo-request"
+        if kind == "flags":
+            self.cfg.features.add("tcp-flags")
+            return rng.choice(("--syn", "! --syn", "--tcp-flags SYN,RST SYN", "--tcp-flags SYN,ACK ACK"))
+        if kind == "addrtype":
+            self.cfg.features.add("addrtype")
+            return f"-m addrtype {negate}--{rng.choice(('src', 'dst', 'dst'))}-type LOCAL"
+        if kind == "iprange":
+            self.cfg.features.add("iprange")
+            field, span = rng.choice((("src", "10.0.0.2-10.0.0.3"), ("src", "10.0.0.1-10.2.0.1"),
+                                      ("dst", "10.1.0.1-10.1.0.9"), ("dst", "10.2.0.0-10.3.255.255")))
+            return f"-m iprange {negate}--{field}-range {span}"
+        if kind == "connmark":
+            self.uses_conntrack(context, "ct-mark")
+            return f"-m connmark {negate}--mark {rng.choice(MARKS):#x}/0x3"
         if kind in ("-i", "-o"):
             self.cfg.features.add("interface-names")
             return f"{negate}{kind} {rng.choice((*INTERFACES, 'r+'))}"
         if kind == "mark":
             self.cfg.features.add("marks")
             return f"-m mark {negate}--mark {rng.choice(MARKS):#x}/0x3"
-        self.cfg.features.add("ct-state")
-        return f"-m conntrack {negate}--ctstate {rng.choice(('NEW', 'NEW', 'ESTABLISHED,RELATED', 'INVALID'))}"
+        self.uses_conntrack(context, "ct-state")
+        state = rng.choice(("NEW", "NEW", "ESTABLISHED,RELATED", "INVALID"))
+        return f"-m state {negate}--state {state}" if rng.random() < 0.3 else f"-m conntrack {negate}--ctstate {state}"
 
-    def ipt_target(self, context: Context, proto: int | None, targets: list[str]) -> str:
+    def ipt_target(self, context: Context, proto: int | None, targets: list[str], has_oif: bool) -> str:
         rng = self.rng
         choices = {"": 2, "ACCEPT": 3, "RETURN": 1 + 2 * context.regular}
         if context.table in ("filter", "mangle", "raw"):
@@ -530,7 +626,9 @@ class _Generator:
             choices["REJECT"] = 1
         if context.table == "mangle" and "marks" in self.enabled and self.may_set_mark(context):
             choices["MARK"] = 4
-        if context.table == "raw" and "notrack" in self.enabled:
+        if context.table == "mangle" and "ct-mark" in self.enabled and self.may_use_conntrack(context):
+            choices["CONNMARK"] = 1
+        if context.table == "raw" and "notrack" in self.enabled and self.may_use_conntrack(context):
             choices["notrack"] = 1
         if context.table == "nat" and (not context.regular or "nat-in-regular-chain" in self.enabled):
             choices["nat"] = 9
@@ -546,14 +644,20 @@ class _Generator:
             self.mark_set(context)
             return rng.choice((f"-j MARK --set-mark {self.mark():#x}", f"-j MARK --set-xmark {self.mark():#x}/0x3",
                                "-j MARK --or-mark 0x2"))
+        if kind == "CONNMARK":
+            self.uses_conntrack(context, "ct-mark")
+            if self.may_set_mark(context) and rng.random() < 0.5:
+                self.mark_set(context)
+                return "-j CONNMARK --restore-mark"
+            return "-j CONNMARK --save-mark"
         if kind == "notrack":
-            self.cfg.features.add("notrack")
+            self.uses_conntrack(context, "notrack")
             return "-j CT --notrack"
         if kind == "nat":
-            return self.ipt_nat(context, proto)
+            return self.ipt_nat(context, proto, has_oif)
         return f"-j {kind}" if kind else ""
 
-    def ipt_nat(self, context: Context, proto: int | None) -> str:
+    def ipt_nat(self, context: Context, proto: int | None, has_oif: bool) -> str:
         rng = self.rng
         kind = self.nat_kind(context)
         if kind is None:
@@ -569,13 +673,16 @@ class _Generator:
             if ports and self.on("dnat-port", 0.6):
                 return f"-j REDIRECT --to-ports {rng.choice(NAT_PORTS)}"
             return "-j REDIRECT"
-        flags = f" {rng.choice(('--random', '--random-fully'))}" if self.on("nat-random", 0.15) else ""
-        port = self.snat_port() if ports else None
+        # one -o per rule: with its own, a rule gets no `! -o lo` guard, so no port the kernel picks
+        guardable = context.hook != "postrouting" or not has_oif
+        flags = f" {rng.choice(('--random', '--random-fully'))}" if guardable and self.on("nat-random", 0.15) else ""
+        port = self.snat_port(range_allowed=guardable) if ports else None
+        guard = "! -o lo " if self.kernel_picks_port(context, flags, port) else ""
         if kind == "snat":
             if port:
-                return f"-j SNAT --to-source {rng.choice(SNAT_TO)}:{port}{flags}"
-            return f"-j SNAT --to-source {rng.choice(SNAT_TO)}{flags}"
-        return f"-j MASQUERADE --to-ports {port}{flags}" if port else f"-j MASQUERADE{flags}"
+                return f"{guard}-j SNAT --to-source {rng.choice(SNAT_TO)}:{port}{flags}"
+            return f"{guard}-j SNAT --to-source {rng.choice(SNAT_TO)}{flags}"
+        return f"{guard}-j MASQUERADE --to-ports {port}{flags}" if port else f"{guard}-j MASQUERADE{flags}"
 
     # ------------------------------------------------------------ probes
     def probes(self) -> list[Probe]:
@@ -593,6 +700,10 @@ class _Generator:
             ports = (next(sports[rng.choice(SPORT_BANDS)]), rng.choice(DPORTS)) if proto != ICMP else (None, None)
             out.append(Probe(probe_id, "local-out" if local else "forwarded", proto, src, dst, *ports))
         return out
+
+
+def _below_conntrack(context: Context) -> bool:
+    return context.hook == "prerouting" and context.priority < PRIO_CONNTRACK
 
 
 def _ipt_type(table: str, builtin: str) -> str:

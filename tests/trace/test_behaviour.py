@@ -38,13 +38,19 @@ def test_a_drop_by_an_nft_rule_is_reported_with_its_reason(own_lab):
     ruleset = ("table ip wrdrop {\n chain dropping {\n  type filter hook forward priority 0;\n"
                "  tcp dport 8443 drop\n }\n}\n")
     lab.run("route", ["nft", "-f", "-"], input=ruleset)
-    trace = RunningTrace("--netns", lab.ns("route"), "--dport", "8443", "--count", "1").started()
+    trace = RunningTrace("--netns", lab.ns("route"), "--dport", "8443", "--count", "1", "--rules").started()
     tcp_connect(lab, "macbook", "8.8.8.8", 8443)
-    docs, _summary = trace.finish()
+    docs, summary = trace.finish()
     doc = flow_to(docs, "8.8.8.8", TCP)
     assert doc["verdict"] == "dropped"
     assert doc["drop"]["reason"] == "NETFILTER_DROP"
     assert [(h["hook"], h["verdict"]) for h in doc["hooks"]] == [("prerouting", "accept"), ("forward", "drop")]
+    # --rules names the rule, with its handle (NETFILTER_DROP alone does not say which).
+    (rule,) = doc["hooks"][1]["rules"]
+    named = (rule["table"], rule["chain"], rule["rule"], rule["verdict"])
+    assert named == ("wrdrop", "dropping", "tcp dport 8443 drop", "drop")
+    assert isinstance(rule["handle"], int)
+    assert "rules" in summary["probes"]
     assert doc["rule"]["priority"] == 32765  # routed before the forward hook dropped it
     assert doc["sim"]["agrees"], doc["sim"]["differences"]  # the rule was there when the trace started
 

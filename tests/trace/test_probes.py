@@ -25,9 +25,10 @@ def test_check_lists_every_probe_with_the_reason_for_each_missing_one():
     probes = _check()
     for name in ("netfilter", "fib", "drop", "conntrack"):
         assert probes[name]["used"] and probes[name]["why"] is None, probes[name]
+    assert probes["rules"]["used"] is False and "opt-in with --rules" in probes["rules"]["why"]
     missing = [p for p in probes.values() if not p["used"]]
     assert missing and all(p["why"] for p in missing)
-    kprobe = next(p for name, p in probes.items() if name.startswith("kprobe"))
+    kprobe = probes["kprobe"]
     assert kprobe["used"] is False
     if not Path("/sys/bus/event_source/devices/kprobe").exists():
         assert "no kprobes" in kprobe["why"]
@@ -70,12 +71,17 @@ def test_sigkill_leaves_no_link_no_pinned_object_and_the_namespace_can_go(own_la
     lab = own_lab("ultimate")
     pinned = set(os.listdir("/sys/fs/bpf")) if os.path.isdir("/sys/fs/bpf") else set()
     before = set(netfilter_links())
-    trace = RunningTrace("--netns", lab.ns("route")).started()
+    trace = RunningTrace("--netns", lab.ns("route"), "--rules").started()
     ours = {link for link in set(netfilter_links()) - before if link.startswith(f"{trace.proc.pid}:")}
     assert len(ours) == 10  # 5 hooks × first and last
+    assert "whyroute_trace_" in lab.run("route", ["nft", "list", "tables"]).stdout
     trace.kill()
     assert trace.proc.returncode == -signal.SIGKILL
     assert not _wait_for_links(0, before)
+    deadline = time.monotonic() + 5  # the owner table goes with its nft process (which dies with the trace)
+    while "whyroute_trace_" in lab.run("route", ["nft", "list", "tables"]).stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "whyroute_trace_" not in lab.run("route", ["nft", "list", "tables"]).stdout
     assert (set(os.listdir("/sys/fs/bpf")) if os.path.isdir("/sys/fs/bpf") else set()) == pinned
     builder.down(lab.prefix)
     assert not leftovers(lab.prefix)
@@ -102,3 +108,14 @@ def test_ctrl_c_prints_the_summary_and_exits_130(trace_lab):
     docs, summary = trace.finish()
     assert trace.proc.returncode == 130
     assert docs == [] and summary["flows"] == 0 and summary["lost"] == 0
+
+
+def test_two_traces_of_one_namespace_both_attach_and_both_see_the_flow(trace_lab):
+    lab = trace_lab("ultimate")
+    first = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp", "--count", "1").started()
+    second = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp", "--count", "1").started()
+    assert "unavailable" not in second.stderr, second.stderr
+    ping_from_macbook(lab)
+    for trace in (first, second):
+        docs, _summary = trace.finish()
+        assert flow_to(docs, "8.8.8.8", 1)["rule"]["priority"] == 32765

@@ -47,6 +47,7 @@ def test_blog_as_written_tries_the_empty_table_then_main_decides(trace_lab):
     walked = {r["priority"]: r["result"] for r in doc["rules_matched"]}
     assert walked[32765] == "no such table: no lookup", walked
     assert walked[32766] == "decided"
+    assert "rule 32765 → sunusroute: no such table" in _text_of(doc)
     assert doc["rule"]["priority"] == 32766 and doc["table"] == "main"
     assert (doc["dev"], doc["gateway"]) == ("eth0.2", "10.10.149.1")
     assert [(n["rule_type"], n["to"]) for n in doc["nat"]] == [("masquerade", "10.10.149.4")]
@@ -92,3 +93,21 @@ def test_faster_traced_on_archlinux(trace_lab):
     assert doc["rule"]["priority"] == 32765 and (doc["table_id"], doc["table"]) == (7375, "SunusRules")
     assert doc["dev"] == "ppp0" and doc["egress"]["src"] == "192.168.1.169"
     assert doc["sim"]["agrees"], doc["sim"]["differences"]
+
+
+def _text_of(doc):
+    from tracer.trace.flows import text_line
+
+    return text_line(doc)
+
+
+def test_rules_name_the_iptables_nft_snat_rule_at_postrouting(trace_lab):
+    lab = trace_lab("ultimate")
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp", "--count", "1", "--rules").started()
+    ping_from_macbook(lab)
+    docs, _summary = trace.finish()
+    doc = flow_to(docs, "8.8.8.8", ICMP)
+    post = next(h for h in doc["hooks"] if h["hook"] == "postrouting")
+    snat = [r for r in post["rules"] if "snat to 123.150.232.74" in r["rule"]]
+    assert snat and snat[0]["table"] == "nat" and snat[0]["chain"] == "POSTROUTING" and snat[0]["verdict"] == "accept"
+    assert not lab.run("route", ["nft", "list", "tables"]).stdout.count("whyroute_trace")

@@ -14,7 +14,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from tracer.capture.tcp import Half, Icmp, Side
+from tracer.capture.tcp import Icmp, Side
 
 PAIR_WINDOW = 5.0  # seconds between the two sides' first packets
 
@@ -85,7 +85,23 @@ class Connection:
 
     @property
     def last(self) -> Side:
-        return self.sides[-1]
+        """The side where the client's packets leave the router (the requests' egress)."""
+        leaving = [s for s in self.sides[1:] if s.h[0].packets]
+        return leaving[-1] if leaving else self.sides[-1]
+
+    @property
+    def reply_side(self) -> Side:
+        """The side where the server's packets arrive at the router (normally the requests' egress)."""
+        others = [s for s in self.sides[1:] if s.h[1].packets]
+        if not others:
+            return self.last
+        if self.last in others:
+            return max(others, key=lambda s: (s.h[1].packets, s is self.last))
+        return max(others, key=lambda s: s.h[1].packets)
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.paired and self.reply_side is not self.last
 
     @property
     def paired(self) -> bool:
@@ -107,13 +123,10 @@ class Connection:
     def wan(self) -> tuple:
         return self.last.tuple
 
-    def half(self, side: Side, d: int) -> Half:
-        return side.h[d]
-
     # ------------------------------------------------------------ direction helpers
     def upstream(self, d: int) -> Side:
         """The side where direction d's segments arrive at the router."""
-        return self.first if d == 0 else self.last
+        return self.first if d == 0 else self.reply_side
 
     def downstream(self, d: int) -> Side:
         return self.last if d == 0 else self.first

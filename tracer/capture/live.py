@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 
 from tracer import netns as netns_mod
 from tracer.capture import pcapio
-from tracer.errors import EnvironmentProblem, UsageError
+from tracer.errors import EnvironmentProblem, Terminated, UsageError
 
 PR_SET_PDEATHSIG = 1
 RAW_FILE = ".dumpcap.pcapng"
+BUFFER_MIB = 64  # kernel capture buffer per interface
 
 
 def _die_with_parent(parent: int):
@@ -140,7 +141,7 @@ def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | N
     prefix = ["ip", "netns", "exec", netns] if netns else []
     argv = [*prefix, "dumpcap", "-q", "-n", "-w", raw]
     for name in wanted:
-        argv += ["-i", name]
+        argv += ["-i", name, "-B", str(BUFFER_MIB)]  # (dumpcap's default, 2 MiB, drops on a busy host)
     if bpf:
         argv += ["-f", bpf]
     if duration is not None:
@@ -160,7 +161,7 @@ def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | N
                                 preexec_fn=_die_with_parent(parent))
         undo.callback(_stop, dump)
         counter = _Counter(raw)
-        interrupted = False
+        interrupted = terminated = False
         try:
             while dump.poll() is None:
                 time.sleep(0.5)
@@ -170,6 +171,8 @@ def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | N
                                       time.time() - started))
         except KeyboardInterrupt:
             interrupted = True
+        except Terminated as exc:  # SIGTERM/SIGHUP: finish the run directory too, then end as asked
+            interrupted = terminated = exc
         _stop(dump)
         time.sleep(0.2)  # the last conntrack events
         _stop(ct)
@@ -180,8 +183,11 @@ def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | N
     stats = describe_interfaces(raw, final, netns)
     os.unlink(raw)
     meta.update({"stopped": time.time(), "interrupted": interrupted, "statistics": stats})
+    meta["interrupted"] = bool(interrupted)
     with open(os.path.join(run_dir, "capture.json"), "w") as f:
         json.dump(meta, f, indent=2)
+    if terminated:
+        raise terminated
     return meta
 
 

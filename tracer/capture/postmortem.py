@@ -201,8 +201,7 @@ def judge(conn: Connection) -> None:
                 break
     if any(s.id == "PM006" for s in conn.suspects):
         reasons.append("RTT grows with the transfer (queueing)")
-    if first.h[0].rst is not None or first.h[1].rst is not None:
-        pass  # a reset after data is how many applications close; reported, not judged
+    # (a reset after data is how many applications close: reported in `resets`, not judged)
     conn.verdict = "slow" if reasons else "ok"
     conn.reasons = reasons
 
@@ -234,8 +233,8 @@ def run(source: str, snapshot: str | None = None, flow: str | None = None) -> Re
                 conn.suspects.append(found)
         judge(conn)
         if conn.verdict == "ok":
-            conn.suspects = [s for s in conn.suspects if s.score >= 90]
-            if conn.suspects:
+            conn.suspects = [s for s in conn.suspects if s.score >= 90 or s.shown_when_ok]
+            if any(s.score >= 90 for s in conn.suspects):
                 conn.verdict = "slow"
                 conn.reasons.append(conn.suspects[0].summary)
         conn.suspects.sort(key=lambda s: -s.score)
@@ -246,6 +245,11 @@ def run(source: str, snapshot: str | None = None, flow: str | None = None) -> Re
     report = Report(source, capture, analysis, connections, state, snapshot_path, events_path)
     if state is None:
         report.notes.append("no snapshot: suspects are not tied to the configuration (use --snapshot)")
+    for intf in capture.interfaces:
+        lost = (intf.dropped or 0) + (intf.os_dropped or 0)
+        if lost:
+            report.notes.append(f"the capture lost {lost} packet(s) on {intf.name} (kernel or capture buffer): "
+                                "holes there are the capture's, not the network's")
     return report
 
 
@@ -270,6 +274,13 @@ def _evidence(items, base: float) -> list[dict]:
             for n, t, i, text in items]
 
 
+def _unique(h) -> int:
+    """Bytes of payload, each counted once (the highest sequence number reached, less SYN and FIN)."""
+    if h.nextseq < 0:
+        return 0
+    return max(0, h.nextseq - (1 if h.syns else 0) - (1 if h.fin else 0))
+
+
 def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
     first = conn.first
     base = conn.start
@@ -278,10 +289,11 @@ def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
         "reasons": conn.reasons,
         "flow": {"lan": _tuple(conn.lan), "wan": _tuple(conn.wan) if conn.paired else None,
                  "pairing": conn.pairing},
-        "interfaces": {"in": conn.names[0], "out": conn.names[-1] if conn.paired else None},
+        "interfaces": {"in": conn.names[0], "out": conn.name_of(conn.last) if conn.paired else None},
         "start": round(conn.start, 6),
         "duration": round(conn.end - conn.start, 6),
-        "bytes": {"to_server": first.h[0].payload, "to_client": first.h[1].payload},
+        "bytes": {"to_server": _unique(first.h[0]), "to_client": _unique(first.h[1]),
+                  "sent_to_server": first.h[0].payload, "sent_to_client": first.h[1].payload},
         "packets": {name: side.packets for side, name in zip(conn.sides, conn.names, strict=True)},
         "handshake": {},
         "rtt": {},
@@ -331,9 +343,10 @@ def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
     out["retransmissions"]["where"] = losses
     if conn.paired:
         # replies should come back on the interface the requests left by
-        replies = [n for s, n in zip(conn.sides, conn.names, strict=True) if s.h[1].packets]
-        out["reply_path"] = {"requests_leave": conn.names[-1], "replies_arrive": replies[-1] if replies else None,
-                             "asymmetric": bool(replies) and conn.names[-1] not in replies}
+        replied = conn.reply_side.h[1].packets > 0
+        out["reply_path"] = {"requests_leave": conn.name_of(conn.last),
+                             "replies_arrive": conn.name_of(conn.reply_side) if replied else None,
+                             "asymmetric": replied and conn.asymmetric}
     for s in conn.suspects:
         out["suspects"].append({"id": s.id, "title": s.title, "score": s.score, "summary": s.summary,
                                 "evidence": _evidence(s.evidence, base), "config": s.config, "fix": s.fix,

@@ -58,7 +58,7 @@ def text(report: Report, *, colour: bool = False, limit: int = 50) -> str:
                 lines.append(f"  RTT to the server on {name}: min {r['min']:.1f} / median {r['median']:.1f} / "
                              f"p95 {r['p95']:.1f} ms ({r['samples']} samples)")
         for direction, where in conn["retransmissions"]["where"].items():
-            if any(where.values()):
+            if any(where.values()) and conn["verdict"] != "failed":  # (a failed one only repeated its SYN)
                 lines.append(f"  losses {direction.replace('_', ' ')}: {where['inside_router']} inside the router, "
                              f"{where['beyond_router']} beyond it, {where['before_router']} before it")
         for m in conn["icmp"]:

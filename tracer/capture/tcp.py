@@ -132,7 +132,7 @@ class Side:
     """A TCP connection as seen on one interface; half 0 is the client's (the SYN's sender)."""
 
     __slots__ = ("iface", "client", "server", "h", "first_rtt", "synack_time", "ack_time", "syn_for_rtt",
-                 "first", "last", "packets", "icmp", "number_first", "number_last", "scaled")
+                 "first", "icmp", "number_first", "scaled")
 
     def __init__(self, iface: int, client: tuple, server: tuple, time: float, number: int):
         self.iface = iface
@@ -141,11 +141,18 @@ class Side:
         self.first_rtt = 0.0
         self.synack_time = self.ack_time = None
         self.syn_for_rtt = None
-        self.first = self.last = time
-        self.number_first = self.number_last = number
-        self.packets = 0
+        self.first = time
+        self.number_first = number
         self.icmp: list[Icmp] = []
         self.scaled = False
+
+    @property
+    def last(self) -> float:
+        return max(h.last for h in self.h if h.last is not None)
+
+    @property
+    def packets(self) -> int:
+        return self.h[0].packets + self.h[1].packets
 
     @property
     def tuple(self) -> tuple:
@@ -169,9 +176,6 @@ class Side:
                 ip_len: int, buf, toff: int, thl: int) -> None:
         h = self.h[d]
         r = self.h[1 - d]
-        self.last = ts
-        self.number_last = number
-        self.packets += 1
         h.packets += 1
         h.last = ts
         if h.first is None:
@@ -439,9 +443,6 @@ def analyse(capture: pcapio.Capture, flow_filter=None) -> Analysis:
                                 # Fast path: in order, new data or an ACK that is no duplicate, neither
                                 # SYN, FIN nor RST, window open — every check of Side.segment leaves such
                                 # a segment alone but for these updates.
-                                side.last = ts
-                                side.number_last = number
-                                side.packets += 1
                                 h.packets += 1
                                 h.last = ts
                                 if seglen:

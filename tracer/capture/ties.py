@@ -104,11 +104,15 @@ def path_drop_rules(explanation: Explanation | None) -> list[dict]:
     """Rules on the flow's own path (its hook traversals) that drop or reject it, or may."""
     if explanation is None:
         return []
-    out = []
-    for step in explanation.hook_steps:
+    out, seen = [], set()
+    # every outcome: a random pick (numgen, statistic) forks the path, one branch dropping
+    steps = [step for outcome in explanation.outcomes for step in outcome.hook_steps]
+    for step in steps:
         for visit in step.traversal.chains:
             for rv in visit.steps:
-                if rv.verdict in ("drop", "reject") and rv.matched is not False:
+                key = (visit.family, visit.table, visit.chain, rv.handle)
+                if rv.verdict in ("drop", "reject") and rv.matched is not False and key not in seen:
+                    seen.add(key)
                     out.append({"kind": f"{visit.source} rule", "family": visit.family, "table": visit.table,
                                 "chain": visit.chain, "hook": visit.hook,
                                 "handle": rv.nft_handle if rv.nft_handle is not None else rv.handle,

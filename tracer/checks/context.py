@@ -434,6 +434,18 @@ class CheckContext:
             cache[key] = FlowPath(explain(self.state, flow, REPLY if reply else NEW_CONNECTION), why)
         return cache[key]
 
+    def flow_outcomes(self, src: str, dst: str, iif: str | None, *, why: str = "", proto: int = TCP,
+                      sport: int | None = PROBE_SPORT, dport: int | None = PROBE_DPORT,
+                      mark: int = 0) -> tuple[FlowPath, ...]:
+        """Every possible path of a new forwarded connection (`flow`, then one FlowPath per
+        other outcome where the path forks: random balancing, multipath), each with its share."""
+        first = self.flow(src, dst, iif, why=why, proto=proto, sport=sport, dport=dport, mark=mark)
+        others = first.explanation.alternatives
+        if not others:
+            return (first,)
+        return tuple(FlowPath(e, f"{why} ({_share_text(e)})") if e is not first.explanation else first
+                     for e in (first.explanation, *others))
+
     @staticmethod
     def rp_filter_drop(result) -> bool:
         """Whether a FibResult is a reverse-path drop: EXDEV when forwarding, EINVAL
@@ -469,8 +481,9 @@ class CheckContext:
         SYN to port 443 towards a probe destination: from the source of the first
         non-local `from` rule of each (action target, input interface) — rules that share
         a table and an input interface are represented by the first — and from a host of
-        each private connected subnet. Flows that leave by their input interface (an
-        uplink's own subnet) are left out."""
+        each private connected subnet. Where the path forks (random balancing,
+        multipath), every outcome is a flow of its own. Flows that leave by their input
+        interface (an uplink's own subnet) are left out."""
         dst = self.probe_destination(AF_INET)
         seen: set = set()
         out = []
@@ -483,7 +496,7 @@ class CheckContext:
                 continue
             seen.add((rule.action, rule.table, rule.goto, lan.ifname))
             seen.add((host, lan.ifname))
-            out.append(self.flow(host, dst, lan.ifname, why=f"source of rule {rule.priority}"))
+            out.extend(self.flow_outcomes(host, dst, lan.ifname, why=f"source of rule {rule.priority}"))
         for c in self.connected:
             if c.family != AF_INET or c.network.prefixlen >= 31 or not is_private_network(c.network):
                 continue
@@ -491,7 +504,7 @@ class CheckContext:
             if host is None or (host, c.ifname) in seen:
                 continue
             seen.add((host, c.ifname))
-            out.append(self.flow(host, dst, c.ifname, why=f"a host of the LAN {c.network} on {c.ifname}"))
+            out.extend(self.flow_outcomes(host, dst, c.ifname, why=f"a host of the LAN {c.network} on {c.ifname}"))
         return tuple(f for f in out if f.oif != f.iif)
 
     def representative_host(self, network: str, prefixlen: int) -> str | None:
@@ -505,6 +518,12 @@ class CheckContext:
             if not self.is_local(host):
                 return host
         return None
+
+
+def _share_text(explanation: Explanation) -> str:
+    share = explanation.share
+    choice = explanation.choices[-1].text if explanation.choices else "one outcome"
+    return f"{choice}" if share is None else f"{share:.0%} of new connections: {choice}"
 
 
 def context_for(state: HostState) -> CheckContext:

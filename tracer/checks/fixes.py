@@ -57,15 +57,23 @@ def uses_only_native_nft(ctx) -> bool:
     return bool(sources.get("nft")) and not sources.get("iptables-nft") and not sources.get("iptables-legacy")
 
 
+def _iptables_nat(ctx) -> bool:
+    """Whether iptables (nft or legacy) keeps a nat table here."""
+    sources = ctx.ruleset.sources()
+    return any(t.split()[1] == "nat" for src in ("iptables-nft", "iptables-legacy") for t in sources.get(src, ()))
+
+
 def snat_command(ctx, oif: str, *, masquerade: bool | None = None) -> str:
     """The command that source-NATs traffic leaving `oif`: MASQUERADE on a dynamic
-    interface (or one without an address), SNAT to its primary address otherwise."""
+    interface (or one without an address), SNAT to its primary address otherwise; in the
+    native nftables nat chain when the host's NAT lives there (fw4, even next to
+    iptables-nft mangle rules such as mwan3's), else with iptables."""
     address = ctx.primary_address(oif)
     if masquerade is None:
         masquerade = address is None or ctx.dynamic_reason(oif) is not None
-    chain = native_nft_chain(ctx, "postrouting", "nat") if uses_only_native_nft(ctx) else None
+    chain = native_nft_chain(ctx, "postrouting", "nat") if not _iptables_nat(ctx) else None
     if chain is not None:
-        action = "masquerade" if masquerade else f"snat to {address}"
+        action = "masquerade" if masquerade else f"snat {'ip ' if chain.family == 'inet' else ''}to {address}"
         return f'nft add rule {chain.family} {chain.table} {chain.name} oifname "{oif}" {action}'
     action = "MASQUERADE" if masquerade else f"SNAT --to-source {address}"
     return f"iptables -t nat -A POSTROUTING -o {oif} -j {action}"

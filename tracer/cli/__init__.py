@@ -148,7 +148,7 @@ def flow_from_params(params: dict):
 @flow_options
 @source_options
 @json_option("Print the JSON contract (docs/json.md).")
-@click.option("--with", "with_script", metavar="SCRIPT", type=click.Path(dir_okay=False),
+@click.option("--with", "with_script", metavar="SCRIPT", type=click.Path(),
               help="What-if: the flow after SCRIPT (replayed, see lint).")
 @click.option("--probe", "probe", is_flag=True,
               help="Also send one real packet of the flow through a throwaway replica and compare (docs/probe.md).")
@@ -190,7 +190,7 @@ def explain(snapshot, netns, as_json, **params):
 
 
 @cli.command("snapshot")
-@click.option("-o", "--output", default="-", metavar="FILE", type=click.Path(dir_okay=False),
+@click.option("-o", "--output", default="-", metavar="FILE", type=click.Path(),
               help="Write here (default: stdout); the file is written whole or not at all.")
 @click.option("--netns", metavar="NAME", shell_complete=complete.namespaces, help="Snapshot this network namespace.")
 def snapshot_command(output, netns):
@@ -231,8 +231,10 @@ def batch(global_options, queries, snapshot, netns, probe):
     source = StateSource(snapshot, netns)
     named = json_out.source_doc(source.kind, source.name)
     state = source.load(for_flows=True)
+    import contextlib
+
     from tracer.lint.probe import Prober
-    with Prober(state) as prober:
+    with Prober(state) if probe else contextlib.nullcontext() as prober:
         for result in run_batch(state, source, queries, _parse_query):
             if result.error is not None:
                 line = json_out.dumps({"source": named, "line": result.line, "query": result.query,

@@ -19,7 +19,7 @@ def load_source(snapshot: str | None, netns: str | None):
 
 
 @click.command()
-@click.argument("script", metavar="SCRIPT", type=click.Path(dir_okay=False))
+@click.argument("script", metavar="SCRIPT", type=click.Path())
 @source_options
 @json_option("Print the report as JSON (docs/json.md).")
 def lint(script, snapshot, netns, as_json):
@@ -53,9 +53,9 @@ def lint(script, snapshot, netns, as_json):
 
 
 @click.command()
-@click.argument("expectations", metavar="EXPECTATIONS.toml", type=click.Path(dir_okay=False))
+@click.argument("expectations", metavar="EXPECTATIONS.toml", type=click.Path())
 @source_options
-@click.option("--with", "with_script", metavar="SCRIPT", type=click.Path(dir_okay=False),
+@click.option("--with", "with_script", metavar="SCRIPT", type=click.Path(),
               help="Verify the state as it would be after SCRIPT.")
 @json_option("Print the outcomes as JSON (docs/json.md).")
 @click.option("--probe", is_flag=True, help="Also probe each flow expectation with a real packet in one "

@@ -22,7 +22,7 @@ def source_options(command):
     """`--snapshot FILE` (offline) and `--netns NAME` (live), the same on every command."""
     command = click.option("--netns", metavar="NAME", shell_complete=complete.namespaces,
                            help="Use the live state of this network namespace (default: this host's).")(command)
-    return click.option("--snapshot", metavar="FILE", type=click.Path(dir_okay=False),
+    return click.option("--snapshot", metavar="FILE", type=click.Path(),
                         help="Use the state in this snapshot file, offline (`why-route snapshot`).")(command)
 
 

@@ -25,10 +25,13 @@ from tracer.errors import ExitStatus, Terminated, UsageError
 @click.option("--check", "check_only", is_flag=True, help="Say which probes this kernel offers and which are used.")
 @click.option("--without", multiple=True, metavar="PROBE",
               help="Do not use this probe (netfilter, fib, drop, conntrack); also WHYROUTE_TRACE_DISABLE.")
+@click.option("--rules", is_flag=True,
+              help="Name the nft rules each hook ran (nftables tracing; adds a table of why-route's own while "
+                   "tracing, removed when it ends).")
 @click.option("--reply-wait", type=float, default=1.0, show_default=True, metavar="S",
               help="How long a flow waits for its reply before it is printed.")
 def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, run_dir, replay, check_only,
-          without, reply_wait):
+          without, reply_wait, rules):
     """Watch new flows take their decisions in the kernel, next to the simulation.
 
     \b
@@ -59,7 +62,8 @@ def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, 
         raise UsageError("trace follows IPv4 flows only (IPv6 is not traced yet)")
     options = session.TraceOptions(src=src and flow.src, dst=dst and flow.dst, proto=flow.proto,
                                    sport=flow.sport, dport=flow.dport, iif=iif, netns=netns, duration=duration,
-                                   count=count, run_dir=run_dir, without=tuple(without), reply_wait=reply_wait)
+                                   count=count, run_dir=run_dir, without=tuple(without), reply_wait=reply_wait,
+                                   rules=rules)
     run = session.Session(options)
 
     def started(_collectors, summary):

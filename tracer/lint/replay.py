@@ -21,6 +21,7 @@ keeps its sink's end down. The sinks hold no address and no IPv6: they never ans
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import fcntl
 import itertools
@@ -114,6 +115,9 @@ class Replay:
         sweep_stale()
         started = time.monotonic()
         self._teardown.__enter__()
+        # A signal can land in an outer __exit__ before this one is reached (a batch ending as its
+        # SIGTERM arrives): then the interpreter's exit still removes everything.
+        atexit.register(self.close)
         try:
             # rt_tables are left out: the state's own are written by _Build.rt_tables.
             self._teardown.namespace(self.name, iproute2_without=("rt_tables*",))
@@ -131,6 +135,7 @@ class Replay:
 
     def close(self) -> None:
         """Remove the namespace, its /etc/netns directory and the devices held open; idempotent."""
+        atexit.unregister(self.close)
         self._teardown.close()
 
     # --- use ----------------------------------------------------------------
@@ -181,6 +186,10 @@ class Replay:
         source = self.state.provenance
         return state.replace(provenance=dataclasses.replace(state.provenance, netns=source.netns,
                                                             hostname=source.hostname, replayed_in=self.name))
+
+    def on_close(self, action, *args) -> None:
+        """Run `action(*args)` when the replay is removed (before what was made earlier is undone)."""
+        self._teardown.callback(action, *args)
 
     # --- sinks (sinks=True) -------------------------------------------------
 

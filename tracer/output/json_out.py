@@ -32,7 +32,7 @@ from tracer.sim.explanation import (
 from tracer.sim.netfilter import ChainVisit, HookTraversal, NatRewrite, PacketView, RuleVisit
 from tracer.vocab import protocol_name
 
-JSON_SCHEMA_VERSION = 1
+JSON_SCHEMA_VERSION = 2
 # Chains longer than this list only the rules that matched or could not be
 # evaluated; the others are counted in "omitted" (10,000 non-matching rules are noise).
 MAX_LISTED_STEPS = 200

@@ -92,12 +92,14 @@ class NetfilterCollector(Collector):
         first = bpf.load_func(b"wr_hook_first", kernel.BPF_PROG_TYPE_NETFILTER, attach_type=kernel.BPF_NETFILTER)
         last = bpf.load_func(b"wr_hook_last", kernel.BPF_PROG_TYPE_NETFILTER, attach_type=kernel.BPF_NETFILTER)
         # The link attaches in the calling thread's namespace, and pins it until closed.
+        # A priority holds one BPF link per hook and namespace: a second trace of the same namespace
+        # takes the next free one (INT_MIN+2, INT_MAX-2, …).
         with netns_mod.entered(netns):
             for hook in kernel.NF_HOOKS:
-                for prog, priority in ((first, kernel.PRIORITY_FIRST), (last, kernel.PRIORITY_LAST)):
-                    fd = kernel.netfilter_link(prog.fd, hook, priority)
+                for prog, priority, step in ((first, kernel.PRIORITY_FIRST, 1), (last, kernel.PRIORITY_LAST, -1)):
+                    fd = kernel.netfilter_link_near(prog.fd, hook, priority, step)
                     undo.callback(os.close, fd)
-                    self.attached.append(f"{hook}@{priority}")
+                    self.attached.append(hook)
 
 
 class FibCollector(Collector):
@@ -145,7 +147,7 @@ class Offer:
     """One probe this kernel may or may not offer, for --check."""
 
     name: str
-    offered: bool
+    offered: bool | None  # None: not tried
     used: bool
     why: str
 
@@ -153,15 +155,15 @@ class Offer:
 def other_probes() -> list[Offer]:
     """Probes why-route could use on other kernels, and why it does not here."""
     kprobe = Path("/sys/bus/event_source/devices/kprobe").exists()
-    offers = [Offer("kprobe fib_rules_lookup / fib4_rule_action", kprobe, False,
-                    "kprobes are offered but not needed: the deciding rule is derived from the rule list and "
-                    "the tables looked up" if kprobe else
-                    "this kernel has no kprobes (CONFIG_KPROBES off): the rule is derived from the rule list "
-                    "and the tables looked up")]
-    offers.append(Offer("fentry/fexit fib4_rule_action", False, False,
-                        "not tried: fentry programs are refused on some kernels (EPERM); the fib tracepoint "
-                        "and the rule list give the same answer"))
-    return offers
+    return [
+        Offer("kprobe", kprobe, False,
+              "offered, not needed: the deciding rule is derived from the rule list and the tables looked up"
+              if kprobe else "this kernel has no kprobes (CONFIG_KPROBES off); fib_rules_lookup would give the "
+              "rule directly, here it is derived from the rule list and the tables looked up"),
+        Offer("fentry", None, False,
+              "not tried (fentry/fexit are refused with EPERM on some kernels, e.g. under lockdown): the fib "
+              "tracepoint and the rule list give the same answer"),
+    ]
 
 
 def disabled_from(without: tuple[str, ...] = ()) -> frozenset[str]:

@@ -111,8 +111,25 @@ class ConntrackEvent:
     kind: str = "conntrack"
 
 
-Event = HookEvent | FibEvent | DropEvent | ReplyEvent | ConntrackEvent
-KINDS = {cls.kind: cls for cls in (HookEvent, FibEvent, DropEvent, ReplyEvent, ConntrackEvent)}
+@dataclass(frozen=True)
+class NftRuleEvent:
+    """One nft rule (or chain policy) a traced packet crossed (`--rules`, nftables tracing). `flow`
+    is the packet's tuple as the trace printed it at that chain (before that chain's NAT)."""
+
+    ts: int
+    flow: FlowId
+    table: str
+    chain: str
+    hook: str | None
+    handle: int | None
+    text: str
+    verdict: str
+    cpu: int = -1
+    kind: str = "nftrule"
+
+
+Event = HookEvent | FibEvent | DropEvent | ReplyEvent | ConntrackEvent | NftRuleEvent
+KINDS = {cls.kind: cls for cls in (HookEvent, FibEvent, DropEvent, ReplyEvent, ConntrackEvent, NftRuleEvent)}
 _NESTED = {"flow": FlowId, "packet": Tuple, "ct_orig": Tuple, "ct_reply": Tuple, "orig": Tuple, "reply": Tuple}
 
 

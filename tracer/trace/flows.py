@@ -36,6 +36,7 @@ class TracedFlow:
     reply: bool = False
     conntrack: list[ConntrackEvent] = field(default_factory=list)
     complete_at: float | None = None  # monotonic time the first packet left / was dropped
+    rules: list = field(default_factory=list)  # NftRuleEvent (--rules), matched by the assembler
 
     def add(self, event: Event, now: float) -> None:
         if isinstance(event, HookEvent):
@@ -192,12 +193,27 @@ def _hooks(flow: TracedFlow) -> list[dict]:
         else:
             verdict = "unknown"
         entry = {"hook": name, "verdict": verdict}
+        if flow.rules:
+            entry["rules"] = _rules_at(flow, name)
         seen = last or first
         entry["mark"] = seen.mark
         if first and last and first.mark != last.mark:
             entry["mark_from"] = first.mark
         crossed.append(entry)
     return crossed
+
+
+def _rules_at(flow: TracedFlow, hook: str) -> list[dict]:
+    """The nft rules the first traced packet crossed at this hook, each once, in order."""
+    seen, found = set(), []
+    for event in flow.rules:
+        key = (event.table, event.chain, event.handle, event.text)
+        if event.hook != hook or key in seen:
+            continue
+        seen.add(key)
+        found.append({"table": event.table, "chain": event.chain, "handle": event.handle, "rule": event.text,
+                      "verdict": event.verdict})
+    return found
 
 
 def describe(flow: TracedFlow, state: HostState) -> dict:
@@ -234,7 +250,8 @@ def describe(flow: TracedFlow, state: HostState) -> dict:
     doc["rules_matched"] = walk
     doc["table_id"] = final.table_id if final else None
     doc["table"] = state.table_names.get(final.table_id, str(final.table_id)) if final else None
-    route = _lpm(state, final.table_id, AF_INET, final.dst) if final and final.err == 0 else None
+    # The route that answered: a unicast one, or an unreachable/prohibit/blackhole one (not a miss).
+    route = _lpm(state, final.table_id, AF_INET, final.dst) if final and final.err != -errno.EAGAIN else None
     doc["route"] = fib.route_text(state, route) if route else None
     doc["route_error"] = _errname(final.err) if final and final.err else None
     doc["gateway"] = final.gateway if final else None
@@ -330,6 +347,10 @@ def text_line(doc: dict) -> str:
         tried = ", ".join(f"{t['table']} {t['result']}" for t in doc["tables_tried"])
         rule = f"rule {doc['rule']['priority']}" if doc["rule"] else "rule ?"
         parts.append(f"{rule} table {doc['table']} ({doc['table_id']}) [tried: {tried}]")
+        skipped = [f"rule {r['priority']} → {r['table']}: {r['result']}" for r in doc.get("rules_matched", ())
+                   if r["result"].startswith("no such table")]
+        if skipped:
+            parts.append(f"({'; '.join(skipped)})")
     if doc["route"]:
         parts.append(doc["route"])
     for n in doc["nat"]:
@@ -339,6 +360,11 @@ def text_line(doc: dict) -> str:
         parts.append(f"out {e['dev']} {e['src']} → {e['dst']}")
     if doc["drop"]:
         parts.append(f"DROPPED {doc['drop']['reason']} (after {doc['drop']['after_hook']})")
+        for hook in doc["hooks"]:
+            deciding = [r for r in hook.get("rules", ()) if r["verdict"] in ("drop", "reject")]
+            if deciding:
+                r = deciding[0]
+                parts.append(f"by {r['table']} {r['chain']} #{r['handle']}: {r['rule']}")
     parts.append("reply seen" if doc["reply_seen"] else "no reply")
     sim = doc["sim"]
     if sim["agrees"] is None:

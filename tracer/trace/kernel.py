@@ -17,6 +17,7 @@ import os
 import socket
 from pathlib import Path
 
+from tracer.errors import EnvironmentProblem
 from tracer.trace.btf import Btf
 
 PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"
@@ -63,8 +64,9 @@ OFFSETS = (
 )
 
 
-class KernelError(Exception):
-    """A probe could not be compiled, loaded or attached; the message says why in plain words."""
+class KernelError(EnvironmentProblem):
+    """A probe could not be compiled, loaded or attached; the message says why in plain words
+    (exit status 3 when it reaches the command line)."""
 
 
 # ------------------------------------------------------------------ mirrors of probes/common.h
@@ -174,6 +176,8 @@ def netfilter_link(prog_fd: int, hook: str, priority: int, pf: int = NFPROTO_IPV
     attr = _LinkCreate(prog_fd=prog_fd, attach_type=BPF_NETFILTER, pf=pf, hooknum=NF_HOOKS[hook],
                        priority=priority)
     fd = libc.syscall(_SYS_BPF, BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd >= 0:
+        os.set_inheritable(fd, False)
     if fd < 0:
         code = ctypes.get_errno()
         why = {errno.EOPNOTSUPP: "the kernel has no BPF netfilter links (CONFIG_NETFILTER_BPF_LINK, kernel >= 6.4)",
@@ -182,3 +186,15 @@ def netfilter_link(prog_fd: int, hook: str, priority: int, pf: int = NFPROTO_IPV
                errno.EBUSY: "another link holds that hook priority"}.get(code, os.strerror(code))
         raise KernelError(f"netfilter link at {hook} priority {priority}: {why}")
     return fd
+
+
+def netfilter_link_near(prog_fd: int, hook: str, priority: int, step: int, tries: int = 16) -> int:
+    """netfilter_link at `priority`, or the next free one in the direction of `step` when another
+    BPF link (another trace) holds it."""
+    for attempt in range(tries):
+        try:
+            return netfilter_link(prog_fd, hook, priority + step * attempt)
+        except KernelError as error:
+            if "another link holds" not in str(error) or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")

@@ -11,11 +11,14 @@ def check_doc(collectors: list[Collector], others: list[Offer]) -> dict:
     probes = []
     for c in collectors:
         why = c.can_run()
-        probes.append({"name": c.name, "probe": c.what, "offered": why is None or why.startswith("disabled"),
-                       "used": why is None, "why": why})
+        offered = why is None or why.startswith(("disabled", "opt-in"))
+        probes.append({"name": c.name, "probe": c.what, "offered": offered, "used": why is None, "why": why})
+    what = {"kprobe": "kprobe on fib_rules_lookup / fib4_rule_action (the rule itself)",
+            "fentry": "fentry/fexit on fib4_rule_action"}
     for o in others:
-        probes.append({"name": o.name, "probe": o.name, "offered": o.offered, "used": o.used, "why": o.why})
-    probes.append({"name": "ipv6", "probe": "IPv6 flows", "offered": True, "used": False,
+        probes.append({"name": o.name, "probe": what.get(o.name, o.name), "offered": o.offered, "used": o.used,
+                       "why": o.why})
+    probes.append({"name": "ipv6", "probe": "fib6:fib6_table_lookup, IPv6 hooks", "offered": True, "used": False,
                    "why": "not traced yet: the probes read IPv4 headers and fib:fib_table_lookup only"})
     return {"type": "check", "kernel": platform.release(), "probes": probes}
 
@@ -24,8 +27,9 @@ def check_text(doc: dict) -> str:
     lines = [f"why-route trace: probes on kernel {doc['kernel']}"]
     width = max(len(p["name"]) for p in doc["probes"])
     for p in doc["probes"]:
-        state = "used" if p["used"] else ("offered, not used" if p["offered"] else "unavailable")
-        lines.append(f"  {p['name']:<{width}}  {state:<17}  {p['probe'] if p['name'] != p['probe'] else ''}".rstrip())
+        state = ("used" if p["used"] else "not tried" if p["offered"] is None
+                 else "offered, not used" if p["offered"] else "unavailable")
+        lines.append(f"  {p['name']:<{width}}  {state:<17}  {p['probe']}")
         if p["why"]:
             lines.append(f"  {'':<{width}}  {'':<17}  why: {p['why']}")
     return "\n".join(lines)

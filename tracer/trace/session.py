@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from tracer.model import HostState
 from tracer.trace import collectors as collectors_mod
 from tracer.trace import kernel
 from tracer.trace.btf import Btf
+from tracer.trace.conntrack import ConntrackCollector
 from tracer.trace.events import (
     HOOKS,
     POSITIONS,
@@ -34,12 +36,14 @@ from tracer.trace.events import (
     FibEvent,
     FlowId,
     HookEvent,
+    NftRuleEvent,
     ReplyEvent,
     Tuple,
     from_json,
     to_json,
 )
 from tracer.trace.flows import TracedFlow, describe
+from tracer.trace.nftrace import NftraceCollector
 from tracer.vocab import protocol_name
 
 POLL_SECONDS = 0.02
@@ -59,6 +63,7 @@ class TraceOptions:
     run_dir: str | None = None
     without: tuple[str, ...] = ()
     reply_wait: float = 1.0  # seconds a complete flow waits for its reply before it is printed
+    rules: bool = False  # --rules: nftables tracing (adds a table of ours while tracing)
 
 
 @dataclass
@@ -152,11 +157,27 @@ class Assembler:
         self.reply_wait = reply_wait
         self.flows: dict[FlowId, TracedFlow] = {}
         self.done: set[FlowId] = set()
+        self.rule_events: list[NftRuleEvent] = []
 
     def add(self, event: Event, now: float) -> None:
+        if isinstance(event, NftRuleEvent):
+            self.rule_events.append(event)  # keyed by the packet's tuple at its chain: matched when described
+            if len(self.rule_events) > 100_000:
+                del self.rule_events[:10_000]
+            return
         if event.flow in self.done:
             return
         self.flows.setdefault(event.flow, TracedFlow(event.flow)).add(event, now)
+
+    def _rules_of(self, flow: TracedFlow) -> list[NftRuleEvent]:
+        tuples = {(flow.id.src, flow.id.dst, flow.id.sport, flow.id.dport)}
+        tuples.update((h.packet.src, h.packet.dst, h.packet.sport, h.packet.dport) for h in flow.hooks)
+        found = []
+        for event in self.rule_events:
+            f = event.flow
+            if f.proto == flow.id.proto and (f.src, f.dst, f.sport, f.dport) in tuples:
+                found.append(event)
+        return found
 
     def ready(self, now: float, *, final: bool = False) -> Iterator[dict]:
         for fid, flow in list(self.flows.items()):
@@ -170,6 +191,7 @@ class Assembler:
                 continue
             del self.flows[fid]
             self.done.add(fid)
+            flow.rules = self._rules_of(flow)
             yield describe(flow, self.state)
 
 
@@ -177,14 +199,9 @@ def check(options: TraceOptions) -> tuple[list[collectors_mod.Collector], list[c
     """The collectors (each with can_run()) and the other probes, for --check and the start line."""
     disabled = collectors_mod.disabled_from(options.without)
     chosen = [cls(disabled) for cls in collectors_mod.BPF_COLLECTORS]
-    chosen.append(_conntrack_collector(disabled))
+    chosen.append(ConntrackCollector(disabled))
+    chosen.append(NftraceCollector(disabled, wanted=options.rules))
     return chosen, collectors_mod.other_probes()
-
-
-def _conntrack_collector(disabled):
-    from tracer.trace.conntrack import ConntrackCollector
-
-    return ConntrackCollector(disabled)
 
 
 class Session:
@@ -204,11 +221,30 @@ class Session:
             raise EnvironmentProblem("why-route trace needs root (BPF programs, netfilter links)")
         from tracer.collect.live import collect_state
 
-        self.state = state = collect_state(options.netns)
         inode = netns_inode(options.netns)
         collectors, _others = check(options)
         usable = [c for c in collectors if c.can_run() is None]
-        self.summary.unavailable = {c.name: c.can_run() for c in collectors if c not in usable}
+        bpf_parts = [c for c in usable if c.part]
+        # Compiling the probes (BCC, in C++: the GIL is released) while the state is collected
+        # (mostly waiting for nft, iptables-save, conntrack) saves a good part of the start.
+        compiled: dict = {}
+
+        def compile_in_background() -> None:
+            try:
+                compiled["bpf"] = kernel.compile_probes([c.part for c in bpf_parts], Btf.load())
+            except kernel.KernelError as error:
+                compiled["error"] = error
+
+        compiler = threading.Thread(target=compile_in_background, daemon=True)
+        if bpf_parts:
+            compiler.start()
+        try:
+            self.state = state = collect_state(options.netns)
+        finally:
+            if bpf_parts:
+                compiler.join()
+        self.summary.unavailable = {c.name: c.can_run() for c in collectors
+                                    if c not in usable and (c.name != "rules" or options.rules)}
         if not usable:
             raise EnvironmentProblem("no probe can run here: " + "; ".join(
                 f"{n}: {why}" for n, why in self.summary.unavailable.items()))
@@ -223,10 +259,11 @@ class Session:
             decoder = Decoder(state, {v: k for k, v in btf.enum("skb_drop_reason").items()})
             assembler = Assembler(state, options.reply_wait)
             pending: list[Event] = []
-            bpf_parts = [c for c in usable if c.part]
             bpf = None
             if bpf_parts:
-                bpf = kernel.compile_probes([c.part for c in bpf_parts], btf)
+                if "error" in compiled:
+                    raise compiled["error"]
+                bpf = compiled["bpf"]
                 undo.callback(bpf.cleanup)
                 bpf["config"][ctypes.c_int(0)] = _config(options, state, inode)
 
@@ -247,6 +284,10 @@ class Session:
                     self.summary.unavailable[collector.name] = str(error)
                     continue
                 self.summary.probes.append(collector.name)
+            if "netfilter" not in self.summary.probes and "fib" in self.summary.probes:
+                # Nothing arms the routing probe: it would see no packet.
+                self.summary.probes.remove("fib")
+                self.summary.unavailable["fib"] = "needs the netfilter probe, which could not attach"
             if on_start:
                 on_start(collectors, self.summary)
             deadline = time.monotonic() + options.duration if options.duration else None

@@ -26,17 +26,21 @@ class Suspicion:
     config: list[dict] = field(default_factory=list)  # configuration objects (tracer.capture.ties)
     fix: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)  # rules-engine finding IDs it rests on
+    shown_when_ok: bool = False  # a configuration fault worth showing on a connection that works
 
 
 class Suspect:
     id = ""
     title = ""
+    # Raised on a connection whose verdict is ok, a suspect is dropped (no false alarm) unless it
+    # scores ≥ 90 or is a configuration fault that holds however fast the connection was.
+    shown_when_ok = False
 
     def detect(self, conn, ctx) -> Suspicion | None:
         raise NotImplementedError
 
     def raise_(self, score: int, summary: str, **kwargs) -> Suspicion:
-        return Suspicion(self.id, self.title, score, summary, **kwargs)
+        return Suspicion(self.id, self.title, score, summary, shown_when_ok=self.shown_when_ok, **kwargs)
 
 
 @lru_cache(maxsize=1)

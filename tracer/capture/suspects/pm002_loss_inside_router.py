@@ -1,6 +1,8 @@
 from tracer.capture import ties
 from tracer.capture.suspects import Suspect
 
+MIN_LOSSES = 2  # one lost segment is noise (a busy host's backlog), not a suspect
+
 
 class LossInsideRouter(Suspect):
     """Segments arrive at the router and never leave it
@@ -9,7 +11,7 @@ class LossInsideRouter(Suspect):
     On a connection seen on both sides of the router, holes in the sequence
     space on the leaving interface (a segment that should have passed did not)
     where the arriving interface had the segment: the router itself lost them.
-    The sender's retransmissions repair the holes.
+    The sender's retransmissions repair the holes. Two losses at least: one is noise.
 
     ## Why the connection suffers
     Every lost segment costs the sender a retransmission and halves its
@@ -35,7 +37,7 @@ class LossInsideRouter(Suspect):
             return None
         for d in (0, 1):
             loss = conn.losses(d)
-            if loss.inside < 1:
+            if loss.inside < MIN_LOSSES:
                 continue
             down = conn.downstream(d)
             mtu = ctx.egress_mtu(conn, d)
