@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -147,12 +148,15 @@ def test_snapshot_into_a_missing_directory_is_one_line_and_writes_nothing(tmp_pa
     assert not target.parent.exists()
 
 
-def test_snapshot_into_a_read_only_directory(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only directories")
-    tmp_path.chmod(0o500)
-    result = why_route("snapshot", "-o", str(tmp_path / "x.json"))
-    assert result.returncode == ExitStatus.USAGE and "is not writable" in result.stderr
+def test_snapshot_into_a_read_only_directory():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the CLI as nobody, for whom the directory is read-only")
+    with tempfile.TemporaryDirectory() as root_only:  # root's, mode 0755: nobody cannot write there
+        os.chmod(root_only, 0o755)
+        result = why_route("snapshot", "-o", os.path.join(root_only, "x.json"), user=65534, group=65534,
+                           env={"HOME": "/tmp"}, cwd="/tmp")
+        assert os.listdir(root_only) == []
+    assert result.returncode == ExitStatus.USAGE and "is not writable" in result.stderr, result.stderr
 
 
 def test_a_failed_write_leaves_nothing_half_written(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from tracer.lint.replay import NAME_PREFIX
-from tracer.netns import ETC_NETNS, NETNS_RUN_DIR
+from tracer.netns import ETC_NETNS, NETNS_RUN_DIR, orphaned
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -19,3 +19,9 @@ def replay_leftovers(pid: int | None = None) -> list[str]:
         if directory.is_dir():
             found += [str(directory / n) for n in os.listdir(directory) if n.startswith(start)]
     return found
+
+
+def orphaned_leftovers() -> list[str]:
+    """Replay namespaces (probe sinks included) left by a process that is gone: what a finished
+    command left behind. Another test process's live replay is not one (test runs may overlap)."""
+    return orphaned([path.rsplit("/", 1)[1] for path in replay_leftovers()], NAME_PREFIX)

@@ -3,7 +3,7 @@
 import json
 
 from tests.helpers.cli import why_route
-from tests.lint.lint_helpers import FIXTURES, replay_leftovers
+from tests.lint.lint_helpers import FIXTURES, orphaned_leftovers
 
 SEED_BLOG = str(FIXTURES / "seed-blog.sh")
 
@@ -27,7 +27,7 @@ def test_text_reports_the_failing_lines_with_the_tools_messages(seed):
     assert "rule 32765 matched but fell through (table sunusroute (7375) is empty)" in flat
     assert "WR001" in out
     assert not result.stderr
-    assert not replay_leftovers()
+    assert not orphaned_leftovers()
 
 
 def test_json_lists_exactly_the_failed_and_not_checked_lines(seed):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.helpers.cli import why_route, why_route_argv
-from tests.lint.lint_helpers import replay_leftovers
+from tests.lint.lint_helpers import orphaned_leftovers, replay_leftovers
 from tracer import netns
 from tracer.collect import snapshot
 from tracer.collect.live import collect_state
@@ -135,7 +135,7 @@ def test_cleanup_when_the_script_destroys_things(seed, tmp_path):
     result = why_route("lint", str(script), "--snapshot", seed["slow"], no_color=True)
     assert result.returncode in (0, 1), result.stderr
     assert "`kill` signals processes of the host" in result.stdout
-    assert not replay_leftovers()
+    assert not orphaned_leftovers()
 
 
 def _wait_for_replay(process) -> None:

@@ -397,7 +397,7 @@ def findings_naming(report: dict, *words: str) -> list[dict]:
     """Warning- or error-level findings whose text names every one of `words`."""
     found = []
     for finding in report["findings"]:
-        text = " ".join([finding["title"], finding["message"], *finding.get("fix", [])])
+        text = " ".join([finding["title"], finding["message"], *finding["fix"]["commands"]])
         if finding["severity"] in ("warning", "error") and all(w in text for w in words):
             found.append(finding)
     return found

@@ -116,3 +116,15 @@ def test_wr031_a_deliberate_lan_route_into_the_tunnel_is_not_reported():
     # the default alone captures it
     captured = base.replace(routes=base.routes + tuple(routes[:1]))
     assert [f for f in run(captured, "WR031") if f.objects["subnet"] == "192.168.1.0/24"]
+
+
+# ------------------------------------------------------------------ WR015
+
+def test_wr015_nat_rules_alone_only_suggest_routing():
+    # tailscaled installs ts-postrouting's MASQUERADE on every node, forwarding or not
+    state = load("WR030", "good")
+    off = state.replace(sysctls={**state.sysctls, "net.ipv4.ip_forward": "0"})
+    assert not [r for r in off.rules if r.src or (r.iif and r.iif != "lo")]
+    (nat_only,) = run(off, "WR015")
+    assert nat_only.severity == "warning" and "only NAT rules suggest it" in nat_only.message
+    assert [f.severity for f in run(load("WR015", "bad"), "WR015")] == ["error"]  # a `from` rule: routing

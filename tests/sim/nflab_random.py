@@ -19,13 +19,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tests.sim.nfwire import CLIENT_SIDE, EGRESS, ROUTER_ADDRESSES, IptTables, Probe, Ruleset
+from tests.sim.nfwire import CLIENT_SIDE, EGRESS, IPT_BUILTINS, PROTO_NAMES, ROUTER_ADDRESSES, IptTables, Probe, Ruleset
 from tracer.vocab import ICMP, TCP, UDP
 
 FEATURES = {
     "nft": "native nftables tables, families ip and inet",
     "iptables-nft": "iptables-nft tables (raw, mangle, nat, filter), loaded with iptables-nft-restore",
-    "iptables-legacy": "rules in the iptables-legacy tables (second half of the configs: the tables exist from then on)",
+    "iptables-legacy": "rules in the iptables-legacy tables (in the second half of the configs, when they exist)",
     "load-order": "iptables-nft tables loaded before the native ones (equal priorities: registration order decides)",
     "regular-chains": "user-defined chains reached by jump and goto, nested, with return",
     "vmap": "nft verdict maps (accept, drop, jump, goto by address or port)",
@@ -37,11 +37,11 @@ FEATURES = {
     "tcp-flags": "tcp flags / --syn / --tcp-flags (probes are SYNs)",
     "addrtype": "-m addrtype --src-type / --dst-type LOCAL",
     "iprange": "-m iprange --src-range / --dst-range",
+    "mark-routing": "marks set in prerouting or output, which select ip rules (fwmark 0x1/0x3, 0x2/0x3)",
     "output-several-reroutes": "marks set at output by filter chains or by several chains, or next to an output "
                                "dnat (else one route chain sets marks, or NAT alone changes the destination)",
-    "mark-routing": "marks set in prerouting or output, which select ip rules (fwmark 0x1/0x3, 0x2/0x3)",
     "ct-mark": "ct mark set from the mark, and the mark restored from it",
-    "ct-state": "ct state / -m conntrack --ctstate (also below conntrack's priority)",
+    "ct-state": "ct state / -m conntrack --ctstate / -m state (also below conntrack's priority)",
     "notrack": "notrack / CT --notrack in raw-priority chains",
     "lo-keeps-conntrack": "ct matches, ct mark and notrack in prerouting chains below conntrack's priority (-200), "
                           "which a packet looped back through lo crosses with the entry it got at output",
@@ -117,13 +117,10 @@ NFT_PRIORITIES = {"filter": (-300, -150, -100, 0, 0, 10, 100, 300), "nat": (-150
                   "route": (-300, -150, 0)}
 IPT_HOOK = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward", "OUTPUT": "output",
             "POSTROUTING": "postrouting"}
-IPT_TABLES = {"raw": ("PREROUTING", "OUTPUT"), "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
-              "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"), "filter": ("INPUT", "FORWARD", "OUTPUT")}
 PRIO_CONNTRACK = -200
 IPT_PRIORITY = {"raw": -300, "mangle": -150, "nat": -100, "filter": 0}
 HAS_IIF = ("prerouting", "input", "forward")
 HAS_OIF = ("forward", "output", "postrouting")
-PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
 
 
 @dataclass
@@ -225,7 +222,7 @@ class _Generator:
             self.cfg.nft_nat_chains += chain_type == "nat"
             hook = rng.choice(NFT_HOOKS[chain_type])
             priority = rng.choice(NFT_PRIORITIES[chain_type])
-            context = Context("nft", family, hook, chain_type, name, f"nft {name} c{c}", priority, named_sets=tuple(named))
+            context = Context("nft", family, hook, chain_type, name, f"nft {name} c{c}", priority, False, tuple(named))
             lines += self.nft_chains(f"c{c}", context)
         lines.append("}")
         return "\n".join(lines) + "\n"
@@ -307,11 +304,12 @@ class _Generator:
                                "tcp flags ack", "tcp flags & (fin|syn|rst|ack) != syn"))
         if kind == "concat":
             self.cfg.features.add("anonymous-sets")
+            # the addresses and ports NAT leads to, so that later hooks match them too
             if proto in (TCP, UDP):
-                pairs = [f"{a} . {p}" for a, p in zip(rng.sample(DNAT_TO, 2), rng.sample(DPORTS + (5353,), 2))]
-                return f"ip daddr . {PROTO_NAMES[proto]} dport {{ {', '.join(pairs)} }}"
-            pairs = [f"{a} . {b}" for a, b in zip(rng.sample(CLIENT_SOURCES + ROUTER_OWN, 2), rng.sample(DNAT_TO, 2))]
-            return f"ip saddr . ip daddr {{ {', '.join(pairs)} }}"
+                pairs = [f"{rng.choice(DNAT_TO)} . {rng.choice((*DPORTS, 5353))}" for _ in range(2)]
+                return f"ip daddr . {PROTO_NAMES[proto]} dport {{ {', '.join(dict.fromkeys(pairs))} }}"
+            pairs = [f"{rng.choice(CLIENT_SOURCES + ROUTER_OWN)} . {rng.choice(DNAT_TO)}" for _ in range(2)]
+            return f"ip saddr . ip daddr {{ {', '.join(dict.fromkeys(pairs))} }}"
         if kind == "dport":
             if "ports" in context.named_sets and rng.random() < 0.2:
                 return f"{name} dport @ports"
@@ -530,10 +528,10 @@ class _Generator:
     def ipt_tables(self, tool: str) -> IptTables:
         rng = self.rng
         tables: IptTables = {}
-        names = [t for t in IPT_TABLES if t != "nat" or self._any_nat()]
+        names = [t for t in IPT_BUILTINS if t != "nat" or self._any_nat()]
         for table in rng.sample(names, rng.randint(1, len(names))):
             chains: dict[str, tuple[str | None, list[str]]] = {}
-            for builtin in rng.sample(IPT_TABLES[table], rng.randint(1, len(IPT_TABLES[table]))):
+            for builtin in rng.sample(IPT_BUILTINS[table], rng.randint(1, len(IPT_BUILTINS[table]))):
                 context = Context(tool, "ip", IPT_HOOK[builtin], _ipt_type(table, builtin), table,
                                   f"{tool} {table} {builtin}", IPT_PRIORITY[table])
                 regular = [f"{builtin[:3]}_{i}" for i in range(rng.choice((1, 2))) if self.on("regular-chains", 0.5)]

@@ -13,8 +13,9 @@ and 101, whose routes leave by other interfaces.
 A `Probe` is one packet of a flow, built byte by byte. Forwarded probes are injected on c0
 with an AF_PACKET socket (the client's own stack never sees them); local-out probes are
 sent from the router by an IP_HDRINCL raw socket bound to their source, so they cross the
-output and postrouting hooks like any local packet. Each probe carries its id where NAT
-never writes: the TCP sequence number, or the UDP / ICMP echo payload. AF_PACKET sockets in
+output and postrouting hooks like any local packet. Each probe carries a tag where NAT
+never writes (the TCP sequence number, the UDP / ICMP echo payload), unique for the lab's
+life, so that a straggler is never taken for a later probe. AF_PACKET sockets in
 the client and the sink read what the router sent out of r0..r3; raw sockets in the router
 read what it delivered locally (after the input hook). The client and the sink drop
 everything their own stack would send, so only the probes cross the router.
@@ -29,6 +30,7 @@ Nothing touches the root namespace: the lab is a tracer.lab topology under a fre
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -51,9 +53,11 @@ CLIENT_SIDE = "r0"
 EGRESS = ("r1", "r2", "r3")
 ROUTER_INTERFACES = (CLIENT_SIDE, *EGRESS)
 SINK_OF = {"r1": "s1", "r2": "s2", "r3": "s3"}
+EGRESS_OF = {sink: dev for dev, sink in SINK_OF.items()}
 ROUTER_ADDRESSES = {"r0": ("10.0.0.1/24",), "r1": ("10.1.0.1/24",), "r2": ("10.2.0.1/24", "172.16.2.1/24"),
                     "r3": ("10.3.0.1/24",)}
 LOCAL = "local"  # where a probe delivered to the router itself is seen
+PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
 
 # ip rules and the routes the topology format has no key for (error routes)
 ROUTER_SETUP = (
@@ -80,9 +84,9 @@ SILENT = """table inet silent {
   chain pre { type filter hook prerouting priority -400; policy drop; }
   chain out { type filter hook output priority -400; policy drop; }
 }"""
-LEGACY_TABLES = ("raw", "mangle", "nat", "filter")
-LEGACY_BUILTINS = {"raw": ("PREROUTING", "OUTPUT"), "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
-                   "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"), "filter": ("INPUT", "FORWARD", "OUTPUT")}
+# iptables tables and their built-in chains
+IPT_BUILTINS = {"raw": ("PREROUTING", "OUTPUT"), "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+                "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"), "filter": ("INPUT", "FORWARD", "OUTPUT")}
 
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; the socket module lacks it
 ETH_P_IP = 0x0800
@@ -124,7 +128,7 @@ def topology() -> topo.Topology:
 
 @dataclass(frozen=True)
 class Probe:
-    """One packet of a flow: forwarded (injected on c0, arriving on r0) or local-out (sent by the router)."""
+    """One packet of a flow: forwarded (injected on c0, it arrives on r0) or local-out (the router sends it)."""
 
     id: int
     origin: str  # forwarded | local-out
@@ -139,16 +143,18 @@ class Probe:
         iif = CLIENT_SIDE if self.origin == "forwarded" else None
         return make_flow(self.dst, self.src, iif=iif, proto=str(self.proto), **ports)
 
-    def packet(self) -> bytes:
+    def packet(self, tag: int) -> bytes:
+        """The IPv4 packet, carrying `tag` (16 bits) where NAT never writes; also its IP id and,
+        for ICMP, its echo id."""
         if self.proto == TCP:
             # a bare SYN: window 64240, no options
-            l4 = struct.pack("!HHIIBBHHH", self.sport, self.dport, TCP_MAGIC << 16 | self.id, 0, 5 << 4, 0x02,
+            l4 = struct.pack("!HHIIBBHHH", self.sport, self.dport, TCP_MAGIC << 16 | tag, 0, 5 << 4, 0x02,
                              64240, 0, 0)
         elif self.proto == UDP:
-            payload = PAYLOAD_MAGIC + struct.pack("!I", self.id)
+            payload = PAYLOAD_MAGIC + struct.pack("!I", tag)
             l4 = struct.pack("!HHHH", self.sport, self.dport, 8 + len(payload), 0) + payload
         else:
-            l4 = struct.pack("!BBHHH", 8, 0, 0, self.id, 1) + PAYLOAD_MAGIC + struct.pack("!I", self.id)
+            l4 = struct.pack("!BBHHH", 8, 0, 0, tag, 1) + PAYLOAD_MAGIC + struct.pack("!I", tag)
         src, dst = socket.inet_aton(self.src), socket.inet_aton(self.dst)
         if self.proto == ICMP:
             l4 = _with_checksum(l4, 2, _checksum(l4))
@@ -156,15 +162,12 @@ class Probe:
             pseudo = src + dst + struct.pack("!BBH", 0, self.proto, len(l4))
             total = _checksum(pseudo + l4)
             l4 = _with_checksum(l4, 16 if self.proto == TCP else 6, total or 0xFFFF)
-        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), self.id, 0, 64, self.proto, 0, src, dst)
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), tag, 0, 64, self.proto, 0, src, dst)
         return _with_checksum(header, 10, _checksum(header)) + l4
 
     def __str__(self) -> str:
         ports = f" {self.sport} → {self.dport}" if self.sport is not None else ""
-        return f"#{self.id} {self.origin} {_PROTO_NAMES[self.proto]} {self.src} → {self.dst}{ports}"
-
-
-_PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
+        return f"#{self.id} {self.origin} {PROTO_NAMES[self.proto]} {self.src} → {self.dst}{ports}"
 
 
 def _checksum(data: bytes) -> int:
@@ -198,7 +201,7 @@ class Arrival:
 
 
 def read_probe(data: bytes) -> tuple[int, Arrival] | None:
-    """(probe id, addresses and ports) of an IPv4 packet that is one of our probes, else None."""
+    """(tag, addresses and ports) of an IPv4 packet that is one of our probes, else None."""
     if len(data) < 20 or data[0] >> 4 != 4:
         return None
     ihl = (data[0] & 0xF) * 4
@@ -257,7 +260,7 @@ def restore_text(tables: IptTables) -> str:
 
 
 def empty_legacy_tables() -> IptTables:
-    return {table: {chain: ("ACCEPT", []) for chain in chains} for table, chains in LEGACY_BUILTINS.items()}
+    return {table: {chain: ("ACCEPT", []) for chain in chains} for table, chains in IPT_BUILTINS.items()}
 
 
 # ------------------------------------------------------------------ the lab
@@ -272,6 +275,11 @@ class WireLab:
         self.legacy = False
         self._sockets: list[socket.socket] = []
         self._senders: dict[str, socket.socket] = {}
+        # Each probe sent gets a tag unique for the lab's life: a straggler of an earlier config
+        # is never taken for a probe of this one. tag -> probe id, and what arrived, for this config.
+        self._tags = itertools.count(1)
+        self._sent: dict[int, int] = {}
+        self._seen: dict[int, list[Arrival]] = {}
 
     def up(self) -> WireLab:
         self.built = True  # from here on down() removes whatever up() made
@@ -348,6 +356,8 @@ class WireLab:
             if text.strip():
                 self.run(argv, input=text)
         self.forget_connections()
+        self._sent.clear()
+        self._seen.clear()
 
     def forget_connections(self) -> None:
         self.run(["conntrack", "-F"], check=False)  # exits 1 when the table is already empty
@@ -357,7 +367,9 @@ class WireLab:
         """Send every probe; returns the errors sendto reported for local-out ones (by id)."""
         refused = {}
         for probe in probes:
-            data = probe.packet()
+            tag = next(self._tags) % 0xFFFF + 1
+            self._sent[tag] = probe.id
+            data = probe.packet(tag)
             if probe.origin == "forwarded":
                 self.injector.sendto(data, ("c0", ETH_P_IP, 0, 0, self.client_mac))
                 continue
@@ -375,38 +387,35 @@ class WireLab:
         return self._senders[src]
 
     def arrivals(self, awaited: set[int]) -> dict[int, list[Arrival]]:
-        """Every probe seen since the last call, by id: wait until the `awaited` ids have shown
-        up (or PATIENCE ran out), then SETTLE more for any unexpected one."""
-        seen: dict[int, list[Arrival]] = {}
+        """Where each probe sent since the ruleset was loaded arrived, by probe id: first wait
+        until the `awaited` ids have shown up (or PATIENCE ran out), then SETTLE more for any
+        unexpected one."""
         deadline = time.monotonic() + PATIENCE
         while True:
-            self._drain(seen)
-            if awaited <= seen.keys() or time.monotonic() > deadline:
+            self._drain()
+            if awaited <= self._seen.keys() or time.monotonic() > deadline:
                 break
             time.sleep(0.003)
         time.sleep(SETTLE)
-        self._drain(seen)
-        return seen
+        self._drain()
+        return {probe_id: list(seen) for probe_id, seen in self._seen.items()}
 
-    def _drain(self, seen: dict[int, list[Arrival]]) -> None:
+    def _drain(self) -> None:
         for ns, sock in self.watchers.items():
             for data, address in _pending(sock):
                 ifname, pkttype = address[0], address[2]
-                if pkttype == PACKET_OUTGOING:
-                    continue  # the client's own injections
-                found = read_probe(data)
-                if found:
-                    place = CLIENT_SIDE if ns == self.client else next(d for d, s in SINK_OF.items() if s == ifname)
-                    seen.setdefault(found[0], []).append(_at(found[1], place))
+                if pkttype != PACKET_OUTGOING:  # not the client's own injections
+                    self._note(data, CLIENT_SIDE if ns == self.client else EGRESS_OF[ifname])
         for sock in self.deliveries:
             for data, _address in _pending(sock):
-                found = read_probe(data)
-                if found:
-                    seen.setdefault(found[0], []).append(_at(found[1], LOCAL))
+                self._note(data, LOCAL)
 
-
-def _at(arrival: Arrival, place: str) -> Arrival:
-    return Arrival(place, arrival.src, arrival.dst, arrival.sport, arrival.dport)
+    def _note(self, data: bytes, place: str) -> None:
+        found = read_probe(data)
+        if found and found[0] in self._sent:
+            arrival = found[1]
+            self._seen.setdefault(self._sent[found[0]], []).append(
+                Arrival(place, arrival.src, arrival.dst, arrival.sport, arrival.dport))
 
 
 def _pending(sock: socket.socket):
@@ -445,7 +454,8 @@ class Comparison:
         return same_place(self.expected, self.seen[0], self.explanation)
 
     def describe(self) -> str:
-        kernel = " and ".join(map(str, self.seen)) or "not seen" + (f" (sendto: {self.refused})" if self.refused else "")
+        refused = f" (sendto: {self.refused})" if self.refused else ""
+        kernel = " and ".join(map(str, self.seen)) or f"not seen{refused}"
         if self.error:
             said = f"raised {self.error}"
         else:
@@ -519,12 +529,14 @@ def compare(lab: WireLab, ruleset: Ruleset, probes: list[Probe]) -> list[Compari
             comparisons[probe.id] = Comparison(probe, e, expected_arrival(e))
         except Exception as exc:  # noqa: BLE001 - a crash is a disagreement to report, not the end of the run
             comparisons[probe.id] = Comparison(probe, None, None, error=f"{type(exc).__name__}: {exc}")
+    refused: dict[int, str] = {}
+    seen: dict[int, list[Arrival]] = {}
     for n, batch in enumerate(waves(probes, {i: c.expected for i, c in comparisons.items()})):
         if n:
             lab.forget_connections()
-        refused = lab.send(batch)
+        refused.update(lab.send(batch))
         seen = lab.arrivals({p.id for p in batch if comparisons[p.id].expected})
-        for probe in batch:
-            comparisons[probe.id].seen = seen.get(probe.id, [])
-            comparisons[probe.id].refused = refused.get(probe.id)
+    for probe in probes:  # the last round's arrivals include stragglers of earlier ones
+        comparisons[probe.id].seen = seen.get(probe.id, [])
+        comparisons[probe.id].refused = refused.get(probe.id)
     return [comparisons[p.id] for p in probes]

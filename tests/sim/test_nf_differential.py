@@ -91,7 +91,7 @@ def report(results: Results) -> str:
         lines.append(f"  WHYROUTE_NF_CONFIG={cfg.name} (features: {', '.join(sorted(cfg.features))})")
         lines += [f"    {c.describe()}" for c in bad]
     for cfg, bad in failing[:SHOWN_CONFIGS]:
-        lines += ["", f"config {cfg.name}: the router's ruleset", cfg.script()]
+        lines += ["", f"config {cfg.name}: the router's ruleset (in the wire lab, tests/sim/nfwire.py)", cfg.script()]
         first = next((c for c in bad if c.explanation), None)
         if first:
             lines += [f"why-route's explanation of {first.probe}:", render(first.explanation)]
@@ -109,6 +109,5 @@ def test_netfilter_and_nat_agree_with_the_kernel(wire_lab):
             print(comparison.describe())
             if comparison.explanation:
                 print(render(comparison.explanation))
-    assert sum(len(comparisons) for _cfg, comparisons in results) == len(configs) * nflab_random.PROBES_PER_CONFIG
     assert all(c.agrees for _cfg, comparisons in results for c in comparisons), text
 

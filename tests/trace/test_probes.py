@@ -26,6 +26,7 @@ def test_check_lists_every_probe_with_the_reason_for_each_missing_one():
     for name in ("netfilter", "fib", "drop", "conntrack"):
         assert probes[name]["used"] and probes[name]["why"] is None, probes[name]
     assert probes["rules"]["used"] is False and "opt-in with --rules" in probes["rules"]["why"]
+    assert probes["fentry"]["used"] is False and probes["fentry"]["offered"] is not None  # --check tries it
     missing = [p for p in probes.values() if not p["used"]]
     assert missing and all(p["why"] for p in missing)
     kprobe = probes["kprobe"]

@@ -58,9 +58,9 @@ class Loss:
     """Where the segments of one direction were lost, from the router's two sides."""
 
     direction: str  # "to_server" | "to_client"
-    inside: int  # arrived at the router, never left it (holes on the leaving side)
+    inside: int  # arrived at the router, never left it (repaired holes on the leaving side)
     beyond: int  # left the router and were sent again (not repairs of inside losses)
-    before: int  # never reached the router (holes on the arriving side)
+    before: int  # never reached the router (repaired holes on the arriving side)
     evidence: list[tuple] = field(default_factory=list)  # (number, time, interface, text)
 
 
@@ -150,18 +150,24 @@ class Connection:
         if not self.paired:
             ev = [(n, t, self.names[0], f"{kind} of seq {s}, {length} bytes")
                   for n, t, s, length, _ipl, kind, _f in hu.ev_retrans if kind != "ooo"]
-            return Loss(direction, 0, max(0, hu.retransmissions - hu.filled), hu.lost, ev)
-        inside = max(0, hd.lost - hu.lost)
+            before = sum(1 for g in hu.gaps if g[4] is not None)
+            return Loss(direction, 0, max(0, hu.retransmissions - hu.filled), before, ev)
+        # A hole is a real loss only once the sender repairs it: a hole never repaired is a packet
+        # the capture missed (it reached the receiver). A loss before the router repairs holes on
+        # both sides; one inside it, only on the leaving side.
+        repaired_down = [g for g in hd.gaps if g[4] is not None]
+        repaired_up = sum(1 for g in hu.gaps if g[4] is not None)
+        inside = max(0, len(repaired_down) - repaired_up)
         beyond = max(0, hd.retransmissions - hd.filled)
         evidence = []
         name_down, name_up = self.name_of(down), self.name_of(up)
-        for start, stop, number, t, filled in hd.gaps[:10]:
+        for start, stop, number, t, filled in repaired_down[:10]:
             evidence.append((number, t, name_down, f"hole: seq {start}..{stop} arrived on {name_up} but "
-                             f"never left on {name_down}" + (f" (repaired by #{filled})" if filled else "")))
+                             f"never left on {name_down} (repaired by #{filled})"))
         for n, t, s, length, _ipl, kind, filled in hd.ev_retrans:
             if kind != "ooo" and not filled:
                 evidence.append((n, t, name_down, f"{kind} of seq {s} ({length} bytes) that had left the router"))
-        return Loss(direction, inside, beyond, hu.lost, evidence[:20])
+        return Loss(direction, inside, beyond, repaired_up, evidence[:20])
 
     def rtt(self) -> dict:
         """RTT from data/ACK pairs at the capture point, each side: to_server (the far side's

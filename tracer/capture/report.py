@@ -148,7 +148,7 @@ def render(report: Report) -> str:
     if doc["snapshot"]:
         out.append(f"<p class='dim'>configuration: {_e(doc['snapshot'])}</p>")
     out.append("<table><tr><th>#</th><th>verdict</th><th>connection (LAN side)</th><th>after NAT</th>"
-               "<th>interfaces</th><th>duration</th><th>bytes →/←</th><th>retransmissions</th>"
+               "<th>interfaces</th><th>duration</th><th>bytes →/←</th><th>retransmissions (all sides)</th>"
                "<th>top suspect</th></tr>")
     for i, c in enumerate(doc["connections"]):
         lan, wan = c["flow"]["lan"], c["flow"]["wan"]

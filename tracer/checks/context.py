@@ -443,8 +443,7 @@ class CheckContext:
         others = first.explanation.alternatives
         if not others:
             return (first,)
-        return tuple(FlowPath(e, f"{why} ({_share_text(e)})") if e is not first.explanation else first
-                     for e in (first.explanation, *others))
+        return tuple(FlowPath(e, f"{why} ({_share_text(e)})") for e in (first.explanation, *others))
 
     @staticmethod
     def rp_filter_drop(result) -> bool:

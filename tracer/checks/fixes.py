@@ -95,13 +95,6 @@ def nat_replace_command(rule, *, masquerade: bool, address: str | None = None) -
     return f"{_iptables_tool(rule)} -t {rule.table} {spec}"
 
 
-def nat_delete_command(rule) -> str:
-    """The command that deletes one NAT rule: by rule number (iptables) or handle (nft)."""
-    if rule.source == "nft":
-        return f"nft delete rule {rule.family} {rule.table} {rule.chain} handle {rule.handle}"
-    return f"{_iptables_tool(rule)} -t {rule.table} -D {rule.chain} {rule.handle}"
-
-
 def _iptables_tool(rule) -> str:
     legacy = rule.source == "iptables-legacy"
     if rule.family == "ip6":

@@ -45,7 +45,7 @@ def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, 
     if len(addresses) > 2:
         raise UsageError("at most two addresses: [SRC] [DST]")
     if check_only:
-        collectors, others = session.check(session.TraceOptions(without=tuple(without)))
+        collectors, others = session.check(session.TraceOptions(without=tuple(without)), try_fentry=True)
         doc = report.check_doc(collectors, others)
         click.echo(json.dumps(doc) if as_json else report.check_text(doc))
         return ExitStatus.SUCCESS
@@ -69,8 +69,7 @@ def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, 
     def started(_collectors, summary):
         print(report.start_line(netns, session.describe_filter(options), summary), file=sys.stderr, flush=True)
 
-    for doc in run.run(on_start=started):
-        _print(doc, as_json)
+    run.run(emit=lambda doc: _print(doc, as_json), on_start=started)
     if isinstance(run.interrupted, Terminated):
         return run.interrupted.exit_status
     if run.interrupted is not None:

@@ -434,7 +434,7 @@ class Replica:
             try:
                 if kind == socket.SOCK_STREAM:
                     code = s.connect_ex((flow.dst, flow.dport))
-                    if code not in (0, errno.EINPROGRESS):
+                    if code not in (0, errno.EINPROGRESS, errno.ECONNREFUSED):  # refused: it got there
                         raise OSError(code, os.strerror(code))
                 elif kind == socket.SOCK_DGRAM:
                     s.sendto(payload, (flow.dst, flow.dport))
@@ -705,8 +705,10 @@ def _cannot_reproduce(replica: Replica, e: Explanation, seen: Observed) -> tuple
         out.append(f"the conntrack entry the explanation uses is not recreated ({e.conntrack.text}): "
                    "the probe is the first packet of a new connection")
     elif state.conntrack:
-        out.append(f"the host's {len(state.conntrack)} conntrack entries are not recreated (none is this flow's; "
-                   "a NAT port the kernel would avoid because of one is not avoided)")
+        count = len(state.conntrack)
+        entries = "conntrack entry is" if count == 1 else f"{count} conntrack entries are"
+        out.append(f"the host's {entries} not recreated (none is this flow's; a NAT port the kernel would "
+                   "avoid because of one is not avoided)")
     if seen.outcome == "left" and seen.nexthop:
         out.append("neighbours: the sinks answer every ARP request and neighbour solicitation, so a next hop "
                    "that does not answer on the host answers in the replica")

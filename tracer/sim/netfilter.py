@@ -432,6 +432,8 @@ def _probe_state(family: str) -> EvalState:
     st.ct_attached = True
     st.addresses = None
     st.probe = True
+    st.choose = None  # a random pick cannot be evaluated for "could this drop ICMP?"
+    st.nat_bound = False
     return st
 
 

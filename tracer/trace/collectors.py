@@ -152,7 +152,17 @@ class Offer:
     why: str
 
 
-def other_probes() -> list[Offer]:
+def _fentry_offer(tried: bool) -> Offer:
+    if not tried:
+        return Offer("fentry", None, False, "not tried at trace start (`why-route trace --check` tries it)")
+    why = kernel.try_fentry() if os.geteuid() == 0 else "needs root to try"
+    if why is None:
+        return Offer("fentry", True, False, "offered, not needed: the fib tracepoint and the rule list give the "
+                                            "deciding rule")
+    return Offer("fentry", False, False, why + "; the fib tracepoint and the rule list give the deciding rule")
+
+
+def other_probes(try_fentry: bool = False) -> list[Offer]:
     """Probes why-route could use on other kernels, and why it does not here."""
     kprobe = Path("/sys/bus/event_source/devices/kprobe").exists()
     return [
@@ -160,9 +170,7 @@ def other_probes() -> list[Offer]:
               "offered, not needed: the deciding rule is derived from the rule list and the tables looked up"
               if kprobe else "this kernel has no kprobes (CONFIG_KPROBES off); fib_rules_lookup would give the "
               "rule directly, here it is derived from the rule list and the tables looked up"),
-        Offer("fentry", None, False,
-              "not tried (fentry/fexit are refused with EPERM on some kernels, e.g. under lockdown): the fib "
-              "tracepoint and the rule list give the same answer"),
+        _fentry_offer(try_fentry),
     ]
 
 

@@ -198,3 +198,28 @@ def netfilter_link_near(prog_fd: int, hook: str, priority: int, step: int, tries
             if "another link holds" not in str(error) or attempt == tries - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def try_fentry() -> str | None:
+    """Load (and close at once) probes/fentry_check.c: None when this kernel accepts fentry
+    programs, else why not in plain words. For --check only: never attached during a trace."""
+    import bcc
+
+    env, flags = header_flags()
+    os.environ.update(env)
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)  # BCC and libbpf print the verifier's refusal on stderr
+            try:
+                bpf = bcc.BPF(text=(PROBES_DIR / "fentry_check.c").read_text().encode(), cflags=flags)
+            except Exception as error:  # noqa: BLE001 - BCC raises bare Exception
+                text = str(error)
+                if "super-user" in text or "not permitted" in text.lower():
+                    return "the kernel refuses fentry programs (EPERM when loading one)"
+                return f"fentry program not loaded: {text}"
+            bpf.cleanup()
+            return None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -4,8 +4,7 @@ attached is undone by a tracer.netns.Teardown whatever happens; what a SIGKILL l
 the kernel (BPF links and programs die with their last fd, ctnetlink sockets with the process).
 
     options = TraceOptions(dst="8.8.8.8", netns="wr-route", count=1)
-    for doc in Session(options).run():          flow documents, then the summary
-        print(doc)
+    Session(options).run(emit=print)            flow documents, then the summary
     replay(run_dir)                             the same documents from a -o RUN_DIR
 """
 
@@ -195,13 +194,15 @@ class Assembler:
             yield describe(flow, self.state)
 
 
-def check(options: TraceOptions) -> tuple[list[collectors_mod.Collector], list[collectors_mod.Offer]]:
-    """The collectors (each with can_run()) and the other probes, for --check and the start line."""
+def check(options: TraceOptions, *, try_fentry: bool = False) -> tuple[list[collectors_mod.Collector],
+                                                                       list[collectors_mod.Offer]]:
+    """The collectors (each with can_run()) and the other probes, for --check (which also tries to
+    load an fentry program) and the start line."""
     disabled = collectors_mod.disabled_from(options.without)
     chosen = [cls(disabled) for cls in collectors_mod.BPF_COLLECTORS]
     chosen.append(ConntrackCollector(disabled))
     chosen.append(NftraceCollector(disabled, wanted=options.rules))
-    return chosen, collectors_mod.other_probes()
+    return chosen, collectors_mod.other_probes(try_fentry)
 
 
 class Session:
@@ -212,10 +213,11 @@ class Session:
         self.started = time.monotonic()
         self.interrupted: BaseException | None = None
 
-    def run(self, on_start=None) -> Iterator[dict]:
-        """Flow documents as they complete, then the summary's document (also after Ctrl-C or
-        SIGTERM: `self.interrupted` then says which). `on_start(collectors, summary)` is called once
-        the probes are attached (the first event may come right after)."""
+    def run(self, emit, on_start=None) -> None:
+        """`emit(doc)` for each flow document as it completes, then for the summary's document —
+        also after Ctrl-C or SIGTERM (`self.interrupted` then says which), even when the signal
+        arrives while `emit` prints. `on_start(collectors, summary)` is called once the probes are
+        attached (the first event may come right after)."""
         options = self.options
         if os.geteuid() != 0:
             raise EnvironmentProblem("why-route trace needs root (BPF programs, netfilter links)")
@@ -288,10 +290,10 @@ class Session:
                 # Nothing arms the routing probe: it would see no packet.
                 self.summary.probes.remove("fib")
                 self.summary.unavailable["fib"] = "needs the netfilter probe, which could not attach"
-            if on_start:
-                on_start(collectors, self.summary)
             deadline = time.monotonic() + options.duration if options.duration else None
             try:
+                if on_start:  # inside: a Ctrl-C right after the start line still gets its summary
+                    on_start(collectors, self.summary)
                 while not self._enough():
                     if bpf is not None:
                         bpf.ring_buffer_consume()
@@ -304,7 +306,7 @@ class Session:
                     pending.clear()
                     for doc in assembler.ready(now):
                         self.summary.flows += 1
-                        yield doc
+                        emit(doc)
                         if self._enough():
                             break
                     if deadline and now >= deadline:
@@ -318,11 +320,11 @@ class Session:
             if self._enough():
                 break
             self.summary.flows += 1
-            yield doc
+            emit(doc)
         self.summary.duration = time.monotonic() - self.started
         if run_dir:
             (run_dir / "summary.json").write_text(json.dumps(self.summary.to_json(), indent=2) + "\n")
-        yield self.summary.to_json()
+        emit(self.summary.to_json())
 
     def _enough(self) -> bool:
         return bool(self.options.count) and self.summary.flows >= self.options.count
