@@ -16,6 +16,9 @@
 #define F_SPORT (1 << 4)
 #define F_DPORT (1 << 5)
 #define F_IIF   (1 << 6)
+/* Set once user space has written the filter: BCC attaches the tracepoints when it loads them,
+ * before that, and an all-zero filter would let everything through. */
+#define F_READY (1u << 31)
 
 #define SEEN_DROP  (1u << 30)
 #define SEEN_REPLY (1u << 31)

@@ -9,7 +9,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
     const void *skb = (const void *)ctx->args[0];
     int zero = 0;
     struct config *c = config.lookup(&zero);
-    if (!c)
+    if (!c || !(c->flags & F_READY))
         return 0;
     struct event ev = {};
     const void *dev = 0;

@@ -13,7 +13,7 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
     const void *state = ctx->state;
     int zero = 0;
     struct config *c = config.lookup(&zero);
-    if (!c)
+    if (!c || !(c->flags & F_READY))
         return 1;
     struct event ev = {};
     const void *net = 0, *in = 0, *out = 0;

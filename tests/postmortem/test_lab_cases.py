@@ -65,7 +65,7 @@ def test_random_drop_rule_is_located_inside_the_router_and_tied_by_handle(lab, t
     assert top["id"] == "PM002", _suspects(conn)
     rule = top["config"][0]
     assert (rule["family"], rule["table"], rule["chain"], rule["handle"]) == ("inet", "pmloss", "pmfwd", handle)
-    assert f"nft delete rule inet pmloss pmfwd handle {handle}" in top["fix"]
+    assert f"nft delete rule inet pmloss pmfwd handle {handle}" in top["fix"]["commands"]
     assert all(e["interface"] == "ppp0" for e in top["evidence"] if e["packet"])
 
 
@@ -131,7 +131,7 @@ def test_pmtu_black_hole_ties_to_the_route_the_missing_clamp_and_the_icmp_drop(l
     assert "WR026" in top["findings"]
     dropping = {c["handle"] for c in top["config"] if c.get("table") == "pmtest"}
     assert dropping == handles
-    assert any("TCPMSS" in f for f in top["fix"])
+    assert any("TCPMSS" in f for f in top["fix"]["commands"])
     assert top["evidence"][0]["interface"] == "br-lan"
 
 
@@ -149,7 +149,7 @@ def test_missing_snat_fails_and_ties_to_wr019(lab, tmp_path):
     assert top["id"] == "PM004"
     assert "WR019" in top["findings"]
     assert conn["flow"]["wan"]["src"] == "192.168.1.169"
-    assert any("SNAT" in f or "MASQUERADE" in f for f in top["fix"])
+    assert any("SNAT" in f or "MASQUERADE" in f for f in top["fix"]["commands"])
 
 
 def _handle(lab, table, chain) -> int:
@@ -194,5 +194,5 @@ def test_replies_by_another_uplink_are_an_asymmetric_reply_path(lab, tmp_path):
     top = conn["suspects"][0]
     assert "requests leave on ppp0, replies arrive on eth0.2" in top["summary"]
     assert any(c["kind"] == "route" and "dev ppp0" in c["text"] for c in top["config"])
-    assert any("rp_filter=2" in f for f in top["fix"])
+    assert any("rp_filter=2" in f for f in top["fix"]["commands"])
     assert conn["retransmissions"]["where"]["to_client"]["inside_router"] == 0

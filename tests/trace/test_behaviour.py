@@ -29,8 +29,8 @@ def test_flows_of_other_namespaces_never_leak_in(trace_lab):
     ping_from_macbook(lab)
     docs, _summary = trace.finish()
     assert docs, trace.stderr
-    assert {d["flow"]["src"] for d in docs} == {"192.168.1.169"}
-    assert {d["flow"]["dst"] for d in docs} == {"8.8.8.8"}
+    assert {d["flow"]["src"] for d in docs} == {"192.168.1.169"}, docs
+    assert {d["flow"]["dst"] for d in docs} == {"8.8.8.8"}, docs
 
 
 def test_a_drop_by_an_nft_rule_is_reported_with_its_reason(own_lab):

@@ -3,13 +3,12 @@ and tie what went wrong to the configuration (the explanation of the flow on the
 
     run = postmortem.run(source, snapshot=None, flow=None)   # a Report
     report.connections                                       # worst first
-    postmortem.to_json(report) / postmortem.text(report)
+    postmortem.to_dict(report) (the CLI emits it as JSON) / postmortem.text(report)
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -308,7 +307,7 @@ def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
         "resets": [],
         "suspects": [],
         "findings": [{"id": f.id, "severity": f.severity, "title": f.title, "message": f.message,
-                      "fix": list(f.fix)} for f in conn.findings],
+                      "fix": {"kind": f.fix.kind, "commands": list(f.fix)}} for f in conn.findings],
     }
     for side, name in zip(conn.sides, conn.names, strict=True):
         hs = side.handshake
@@ -349,7 +348,8 @@ def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
                              "asymmetric": replied and conn.asymmetric}
     for s in conn.suspects:
         out["suspects"].append({"id": s.id, "title": s.title, "score": s.score, "summary": s.summary,
-                                "evidence": _evidence(s.evidence, base), "config": s.config, "fix": s.fix,
+                                "evidence": _evidence(s.evidence, base), "config": s.config,
+                                "fix": {"kind": "alternatives" if len(s.fix) > 1 else "steps", "commands": s.fix},
                                 "findings": s.findings})
     return out
 
@@ -362,12 +362,9 @@ def to_dict(report: Report) -> dict:
                                   strict=False)]
     counts = {v: sum(1 for c in report.connections if c.verdict == v) for v in VERDICT_RANK}
     source = {"kind": "snapshot", "name": report.snapshot} if report.snapshot else None
-    return {"version": 1, "input": report.source, "source": source, "capture": report.capture.path,
+    return {"input": report.source, "source": source, "capture": report.capture.path,
             "snapshot": report.snapshot,
             "conntrack_events": report.conntrack, "packets": report.analysis.packets, "interfaces": interfaces,
             "verdicts": counts, "notes": report.notes,
             "connections": [connection_dict(c, ctx.mtu) for c in report.connections]}
 
-
-def to_json(report: Report) -> str:
-    return json.dumps(to_dict(report), indent=2)

@@ -74,7 +74,7 @@ def text(report: Report, *, colour: bool = False, limit: int = 50) -> str:
                              f"{_t(e['time']).strip() + ' ' if e['time'] is not None else ''}{e['text']}")
             for tie in s["config"]:
                 lines.append(f"      config: {ties.describe(tie)}")
-            for fix in s["fix"]:
+            for fix in s["fix"]["commands"]:
                 lines.append(f"      fix: {fix}")
         for f in conn["findings"]:
             if not any(f["id"] in s["findings"] for s in conn["suspects"]):

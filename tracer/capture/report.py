@@ -184,7 +184,7 @@ def render(report: Report) -> str:
                 out.append(f"<li>evidence: {where}{_e(e['interface'] or '')} {when}{_e(e['text'])}</li>")
             for t in s["config"]:
                 out.append(f"<li>config: <code>{_e(ties.describe(t))}</code></li>")
-            for f in s["fix"]:
+            for f in s["fix"]["commands"]:
                 out.append(f"<li>fix: <code>{_e(f)}</code></li>")
             out.append("</ul></div>")
         sides = [series.get(_key(conn, side)) for side in conn.sides]

@@ -75,7 +75,9 @@ def postmortem(source, snapshot, flow, as_json, report, annotate):
 
         html.write(result, report)
     if as_json:
-        click.echo(pm.to_json(result))
+        from tracer.output import json_out
+
+        click.echo(json_out.dumps(pm.to_dict(result)))
     else:
         from tracer.capture import render
         from tracer.output.style import use_colour

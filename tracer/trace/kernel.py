@@ -78,6 +78,7 @@ class Config(ctypes.Structure):
 
 
 F_NETNS, F_SRC, F_DST, F_PROTO, F_SPORT, F_DPORT, F_IIF = (1 << i for i in range(7))
+F_READY = 1 << 31  # the filter is written: until then the probes report nothing
 
 
 class _Key(ctypes.Structure):

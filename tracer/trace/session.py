@@ -30,6 +30,7 @@ from tracer.trace.conntrack import ConntrackCollector
 from tracer.trace.events import (
     HOOKS,
     POSITIONS,
+    ConntrackEvent,
     DropEvent,
     Event,
     FibEvent,
@@ -87,7 +88,7 @@ def netns_inode(name: str | None) -> int:
 
 
 def _config(options: TraceOptions, state: HostState, inode: int) -> kernel.Config:
-    cfg = kernel.Config(flags=kernel.F_NETNS, netns=inode)
+    cfg = kernel.Config(flags=kernel.F_READY | kernel.F_NETNS, netns=inode)
     if options.src:
         cfg.flags |= kernel.F_SRC
         cfg.saddr = kernel.ipv4_be(options.src)
@@ -166,6 +167,8 @@ class Assembler:
             return
         if event.flow in self.done:
             return
+        if isinstance(event, ConntrackEvent) and event.type != "new" and event.flow not in self.flows:
+            return  # an update or the end of a flow that began before the trace: not a new flow
         self.flows.setdefault(event.flow, TracedFlow(event.flow)).add(event, now)
 
     def _rules_of(self, flow: TracedFlow) -> list[NftRuleEvent]:
