@@ -23,13 +23,11 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
     read_ct(skb, &ev, proto);
     ev.key.netns = inum;
     ev.key.proto = proto;
-    if (ev.has_ct) {
-        struct tuple *t = ev.ctinfo >= 3 ? &ev.reply : &ev.orig;
+    if (ev.has_ct) { /* the flow is named by its original direction, whichever way this packet went */
         ev.key.saddr = ev.orig.saddr;
         ev.key.daddr = ev.orig.daddr;
         ev.key.sport = ev.orig.sport;
         ev.key.dport = ev.orig.dport;
-        (void)t;
     } else {
         ev.key.saddr = ev.pkt.saddr;
         ev.key.daddr = ev.pkt.daddr;

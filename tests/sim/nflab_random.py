@@ -31,7 +31,9 @@ FEATURES = {
     "vmap": "nft verdict maps (accept, drop, jump, goto by address or port)",
     "anonymous-sets": "nft anonymous sets of addresses, ports, interface names",
     "named-sets": "nft named sets of addresses and ports",
-    "interface-names": "iifname / oifname (also at hooks without that device) and iptables -i / -o",
+    "interface-names": "iifname / oifname (also at hooks without that device), iif / oif, iptables -i / -o",
+    "ifindex-without-device": "iif / oif (by index) at a hook without that device: iif at output and postrouting "
+                              "(a local packet has none), oif at prerouting and input",
     "marks": "meta mark / MARK set and matched anywhere",
     "maps": "nft maps: the mark set from an address map, dnat to an address map",
     "tcp-flags": "tcp flags / --syn / --tcp-flags (probes are SYNs)",
@@ -69,6 +71,8 @@ FEATURES = {
 
 # feature -> why the generator leaves it out (the defect, as test_nf_cases.py shows it)
 DISABLED: dict[str, str] = {
+    "ifindex-without-device": "at a hook without the device, the kernel's `meta iif`/`oif` reads index 0, so "
+                              "`iif != \"r3\"` matches; why-route's match fails (tracer/sim/nft_expr.py _iface: Miss)",
     "nat-chains-without-conntrack": "why-route runs nat chains for every new packet; the kernel runs them only "
                                     "while conntrack is enabled in the namespace, i.e. some rule uses it (a NAT "
                                     "statement or target, a ct match): otherwise their drops and marks never happen",
@@ -119,7 +123,7 @@ IPT_HOOK = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward", 
             "POSTROUTING": "postrouting"}
 PRIO_CONNTRACK = -200
 IPT_PRIORITY = {"raw": -300, "mangle": -150, "nat": -100, "filter": 0}
-HAS_IIF = ("prerouting", "input", "forward")
+HAS_IIF = ("prerouting", "input", "forward")  # at postrouting only forwarded packets have one
 HAS_OIF = ("forward", "output", "postrouting")
 
 
@@ -328,8 +332,9 @@ class _Generator:
             if roll < 0.2 and self.on("anonymous-sets"):
                 names = ", ".join(f'"{name}"' for name in rng.sample(INTERFACES, 2))
                 return f"{which} {{ {names} }}"
-            if roll < 0.3:  # by index: the device as it is now
-                return f'{which[:3]} {"!= " if rng.random() < 0.25 else ""}"{rng.choice(INTERFACES)}"'
+            by_index = which[:3]
+            if roll < 0.3 and self.may_match_index(context, by_index):  # the device as it is now
+                return f'{by_index} {"!= " if rng.random() < 0.25 else ""}"{rng.choice(INTERFACES)}"'
             value = '"r*"' if roll < 0.45 else f'"{rng.choice(INTERFACES)}"'
             return f"{which} {'!= ' if rng.random() < 0.25 else ''}{value}"
         if kind == "mark":
@@ -345,6 +350,15 @@ class _Generator:
             return f"ct mark {rng.choice(MARKS):#x}"
         self.cfg.features.add("fib")
         return rng.choice(("fib daddr type local", "fib daddr type != local"))
+
+    def may_match_index(self, context: Context, key: str) -> bool:
+        """iif / oif at a hook without that device only with ifindex-without-device."""
+        if context.hook in (HAS_IIF if key == "iif" else HAS_OIF):
+            return True
+        if "ifindex-without-device" not in self.enabled:
+            return False
+        self.cfg.features.add("ifindex-without-device")
+        return True
 
     def nft_statements(self, context: Context) -> list[str]:
         rng = self.rng

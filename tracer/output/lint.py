@@ -6,7 +6,7 @@ import textwrap
 
 from tracer.lint import flows as flows_mod
 from tracer.lint.run import FAILED, NOT_CHECKED, LineResult, LintReport
-from tracer.output.style import Style
+from tracer.output.style import Style, width
 
 _SEVERITY_COLOUR = {"error": "red", "warning": "yellow", "info": "cyan"}
 
@@ -16,13 +16,13 @@ def text(report: LintReport, *, colour: bool) -> str:
     out = [style(f"why-route lint {report.script}: on {report.source}, replayed in a throwaway namespace "
                  f"in {report.replay_seconds:.2f} s", "bold")]
     out += _warning(report, style)
-    width = max((len(str(r.lineno)) for r in report.lines), default=1)
+    digits = max((len(str(r.lineno)) for r in report.lines), default=1)
     for r in report.lines:
         name, colours = {FAILED: ("FAILED", ("bold", "red")), NOT_CHECKED: ("not checked", ("yellow",))} \
             .get(r.status, ("ok", ("green",)))
         label = style(name, *colours) + " " * (len("not checked") - len(name))
-        out.append(f"line {r.lineno:>{width}}  {label}  {_shown(r)}")
-        indent = " " * (width + 20)
+        out.append(f"line {r.lineno:>{digits}}  {label}  {_shown(r)}")
+        indent = " " * (digits + 20)
         if r.message:
             tool = r.command.split()[0] if r.status == FAILED and r.command.split() \
                 and not r.message.startswith("bash: ") else ""
@@ -96,6 +96,7 @@ def _shown(r: LineResult) -> str:
     return r.text if r.command == r.text or r.status == NOT_CHECKED else f"{r.command}   ({r.text})"
 
 
-def _wrap(message: str, indent: str, width: int = 110) -> list[str]:
-    return textwrap.wrap(message, width=width, initial_indent=indent, subsequent_indent=indent + "  ",
+def _wrap(message: str, indent: str) -> list[str]:
+    # the terminal's width; 110 columns when piped (stable output for files and tests)
+    return textwrap.wrap(message, width=width(default=110), initial_indent=indent, subsequent_indent=indent + "  ",
                          break_long_words=False, break_on_hyphens=False)
