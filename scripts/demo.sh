@@ -23,3 +23,10 @@ else
 fi
 $wr lab status --prefix "$prefix"
 $wr 192.168.1.169 8.8.8.8 --netns "$prefix-route"
+# The same flow as the kernel handles it: a short trace while the MacBook pings.
+echo
+echo "why-route trace: the MacBook's ping as the kernel handles it"
+( sleep 2; $wr lab exec --prefix "$prefix" macbook -- ping -n -c 2 -W 1 8.8.8.8 >/dev/null ) &
+pinger=$!
+$wr trace --netns "$prefix-route" 192.168.1.169 8.8.8.8 --count 1 --duration 15 || true
+wait "$pinger" || true

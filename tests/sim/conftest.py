@@ -1,8 +1,10 @@
-"""The wire lab (tests/sim/nfwire.py), one per test module, always removed afterwards."""
+"""The wire lab (tests/sim/nfwire.py), one per test module, always removed afterwards: also
+when SIGTERM or SIGHUP ends the run (tracer.netns.Teardown turns them into an exception)."""
 
 import pytest
 
 from tests.sim import nfwire
+from tracer import netns
 
 
 @pytest.fixture(scope="module")
@@ -11,5 +13,5 @@ def wire_lab():
     if why:
         print(f"skipping kernel test: {why}")
         pytest.skip(why)
-    with nfwire.WireLab() as lab:
+    with netns.Teardown(), nfwire.WireLab() as lab:
         yield lab

@@ -118,6 +118,31 @@ def test_notrack_is_ignored_for_a_looped_back_packet(wire_lab):
     agree(c)
 
 
+# ------------------------------------------------------------ a device the hook does not have
+
+ABSENT_INDEX = ("at a hook without that device nft's `meta iif` / `meta oif` load index 0 "
+                "(nft_meta_store_ifindex), so `iif != \"r3\"` matches and `iif \"r3\"` does not; "
+                "tracer/sim/nft_expr.py _iface returns Miss (no match) for both")
+ABSENT_DEVICE_PROBES = {"output": local_udp("10.1.0.1", "10.1.0.9"), "prerouting": udp("10.0.0.2", "10.1.0.9")}
+
+
+@xfail_because(ABSENT_INDEX)
+@pytest.mark.parametrize("hook, match", [("output", 'iif != "r3"'), ("prerouting", 'oif != "r3"')])
+def test_a_device_the_hook_does_not_have_is_index_zero(wire_lab, hook, match):
+    probe = ABSENT_DEVICE_PROBES[hook]
+    (c,) = sent(wire_lab, [probe], nft=table(chain("f", base("filter", hook, 0), f"{match} drop")))
+    assert c.seen == []
+    agree(c)
+
+
+@pytest.mark.parametrize("hook, match", [("output", 'iifname != "r3"'), ("prerouting", 'oifname != "r3"')])
+def test_a_device_the_hook_does_not_have_is_an_empty_name(wire_lab, hook, match):
+    probe = ABSENT_DEVICE_PROBES[hook]
+    (c,) = sent(wire_lab, [probe], nft=table(chain("f", base("filter", hook, 0), f"{match} drop")))
+    assert c.seen == []
+    agree(c)
+
+
 # ------------------------------------------------------------ source NAT to a port range
 
 RANDOM_PORT = ("for a source NAT to a port range the original port is outside of, the kernel picks the port at "

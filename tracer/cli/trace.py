@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -44,10 +43,12 @@ def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, 
 
     if len(addresses) > 2:
         raise UsageError("at most two addresses: [SRC] [DST]")
+    from tracer.output import json_out
+
     if check_only:
         collectors, others = session.check(session.TraceOptions(without=tuple(without)), try_fentry=True)
         doc = report.check_doc(collectors, others)
-        click.echo(json.dumps(doc) if as_json else report.check_text(doc))
+        click.echo(json_out.dumps(doc, pretty=False) if as_json else report.check_text(doc))
         return ExitStatus.SUCCESS
     if replay:
         for doc in session.replay(replay):
@@ -78,10 +79,11 @@ def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, 
 
 
 def _print(doc: dict, as_json: bool) -> None:
+    from tracer.output import json_out
     from tracer.trace import flows, report
 
     if as_json:
-        click.echo(json.dumps(doc))
+        click.echo(json_out.dumps(doc, pretty=False))
     elif doc.get("type") == "summary":
         click.echo(report.summary_text(doc), err=True)
     else:
