@@ -32,36 +32,6 @@ FEATURES = {
     "anonymous-sets": "nft anonymous sets of addresses, ports, interface names",
     "named-sets": "nft named sets of addresses and ports",
     "interface-names": "iifname / oifname (also at hooks without that device), iif / oif, iptables -i / -o",
-    "ifindex-without-device": "iif / oif (by index) at a hook without that device: iif at output and postrouting "
-                              "(a local packet has none), oif at prerouting and input",
-    "marks": "meta mark / MARK set and matched anywhere",
-    "maps": "nft maps: the mark set from an address map, dnat to an address map",
-    "tcp-flags": "tcp flags / --syn / --tcp-flags (probes are SYNs)",
-    "addrtype": "-m addrtype --src-type / --dst-type LOCAL",
-    "iprange": "-m iprange --src-range / --dst-range",
-    "mark-routing": "marks set in prerouting or output, which select ip rules (fwmark 0x1/0x3, 0x2/0x3)",
-    "output-several-reroutes": "marks set at output by filter chains or by several chains, or next to an output "
-                               "dnat (else one route chain sets marks, or NAT alone changes the destination)",
-    "ct-mark": "ct mark set from the mark, and the mark restored from it",
-    "ct-state": "ct state / -m conntrack --ctstate / -m state (also below conntrack's priority)",
-    "notrack": "notrack / CT --notrack in raw-priority chains",
-    "lo-keeps-conntrack": "ct matches, ct mark and notrack in prerouting chains below conntrack's priority (-200), "
-                          "which a packet looped back through lo crosses with the entry it got at output",
-    "fib": "fib daddr type local",
-    "reject": "reject / REJECT",
-    "policy-drop": "base chains with policy drop",
-    "route-chain": "nft type route output chains",
-    "dnat": "dnat / DNAT in prerouting and output",
-    "redirect": "redirect / REDIRECT in prerouting and output",
-    "snat": "snat / SNAT in postrouting and input",
-    "masquerade": "masquerade / MASQUERADE in postrouting",
-    "dnat-port": "dnat / redirect to a port (also port only: dnat to :8080)",
-    "snat-port": "snat / masquerade to a port",
-    "snat-port-range": "snat / masquerade to a port range that the probe's source port is outside of",
-    "nat-random": "snat / masquerade with random or fully-random (the kernel picks the source port)",
-    "nat-in-regular-chain": "NAT statements and targets in regular chains jumped to from nat base chains",
-    "nat-input": "snat in nat input chains (locally delivered probes)",
-    "nat-output": "dnat / redirect in nat output chains (local-out probes)",
     "nat-chains-without-conntrack": "nft nat chains in a ruleset without any conntrack user (no NAT rule, no ct "
                                     "match): the kernel then never runs them",
     "local-out": "probes sent by the router itself (raw socket bound to one of its addresses)",
@@ -71,13 +41,9 @@ FEATURES = {
 
 # feature -> why the generator leaves it out (the defect, as test_nf_cases.py shows it)
 DISABLED: dict[str, str] = {
-    "ifindex-without-device": "at a hook without the device, the kernel's `meta iif`/`oif` reads index 0, so "
-                              "`iif != \"r3\"` matches; why-route's match fails (tracer/sim/nft_expr.py _iface: Miss)",
     "nat-chains-without-conntrack": "why-route runs nat chains for every new packet; the kernel runs them only "
                                     "while conntrack is enabled in the namespace, i.e. some rule uses it (a NAT "
                                     "statement or target, a ct match): otherwise their drops and marks never happen",
-    "snat-port-range": "for a source NAT to a port range that the port is outside of, the kernel picks a port in "
-                       "the range at random (nf_nat_l4proto_unique_tuple); why-route claims the range's first port",
     "output-several-reroutes": "why-route routes a local packet again once, with the keys as the whole output hook "
                                "left them; the kernel re-routes right after each route chain (or NAT) that changed "
                                "them, with the keys of that moment: a later change is not routed, and an "

@@ -120,13 +120,9 @@ def test_notrack_is_ignored_for_a_looped_back_packet(wire_lab):
 
 # ------------------------------------------------------------ a device the hook does not have
 
-ABSENT_INDEX = ("at a hook without that device nft's `meta iif` / `meta oif` load index 0 "
-                "(nft_meta_store_ifindex), so `iif != \"r3\"` matches and `iif \"r3\"` does not; "
-                "tracer/sim/nft_expr.py _iface returns Miss (no match) for both")
 ABSENT_DEVICE_PROBES = {"output": local_udp("10.1.0.1", "10.1.0.9"), "prerouting": udp("10.0.0.2", "10.1.0.9")}
 
 
-@xfail_because(ABSENT_INDEX)
 @pytest.mark.parametrize("hook, match", [("output", 'iif != "r3"'), ("prerouting", 'oif != "r3"')])
 def test_a_device_the_hook_does_not_have_is_index_zero(wire_lab, hook, match):
     probe = ABSENT_DEVICE_PROBES[hook]
@@ -145,9 +141,6 @@ def test_a_device_the_hook_does_not_have_is_an_empty_name(wire_lab, hook, match)
 
 # ------------------------------------------------------------ source NAT to a port range
 
-RANDOM_PORT = ("for a source NAT to a port range the original port is outside of, the kernel picks the port at "
-               "random in the range (nf_nat_l4proto_unique_tuple: `off = get_random_u16()` unless the manip is "
-               "DST); tracer/sim/netfilter.py _port_after returns the range's first port for both")
 TWELVE_DESTINATIONS = [f"8.8.8.{n}" for n in range(1, 13)]  # via main's default route (r1), no two flows alike
 
 
@@ -155,7 +148,6 @@ def twelve_flows() -> list[Probe]:
     return [udp("10.0.0.2", dst, sport=20000 + n, id=n + 1) for n, dst in enumerate(TWELVE_DESTINATIONS)]
 
 
-@xfail_because(RANDOM_PORT)
 @pytest.mark.parametrize("mapping", ["snat to 10.1.0.1:2000-2002", "masquerade to :2000-2002"])
 def test_source_nat_to_a_port_range_picks_a_random_port_in_it(wire_lab, mapping):
     comparisons = sent(wire_lab, twelve_flows(), nft=table(

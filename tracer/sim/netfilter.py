@@ -999,14 +999,17 @@ def _pick(spec: str | None, current):
     return spec, None
 
 
-def _port_after(spec: str | None, current: int | None) -> int | None:
+def _port_after(spec: str | None, current: int | None, src_side: bool) -> int | None:
+    """The port after NAT to `spec`: kept when in range; else the range's first port for a
+    destination NAT, and (None) one the kernel picks at random in the range for a source NAT
+    (nf_nat_l4proto_unique_tuple)."""
     if spec is None:
         return current
     a, _, b = str(spec).partition("-")
     lo, hi = int(a), int(b or a)
     if current is not None and lo <= current <= hi:
         return current
-    return lo
+    return None if src_side and hi > lo else lo
 
 
 def _apply_nat(it: Stmt, rule: Rule, st: EvalState, hook: str, addresses: AddressInfo, chain: Chain,
@@ -1049,7 +1052,9 @@ def _apply_nat(it: Stmt, rule: Rule, st: EvalState, hook: str, addresses: Addres
     except ValueError:
         return Unknown(f"{spec.type}: cannot read address {to!r}")
     old, old_port = (st.src, st.sport) if src_side else (st.dst, st.dport)
-    new_port = _port_after(port_spec, old_port) if old_port is not None else None
+    new_port = _port_after(port_spec, old_port, src_side) if old_port is not None else None
+    if new_port is None and old_port is not None and not spec.random_port:
+        note = "; ".join(filter(None, (note, f"port chosen at random in {port_spec} by the kernel")))
     if spec.random_port and old_port is not None:
         new_port = None
         note = "; ".join(filter(None, (note, "port chosen at random by the kernel (random / fully-random)")))

@@ -230,24 +230,24 @@ def _const_unknown(why: str):
     return lambda st: u
 
 
-def _iface(attr: str, by_name: bool):
+def _iface(attr: str):
     def get(st: EvalState):
         v = getattr(st, attr)
         if v is None:
             if st.probe:
                 return Unknown(f"{attr} not known")
-            if by_name:
-                return ""  # nft stores an empty name when the hook has no such device
-            return Miss(f"no {'input' if attr == 'iif' else 'output'} interface at this hook")
+            # no such device at this hook: nft stores an empty name (iifname) or index 0 (iif),
+            # so `!=` any interface matches and `==` none
+            return ""
         return v
     return get
 
 
 def _meta(key: str):
     if key in ("iif", "oif"):
-        return "iface", _iface(key, False)
+        return "iface", _iface(key)
     if key in ("iifname", "oifname"):
-        return "ifname", _iface(key[:3], True)
+        return "ifname", _iface(key[:3])
     if key in ("iifkind", "oifkind"):
         attr = key
         return "ifkind", lambda st: getattr(st, attr) or Unknown(f"{attr} not known")
