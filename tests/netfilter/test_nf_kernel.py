@@ -13,47 +13,10 @@ import time
 import pytest
 
 from tests.netfilter import nflab
-from tests.netfilter.nflab import CLIENT4, CLIENT6, ROUTER_IN4, ROUTER_IN6, ROUTER_OUT4, ROUTER_OUT6, SERVER4, SERVER6
+from tests.netfilter.nflab import CLIENT4, CLIENT6, ROUTER_OUT4, SERVER4, SERVER6
+from tests.netfilter.nfsim import ROUTER, final_verdict, kernel_hits, sim_hits, simulate, udp
 from tracer.collect.netfilter import collect_netfilter
-from tracer.sim.netfilter import AddressInfo, PacketView, hooks_for_origin, load_ruleset, traverse
-
-ROUTER = AddressInfo.simple(
-    [ROUTER_IN4, ROUTER_OUT4, ROUTER_IN6, ROUTER_OUT6, "127.0.0.1"],
-    interfaces={"r0": [ROUTER_IN4, ROUTER_IN6], "r1": [ROUTER_OUT4, ROUTER_OUT6]},
-)
-
-
-def simulate(rs, packet, origin="forwarded"):
-    out, p = [], packet
-    for hook in hooks_for_origin(origin):
-        tr = traverse(rs, hook, p, addresses=ROUTER)
-        out.append(tr)
-        if tr.verdict != "accept":
-            break
-        p = tr.packet
-    return out
-
-
-def sim_hits(trs):
-    return {(c.source, c.family, c.table, s.chain, s.handle)
-            for tr in trs for c in tr.chains for s in c.steps
-            if s.matched is True and s.counters is not None}
-
-
-def kernel_hits(rs):
-    return {(c.source, c.family, c.table, c.name, r.id)
-            for c in rs.chains.values() for r in c.rules
-            if r.counters and r.counters["packets"] > 0}
-
-
-def final_verdict(trs):
-    return next((t.verdict for t in trs if t.verdict != "accept"), "accept")
-
-
-def udp(dport, sport, src=CLIENT4, dst=SERVER4, **kw):
-    fam = "ip6" if ":" in src else "ip"
-    length = (40 if fam == "ip6" else 20) + 8 + 1
-    return PacketView(fam, src, dst, 17, sport, dport, iif="r0", oif="r1", length=length, **kw)
+from tracer.sim.netfilter import PacketView, load_ruleset, traverse
 
 
 def run(lab, ruleset, packet, send):

@@ -420,3 +420,33 @@ def cases(table: dict, defects: dict) -> list:
     defects (strict: a fix makes the test pass, and then the mark must go)."""
     return [pytest.param(key, marks=pytest.mark.xfail(strict=True, reason=defects[key])) if key in defects
             else key for key in table]
+
+
+
+def path_tests(healthy: dict, broken: dict, defects: dict) -> dict:
+    """The four tests of every tool module, for its HEALTHY and BROKEN flows: the kernel takes the
+    expected path, and why-route names it (strict xfail for the flows in `defects`). A module runs
+    them with `globals().update(path_tests(HEALTHY, BROKEN, WHY_ROUTE_DEFECTS))`."""
+
+    @pytest.mark.parametrize("name", list(healthy))
+    def test_the_kernel_takes_the_path(tool_lab, name):
+        flow, path = healthy[name]
+        assert kernel_mismatches(tool_lab("healthy"), flow, path) == []
+
+    @pytest.mark.parametrize("name", cases(healthy, defects))
+    def test_why_route_names_the_path(tool_lab, capsys, name):
+        flow, path = healthy[name]
+        assert why_route_mismatches(explain_flow(capsys, tool_lab("healthy"), flow), path) == []
+
+    @pytest.mark.parametrize("key", list(broken), ids="/".join)
+    def test_the_breakage_is_real(tool_lab, key):
+        flow, path = broken[key]
+        assert kernel_mismatches(tool_lab(key[0]), flow, path) == []
+
+    @pytest.mark.parametrize("key", cases(broken, defects), ids="/".join)
+    def test_why_route_explains_the_breakage(tool_lab, capsys, key):
+        flow, path = broken[key]
+        assert why_route_mismatches(explain_flow(capsys, tool_lab(key[0]), flow), path) == []
+
+    return {test.__name__: test for test in (test_the_kernel_takes_the_path, test_why_route_names_the_path,
+                                            test_the_breakage_is_real, test_why_route_explains_the_breakage)}

@@ -42,9 +42,8 @@ from tests.realtools.realtools_lab import (
     errors,
     explain_flow,
     findings_naming,
-    kernel_mismatches,
     outcomes,
-    why_route_mismatches,
+    path_tests,
 )
 
 TOPOLOGY = "kube"
@@ -231,28 +230,7 @@ WHY_ROUTE_DEFECTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(HEALTHY))
-def test_the_kernel_takes_the_path(tool_lab, name):
-    flow, path = HEALTHY[name]
-    assert kernel_mismatches(tool_lab("healthy"), flow, path) == []
-
-
-@pytest.mark.parametrize("name", cases(HEALTHY, WHY_ROUTE_DEFECTS))
-def test_why_route_names_the_path(tool_lab, capsys, name):
-    flow, path = HEALTHY[name]
-    assert why_route_mismatches(explain_flow(capsys, tool_lab("healthy"), flow), path) == []
-
-
-@pytest.mark.parametrize("key", list(BROKEN), ids="/".join)
-def test_the_breakage_is_real(tool_lab, key):
-    flow, path = BROKEN[key]
-    assert kernel_mismatches(tool_lab(key[0]), flow, path) == []
-
-
-@pytest.mark.parametrize("key", cases(BROKEN, WHY_ROUTE_DEFECTS), ids="/".join)
-def test_why_route_explains_the_breakage(tool_lab, capsys, key):
-    flow, path = BROKEN[key]
-    assert why_route_mismatches(explain_flow(capsys, tool_lab(key[0]), flow), path) == []
+globals().update(path_tests(HEALTHY, BROKEN, WHY_ROUTE_DEFECTS))
 
 
 def test_without_br_netfilter_the_reply_reaches_the_pod_un_dnatted(tool_lab):
