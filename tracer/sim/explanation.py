@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from tracer.flow import Flow, RouteAnswer, RouteQuery
 from tracer.model import ConntrackEntry, HostState, Route, Rule
@@ -217,7 +218,8 @@ class Explanation:
     def _of(self, kind):
         return tuple(step for step in self.steps if isinstance(step, kind))
 
-    @property
+    # The views below are read many times per flow (findings, renderers): computed once.
+    @cached_property
     def decisions(self) -> tuple[RoutingStep, ...]:
         return self._of(RoutingStep)
 
@@ -226,11 +228,11 @@ class Explanation:
         decisions = self.decisions
         return decisions[-1] if decisions else None
 
-    @property
+    @cached_property
     def hook_steps(self) -> tuple[HookStep, ...]:
         return self._of(HookStep)
 
-    @property
+    @cached_property
     def hooks(self) -> tuple[HookTraversal, ...]:
         return tuple(step.traversal for step in self.hook_steps)
 
@@ -240,11 +242,11 @@ class Explanation:
                 return step.traversal
         return None
 
-    @property
+    @cached_property
     def nat(self) -> tuple[NatStep, ...]:
         return self._of(NatStep)
 
-    @property
+    @cached_property
     def egress(self) -> EgressStep | None:
         found = self._of(EgressStep)
         return found[0] if found else None
