@@ -112,6 +112,24 @@ BPF_ARRAY(lost, u64, 1);
 
 #define READ(dst, ptr, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (const char *)(ptr) + (off))
 
+/* The flow is named by its original direction (the conntrack tuple when there is one),
+ * whichever way this packet went. */
+static __always_inline void name_flow(struct event *ev, u8 proto)
+{
+    ev->key.proto = proto;
+    if (ev->has_ct) {
+        ev->key.saddr = ev->orig.saddr;
+        ev->key.daddr = ev->orig.daddr;
+        ev->key.sport = ev->orig.sport;
+        ev->key.dport = ev->orig.dport;
+    } else {
+        ev->key.saddr = ev->pkt.saddr;
+        ev->key.daddr = ev->pkt.daddr;
+        ev->key.sport = ev->pkt.sport;
+        ev->key.dport = ev->pkt.dport;
+    }
+}
+
 static __always_inline void emit(struct event *ev)
 {
     /* No wakeup per event: user space drains the ring every few milliseconds. */

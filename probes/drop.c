@@ -22,18 +22,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
         return 0;
     read_ct(skb, &ev, proto);
     ev.key.netns = inum;
-    ev.key.proto = proto;
-    if (ev.has_ct) { /* the flow is named by its original direction, whichever way this packet went */
-        ev.key.saddr = ev.orig.saddr;
-        ev.key.daddr = ev.orig.daddr;
-        ev.key.sport = ev.orig.sport;
-        ev.key.dport = ev.orig.dport;
-    } else {
-        ev.key.saddr = ev.pkt.saddr;
-        ev.key.daddr = ev.pkt.daddr;
-        ev.key.sport = ev.pkt.sport;
-        ev.key.dport = ev.pkt.dport;
-    }
+    name_flow(&ev, proto);
     if (!matches(c, &ev.key))
         return 0;
     struct flowstate fresh = {};

@@ -52,18 +52,7 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
         return 1;
     read_ct(skb, &ev, proto);
     ev.key.netns = inum;
-    ev.key.proto = proto;
-    if (ev.has_ct) {
-        ev.key.saddr = ev.orig.saddr;
-        ev.key.daddr = ev.orig.daddr;
-        ev.key.sport = ev.orig.sport;
-        ev.key.dport = ev.orig.dport;
-    } else {
-        ev.key.saddr = ev.pkt.saddr;
-        ev.key.daddr = ev.pkt.daddr;
-        ev.key.sport = ev.pkt.sport;
-        ev.key.dport = ev.pkt.dport;
-    }
+    name_flow(&ev, proto);
     if (!matches(c, &ev.key)) {
         if (ctp) {
             struct ctseen ignored = {.fingerprint = fingerprint, .seen = SEEN_IGNORED};

@@ -94,3 +94,21 @@ def observe(state: builder.LabState, node: str) -> Observation:
 
 def ping_from_macbook(state: builder.LabState) -> subprocess.CompletedProcess:
     return state.run("macbook", ["ping", "-n", "-c", "1", "-W", "1", TARGET], check=False)
+
+
+class LabsByVariant:
+    """Seed labs built once each (lazily), under their own prefix, for read-only tests of a session."""
+
+    def __init__(self, first: str = "t"):
+        self.first = first  # the prefixes' first letter (new_prefix)
+        self.labs: dict[str, builder.LabState] = {}
+
+    def __call__(self, variant: str) -> builder.LabState:
+        if variant not in self.labs:
+            self.labs[variant] = builder.up(variant=variant, prefix=new_prefix(self.first))
+        return self.labs[variant]
+
+    def close(self):
+        for state in self.labs.values():
+            builder.down(state.prefix)
+            assert not leftovers(state.prefix)

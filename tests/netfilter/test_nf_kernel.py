@@ -7,44 +7,15 @@ are exactly the rules whose counters moved, that the verdict agrees with
 what reached the server, and that NAT agrees with `conntrack -L`.
 """
 
-import re
 import time
 
 import pytest
 
 from tests.netfilter import nflab
 from tests.netfilter.nflab import CLIENT4, CLIENT6, ROUTER_OUT4, SERVER4, SERVER6
-from tests.netfilter.nfsim import ROUTER, final_verdict, kernel_hits, sim_hits, simulate, udp
+from tests.netfilter.nfsim import ROUTER, check_agrees, conntrack_tuples, kernel_hits, run, sim_hits, simulate, udp
 from tracer.collect.netfilter import collect_netfilter
 from tracer.sim.netfilter import PacketView, load_ruleset, traverse
-
-
-def run(lab, ruleset, packet, send):
-    lab.load(nflab.RULESETS[ruleset])
-    lab.flush_conntrack()
-    send()
-    raw = collect_netfilter(lab.r)
-    rs = load_ruleset(raw)
-    trs = simulate(rs, packet)
-    return rs, trs
-
-
-def check_agrees(lab, rs, trs):
-    assert sim_hits(trs) == kernel_hits(rs)
-    delivered = lab.server_received() > 0
-    assert delivered == (final_verdict(trs) == "accept")
-
-
-def conntrack_tuples(lab):
-    """[(orig dict, reply dict)] from `conntrack -L` in the router."""
-    out = []
-    for line in lab.conntrack():
-        pairs = re.findall(r"(src|dst|sport|dport)=(\S+)", line)
-        if len(pairs) >= 8:
-            orig, reply = dict(pairs[:4]), dict(pairs[4:8])
-            out.append((orig, reply))
-    return out
-
 
 # ----------------------------------------------------------------- tests
 

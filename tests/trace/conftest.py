@@ -3,8 +3,7 @@ fresh one for a test that changes its lab."""
 
 import pytest
 
-from tests.lab.lab_helpers import leftovers, missing_requirements, new_prefix
-from tracer.lab import builder
+from tests.lab.lab_helpers import LabsByVariant, missing_requirements
 
 MISSING = missing_requirements()
 
@@ -15,25 +14,10 @@ def kernel_lab():
         pytest.skip(MISSING)
 
 
-class Labs:
-    def __init__(self):
-        self.labs: dict[str, builder.LabState] = {}
-
-    def __call__(self, variant: str) -> builder.LabState:
-        if variant not in self.labs:
-            self.labs[variant] = builder.up(variant=variant, prefix=new_prefix("r"))
-        return self.labs[variant]
-
-    def close(self):
-        for state in self.labs.values():
-            builder.down(state.prefix)
-            assert not leftovers(state.prefix)
-
-
 @pytest.fixture(scope="session")
 def trace_lab(kernel_lab):
     """trace_lab(variant) → the lab of that variant, shared by tests that do not change it."""
-    labs = Labs()
+    labs = LabsByVariant("r")
     yield labs
     labs.close()
 
@@ -41,6 +25,6 @@ def trace_lab(kernel_lab):
 @pytest.fixture
 def own_lab(kernel_lab):
     """own_lab(variant) → a lab for this test alone (it may change it), removed afterwards."""
-    labs = Labs()
+    labs = LabsByVariant("r")
     yield labs
     labs.close()

@@ -6,34 +6,17 @@ missing, stale, or a docstring lacks a section).
 
 from __future__ import annotations
 
-import inspect
-import re
 import sys
 from pathlib import Path
 
 from tracer.capture.suspects import DOC_SECTIONS, Suspect, catalogue
+from tracer.checks.docs import sections as docstring_sections
 
 DOCS_DIR = Path(__file__).resolve().parents[2] / "docs" / "postmortem"
-_HEADING = re.compile(r"^## (.+)$", re.M)
-
-
-class DocError(Exception):
-    pass
 
 
 def sections(suspect: Suspect) -> tuple[str, dict[str, str]]:
-    doc = inspect.getdoc(type(suspect)) or ""
-    summary, _, rest = doc.partition("\n")
-    parts = _HEADING.split(rest)
-    found = {name.strip(): body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=False)}
-    missing = [s for s in DOC_SECTIONS if not found.get(s)]
-    if not summary.strip() or missing:
-        raise DocError(f"{suspect.id}: docstring lacks " + (", ".join(f"'## {m}'" for m in missing)
-                                                            or "a summary line"))
-    extra = [s for s in found if s not in DOC_SECTIONS]
-    if extra:
-        raise DocError(f"{suspect.id}: unknown docstring section(s): {', '.join(extra)}")
-    return summary.strip(), found
+    return docstring_sections(suspect, DOC_SECTIONS)
 
 
 def page(suspect: Suspect) -> str:

@@ -21,20 +21,20 @@ class DocError(Exception):
     pass
 
 
-def sections(check: Check) -> tuple[str, dict[str, str]]:
-    """(summary line, {section: body}) of a rule's docstring; DocError if malformed."""
-    doc = inspect.getdoc(type(check)) or ""
+def sections(entry, wanted: tuple[str, ...] = DOC_SECTIONS) -> tuple[str, dict[str, str]]:
+    """(summary line, {section: body}) of a catalogue entry's docstring (a rule, a post-mortem
+    suspect): exactly the `wanted` `## ` sections; DocError if malformed."""
+    doc = inspect.getdoc(type(entry)) or ""
     summary, _, rest = doc.partition("\n")
-    found = dict()
     parts = _HEADING.split(rest)
-    for name, body in zip(parts[1::2], parts[2::2], strict=False):  # a heading may end the text
-        found[name.strip()] = body.strip()
-    missing = [s for s in DOC_SECTIONS if not found.get(s)]
+    # a heading may end the text
+    found = {name.strip(): body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=False)}
+    missing = [s for s in wanted if not found.get(s)]
     if not summary.strip() or missing:
-        raise DocError(f"{check.id}: docstring lacks " + (", ".join(f"'## {m}'" for m in missing) or "a summary line"))
-    extra = [s for s in found if s not in DOC_SECTIONS]
+        raise DocError(f"{entry.id}: docstring lacks " + (", ".join(f"'## {m}'" for m in missing) or "a summary line"))
+    extra = [s for s in found if s not in wanted]
     if extra:
-        raise DocError(f"{check.id}: unknown docstring section(s): {', '.join(extra)}")
+        raise DocError(f"{entry.id}: unknown docstring section(s): {', '.join(extra)}")
     return summary.strip(), found
 
 
