@@ -21,7 +21,11 @@ class BypassMarkIntoTunnel(Check):
     refuses (`unreachable`, `blackhole`, `prohibit`) — is routed like the
     daemon's own packet to an Internet address. It is an error when that
     packet goes into a tunnel device, or is refused while a route over
-    another device exists (main's default, say).
+    another device exists (main's default, say). The opposite breakage —
+    the rule that sends unmarked traffic into the tunnel gone (wg-quick's
+    `not fwmark 51820 lookup 51820`), so that traffic leaks past the
+    tunnel while the bypass still works — is WR029: the tunnel's table is
+    then looked up by no rule.
 
     ## Why it breaks forwarding
     The daemon's packets to its peers loop into its own tunnel (the tunnel

@@ -45,6 +45,43 @@ def test_help_lines_inside_a_batch_are_errors_for_that_line(tmp_path):
     assert docs[1]["egress"]["dev"] == "ppp0" and docs[3]["flow"]["dst"] == "8.8.8.8"
 
 
+# Each pair: a line batch parses without click or shlex, and the same query in a spelling only
+# they read. Both must give the same answer.
+SAME_QUERY_SPELT_TWICE = [
+    ("192.168.1.169 8.8.8.8 --proto tcp --dport 443", "'192.168.1.169' 8.8.8.8 --proto=tcp --dport=443"),
+    ("--iif br-lan --dsfield 0x10 192.168.1.169 1.1.1.1", "--iif br-lan --tos 0x10 192.168.1.169 1.1.1.1 # a comment"),
+    ("8.8.8.8 --mark 0x1 --uid 0", '"8.8.8.8" --mark 0x1 --uid=0'),
+    ("192.168.1.169 8.8.8.8 --sport 70000", "192.168.1.169 8.8.8.8 --sport=70000"),
+    ("192.168.1.169 8.8.8.8 9.9.9.9", "192.168.1.169 8.8.8.8 '9.9.9.9'"),
+]
+
+
+def test_a_query_gets_the_same_answer_however_it_is_spelt():
+    lines = [line for pair in SAME_QUERY_SPELT_TWICE for line in pair]
+    result = why_route("batch", "--snapshot", SNAPSHOT, "-", input="\n".join(lines) + "\n")
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(docs) == len(lines)
+    for plain, spelt in zip(docs[::2], docs[1::2], strict=True):
+        for doc in (plain, spelt):
+            doc.pop("line", None), doc.pop("query", None)
+        assert plain == spelt
+    assert docs[6]["error"] == "invalid source port '70000': out of range 0-65535"
+    assert docs[8]["error"].startswith("expected [SRC] DST, got 3 addresses")
+
+
+def test_the_plain_line_parser_gives_clicks_parameters():
+    from tracer.cli import _QUERY_LINE, _plain_query_params
+
+    for argv in (["8.8.8.8"], ["10.0.0.2", "8.8.8.8", "--iif", "eth0", "--oif", "ppp0", "--proto", "17",
+                               "--sport", "5", "--dport", "53", "--mark", "0x10/0xff", "--tos", "4", "--uid", "1"],
+                 ["--dsfield", "0x10", "8.8.8.8"]):
+        with _QUERY_LINE.make_context("query", list(argv)) as ctx:
+            assert _plain_query_params(argv) == ctx.params
+    for only_click_reads in (["8.8.8.8", "--dport=53"], ["8.8.8.8", "--dport"], ["--", "8.8.8.8"],
+                             ["8.8.8.8", "--dport", "1", "--dport", "2"], ["8.8.8.8", "--sport", "-1"],
+                             ["8.8.8.8", "--vrf", "x"], []):
+        assert _plain_query_params(only_click_reads) is None
+
 def test_non_utf8_bytes_in_a_batch_are_an_error_for_that_line():
     process = subprocess.run([*why_route_argv(), "batch", "--snapshot", SNAPSHOT, "-"], cwd=REPO_ROOT,
                              input=b"192.168.1.169 8.8.8.8\n\xff\xfe 8.8.8.8\n8.8.8.8\n", capture_output=True)

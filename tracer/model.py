@@ -47,6 +47,9 @@ class Link:
     operstate: str = "UNKNOWN"
     group: int = 0
     l3mdev_master: bool = False  # a VRF device
+    # A bridge's own nf_call_iptables / nf_call_ip6tables / nf_call_arptables options
+    # (`ip link set BR type bridge nf_call_iptables 1`): "iptables", "ip6tables", "arptables".
+    nf_call: tuple[str, ...] = ()
 
     @property
     def up(self) -> bool:
@@ -233,6 +236,9 @@ class HostState:
     partial_tables: dict[int, int] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # what the collector could not read
     notes: tuple[str, ...] = ()  # said in every explanation of this state
+    # Whether br_netfilter is loaded (its net.bridge.* sysctls exist in this namespace);
+    # None: not known (a snapshot taken before why-route read it).
+    br_netfilter: bool | None = None
     derived: Derived = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -259,6 +265,16 @@ class HostState:
         """A per-interface conf value (net.ipv4.conf.<if>.<key>), as int."""
         base = "net.ipv4.conf" if family == AF_INET else "net.ipv6.conf"
         return int(self.sysctls.get(f"{base}.{ifname}.{key}", "0") or 0)
+
+    def bridge_calls_iptables(self, bridge: str, tool: str = "iptables") -> bool | None:
+        """Whether frames bridged by `bridge` go through `tool`'s hooks (br_netfilter's
+        br_nf_pre_routing: the namespace's net.bridge.bridge-nf-call-<tool> or the bridge's
+        own nf_call_<tool> option); None when the state does not say (an older snapshot)."""
+        if self.br_netfilter is None:
+            return None
+        link = self.link(bridge)
+        return self.br_netfilter and (self.sysctl(f"net.bridge.bridge-nf-call-{tool}") == "1"
+                                      or (link is not None and tool in link.nf_call))
 
     def addresses_of(self, ifname: str, family: int = AF_INET) -> list[Address]:
         return [a for a in self.addresses if a.ifname == ifname and a.family == family]

@@ -81,6 +81,9 @@ CASES = [
     (_set("netfilter.iptables_nft.ip", "x"), "netfilter.iptables_nft.ip: expected an object"),
     (_set("netfilter.nft.ruleset", []), "netfilter.nft.ruleset: expected {\"nftables\": [...]}"),
     (_set("rutes", []), "rutes: unknown section 'rutes' (did you mean 'routes'?)"),
+    # bridge netfilter (issue 9)
+    (_set("meta.br_netfilter", "yes"), "meta.br_netfilter: expected true or false, got 'yes'"),
+    (_set("links.1.nf_call", ["ebtables"]), "links[1].nf_call[0]: 'ebtables' is not one of iptables, ip6tables"),
 ]
 
 

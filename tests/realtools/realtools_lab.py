@@ -5,8 +5,10 @@ Each tool module has a topology file (topologies/<tool>.toml: the network,
 nothing of the tool), an `install(lab, state)` that writes the tool's rules,
 ip rules and routes into the namespaces as the tool would (the module header
 names the tool's source file and version), and flows. A flow's truth (`Path`)
-is written once and checked twice: against the kernel (a real packet, the
-sinks that see it, `ip route get`) and against `why-route --json`.
+is written once and checked against the kernel (a real packet, the sinks that
+see it, `ip route get`), against `why-route --json` live, and offline: from a
+`why-route snapshot` of the router (one per tool state), every flow must get
+the live answers.
 
 Every node gets a sink: an nft table that records, per input interface, the
 5-tuple of every TCP/UDP packet that arrives (prerouting, priority -400, so
@@ -19,7 +21,9 @@ import errno
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path as FilePath
@@ -222,12 +226,14 @@ for dst, dport, sport in json.loads(sys.argv[1]):
 
 class ToolLabs:
     """A module's labs: `labs(state)` builds the topology with the tool installed
-    in `state` (once), `close()` removes them all."""
+    in `state` (once), `close()` removes them all (and their snapshots)."""
 
     def __init__(self, topology_name: str, install):
         self.topology_name = topology_name
         self.install = install
         self.labs: dict[str, ToolLab] = {}
+        self.replays: dict[tuple[str, str], Replay] = {}
+        self.workdir = FilePath(tempfile.mkdtemp(prefix="wr-realtools-"))
 
     def __call__(self, state: str = "healthy") -> ToolLab:
         if state not in self.labs:
@@ -236,9 +242,31 @@ class ToolLabs:
             self.install(lab, state)
         return self.labs[state]
 
+    def replay(self, capsys, state: str, router: str, flows: dict[str, Flow]) -> Replay:
+        """`why-route snapshot` of `router` in `state` (taken once), and the live answers for
+        `flows` asked right after it, while conntrack holds what the snapshot holds."""
+        key = (state, router)
+        if key not in self.replays:
+            lab = self(state)
+            path = self.workdir / f"{state}-{router}.json"
+            status, _, err = why_route_in_process(capsys, "snapshot", "--netns", lab.ns(router), "-o", str(path))
+            assert status == 0, err
+            live = {name: explain_flow(capsys, lab, flow) for name, flow in flows.items()}
+            self.replays[key] = Replay(str(path), live)
+        return self.replays[key]
+
     def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
         for lab in self.labs.values():
             lab.down()
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A snapshot of one router and the live explanations it must reproduce offline."""
+
+    snapshot: str
+    live: dict[str, dict]
 
 
 # ------------------------------------------------------------------ flows and their truth
@@ -350,6 +378,28 @@ def explain_flow(capsys, lab: ToolLab, flow: Flow) -> dict:
     return explain(capsys, lab.ns(flow.router), *flow.argv())
 
 
+def explain_offline(capsys, snapshot_file: str, flow: Flow) -> dict:
+    """`why-route ARGV --snapshot FILE --json`, parsed."""
+    status, out, err = why_route_in_process(capsys, *flow.argv(), "--snapshot", snapshot_file, "--json")
+    assert status == 0, f"why-route --snapshot exited {status}: {err}"
+    return json.loads(out)
+
+
+def answers(doc: dict) -> dict:
+    """What an explanation answers, live or offline alike: for each outcome (the explanation and
+    its alternatives, in any order: live, the kernel's pick of a multipath route comes first)
+    the verdict, deciding rule, table, route, gateway, device, error, NAT, packet on the wire;
+    and the findings that concern the flow."""
+    def one(doc):
+        decision = doc["decision"] or {}
+        return {"verdict": doc["verdict"], "rule": (decision.get("rule") or {}).get("priority"),
+                **{key: decision.get(key) for key in ("table", "route", "gateway", "dev", "error")},
+                "nat": [(n["type"], n["field"], n["to"], n.get("to_port")) for n in doc["nat"]],
+                "egress": doc["egress"], "share": doc.get("share")}
+    return {"outcomes": sorted((one(d) for d in (doc, *doc.get("alternatives", []))), key=repr),
+            "findings": sorted((f["id"], f["message"]) for f in doc["findings"])}
+
+
 def check(capsys, ns: str) -> dict:
     status, out, err = why_route_in_process(capsys, "check", "--netns", ns, "--json")
     assert status in (0, 1), f"why-route check exited {status}: {err}"
@@ -448,5 +498,20 @@ def path_tests(healthy: dict, broken: dict, defects: dict) -> dict:
         flow, path = broken[key]
         assert why_route_mismatches(explain_flow(capsys, tool_lab(key[0]), flow), path) == []
 
+    # Offline: one snapshot per (tool state, router), every flow of that state explained from it.
+    flows_of: dict[tuple[str, str], dict[str, Flow]] = {}
+    for key, (flow, _) in [*((("healthy", name), case) for name, case in healthy.items()), *broken.items()]:
+        flows_of.setdefault((key[0], flow.router), {})["/".join(key)] = flow
+
+    @pytest.mark.parametrize("key", [("healthy", name) for name in healthy] + list(broken), ids="/".join)
+    def test_a_snapshot_gives_the_live_answers(tool_lab, capsys, key):
+        flow, path = healthy[key[1]] if key[0] == "healthy" else broken[key]
+        replay = tool_lab.replay(capsys, key[0], flow.router, flows_of[(key[0], flow.router)])
+        offline = explain_offline(capsys, replay.snapshot, flow)
+        assert answers(offline) == answers(replay.live["/".join(key)])
+        if key[1] not in defects and key not in defects:
+            assert why_route_mismatches(offline, path) == []
+
     return {test.__name__: test for test in (test_the_kernel_takes_the_path, test_why_route_names_the_path,
-                                            test_the_breakage_is_real, test_why_route_explains_the_breakage)}
+                                            test_the_breakage_is_real, test_why_route_explains_the_breakage,
+                                            test_a_snapshot_gives_the_live_answers)}

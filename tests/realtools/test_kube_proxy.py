@@ -37,7 +37,6 @@ import pytest
 from tests.realtools.realtools_lab import (
     Flow,
     Path,
-    cases,
     check,
     errors,
     explain_flow,
@@ -241,16 +240,12 @@ def test_without_br_netfilter_the_reply_reaches_the_pod_un_dnatted(tool_lab):
     assert replies == {(POD_C, 8080)}, replies
 
 
-BRIDGE_NETFILTER_UNSEEN = (
-    "why-route never looks at bridge netfilter: tracer/collect does not read net.bridge.bridge-nf-call-iptables "
-    "and no rule of the catalogue covers a DNAT whose target shares a bridge with the client (cni0 here), whose "
-    "bridged reply then skips conntrack's un-DNAT")
-
-
-@pytest.mark.xfail(strict=True, reason=BRIDGE_NETFILTER_UNSEEN)
 def test_why_route_warns_that_the_reply_bypasses_conntrack(tool_lab, capsys):
     doc = explain_flow(capsys, tool_lab("br-netfilter-off"), POD_TO_SAME_NODE_CLUSTER_IP)
-    assert any("bridge-nf-call-iptables" in f["message"] for f in doc["findings"]), doc["findings"]
+    assert [(f["id"], f["severity"]) for f in doc["findings"] if "bridge-nf-call-iptables" in f["message"]] == [
+        ("WR033", "error")], doc["findings"]
+    assert not [f for f in explain_flow(capsys, tool_lab("healthy"), POD_TO_SAME_NODE_CLUSTER_IP)["findings"]
+                if f["id"] == "WR033"]
 
 
 # ---------------------------------------------------------------- two endpoints, picked at random
@@ -285,6 +280,50 @@ CHECK_EXPECTATIONS = {
 }
 
 
-@pytest.mark.parametrize("state", cases(CHECK_EXPECTATIONS, {"br-netfilter-off": BRIDGE_NETFILTER_UNSEEN}))
+@pytest.mark.parametrize("state", list(CHECK_EXPECTATIONS))
 def test_check_reports_the_breakage(tool_lab, capsys, state):
     assert findings_naming(check(capsys, tool_lab(state).ns("node1")), *CHECK_EXPECTATIONS[state])
+
+
+# WR033's fix alternatives on node1, each with the command that undoes it (the module shares the lab).
+HAIRPIN_MASQUERADE = f"iptables -t nat -I POSTROUTING -s {POD_CIDRS['node1']} -d {POD_C} -o cni0 -j MASQUERADE"
+WR033_FIXES = {
+    "sysctl -w net.bridge.bridge-nf-call-iptables=1": "sysctl -q -w net.bridge.bridge-nf-call-iptables=0",
+    "ip link set cni0 type bridge nf_call_iptables 1": "ip link set cni0 type bridge nf_call_iptables 0",
+    HAIRPIN_MASQUERADE: HAIRPIN_MASQUERADE.replace(" -I ", " -D "),
+}
+
+
+def test_each_fix_of_wr033_repairs_the_hairpin_in_the_kernel(tool_lab, capsys):
+    lab = tool_lab("br-netfilter-off")
+    (finding,) = [f for f in check(capsys, lab.ns("node1"))["findings"]
+                  if f["id"] == "WR033" and f"to {DB}:80 are DNATed to {POD_C}:8080" in f["message"]]
+    assert finding["fix"] == {"kind": "alternatives", "commands": list(WR033_FIXES)}
+    for sport, (command, undo) in enumerate(WR033_FIXES.items(), start=42300):
+        lab.sh("node1", command)
+        try:
+            # podc's RST now reaches poda's socket un-DNATed: connection refused, not a timeout
+            assert lab.tcp_connect("poda", DB, 80, src=POD_A, sport=sport) == "refused", command
+            assert not [f for f in check(capsys, lab.ns("node1"))["findings"] if f["id"] == "WR033"], command
+        finally:
+            lab.sh("node1", undo)
+
+
+@pytest.mark.parametrize("state, seen", [
+    ("healthy", "bridge netfilter passes it through iptables' prerouting, forward and postrouting hooks"),
+    ("br-netfilter-off", "bridged IPv4 skips iptables here (br_netfilter off: net.bridge.bridge-nf-call-iptables = 0)"),
+])
+def test_explaining_the_bridged_reply_says_it_is_bridged(tool_lab, capsys, state, seen):
+    reply = Flow("node1", POD_A, "tcp", 42005, 8080, src=POD_C, iif="cni0")
+    notes = explain_flow(capsys, tool_lab(state), reply)["notes"]
+    assert [n for n in notes if "the bridge forwards a frame between them itself" in n and seen in n], notes
+
+
+def test_bridge_netfilter_is_per_namespace(tool_lab, capsys):
+    # The sysctl was set to 0 in node1 only; node2 DNATs to its own pod podb on its cni0 just
+    # the same, and still bridges through iptables.
+    lab = tool_lab("br-netfilter-off")
+    wr033 = {node: [f for f in check(capsys, lab.ns(node))["findings"] if f["id"] == "WR033"]
+             for node in ("node1", "node2")}
+    assert wr033["node1"] and not wr033["node2"], wr033
+    assert lab.run("node2", ["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"]).stdout.strip() == "1"

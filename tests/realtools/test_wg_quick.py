@@ -22,6 +22,7 @@ from tests.realtools.realtools_lab import (
     check,
     errors,
     findings_naming,
+    kernel_mismatches,
     path_tests,
 )
 
@@ -52,6 +53,10 @@ BREAKAGES = {
     # The suppress rule deleted (by hand, or a script that "cleans up" rules):
     # the connected LAN now goes into the tunnel too.
     "suppress-rule-deleted": "ip -4 rule del table main suppress_prefixlength 0",
+    # Only the tunnel rule deleted: the suppress rule left alone hands every
+    # destination but main's default route to main, and then main's own rule
+    # takes the default too: traffic leaks past the tunnel.
+    "tunnel-rule-deleted": f"ip -4 rule del not fwmark {FWMARK} table {FWMARK}",
     # systemd-networkd restarted with ManageForeignRoutingPolicyRules=yes (its
     # default) removes both of wg-quick's rules: traffic leaks past the tunnel.
     "rules-removed-by-networkd": f"ip -4 rule del not fwmark {FWMARK} table {FWMARK}\n"
@@ -94,6 +99,12 @@ BROKEN = {
     ("suppress-rule-deleted", "lan-stays-on-the-lan"): (TO_PRINTER, Path(
         "sent", rule=32765, table="51820", dev="wg0", wire=(TUNNEL_ADDRESS, PRINTER, 631), sink="vpn",
         sink_iif="wg0", absent_from=("home",), outcome="timeout")),
+    ("tunnel-rule-deleted", "internet-through-the-tunnel"): (TO_INTERNET, Path(
+        "sent", rule=32766, table="main", dev="eth0", gateway=HOME_ROUTER, wire=(LAPTOP, "8.8.8.8", 53),
+        sink="home", sink_iif="eth0", absent_from=("vpn",), outcome="sent")),
+    # ... while the bypass still works: the tunnel's own packets leave by the uplink as before
+    # (what WR030 watches is intact; the leak is the unmarked traffic, WR029's unused table).
+    ("tunnel-rule-deleted", "encrypted-packets-use-the-uplink"): HEALTHY["encrypted-packets-use-the-uplink"],
     ("rules-removed-by-networkd", "internet-through-the-tunnel"): (TO_INTERNET, Path(
         "sent", rule=32766, table="main", dev="eth0", gateway=HOME_ROUTER, wire=(LAPTOP, "8.8.8.8", 53),
         sink="home", sink_iif="eth0", absent_from=("vpn",), outcome="sent")),
@@ -114,11 +125,31 @@ def test_check_finds_no_error_on_the_healthy_laptop(tool_lab, capsys):
 CHECK_EXPECTATIONS = {
     # Table 51820 (all unmarked traffic) lacks the connected LAN.
     "suppress-rule-deleted": ("51820", "192.168.1.0/24"),
-    # Table 51820 still routes everything into wg0, but no rule uses it.
-    "rules-removed-by-networkd": ("51820",),
+    # Table 51820 still routes everything into wg0, but no rule uses it: the Internet leaks out eth0.
+    "rules-removed-by-networkd": ("51820", "leaks past it, out eth0 via 192.168.1.1"),
+    # The same leak; the suppress rule left behind shows which rule is missing, and the exact fix.
+    "tunnel-rule-deleted": ("table 51820", "leaks past it, out eth0 via 192.168.1.1",
+                            f"`not fwmark {FWMARK} lookup {FWMARK}`", "that rule is missing",
+                            f"ip -4 rule add not fwmark {FWMARK} table {FWMARK} priority 32765"),
 }
 
 
 @pytest.mark.parametrize("state", CHECK_EXPECTATIONS)
 def test_check_reports_the_breakage(tool_lab, capsys, state):
     assert findings_naming(check(capsys, tool_lab(state).ns("laptop")), *CHECK_EXPECTATIONS[state])
+
+
+def test_the_tunnel_rule_is_reported_as_missing_and_its_fix_repairs_the_leak(tool_lab, capsys):
+    lab = tool_lab("tunnel-rule-deleted")
+    report = check(capsys, lab.ns("laptop"))
+    (finding,) = findings_naming(report, "that rule is missing")
+    # The marked packets still leave by main (WR030's concern, the bypass, is intact): the unmarked leak.
+    assert finding["id"] == "WR029" and not [f for f in report["findings"] if f["id"] == "WR030"]
+    (fix,) = finding["fix"]["commands"]
+    lab.sh("laptop", fix)
+    try:
+        flow, path = HEALTHY["internet-through-the-tunnel"]
+        assert kernel_mismatches(lab, flow, path) == []
+        assert not [f for f in check(capsys, lab.ns("laptop"))["findings"] if f["id"] == "WR029"]
+    finally:
+        lab.sh("laptop", BREAKAGES["tunnel-rule-deleted"])

@@ -4,6 +4,7 @@ the breakages caught. The lab proofs are in test_tunnel_scenarios.py."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from tracer.checks import engine
@@ -128,3 +129,27 @@ def test_wr015_nat_rules_alone_only_suggest_routing():
     (nat_only,) = run(off, "WR015")
     assert nat_only.severity == "warning" and "only NAT rules suggest it" in nat_only.message
     assert [f.severity for f in run(load("WR015", "bad"), "WR015")] == ["error"]  # a `from` rule: routing
+
+
+# ------------------------------------------------------------------ WR033
+
+def test_wr033_is_quiet_when_the_state_does_not_say_whether_br_netfilter_is_loaded():
+    old = load("WR033", "bad").replace(br_netfilter=None)  # a snapshot taken before why-route read it
+    assert run(old, "WR033") == []
+
+
+def test_wr033_without_br_netfilter_loads_it_first():
+    state = load("WR033", "bad")
+    unloaded = state.replace(br_netfilter=False,
+                             sysctls={k: v for k, v in state.sysctls.items() if not k.startswith("net.bridge.")})
+    (finding,) = run(unloaded, "WR033")
+    assert "br_netfilter is not loaded" in finding.message
+    assert finding.fix[:2] == ("modprobe br_netfilter && sysctl -w net.bridge.bridge-nf-call-iptables=1",
+                               "modprobe br_netfilter && ip link set br-lan type bridge nf_call_iptables 1")
+
+
+def test_wr033_the_bridge_option_alone_lets_the_replies_through_iptables():
+    state = load("WR033", "bad")  # net.bridge.bridge-nf-call-iptables = 0
+    links = tuple(dataclasses.replace(link, nf_call=("iptables",)) if link.name == "br-lan" else link
+                  for link in state.links)
+    assert run(state.replace(links=links), "WR033") == []

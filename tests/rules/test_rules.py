@@ -67,6 +67,10 @@ EXPECT = {
               "ip route add 192.168.1.0/24 dev br-lan src 192.168.1.1 table 51820"],
     "WR032": ["ppp0", "fwmark 0x2 lookup fast", "192.168.1.2", "123.150.232.74",
               "iptables -t nat -A POSTROUTING -o ppp0 -j MASQUERADE"],
+    "WR033": ["192.168.1.2 on bridge br-lan", "123.150.232.74:8080", "192.168.1.245:80",
+              "net.bridge.bridge-nf-call-iptables = 0", "sysctl -w net.bridge.bridge-nf-call-iptables=1",
+              "ip link set br-lan type bridge nf_call_iptables 1",
+              "iptables -t nat -I POSTROUTING -s 192.168.1.0/24 -d 192.168.1.245 -o br-lan -j MASQUERADE"],
 }
 IDS = [c.id for c in engine.catalogue()]
 
@@ -120,7 +124,7 @@ def test_finding_dict_contract():
 
 # What each rule's fix on its bad fixture is (issue 9): steps run in order, alternatives, a probe.
 FIX_KIND = {"WR002": "alternatives", "WR006": "probe", "WR010": "alternatives", "WR019": "alternatives",
-            "WR027": "alternatives", "WR031": "alternatives"}
+            "WR027": "alternatives", "WR031": "alternatives", "WR033": "alternatives"}
 
 
 @pytest.mark.parametrize("rule_id", IDS)

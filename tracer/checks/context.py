@@ -311,69 +311,66 @@ class CheckContext:
     def rules_of(self, family: int) -> list:
         return [r for r in self.rules if r.family == family]
 
-    def _index_routes(self):
-        by_table: dict[tuple[int, int], list[Route]] = {}
-        defaults: dict[tuple[int, int], list[Route]] = {}
-        by_dev: dict[str, list[Route]] = {}
-        gateways: dict[tuple[str, str | None], list] = {}
-        table_devs: dict[tuple[int, int], set] = {}
-        for route in self.state.routes:  # the only pass over every route
-            key = (route.family, route.table)
-            bucket = by_table.get(key)
-            if bucket is None:
-                bucket = by_table[key] = []
-            bucket.append(route)
-            if route.dst_len == 0 and route.src_len == 0:
-                defaults.setdefault(key, []).append(route)
-            if route.table != TABLE_LOCAL and route.type == "unicast":
-                for nh in route.nexthops:
-                    if nh.dev is not None:
-                        devs_of_table = table_devs.get(key)
-                        if devs_of_table is None:
-                            devs_of_table = table_devs[key] = set()
-                        devs_of_table.add(nh.dev)
-                    if nh.gateway is not None:
-                        seen = gateways.get((nh.gateway, nh.dev))
-                        if seen is None:
-                            gateways[(nh.gateway, nh.dev)] = [0, [], nh]
-                            seen = gateways[(nh.gateway, nh.dev)]
-                        seen[0] += 1
-                        if len(seen[1]) < 3:
-                            seen[1].append(route)
-                    if nh.dev is not None:
-                        devs = by_dev.get(nh.dev)
-                        if devs is None:
-                            devs = by_dev[nh.dev] = []
-                        if len(devs) < 64:  # only a sample is ever needed per device
-                            devs.append(route)
-        self.__dict__.update(routes_by_table=by_table, defaults=defaults, routes_on_dev=by_dev, table_devs=table_devs,
-                             gateways={k: GatewayUse(v[0], tuple(v[1]), v[2]) for k, v in gateways.items()})
-
     @cached_property
     def routes_by_table(self) -> dict[tuple[int, int], list[Route]]:
-        self._index_routes()
-        return self.__dict__["routes_by_table"]
+        """(family, table) → its routes in the state's order (the simulator's index holds them)."""
+        return {key: table.routes for key, table in fib.index_for(self.state).tables().items()}
 
     @cached_property
     def defaults(self) -> dict[tuple[int, int], list[Route]]:
-        self._index_routes()
-        return self.__dict__["defaults"]
+        """(family, table) → its default routes (no source prefix), in the state's order."""
+        tables = fib.index_for(self.state).tables().items()
+        found = {key: [r for r in table.defaults if not r.src_len] for key, table in tables}
+        return {key: routes for key, routes in found.items() if routes}
+
+    def _index_nexthops(self):
+        """One pass over every nexthop, for the host checks that need gateways and devices
+        (a flow's findings never do: a batch does not pay for it)."""
+        by_dev: dict[str, list[Route]] = {}
+        gateways: dict[tuple[str, str | None], list] = {}
+        table_devs: dict[tuple[int, int], set] = {}
+        for route in self.state.routes:
+            if route.table == TABLE_LOCAL or route.type != "unicast":
+                continue
+            key = (route.family, route.table)
+            for nh in route.nexthops:
+                if nh.dev is not None:
+                    devs_of_table = table_devs.get(key)
+                    if devs_of_table is None:
+                        devs_of_table = table_devs[key] = set()
+                    devs_of_table.add(nh.dev)
+                if nh.gateway is not None:
+                    seen = gateways.get((nh.gateway, nh.dev))
+                    if seen is None:
+                        gateways[(nh.gateway, nh.dev)] = [0, [], nh]
+                        seen = gateways[(nh.gateway, nh.dev)]
+                    seen[0] += 1
+                    if len(seen[1]) < 3:
+                        seen[1].append(route)
+                if nh.dev is not None:
+                    devs = by_dev.get(nh.dev)
+                    if devs is None:
+                        devs = by_dev[nh.dev] = []
+                    if len(devs) < 64:  # only a sample is ever needed per device
+                        devs.append(route)
+        self.__dict__.update(routes_on_dev=by_dev, table_devs=table_devs,
+                             gateways={k: GatewayUse(v[0], tuple(v[1]), v[2]) for k, v in gateways.items()})
 
     @cached_property
     def gateways(self) -> dict[tuple[str, str | None], GatewayUse]:
         """Every (gateway, device) pair used by a unicast route: how many routes, a sample."""
-        self._index_routes()
+        self._index_nexthops()
         return self.__dict__["gateways"]
 
     @cached_property
     def table_devs(self) -> dict[tuple[int, int], set]:
         """(family, table) → the devices its unicast routes leave by."""
-        self._index_routes()
+        self._index_nexthops()
         return self.__dict__["table_devs"]
 
     @cached_property
     def routes_on_dev(self) -> dict[str, list[Route]]:
-        self._index_routes()
+        self._index_nexthops()
         return self.__dict__["routes_on_dev"]
 
     def table_routes(self, family: int, table: int) -> list[Route]:

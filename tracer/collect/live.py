@@ -30,7 +30,10 @@ _CONF_KEYS = {
 _GLOBAL_KEYS = ("net/ipv4/ip_forward", "net/ipv4/fib_multipath_hash_policy",
                 "net/ipv4/fib_multipath_use_neigh", "net/ipv6/fib_multipath_hash_policy",
                 "net/ipv4/ip_nonlocal_bind", "net/ipv4/tcp_mtu_probing",
-                "net/ipv4/ip_no_pmtu_disc", "net/netfilter/nf_conntrack_max")
+                "net/ipv4/ip_no_pmtu_disc", "net/netfilter/nf_conntrack_max",
+                # br_netfilter's, per namespace; they exist only while the module is loaded
+                "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables",
+                "net/bridge/bridge-nf-call-arptables")
 
 
 def read_sysctls(root: Path = Path("/proc/sys")) -> dict[str, str]:
@@ -192,6 +195,7 @@ def collect_state(netns: str | None = None, *, netfilter: bool = True, conntrack
             kernel["routes"], kernel["partial"] = _routes(rtnl, large_table)
             kernel["neighbours"] = rtnl.neighbours()
         kernel["sysctls"] = read_sysctls()
+        kernel["br_netfilter"] = Path("/proc/sys/net/bridge").is_dir()
         kernel["conntrack"] = read_conntrack(warnings) if conntrack else ()
 
     with netns_mod.entered(netns):
@@ -210,4 +214,4 @@ def collect_state(netns: str | None = None, *, netfilter: bool = True, conntrack
                      routes=tuple(routes), table_names=table_names, neighbours=tuple(neighbours),
                      sysctls=sysctls, netfilter=raw_netfilter, conntrack=entries, provenance=provenance,
                      rt_tables_entries=tuple(table_entries), partial_tables=dict(partial),
-                     warnings=tuple(warnings))
+                     warnings=tuple(warnings), br_netfilter=kernel["br_netfilter"])

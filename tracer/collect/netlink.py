@@ -67,6 +67,8 @@ _NUD_STATES = ((0x01, "INCOMPLETE"), (0x02, "REACHABLE"), (0x04, "STALE"), (0x08
 
 RTNH_F_DEAD, RTNH_F_ONLINK, RTNH_F_LINKDOWN = 0x1, 0x4, 0x10
 FIB_RULE_INVERT = 0x2
+# IFLA_BR_NF_CALL_IPTABLES, _IP6TABLES, _ARPTABLES (u8 each) in a bridge's IFLA_INFO_DATA.
+_BRIDGE_NF_CALL = ((36, "iptables"), (37, "ip6tables"), (38, "arptables"))
 
 
 class NetlinkError(OSError):
@@ -165,10 +167,14 @@ class RtnlSocket:
 
     def _link(self, index: int, flags: int, attrs: dict[int, bytes]) -> Link:
         kind = None
-        if 18 in attrs:  # IFLA_LINKINFO → IFLA_INFO_KIND
+        nf_call: tuple[str, ...] = ()
+        if 18 in attrs:  # IFLA_LINKINFO → IFLA_INFO_KIND, IFLA_INFO_DATA
             info = _attrs(attrs[18], 0)
             if 1 in info:
                 kind = info[1].rstrip(b"\0").decode()
+            if kind == "bridge" and 2 in info:
+                options = _attrs(info[2], 0)
+                nf_call = tuple(tool for attr, tool in _BRIDGE_NF_CALL if options.get(attr, b"\0")[:1] != b"\0")
         mac = attrs.get(1)
         operstate = attrs.get(16, b"\0")[0]
         return Link(
@@ -182,6 +188,7 @@ class RtnlSocket:
             operstate=_OPERSTATES[operstate] if operstate < len(_OPERSTATES) else str(operstate),
             group=_u32(attrs.get(27)),
             l3mdev_master=kind == "vrf",
+            nf_call=nf_call,
         )
 
     def addresses(self) -> list[Address]:
@@ -275,38 +282,38 @@ class RtnlSocket:
         raise NetlinkError(errno.ENETUNREACH, os.strerror(errno.ENETUNREACH))
 
 
+_U32, _I32, _PORTS, _UIDS = struct.Struct("=I"), struct.Struct("=i"), struct.Struct("=HH"), struct.Struct("=II")
+
+
 def _parse_rule(data: bytes, off: int) -> Rule:
     family, dst_len, src_len, tos, table, _r1, _r2, action, flags = _RTMSG.unpack_from(data, off)
     attrs = _attrs(data, off + _RTMSG.size)
-    kfam = family
-
-    def port_range(raw):
-        return struct.unpack("=HH", raw[:4]) if raw else None
-
-    fwmark = _u32(attrs.get(10))
+    get = attrs.get
+    fwmark = _U32.unpack_from(attrs[10])[0] if 10 in attrs else 0
+    fwmask = _U32.unpack_from(attrs[16])[0] if 16 in attrs else (0xFFFFFFFF if fwmark else 0)
     return Rule(
         family=_FAMILY[family],
-        priority=_u32(attrs.get(6)),
+        priority=_U32.unpack_from(attrs[6])[0] if 6 in attrs else 0,
         action=RULE_ACTIONS.get(action, str(action)),
-        table=_u32(attrs.get(15), table),
-        src=_addr(kfam, attrs.get(2)),
+        table=_U32.unpack_from(attrs[15])[0] if 15 in attrs else table,
+        src=_addr(family, get(2)),
         src_len=src_len,
-        dst=_addr(kfam, attrs.get(1)),
+        dst=_addr(family, get(1)),
         dst_len=dst_len,
         iif=attrs[3].rstrip(b"\0").decode() if 3 in attrs else None,
         oif=attrs[17].rstrip(b"\0").decode() if 17 in attrs else None,
         fwmark=fwmark,
-        fwmask=_u32(attrs.get(16), 0xFFFFFFFF if fwmark else 0),
+        fwmask=fwmask,
         tos=tos,
         ipproto=attrs[22][0] if 22 in attrs else 0,
-        sport=port_range(attrs.get(23)),
-        dport=port_range(attrs.get(24)),
-        uidrange=struct.unpack("=II", attrs[20][:8]) if 20 in attrs else None,
+        sport=_PORTS.unpack_from(attrs[23]) if 23 in attrs else None,
+        dport=_PORTS.unpack_from(attrs[24]) if 24 in attrs else None,
+        uidrange=_UIDS.unpack_from(attrs[20]) if 20 in attrs else None,
         invert=bool(flags & FIB_RULE_INVERT),
-        goto=_u32(attrs[4]) if 4 in attrs else None,
-        suppress_prefixlength=struct.unpack("=i", attrs[14][:4])[0] if 14 in attrs else -1,
-        suppress_ifgroup=struct.unpack("=i", attrs[13][:4])[0] if 13 in attrs else -1,
-        l3mdev=bool(attrs.get(19, b"\0")[0]),
+        goto=_U32.unpack_from(attrs[4])[0] if 4 in attrs else None,
+        suppress_prefixlength=_I32.unpack_from(attrs[14])[0] if 14 in attrs else -1,
+        suppress_ifgroup=_I32.unpack_from(attrs[13])[0] if 13 in attrs else -1,
+        l3mdev=bool(get(19, b"\0")[0]),
         protocol=ROUTE_PROTOCOLS.get(attrs[21][0], str(attrs[21][0])) if 21 in attrs else None,
     )
 

@@ -236,6 +236,18 @@ def _range(high: int) -> Check:
     return check
 
 
+_NF_CALL_TOOLS = ("iptables", "ip6tables", "arptables")
+
+
+def _nf_call(value, family):
+    """A bridge's nf_call_* options: a list of iptables, ip6tables, arptables."""
+    tools = _strings(value, family)
+    for i, tool in enumerate(tools):
+        if tool not in _NF_CALL_TOOLS:
+            raise Invalid(f"{tool!r} is not one of {', '.join(_NF_CALL_TOOLS)}", f"[{i}]")
+    return tools
+
+
 _NEXTHOP = {"gateway": _optional_any_address, "dev": _optional_str, "weight": _int(1, 256),
             "onlink": _bool, "dead": _bool, "linkdown": _bool}
 
@@ -267,7 +279,7 @@ RULE_ACTIONS = ("lookup", "goto", "nop", "blackhole", "unreachable", "prohibit")
 FIELDS: dict[type, dict[str, Check]] = {
     Link: {"index": U32, "name": _str, "kind": _optional_str, "flags": _strings, "mtu": U32,
            "master": _optional_str, "mac": _optional_str, "operstate": _str, "group": U32,
-           "l3mdev_master": _bool},
+           "l3mdev_master": _bool, "nf_call": _nf_call},
     Address: {"family": _family, "ifname": _str, "local": _address, "prefixlen": _prefix_length,
               "peer": _optional_address, "scope": U8, "secondary": _bool},
     Rule: {"family": _family, "priority": U32, "action": _one_of(RULE_ACTIONS), "table": U32,
@@ -397,12 +409,13 @@ def _require(doc: dict, keys, where: str | None) -> None:
 
 _PROVENANCE = {f.name for f in dataclasses.fields(Provenance)}
 _META_LISTS = ("rt_tables_entries", "partial_tables", "warnings", "notes")
+_META_FLAGS = ("br_netfilter",)  # true/false; absent in snapshots taken before why-route read it
 
 
 def _from_meta(meta) -> dict:
     """HostState's typed fields from the file's `meta` object (unknown keys are refused)."""
     meta = _object(meta, "an object")
-    _refuse_unknown(meta, (*_PROVENANCE, *_META_LISTS), "")
+    _refuse_unknown(meta, (*_PROVENANCE, *_META_LISTS, *_META_FLAGS), "")
     entries = []
     rt = meta.get("rt_tables_entries", [])
     if type(rt) is not list:
@@ -424,8 +437,15 @@ def _from_meta(meta) -> dict:
             _optional_str(meta.get(key), None)
         except Invalid as exc:
             raise exc.within(f".{key}") from None
+    flags = {}
+    for key in _META_FLAGS:
+        if key in meta:
+            try:
+                flags[key] = _bool(meta[key], None)
+            except Invalid as exc:
+                raise exc.within(f".{key}") from None
     return {"provenance": Provenance(**{k: v for k, v in meta.items() if k in _PROVENANCE}),
-            "rt_tables_entries": tuple(entries), "partial_tables": partial, **lists}
+            "rt_tables_entries": tuple(entries), "partial_tables": partial, **lists, **flags}
 
 
 def _table_keyed(value, check: Check, where: str) -> dict:
@@ -535,7 +555,8 @@ def _meta(state: HostState) -> dict:
     return {**provenance,
             "rt_tables_entries": [[e.table, e.name, e.path] for e in state.rt_tables_entries],
             "partial_tables": {str(t): n for t, n in sorted(state.partial_tables.items())},
-            "warnings": list(state.warnings), **({"notes": list(state.notes)} if state.notes else {})}
+            "warnings": list(state.warnings), **({"notes": list(state.notes)} if state.notes else {}),
+            **({"br_netfilter": state.br_netfilter} if state.br_netfilter is not None else {})}
 
 
 def from_dict(doc: dict, source: str = "snapshot") -> HostState:

@@ -8,7 +8,10 @@ and verify reports) are turned into plain data here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import operator
+from collections.abc import Callable
 
 from tracer.checks.base import SEVERITIES, Finding
 from tracer.flow import Flow, RouteAnswer
@@ -98,59 +101,74 @@ def decision_doc(step: RoutingStep, state: HostState) -> dict:
     }
 
 
+@functools.cache
+def _field_reader(cls) -> tuple[tuple[str, ...], Callable]:
+    """A dataclass's field names and one getter of all their values (faster than asking
+    dataclasses.fields for every object of a 10,000-query batch)."""
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    get = operator.attrgetter(*names)
+    return names, (get if len(names) > 1 else lambda obj: (get(obj),))
+
+
+def _plain(obj) -> dict:
+    """A flat dataclass as a dict of its fields."""
+    names, values = _field_reader(type(obj))
+    return dict(zip(names, values(obj), strict=True))
+
+
 def packet_doc(packet: PacketView) -> dict:
-    return {f.name: getattr(packet, f.name) for f in dataclasses.fields(packet)}
+    return _plain(packet)
 
 
 def rule_visit_doc(visit: RuleVisit) -> dict:
-    return {f.name: getattr(visit, f.name) for f in dataclasses.fields(visit)}
+    return _plain(visit)
 
 
-def chain_doc(chain: ChainVisit) -> dict:
-    doc = {f.name: getattr(chain, f.name) for f in dataclasses.fields(chain) if f.name != "steps"}
-    doc["steps"] = [rule_visit_doc(s) for s in chain.steps]
+def chain_doc(chain: ChainVisit, steps: tuple[RuleVisit, ...] | None = None) -> dict:
+    """A chain's walk; `steps`: the rule visits to list, when not all of them."""
+    doc = _plain(chain)
+    del doc["steps"]  # listed last
+    doc["steps"] = [_plain(s) for s in (chain.steps if steps is None else steps)]
     return doc
 
 
 def rewrite_doc(n: NatRewrite) -> dict:
-    doc = {f.name: getattr(n, f.name) for f in dataclasses.fields(n)}
+    doc = _plain(n)
     doc["from"] = doc.pop("from_")
     return doc
 
 
-def traversal_doc(t: HookTraversal) -> dict:
-    """One hook's walk: its chains, the packet before and after, NAT, and whether it re-routes."""
+def traversal_doc(t: HookTraversal, chains: list[dict] | None = None) -> dict:
+    """One hook's walk: its chains (or the given chain docs), the packet before and after,
+    NAT, and whether it re-routes."""
     return {
         "hook": t.hook,
         "verdict": t.verdict,
         "decided_by": t.decided_by,
         "uncertain": t.uncertain,
         "uncertain_reasons": list(t.uncertain_reasons),
-        "packet_in": packet_doc(t.packet_in),
-        "packet": packet_doc(t.packet),
+        "packet_in": _plain(t.packet_in),
+        "packet": _plain(t.packet),
         "nat": [rewrite_doc(n) for n in t.nat],
         "mss_clamp": list(t.mss_clamp),
         "reroute_needed": t.reroute_needed,
         "reroute_reasons": list(t.reroute_reasons),
-        "chains": [chain_doc(c) for c in t.chains],
+        "chains": [chain_doc(c) for c in t.chains] if chains is None else chains,
     }
 
 
 def hook_doc(step: HookStep) -> dict:
     """The hook's traversal; chains of more than MAX_LISTED_STEPS rules keep only the
     rules that matched or could not be evaluated, and count the others in `omitted`."""
-    traversal = step.traversal
-    chains, omitted = [], []
-    for chain in traversal.chains:
+    chains = []
+    for chain in step.traversal.chains:
         kept = chain.steps
         if len(kept) > MAX_LISTED_STEPS:
             kept = tuple(rule for rule in kept if rule.matched is not False)
-        omitted.append(len(chain.steps) - len(kept))
-        chains.append(dataclasses.replace(chain, steps=kept))
-    doc = traversal_doc(dataclasses.replace(traversal, chains=tuple(chains)))
-    for chain, count in zip(doc["chains"], omitted, strict=True):
-        chain["omitted"] = count
-    return doc
+        doc = chain_doc(chain, kept)
+        doc["omitted"] = len(chain.steps) - len(kept)
+        chains.append(doc)
+    return traversal_doc(step.traversal, chains)
 
 
 def nat_doc(step: NatStep) -> dict:
@@ -202,7 +220,7 @@ def step_doc(step) -> dict:
                 "from_port": n.from_port, "to_port": n.to_port, "handle": n.handle,
                 "by_conntrack": step.by_conntrack}
     if isinstance(step, RerouteStep):
-        return {"type": "reroute", "mark": step.mark, "dst": step.dst}
+        return {"type": "reroute", "mark": step.mark, "dst": step.dst, "reason": step.reason}
     if isinstance(step, EgressStep):
         return {"type": "egress", **egress_doc(step)}
     raise TypeError(f"not a step: {step!r}")

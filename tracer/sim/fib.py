@@ -115,13 +115,16 @@ def _v4_local_multicast(a: int) -> bool:
 # --- the index ------------------------------------------------------------------
 
 class _Table:
-    """One table: {prefix length: {network: [routes in kernel alias order]}}."""
+    """One table: {prefix length: {network: [routes in kernel alias order]}}, and its
+    routes as the state lists them (all, and the defaults) for the rules engine."""
 
-    __slots__ = ("lengths", "by_len")
+    __slots__ = ("lengths", "by_len", "routes", "defaults")
 
     def __init__(self):
         self.by_len: dict[int, dict[int, list[Route]]] = {}
         self.lengths: tuple[int, ...] = ()
+        self.routes: list[Route] = []
+        self.defaults: list[Route] = []  # dst_len 0, any source prefix
 
     def finish(self):
         for nets in self.by_len.values():
@@ -160,27 +163,30 @@ class FibIndex:
         self._local_addrs: dict[int, dict[int, str]] = {}
         self._custom_local: bool | None = None
         self.merged = self._default_rules_only()
+        self.gateways_used: dict[tuple[int, int], str | None] = {}  # see _gateway_used
 
     # tables
     def tables(self) -> dict[tuple[int, int], _Table]:
         if self._tables is None:
             tables: dict[tuple[int, int], _Table] = {}
             masks4, masks6 = _MASKS[AF_INET], _MASKS[AF_INET6]
-            aton = socket.inet_aton
-            pton = socket.inet_pton
-            from_bytes = int.from_bytes
-            for r in self.state.routes:
-                key = (r.family, r.table)
-                table = tables.get(key)
-                if table is None:
-                    table = tables[key] = _Table()
-                nets = table.by_len.get(r.dst_len)
-                if nets is None:
-                    nets = table.by_len[r.dst_len] = {}
+            aton, pton, from_bytes = socket.inet_aton, socket.inet_pton, int.from_bytes
+            for r in self.state.routes:  # the one pass over every route
                 if r.family == AF_INET:
                     net = from_bytes(aton(r.dst), "big") & masks4[r.dst_len]
                 else:
                     net = from_bytes(pton(socket.AF_INET6, r.dst), "big") & masks6[r.dst_len]
+                key = (r.family, r.table)
+                table = tables.get(key)
+                if table is None:
+                    table = tables[key] = _Table()
+                table.routes.append(r)
+                length = r.dst_len
+                if not length:
+                    table.defaults.append(r)
+                nets = table.by_len.get(length)
+                if nets is None:
+                    nets = table.by_len[length] = {}
                 bucket = nets.get(net)
                 if bucket is None:
                     nets[net] = [r]
@@ -537,8 +543,8 @@ def _table_lookup(ix: FibIndex, tables: list[int], flow: _Flow, ignore_linkstate
     """fib_table_lookup + check_leaf (IPv4) / fib6_table_lookup (IPv6, simplified)."""
     state = ix.state
     fam = flow.family
-    name = "+".join(state.table_name(t) for t in tables)
     if all(ix.table(fam, t) is None for t in tables):
+        name = "+".join(state.table_name(t) for t in tables)
         return _TableHit("EAGAIN", f"table {name} ({'+'.join(map(str, tables))}) is empty")
     tos = flow.tos & TOS_MATCH_MASK
     skipped: list[str] = []
@@ -561,6 +567,7 @@ def _table_lookup(ix: FibIndex, tables: list[int], flow: _Flow, ignore_linkstate
         if good:
             return _TableHit(None, f"route {r.prefix}", r, plen, tid, tuple(good))
         skipped.append(f"{r.prefix} (no usable nexthop{' via ' + flow.oif if flow.oif else ''})")
+    name = "+".join(state.table_name(t) for t in tables)
     why = f"no route in table {name} matches {int_addr(fam, flow.dst)}"
     if skipped:
         why += "; skipped " + ", ".join(skipped)
@@ -733,6 +740,15 @@ def _gateway_used(ix: FibIndex, route: Route, nh: Nexthop) -> str | None:
     default ones (local, main, default) stand in for them."""
     if not nh.gateway or nh.onlink or ":" in nh.gateway:
         return nh.gateway
+    # The answer depends on the route and nexthop only: asked once per state. The key is by
+    # identity: the index lives with the state, which holds the routes.
+    key = (id(route), id(nh))
+    if key not in ix.gateways_used:
+        ix.gateways_used[key] = _gateway_reached_on_link(ix, route, nh)
+    return ix.gateways_used[key]
+
+
+def _gateway_reached_on_link(ix: FibIndex, route: Route, nh: Nexthop) -> str | None:
     flow = _Flow(AF_INET, addr_int(AF_INET, nh.gateway), 0, LOOPBACK, nh.dev, 0, 0, 0, 0, 0, 0,
                  min_scope=max(route.scope + 1, SCOPE_LINK))
     tables = ([route.table] if route.table != TABLE_MAIN else []) + [TABLE_LOCAL, TABLE_MAIN, TABLE_DEFAULT]
