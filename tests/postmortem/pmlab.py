@@ -9,6 +9,7 @@ lab's namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -99,9 +100,10 @@ def _popen(ns: str, argv: list[str]) -> subprocess.Popen:
                             text=True)
 
 
-def start_capture(lab, run_dir: Path, interfaces=("br-lan", "ppp0", "eth0.2")) -> subprocess.Popen:
+def start_capture(lab, run_dir: Path, interfaces=("br-lan", "ppp0", "eth0.2"), bpf="tcp or icmp",
+                  options=()) -> subprocess.Popen:
     proc = subprocess.Popen([*why_route_argv(), "capture", "--netns", lab.ns("route"), "-i", ",".join(interfaces),
-                             "tcp or icmp", "-o", str(run_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                             *options, bpf, "-o", str(run_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     raw = run_dir / ".dumpcap.pcapng"
     counter = live._Counter(str(raw))
@@ -148,6 +150,36 @@ def postmortem(run_dir: Path, *args: str) -> dict:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode in (0, 1), result.stderr
     return json.loads(result.stdout)
+
+
+@contextlib.contextmanager
+def replies_by_eth0_2(lab):
+    """internet2 serves on 9.9.9.9 (an address internet1 does not hold) and sends its replies to
+    123.150.232.74 through internet1 (a wire added between them), which delivers them to the
+    router's eth0.2: requests leave ppp0, replies come back on eth0.2."""
+    i1 = lab.ns("internet1")
+    setup = [
+        ("internet2", ["ip", "addr", "add", "9.9.9.9/32", "dev", "lo"]),
+        ("internet2", ["ip", "link", "add", "pmx0", "type", "veth", "peer", "name", "pmx1", "netns", i1]),
+        ("internet2", ["ip", "addr", "add", "10.99.0.1/30", "dev", "pmx0"]),
+        ("internet2", ["ip", "link", "set", "pmx0", "up"]),
+        ("internet1", ["ip", "addr", "add", "10.99.0.2/30", "dev", "pmx1"]),
+        ("internet1", ["ip", "link", "set", "pmx1", "up"]),
+        ("internet1", ["sysctl", "-qw", "net.ipv4.ip_forward=1"]),
+        ("internet1", ["ip", "route", "add", "123.150.232.74/32", "via", "10.10.149.4"]),
+        ("internet2", ["ip", "route", "replace", "123.150.232.74/32", "via", "10.99.0.2"]),
+    ]
+    try:
+        for node, argv in setup:
+            lab.run(node, argv)
+        offloads_off(lab)
+        yield
+    finally:
+        lab.run("internet2", ["ip", "addr", "del", "9.9.9.9/32", "dev", "lo"], check=False)
+        lab.run("internet2", ["ip", "route", "del", "123.150.232.74/32", "via", "10.99.0.2"], check=False)
+        lab.run("internet2", ["ip", "link", "del", "pmx0"], check=False)
+        lab.run("internet1", ["ip", "route", "del", "123.150.232.74/32"], check=False)
+        lab.run("internet1", ["sysctl", "-qw", "net.ipv4.ip_forward=0"], check=False)
 
 
 def the_connection(doc: dict, client: dict, port: int = 80) -> dict:

@@ -160,31 +160,10 @@ def _handle(lab, table, chain) -> int:
 
 
 def test_replies_by_another_uplink_are_an_asymmetric_reply_path(lab, tmp_path):
-    # internet2 (serving on 9.9.9.9, an address internet1 does not hold) sends its replies to
-    # 123.150.232.74 through internet1 (a wire the test adds between them), which delivers them
-    # to the router's eth0.2: requests leave ppp0, replies come back on eth0.2
-    i1 = lab.ns("internet1")
-    setup = [
-        ("internet2", ["ip", "addr", "add", "9.9.9.9/32", "dev", "lo"]),
-        ("internet2", ["ip", "link", "add", "pmx0", "type", "veth", "peer", "name", "pmx1", "netns", i1]),
-        ("internet2", ["ip", "addr", "add", "10.99.0.1/30", "dev", "pmx0"]),
-        ("internet2", ["ip", "link", "set", "pmx0", "up"]),
-        ("internet1", ["ip", "addr", "add", "10.99.0.2/30", "dev", "pmx1"]),
-        ("internet1", ["ip", "link", "set", "pmx1", "up"]),
-        ("internet1", ["sysctl", "-qw", "net.ipv4.ip_forward=1"]),
-        ("internet1", ["ip", "route", "add", "123.150.232.74/32", "via", "10.10.149.4"]),
-        ("internet2", ["ip", "route", "replace", "123.150.232.74/32", "via", "10.99.0.2"]),
-    ]
-    try:
-        for node, argv in setup:
-            lab.run(node, argv)
-        pmlab.offloads_off(lab)
+    # requests leave ppp0, replies come back on eth0.2 (pmlab.replies_by_eth0_2)
+    with pmlab.replies_by_eth0_2(lab):
         client = pmlab.transfer(lab, tmp_path / "run", server="send", client="download", size=200_000, timeout=4,
                                 address="9.9.9.9")
-    finally:
-        lab.run("internet2", ["ip", "addr", "del", "9.9.9.9/32", "dev", "lo"], check=False)
-        lab.run("internet2", ["ip", "route", "del", "123.150.232.74/32", "via", "10.99.0.2"], check=False)
-        lab.run("internet2", ["ip", "link", "del", "pmx0"], check=False)
     assert client["error"] is None and client["bytes"] == 200_000  # rp_filter is off in the lab: it works
     conn = pmlab.the_connection(pmlab.postmortem(tmp_path / "run"), client)
     assert conn["reply_path"] == {"requests_leave": "ppp0", "replies_arrive": "eth0.2", "asymmetric": True}

@@ -10,6 +10,14 @@ dumpcap captures (one process, every interface, one pcapng). The children get
 PR_SET_PDEATHSIG(SIGKILL): whatever happens to this process — Ctrl-C, SIGTERM,
 a crash, SIGKILL — they die with it; Ctrl-C and SIGTERM stop them cleanly first
 (tracer.netns.Teardown).
+
+Packets can be lost in two places, counted apart: the kernel's ring of each packet socket
+(`-B`, full when dumpcap does not read fast enough: libpcap's ps_drop) and dumpcap's own queue
+from its per-interface capture threads to the file writer (full when writing lags). dumpcap's
+default queue (1,000 packets) overflows in the bursts a TPACKET_V3 ring hands over at 100k
+packets/s, so it gets room for seconds of packets (bench/capture_bench.py). dumpcap writes the sum
+of both into the statistics blocks; its closing report on stderr gives each, and the blocks are
+rewritten with the kernel's count as isb_ifdrop and dumpcap's as isb_osdrop.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -31,6 +40,11 @@ from tracer.errors import EnvironmentProblem, Terminated, UsageError
 PR_SET_PDEATHSIG = 1
 RAW_FILE = ".dumpcap.pcapng"
 BUFFER_MIB = 64  # kernel capture buffer per interface
+QUEUE_PACKETS, QUEUE_BYTES = 1_000_000, 256 << 20  # dumpcap's queue to its writer: seconds at 100k packets/s
+# dumpcap's closing report, one line per interface
+_DUMPCAP_STATS = re.compile(r"Packets received/dropped on interface '(?P<name>[^']*)': \d+/\d+ "
+                            r"\(pcap:(?P<kernel>\d+)/dumpcap:(?P<queue>\d+)/flushed:(?P<flushed>\d+)"
+                            r"/ps_ifdrop:(?P<interface>\d+)\)")
 
 
 def _die_with_parent(parent: int):
@@ -111,8 +125,11 @@ def _stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 
 def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | None = None,
             bpf: str | None = None, duration: float | None = None, count: int | None = None,
-            progress=None, snapshot: bool = True) -> dict:
-    """Capture into run_dir; returns what capture.json holds. `progress(Progress)` is called twice a second."""
+            progress=None, snapshot: bool = True, buffer_mib: int = BUFFER_MIB) -> dict:
+    """Capture into run_dir; returns what capture.json holds. `progress(Progress)` is called twice a second;
+    `buffer_mib` is the kernel's capture buffer per interface."""
+    if buffer_mib < 1:
+        raise UsageError(f"--buffer {buffer_mib}: the capture buffer is at least 1 MiB")
     for tool in ("dumpcap", "conntrack"):
         if shutil.which(tool) is None:
             raise EnvironmentProblem(f"`{tool}` is not installed (scripts/setup.sh installs it)")
@@ -139,11 +156,10 @@ def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | N
     if os.path.exists(raw):
         os.unlink(raw)
     prefix = ["ip", "netns", "exec", netns] if netns else []
-    argv = [*prefix, "dumpcap", "-q", "-n", "-w", raw]
+    argv = [*prefix, "dumpcap", "-q", "-n", "-w", raw, "-N", str(QUEUE_PACKETS), "-C", str(QUEUE_BYTES)]
+    # dumpcap applies -B and -f to the -i before them (its default buffer, 2 MiB, drops on a busy host)
     for name in wanted:
-        argv += ["-i", name, "-B", str(BUFFER_MIB)]  # (dumpcap's default, 2 MiB, drops on a busy host)
-    if bpf:
-        argv += ["-f", bpf]
+        argv += ["-i", name, "-B", str(buffer_mib)] + (["-f", bpf] if bpf else [])
     if duration is not None:
         argv += ["-a", f"duration:{max(1, int(round(duration)))}"]
     if count is not None:
@@ -151,7 +167,7 @@ def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | N
     events_path = os.path.join(run_dir, "conntrack.events")
     started = time.time()
     meta = {"version": 1, "netns": netns, "interfaces": wanted, "filter": bpf, "duration": duration,
-            "count": count, "started": started}
+            "count": count, "buffer_mib": buffer_mib, "started": started}
     with netns_mod.Teardown() as undo, open(events_path, "w") as events:
         parent = os.getpid()
         ct = subprocess.Popen([*prefix, "conntrack", "-E", "-p", "tcp", "-o", "timestamp"], stdout=events,
@@ -180,7 +196,7 @@ def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | N
     if dump.returncode not in (0, -signal.SIGTERM, 143) and not os.path.exists(raw):
         raise EnvironmentProblem(f"dumpcap failed: {error.strip()}")
     final = os.path.join(run_dir, "capture.pcapng")
-    stats = describe_interfaces(raw, final, netns)
+    stats = describe_interfaces(raw, final, netns, dumpcap_drops(error))
     os.unlink(raw)
     meta.update({"stopped": time.time(), "interrupted": interrupted, "statistics": stats})
     meta["interrupted"] = bool(interrupted)
@@ -191,9 +207,45 @@ def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | N
     return meta
 
 
-def describe_interfaces(src: str, dst: str, netns: str | None) -> list[dict]:
+def summary(meta: dict, run_dir: str) -> str:
+    """The line `why-route capture` ends with: packets and drops per interface."""
+    parts = []
+    for s in meta["statistics"]:
+        if s["kernel_drops"] is None:
+            drops = "drops not reported"
+        else:
+            drops = f"drops: kernel {s['kernel_drops']}, capture {s['capture_drops']}"
+        parts.append(f"{s['interface']} {s['packets']} ({drops})")
+    return f"captured {', '.join(parts)} into {run_dir}" + (" (interrupted)" if meta["interrupted"] else "")
+
+
+def dumpcap_drops(report: str) -> dict[str, dict]:
+    """Per interface, from dumpcap's closing report: the packets the kernel dropped (its ring full), those
+    dumpcap dropped (its queue full, or flushed), and the interface's own drop counter while capturing
+    (packets it dropped may still have reached the capture)."""
+    return {m["name"]: {"kernel_drops": int(m["kernel"]),
+                        "capture_drops": int(m["queue"]) + int(m["flushed"]), "interface_drops": int(m["interface"])}
+            for m in _DUMPCAP_STATS.finditer(report)}
+
+
+def _statistics_block(block: bytes, counts: dict) -> bytes:
+    """An interface statistics block with the drops split: isb_ifdrop the kernel's, isb_osdrop dumpcap's."""
+    iface, high, low = struct.unpack_from("<III", block, 8)
+    options = b""
+    for code, value in pcapio._options(block, 20, len(block) - 4, "<"):
+        if code not in (0, pcapio.ISB_IFDROP, pcapio.ISB_OSDROP):
+            options += pcapio._option(code, value)
+    for code, key in ((pcapio.ISB_IFDROP, "kernel_drops"), (pcapio.ISB_OSDROP, "capture_drops")):
+        options += pcapio._option(code, struct.pack("<Q", counts[key]))
+    options += pcapio._option(0, b"")
+    return pcapio._block(pcapio.ISB, struct.pack("<III", iface, high, low) + options)
+
+
+def describe_interfaces(src: str, dst: str, netns: str | None, drops: dict[str, dict] | None = None) -> list[dict]:
     """Copy dumpcap's pcapng, its interface blocks rewritten: if_name the device, if_description
-    "DEV in netns NS". Returns per interface: packets, kernel drops, capture drops."""
+    "DEV in netns NS", and the statistics blocks' drops split as `drops` (dumpcap_drops) has them.
+    Returns per interface: packets, kernel drops, capture drops (None: not reported)."""
+    drops = drops or {}
     where = f"netns {netns}" if netns else "the host's namespace"
     stats: list[dict] = []
     with open(src, "rb") as f:
@@ -217,20 +269,18 @@ def describe_interfaces(src: str, dst: str, netns: str | None) -> list[dict]:
                        + pcapio._option(pcapio.IF_DESCRIPTION, f"{name} in {where}".encode()) + keep
                        + pcapio._option(0, b""))
             block = pcapio._block(pcapio.IDB, struct.pack("<HHI", linktype, 0, snaplen) + options)
-            stats.append({"interface": name, "packets": 0, "kernel_drops": None, "capture_drops": None})
+            stats.append({"interface": name, "packets": 0, "kernel_drops": None, "capture_drops": None,
+                          "interface_drops": None})
         elif btype == pcapio.EPB:
             iface = struct.unpack_from("<I", block, 8)[0]
             if iface < len(stats):
                 stats[iface]["packets"] += 1
         elif btype == pcapio.ISB:
             iface = struct.unpack_from("<I", block, 8)[0]
-            for code, value in pcapio._options(block, 20, blen - 4, "<"):
-                if len(value) == 8 and iface < len(stats):
-                    number = struct.unpack("<Q", value)[0]
-                    if code == pcapio.ISB_IFDROP:
-                        stats[iface]["kernel_drops"] = number
-                    elif code == pcapio.ISB_OSDROP:
-                        stats[iface]["capture_drops"] = number
+            counts = drops.get(stats[iface]["interface"]) if iface < len(stats) else None
+            if counts is not None:
+                block = _statistics_block(block, counts)
+                stats[iface].update(counts)
         out.append(block)
         off += blen
     with open(dst, "wb") as f:

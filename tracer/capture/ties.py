@@ -5,9 +5,14 @@ netfilter rules (by family, table, chain and handle) that can drop or reject the
 
 from __future__ import annotations
 
+import ipaddress
+
+from tracer.flow import RouteQuery
+from tracer.model import TABLE_LOCAL, TABLE_MAIN
 from tracer.sim import fib
 from tracer.sim.explain import ruleset_of
 from tracer.sim.explanation import Explanation
+from tracer.vocab import AF_INET, IPPROTO
 
 
 def route(explanation: Explanation | None) -> list[dict]:
@@ -118,6 +123,58 @@ def path_drop_rules(explanation: Explanation | None) -> list[dict]:
                                 "handle": rv.nft_handle if rv.nft_handle is not None else rv.handle,
                                 "text": rv.text, "why": "drops this flow" if rv.matched else "may drop this flow"})
     return out
+
+
+RP_FILTER_MODES = {1: "strict", 2: "loose"}
+
+
+def reverse_path_drop(state, client: tuple, server: tuple, arrival: str, client_dev: str) -> dict | None:
+    """Whether the router's reverse-path filter drops the server's replies arriving on `arrival`:
+    the FIB simulation routes a reply as it arrives (conntrack has undone the SNAT: its destination
+    is the LAN client) and, when rp_filter refuses it, returns the sysctl and the route back to the
+    server that fails validation (the kernel's reverse lookup: from the client to the server, as
+    if coming in on `client_dev`, the device the reply would be forwarded to)."""
+    if state is None or state.link(arrival) is None or ":" in server[0]:
+        return None
+    reply = fib.route_input(state, RouteQuery(family=AF_INET, dst=client[0], src=server[0], iif=arrival,
+                                              proto=IPPROTO["tcp"], sport=server[1], dport=client[1]))
+    if reply.error is None or not (reply.error_reason or "").startswith("rp_filter="):
+        return None
+    key = f"net.ipv4.conf.{arrival}.rp_filter"
+    own, every = state.conf(AF_INET, arrival, "rp_filter"), state.conf(AF_INET, "all", "rp_filter")
+    effective = fib.conf_or(state, arrival, "rp_filter")
+    sysctl = {"kind": "sysctl", "key": key, "value": own, "all": every, "effective": effective,
+              "text": f"{key} = {own}, net.ipv4.conf.all.rp_filter = {every}: effective {effective} "
+                      f"({RP_FILTER_MODES.get(effective, 'off')}, the larger of the two)"}
+    back = fib.route_input(state, RouteQuery(family=AF_INET, dst=server[0], src=client[0], iif=client_dev,
+                                             proto=IPPROTO["tcp"], sport=client[1], dport=server[1]))
+    out = [sysctl]
+    if back.rule is not None:
+        out.append({"kind": "ip rule", "priority": back.rule.priority, "text": fib.rule_text(state, back.rule)})
+    if back.route is not None:
+        table = state.table_name(back.table) if back.table is not None else None
+        out.append({"kind": "route back", "table": table, "table_id": back.table, "dev": back.dev,
+                    "text": f"{server[0]} from {client[0]}: {fib.route_text(state, back.route)} (table {table})",
+                    "why": reply.error_reason})
+    return {"reason": reply.error_reason, "config": out}
+
+
+def table_leaving_by(state, dst: str, dev: str) -> str | None:
+    """A table (main first) whose most specific route to dst leaves by dev: where a policy rule
+    can send a flow so that it leaves by the interface its replies come back on."""
+    if state is None:
+        return None
+    address = ipaddress.ip_address(dst)
+    index = fib.index_for(state)
+    tables = [t for family, t in index.tables() if family == AF_INET and t != TABLE_LOCAL]
+    for table in sorted(tables, key=lambda t: (t != TABLE_MAIN, t)):
+        routes = [r for r in index.table(AF_INET, table).routes
+                  if r.type == "unicast" and address in ipaddress.ip_network(f"{r.dst}/{r.dst_len}", strict=False)]
+        if routes:
+            best = max(routes, key=lambda r: (r.dst_len, -r.metric))
+            if any(nh.dev == dev for nh in best.nexthops):
+                return state.table_name(table)
+    return None
 
 
 def describe(tie: dict) -> str:

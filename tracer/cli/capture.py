@@ -16,7 +16,9 @@ from tracer.errors import ExitStatus, UsageError
 @click.option("--duration", type=float, metavar="S", help="Stop after S seconds.")
 @click.option("--count", type=int, metavar="N", help="Stop after N packets.")
 @click.option("-o", "--output", "run_dir", required=True, metavar="RUN_DIR", help="Write the run here.")
-def capture(bpf, netns, interfaces, duration, count, run_dir):
+@click.option("--buffer", "buffer_mib", type=int, default=64, show_default=True, metavar="MIB",
+              help="Kernel capture buffer per interface, MiB.")
+def capture(bpf, netns, interfaces, duration, count, run_dir, buffer_mib):
     """Capture on several interfaces at once (before and after NAT), with conntrack events and a snapshot.
 
     \b
@@ -36,16 +38,10 @@ def capture(bpf, netns, interfaces, duration, count, run_dir):
             click.echo("\r" + p.line() + "   ", nl=False, err=True)
 
     meta = live.capture(run_dir, netns=netns, interfaces=wanted, bpf=" ".join(bpf) or None, duration=duration,
-                        count=count, progress=progress)
+                        count=count, progress=progress, buffer_mib=buffer_mib)
     if tty:
         click.echo("", err=True)
-    parts = []
-    for s in meta["statistics"]:
-        drops = "" if not (s["kernel_drops"] or s["capture_drops"]) else \
-            f" (dropped: kernel {s['kernel_drops'] or 0}, capture {s['capture_drops'] or 0})"
-        parts.append(f"{s['interface']} {s['packets']}{drops}")
-    click.echo(f"captured {', '.join(parts)} into {run_dir}" + (" (interrupted)" if meta["interrupted"] else ""),
-               err=True)
+    click.echo(live.summary(meta, run_dir), err=True)
     return ExitStatus.SUCCESS
 
 

@@ -1,5 +1,6 @@
 from tracer.capture import ties
 from tracer.capture.suspects import Suspect
+from tracer.checks.fixes import sysctl_set
 
 
 class AsymmetricReplyPath(Suspect):
@@ -9,7 +10,9 @@ class AsymmetricReplyPath(Suspect):
     On a connection seen on several interfaces of the router, the client's
     packets leave by one interface and the server's replies arrive on another.
     Worse when the replies that arrive are never forwarded to the client (the
-    handshake never completes): rp_filter or conntrack (INVALID) dropped them.
+    handshake never completes): conntrack (INVALID) or a rule dropped them; a
+    drop the snapshot's reverse-path filter explains is PM008, and this suspect
+    then ranks below it as the asymmetry behind it.
 
     ## Why the connection suffers
     The far side routes replies to the router's address by another uplink (its
@@ -50,7 +53,10 @@ class AsymmetricReplyPath(Suspect):
         elif first_reply:
             evidence.append((first_reply[0], first_reply[1], back_name, f"reply data arrived on {back_name}"))
         dropped = not conn.handshake_done and back.h[1].packets > 0
-        if dropped:
+        # a drop the reverse-path filter explains is PM008's; this one is left with the asymmetry
+        rp_filter = dropped and ties.reverse_path_drop(ctx.state, conn.first.client, conn.first.server, back_name,
+                                                       conn.names[0]) is not None
+        if dropped and not rp_filter:
             evidence.append((None, None, conn.names[0], f"no reply ever reached {conn.first.client[0]}: dropped "
                              f"by the router after arriving on {back_name} (rp_filter or conntrack INVALID)"))
         explanation = ctx.explanation(conn)
@@ -71,8 +77,9 @@ class AsymmetricReplyPath(Suspect):
         else:
             fixes.append(f"SNAT the requests to {dev}'s own address so that replies come back on {dev}, or send "
                          f"them out {back_name}")
-        fixes.append(f"sysctl -w net.ipv4.conf.{back_name}.rp_filter=2   # if the asymmetry is intended")
+        fixes.append(f"{sysctl_set(back_name, 'rp_filter', 2)}   # if the asymmetry is intended")
         summary = (f"requests leave on {out_name}, replies arrive on {back_name}"
-                   + ("; the replies never reach the client" if dropped else ""))
-        return self.raise_(92 if dropped else 60, summary, evidence=evidence, config=config, fix=fixes,
-                           findings=findings)
+                   + ("; the replies never reach the client" if dropped else "")
+                   + (" (rp_filter: PM008)" if rp_filter else ""))
+        return self.raise_(92 if dropped and not rp_filter else 60, summary, evidence=evidence, config=config,
+                           fix=fixes, findings=findings)
