@@ -102,3 +102,26 @@ def test_ipv6_local_out(namespace, capsys):
     assert (doc["decision"]["dev"], doc["egress"]["src"]) == ("up0", "2001:db8:a::1")
     assert any("RFC 6724" in note for note in doc["decision"]["notes"])
     assert doc["kernel"]["agrees"], doc["kernel"]["differences"]
+
+
+
+def test_a_received_packets_protocol_reaches_only_rules_that_make_the_kernel_read_it(namespace):
+    # fib_rule_requires_fldissect: an `iif lo` rule never makes the kernel read a received packet's
+    # protocol, so a packet routed as received on lo passes it by; locally sent UDP meets it.
+    from tracer.collect.kernel import answers
+    from tracer.collect.live import collect_state
+    from tracer.flow import RouteQuery
+    from tracer.sim import fib
+
+    rule = ["ip", "-n", namespace, "rule", "add", "iif", "lo", "ipproto", "udp", "lookup", "100", "pref", "900"]
+    subprocess.run(rule, check=True)
+    try:
+        state = collect_state(namespace)
+        received = RouteQuery(4, "8.8.8.8", src="10.9.9.9", iif="lo", proto=17, sport=5000, dport=53)
+        sent = RouteQuery(4, "8.8.8.8", proto=17, sport=5000, dport=53)
+        kernel = answers([received, sent], namespace, state.links)
+    finally:
+        subprocess.run(["ip", "-n", namespace, "rule", "del", "pref", "900"], check=True)
+    simulated = [fib.route(state, received), fib.route(state, sent)]
+    assert [(s.table, s.dev) for s in simulated] == [(254, "up0"), (100, "up1")]
+    assert [(k.table, k.dev) for k in kernel] == [(254, "up0"), (100, "up1")], kernel

@@ -32,6 +32,37 @@ FEATURES = {
     "anonymous-sets": "nft anonymous sets of addresses, ports, interface names",
     "named-sets": "nft named sets of addresses and ports",
     "interface-names": "iifname / oifname (also at hooks without that device), iif / oif, iptables -i / -o",
+    "ifindex-without-device": "iif / oif (by index) at a hook without that device: iif at output and postrouting "
+                              "(a local packet has none), oif at prerouting and input",
+    "marks": "meta mark / MARK set and matched anywhere",
+    "maps": "nft maps: the mark set from an address map, dnat to an address map",
+    "tcp-flags": "tcp flags / --syn / --tcp-flags (probes are SYNs)",
+    "addrtype": "-m addrtype --src-type / --dst-type LOCAL",
+    "iprange": "-m iprange --src-range / --dst-range",
+    "mark-routing": "marks set in prerouting or output, which select ip rules (fwmark 0x1/0x3, 0x2/0x3)",
+    "output-several-reroutes": "marks set at output by filter chains or by several chains, or next to an output "
+                               "dnat; a table of route, nat and route output chains that each change a routing key",
+    "ct-mark": "ct mark set from the mark, and the mark restored from it",
+    "ct-state": "ct state / -m conntrack --ctstate / -m state (also below conntrack's priority)",
+    "notrack": "notrack / CT --notrack in raw-priority chains",
+    "lo-keeps-conntrack": "ct matches, ct mark and notrack in prerouting chains below conntrack's priority (-200), "
+                          "which a packet looped back through lo crosses with the entry it got at output",
+    "fib": "fib daddr type local",
+    "jhash": "jhash with a seed over addresses and ports: matched, and as the mark set (which selects a route)",
+    "reject": "reject / REJECT",
+    "policy-drop": "base chains with policy drop",
+    "route-chain": "nft type route output chains",
+    "dnat": "dnat / DNAT in prerouting and output",
+    "redirect": "redirect / REDIRECT in prerouting and output",
+    "snat": "snat / SNAT in postrouting and input",
+    "masquerade": "masquerade / MASQUERADE in postrouting",
+    "dnat-port": "dnat / redirect to a port (also port only: dnat to :8080)",
+    "snat-port": "snat / masquerade to a port",
+    "snat-port-range": "snat / masquerade to a port range that the probe's source port is outside of",
+    "nat-random": "snat / masquerade with random or fully-random (the kernel picks the source port)",
+    "nat-in-regular-chain": "NAT statements and targets in regular chains jumped to from nat base chains",
+    "nat-input": "snat in nat input chains (locally delivered probes)",
+    "nat-output": "dnat / redirect in nat output chains (local-out probes)",
     "nat-chains-without-conntrack": "nft nat chains in a ruleset without any conntrack user (no NAT rule, no ct "
                                     "match): the kernel then never runs them",
     "local-out": "probes sent by the router itself (raw socket bound to one of its addresses)",
@@ -40,19 +71,7 @@ FEATURES = {
 }
 
 # feature -> why the generator leaves it out (the defect, as test_nf_cases.py shows it)
-DISABLED: dict[str, str] = {
-    "nat-chains-without-conntrack": "why-route runs nat chains for every new packet; the kernel runs them only "
-                                    "while conntrack is enabled in the namespace, i.e. some rule uses it (a NAT "
-                                    "statement or target, a ct match): otherwise their drops and marks never happen",
-    "output-several-reroutes": "why-route routes a local packet again once, with the keys as the whole output hook "
-                               "left them; the kernel re-routes right after each route chain (or NAT) that changed "
-                               "them, with the keys of that moment: a later change is not routed, and an "
-                               "intermediate route that fails drops the packet",
-    "lo-keeps-conntrack": "on the loopback path (a local-out packet to the router's own address) a chain below "
-                          "conntrack's priority at prerouting sees no conntrack entry in why-route (ct state "
-                          "invalid, notrack works); the kernel's packet still carries the one it got at output "
-                          "(ct state new, its ct mark; notrack is ignored)",
-}
+DISABLED: dict[str, str] = {}
 
 ENABLED = frozenset(FEATURES) - set(DISABLED)
 # Features whose rules make the kernel track connections in the namespace (nf_ct_netns_get): a
@@ -88,6 +107,7 @@ NFT_PRIORITIES = {"filter": (-300, -150, -100, 0, 0, 10, 100, 300), "nat": (-150
 IPT_HOOK = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward", "OUTPUT": "output",
             "POSTROUTING": "postrouting"}
 PRIO_CONNTRACK = -200
+PRIO_SRCNAT = 100
 IPT_PRIORITY = {"raw": -300, "mangle": -150, "nat": -100, "filter": 0}
 HAS_IIF = ("prerouting", "input", "forward")  # at postrouting only forwarded packets have one
 HAS_OIF = ("forward", "output", "postrouting")
@@ -125,12 +145,7 @@ class Context:
 
 
 def random_config(seed: int, *, legacy_tables: bool, enabled: frozenset[str] = ENABLED) -> Config:
-    rng = random.Random(seed)
-    while True:
-        cfg = _Generator(rng, seed, legacy_tables, enabled).config()
-        # without nat-chains-without-conntrack, such a config is drawn again (from the same stream)
-        if "nat-chains-without-conntrack" in enabled or not cfg.nft_nat_chains or cfg.features & CONNTRACK_USERS:
-            return cfg
+    return _Generator(random.Random(seed), seed, legacy_tables, enabled).config()
 
 
 def config_named(name: str, enabled: frozenset[str] = ENABLED) -> Config:
@@ -143,10 +158,11 @@ class _Generator:
     def __init__(self, rng: random.Random, seed: int, legacy_tables: bool, enabled: frozenset[str]):
         self.rng = rng
         self.cfg = Config(legacy_tables=legacy_tables, seed=seed)
-        self.enabled = enabled
-        # Without output-several-reroutes one thing re-routes at output: marks (in one route chain) or NAT.
-        self.output_rerouter = self.rng.choice(("marks", "nat"))
-        self.output_mark_chain: str | None = None  # the one output chain that may set marks
+        # A conntrack-free config: nat chains, but no rule that turns conntrack on (no NAT, no ct
+        # match), so that the kernel never runs them; recorded at the end if it drew nat chains.
+        self.conntrack_free = "nat-chains-without-conntrack" in enabled and rng.random() < 0.1
+        self.enabled = enabled - CONNTRACK_USERS if self.conntrack_free else enabled
+        # what changes routing keys at output, for the record of output-several-reroutes
         self.output_mark_chains: set[str] = set()  # output chains that do
         self.output_nat = False
 
@@ -161,6 +177,8 @@ class _Generator:
         rng = self.rng
         if self.on("nft", 0.85):
             self.cfg.nft = "".join(self.nft_table(i) for i in range(rng.choice((1, 1, 2))))
+            if self.on("output-several-reroutes", 0.2):
+                self.cfg.nft += self.output_rerouting_table()
         if self.on("iptables-nft", 0.6):
             self.cfg.iptables_nft = self.ipt_tables("iptables-nft")
         if self.cfg.legacy_tables and self.on("iptables-legacy", 0.4):
@@ -185,7 +203,7 @@ class _Generator:
             lines.append(f"  set ports {{ type inet_service; elements = {{ {', '.join(map(str, ports))} }} }}")
             named = ["addrs", "ports"]
         for c in range(rng.choice((1, 2, 2, 3))):
-            chain_type = rng.choices(("filter", "nat", "route"), (5, 4 if self._any_nat() else 0,
+            chain_type = rng.choices(("filter", "nat", "route"), (5, 4 if self._nat_chains_drawn() else 0,
                                                                   1 if "route-chain" in self.enabled else 0))[0]
             if chain_type == "route":
                 self.cfg.features.add("route-chain")
@@ -197,8 +215,30 @@ class _Generator:
         lines.append("}")
         return "\n".join(lines) + "\n"
 
-    def _any_nat(self) -> bool:
-        return bool({"dnat", "redirect", "snat", "masquerade"} & self.enabled)
+    def output_rerouting_table(self) -> str:
+        """A table whose output chains change routing keys one after another — a route chain's
+        mark, a nat chain's dnat, a later route chain's mark — so that a local packet is routed
+        again after each (ip_route_me_harder, with the keys of that moment)."""
+        rng = self.rng
+        chains = (("route", rng.choice((-300, -150))), ("nat", -100), ("route", rng.choice((0, 10))))
+        lines = ["table ip rr {"]
+        for c, (kind, priority) in enumerate(chains):
+            context = Context("nft", "ip", "output", kind, "rr", f"nft rr c{c}", priority)
+            self.cfg.nft_nat_chains += kind == "nat"
+            match = self.nft_match(context, None) if rng.random() < 0.5 else ""
+            if kind == "nat":
+                action = self.nft_nat(context, None)
+            else:
+                self.mark_set(context)
+                action = f"meta mark set {self.mark():#x}"
+            lines += [f"  chain c{c} {{", f"    type {kind} hook output priority {priority}; policy accept;",
+                      f"    {' '.join(filter(None, (match, action)))}", "  }"]
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def _nat_chains_drawn(self) -> bool:
+        """Nat chains are drawn where NAT is enabled, and in a conntrack-free config (to be left out)."""
+        return self.conntrack_free or bool({"dnat", "redirect", "snat", "masquerade"} & self.enabled)
 
     def nft_chains(self, name: str, context: Context) -> list[str]:
         """A base chain and the regular chains only it reaches (each may jump to later ones)."""
@@ -248,16 +288,15 @@ class _Generator:
         rng = self.rng
         kinds = ["saddr", "daddr", "daddr", "l4"]
         if proto in (TCP, UDP):
-            kinds += ["dport", "dport", "sport"]
+            kinds += ["dport", "dport"] + ["sport"] * (not _after_source_nat(context))
         if proto == TCP and "tcp-flags" in self.enabled:
             kinds.append("flags")
         if proto == ICMP:
             kinds.append("icmp")
         kinds += ["concat"] * ("anonymous-sets" in self.enabled)
         kinds += ["ifname"] * ("interface-names" in self.enabled) + ["mark"] * ("marks" in self.enabled)
-        if self.may_use_conntrack(context):
-            kinds += ["ct"] * ("ct-state" in self.enabled) + ["ctmark"] * ("ct-mark" in self.enabled)
-        kinds += ["fib"] * ("fib" in self.enabled)
+        kinds += ["ct"] * ("ct-state" in self.enabled) + ["ctmark"] * ("ct-mark" in self.enabled)
+        kinds += ["fib"] * ("fib" in self.enabled) + ["jhash"] * ("jhash" in self.enabled)
         kind = rng.choice(kinds)
         name = PROTO_NAMES.get(proto)
         if kind in ("saddr", "daddr"):
@@ -314,8 +353,20 @@ class _Generator:
         if kind == "ctmark":
             self.uses_conntrack(context, "ct-mark")
             return f"ct mark {rng.choice(MARKS):#x}"
+        if kind == "jhash":
+            return f"{self.jhash(proto, 2)} == {rng.choice((0, 1))}"
         self.cfg.features.add("fib")
         return rng.choice(("fib daddr type local", "fib daddr type != local"))
+
+    def jhash(self, proto: int | None, mod: int, offset: int = 0) -> str:
+        """`jhash KEY mod N seed S [offset K]` over addresses and (for TCP/UDP) the destination
+        port: what later hooks see of them is known (a source port after source NAT may not be)."""
+        self.cfg.features.add("jhash")
+        keys = ["ip saddr", "ip daddr", "ip saddr . ip daddr"]
+        if proto in (TCP, UDP):
+            keys += [f"{PROTO_NAMES[proto]} dport", f"ip daddr . {PROTO_NAMES[proto]} dport"]
+        seed = self.rng.choice((0x0, 0x1, 0x5A5A, 0xDEADBEEF))
+        return f"jhash {self.rng.choice(keys)} mod {mod} seed {seed:#x}" + (f" offset {offset}" if offset else "")
 
     def may_match_index(self, context: Context, key: str) -> bool:
         """iif / oif at a hook without that device only with ifindex-without-device."""
@@ -330,30 +381,27 @@ class _Generator:
         rng = self.rng
         out = []
         # marks where they select a route (prerouting, output) more often than elsewhere
-        if self.may_set_mark(context) and self.on("marks", 0.5 if context.hook in ("prerouting", "output") else 0.2):
+        if self.on("marks", 0.5 if context.hook in ("prerouting", "output") else 0.2):
             self.mark_set(context)
             if self.on("maps", 0.2):
                 keys = rng.sample(CLIENT_SOURCES + ROUTER_OWN, 3)
                 out.append(f"meta mark set ip saddr map {{ {', '.join(f'{k} : {self.mark():#x}' for k in keys)} }}")
+            elif "jhash" in self.enabled and rng.random() < 0.15:
+                out.append(f"meta mark set {self.jhash(None, 3, offset=1)}")  # 0x1 … 0x3
             else:
                 out.append(rng.choice((f"meta mark set {self.mark():#x}", f"meta mark set {self.mark():#x}",
                                        "meta mark set mark or 0x2", "meta mark set mark and 0xfffffffc")))
-        if self.may_use_conntrack(context) and self.on("ct-mark", 0.1):
+        if self.on("ct-mark", 0.1):
             self.uses_conntrack(context, "ct-mark")
-            if self.may_set_mark(context) and rng.random() < 0.5:
+            if rng.random() < 0.5:
                 self.mark_set(context)
                 out.append("meta mark set ct mark")
             else:
                 out.append("ct mark set meta mark")
-        if context.hook in ("prerouting", "output") and self.may_use_conntrack(context) and self.on("notrack", 0.05):
+        if context.hook in ("prerouting", "output") and self.on("notrack", 0.05):
             self.uses_conntrack(context, "notrack")
             out.append("notrack")
         return out
-
-    def may_use_conntrack(self, context: Context) -> bool:
-        """Without lo-keeps-conntrack, prerouting chains below conntrack's priority neither match nor
-        set anything of conntrack (a looped-back packet already has its entry there)."""
-        return not _below_conntrack(context) or "lo-keeps-conntrack" in self.enabled
 
     def uses_conntrack(self, context: Context, feature: str) -> None:
         self.cfg.features.add(feature)
@@ -363,16 +411,6 @@ class _Generator:
     def mark(self) -> int:
         """A mark to set: 0x1 (table 100) more often, as 0x2 also comes from `or 0x2`."""
         return self.rng.choice((0x1, 0x1, 0x2, 0x3))
-
-    def may_set_mark(self, context: Context) -> bool:
-        """Without output-several-reroutes, only one route chain sets marks at output, and only
-        in configs without output NAT."""
-        if context.hook != "output" or "output-several-reroutes" in self.enabled:
-            return True
-        if context.type != "route" or self.output_rerouter != "marks":
-            return False
-        self.output_mark_chain = self.output_mark_chain or context.chain
-        return self.output_mark_chain == context.chain
 
     def mark_set(self, context: Context) -> None:
         if context.hook in ("prerouting", "output"):
@@ -487,8 +525,6 @@ class _Generator:
         hook_feature = {"input": "nat-input", "output": "nat-output"}.get(hook)
         if hook_feature and hook_feature not in self.enabled:
             return None
-        if hook == "output" and self.output_rerouter != "nat" and "output-several-reroutes" not in self.enabled:
-            return None
         kinds = [k for k in kinds if k in self.enabled]
         if not kinds:
             return None
@@ -508,7 +544,7 @@ class _Generator:
     def ipt_tables(self, tool: str) -> IptTables:
         rng = self.rng
         tables: IptTables = {}
-        names = [t for t in IPT_BUILTINS if t != "nat" or self._any_nat()]
+        names = [t for t in IPT_BUILTINS if t != "nat" or self._nat_chains_drawn()]
         for table in rng.sample(names, rng.randint(1, len(names))):
             chains: dict[str, tuple[str | None, list[str]]] = {}
             for builtin in rng.sample(IPT_BUILTINS[table], rng.randint(1, len(IPT_BUILTINS[table]))):
@@ -548,8 +584,7 @@ class _Generator:
             kinds += ["-i"] * (context.hook in HAS_IIF) + ["-o"] * (context.hook in HAS_OIF)
         kinds += ["mark"] * ("marks" in self.enabled) + ["addrtype"] * ("addrtype" in self.enabled)
         kinds += ["iprange"] * ("iprange" in self.enabled)
-        if self.may_use_conntrack(context):
-            kinds += ["ct"] * ("ct-state" in self.enabled) + ["connmark"] * ("ct-mark" in self.enabled)
+        kinds += ["ct"] * ("ct-state" in self.enabled) + ["connmark"] * ("ct-mark" in self.enabled)
         kinds = [k for k in kinds if k not in used]
         if not kinds:
             return ""
@@ -602,11 +637,11 @@ class _Generator:
             choices["jump"] = choices["goto"] = 4 if context.type == "nat" else 2
         if context.table == "filter" and "reject" in self.enabled:
             choices["REJECT"] = 1
-        if context.table == "mangle" and "marks" in self.enabled and self.may_set_mark(context):
+        if context.table == "mangle" and "marks" in self.enabled:
             choices["MARK"] = 4
-        if context.table == "mangle" and "ct-mark" in self.enabled and self.may_use_conntrack(context):
+        if context.table == "mangle" and "ct-mark" in self.enabled:
             choices["CONNMARK"] = 1
-        if context.table == "raw" and "notrack" in self.enabled and self.may_use_conntrack(context):
+        if context.table == "raw" and "notrack" in self.enabled:
             choices["notrack"] = 1
         if context.table == "nat" and (not context.regular or "nat-in-regular-chain" in self.enabled):
             choices["nat"] = 9
@@ -624,7 +659,7 @@ class _Generator:
                                "-j MARK --or-mark 0x2"))
         if kind == "CONNMARK":
             self.uses_conntrack(context, "ct-mark")
-            if self.may_set_mark(context) and rng.random() < 0.5:
+            if rng.random() < 0.5:
                 self.mark_set(context)
                 return "-j CONNMARK --restore-mark"
             return "-j CONNMARK --save-mark"
@@ -678,6 +713,13 @@ class _Generator:
             ports = (next(sports[rng.choice(SPORT_BANDS)]), rng.choice(DPORTS)) if proto != ICMP else (None, None)
             out.append(Probe(probe_id, "local-out" if local else "forwarded", proto, src, dst, *ports))
         return out
+
+
+def _after_source_nat(context: Context) -> bool:
+    """A postrouting chain that may run after source NAT, where the source port can be the
+    kernel's random pick (random, fully-random, a port range): a match on it is rightly
+    uncertain in the explanation, so none is drawn there."""
+    return context.hook == "postrouting" and context.priority >= PRIO_SRCNAT
 
 
 def _below_conntrack(context: Context) -> bool:

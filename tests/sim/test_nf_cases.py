@@ -2,10 +2,11 @@
 
 Each case loads the smallest ruleset that shows one behaviour, sends one or a few probes,
 asserts first what the kernel does (where the probe arrives, with which addresses and
-ports), then that why-route says the same. A case why-route gets wrong today is marked
-xfail(strict, raises=WhyRouteDisagrees): a wrong assumption about the kernel still fails
-it, and the fix turns it into an unexpected pass that asks for the mark to go. Each of
-those defects keeps a feature out of tests/sim/nflab_random.py (DISABLED) until fixed.
+ports), then that why-route says the same (WhyRouteDisagrees otherwise). A case why-route
+gets wrong is marked xfail(strict=True, raises=WhyRouteDisagrees) while the defect lasts (a
+wrong assumption about the kernel still fails it; the fix turns it into an unexpected pass
+that asks for the mark to go), and the defect keeps a feature out of
+tests/sim/nflab_random.py (DISABLED) until fixed. None is marked today.
 
 Lab (tests/sim/nfwire.py): client side r0 10.0.0.1/24; r1 10.1.0.1/24 (main's default route),
 r2 10.2.0.1/24 + 172.16.2.1/24, r3 10.3.0.1/24; mark 0x1/0x3 selects table 100 (default via
@@ -17,16 +18,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sim.nfwire import LOCAL, Arrival, Comparison, Probe, Ruleset, compare
+from tests.sim.nfwire import LOCAL, Arrival, Comparison, Probe, Ruleset, compare, expected_arrival
+from tracer.collect.live import collect_state
+from tracer.output.json_out import explanation_doc
+from tracer.output.text import render
+from tracer.sim.explain import explain
 from tracer.vocab import UDP
 
 
 class WhyRouteDisagrees(Exception):
     """why-route's explanation is not what the kernel did."""
-
-
-def xfail_because(defect: str):
-    return pytest.mark.xfail(strict=True, raises=WhyRouteDisagrees, reason=defect)
 
 
 def udp(src: str, dst: str, dport: int = 53, *, sport: int = 20000, origin: str = "forwarded", id: int = 1) -> Probe:
@@ -93,14 +94,7 @@ def test_local_out_to_an_own_address_comes_back_in_through(wire_lab, hook):
     agree(c)
 
 
-LOOPED_CONNTRACK = ("on the loopback path tracer/sim/netfilter.py traverse() treats prerouting chains below "
-                    "conntrack's priority (-200) as seeing no conntrack entry (`st.ct_attached = not (hook in "
-                    "(prerouting, output) and c.priority < PRIO_CONNTRACK)`: ct state invalid, notrack applies); "
-                    "the looped-back skb still carries the entry it got at output: ct state new, its ct mark, and "
-                    "notrack is ignored (nft_notrack_eval, xt_CT: 'Previously seen (loopback)? Ignore')")
 
-
-@xfail_because(LOOPED_CONNTRACK)
 @pytest.mark.parametrize("match, arrives", [("ct state new", False), ("ct state invalid", True)])
 def test_a_looped_back_packet_has_its_conntrack_entry_below_conntracks_priority(wire_lab, match, arrives):
     (c,) = sent(wire_lab, [local_udp("10.1.0.1", "10.0.0.1")], nft=table(
@@ -109,7 +103,6 @@ def test_a_looped_back_packet_has_its_conntrack_entry_below_conntracks_priority(
     agree(c)
 
 
-@xfail_because(LOOPED_CONNTRACK)
 def test_notrack_is_ignored_for_a_looped_back_packet(wire_lab):
     (c,) = sent(wire_lab, [local_udp("10.1.0.1", "10.0.0.1")], nft=table(
         chain("raw_pre", base("filter", "prerouting", -300), 'iifname "lo" notrack'),
@@ -166,16 +159,40 @@ def test_destination_nat_to_a_port_range_takes_its_first_port(wire_lab):
     agree(*comparisons)
 
 
+# ------------------------------------------------------------ jhash and symhash
+
+@pytest.mark.parametrize("rule", [
+    "jhash ip daddr . udp sport mod 2 seed 0x5 vmap { 0 : accept, 1 : drop }",  # a concatenation: 4 + 4 bytes
+    "jhash udp sport mod 2 seed 0xdeadbeef == 1 drop",  # one port: 2 bytes
+])
+def test_jhash_with_a_seed_is_computed_as_the_kernel_does(wire_lab, rule):
+    comparisons = sent(wire_lab, twelve_flows(), nft=table(chain("pre", base("filter", "prerouting", 0), rule)))
+    passed = sum(bool(c.seen) for c in comparisons)
+    assert 0 < passed < len(comparisons), passed  # both halves taken: chance 1 in 2**11 otherwise
+    agree(*comparisons)
+
+
+def test_jhash_sets_the_mark_that_selects_the_route(wire_lab):
+    # values 10, 11, 12: 10 & 0x3 = 0x2 selects table 101 (default via r3), 11 and 12 stay in main (r1)
+    marking = "meta mark set jhash udp sport mod 3 seed 0x7 offset 10"
+    comparisons = sent(wire_lab, twelve_flows(), nft=table(chain("pre", base("filter", "prerouting", -150), marking)))
+    assert {c.seen[0].place for c in comparisons} == {"r1", "r3"}
+    agree(*comparisons)
+
+
+@pytest.mark.parametrize("hashing", ["symhash mod 2", "jhash ip saddr mod 2"])  # without a seed: drawn at load
+def test_a_hash_keyed_at_random_forks_into_equal_shares(wire_lab, hashing):
+    comparisons = sent(wire_lab, twelve_flows(), nft=table(
+        chain("pre", base("filter", "prerouting", 0), f"{hashing} vmap {{ 0 : accept, 1 : drop }}")))
+    for c in comparisons:
+        outcomes = c.explanation.outcomes
+        assert [(o.share, o.verdict) for o in outcomes] == [(0.5, "forwarded"), (0.5, "dropped")]
+        assert expected_arrival(outcomes[0 if c.seen else 1]) == (c.seen[0] if c.seen else None)
+
+
 # ------------------------------------------------------------ routing again after the output hook
 
-REROUTE = ("explain() routes a local packet again once, with the mark and destination as the whole output hook "
-           "left them (tracer/sim/explain.py _explain_output; HookTraversal keeps no keys per trigger); the kernel "
-           "routes again right after each route chain (nf_route_table_hook4, ipt_mangle_out) or NAT "
-           "(nf_nat_ipv4_local_fn) that changed them, with the keys of that moment: later changes are not routed, "
-           "and an intermediate route that fails drops the packet")
 
-
-@xfail_because(REROUTE)
 def test_a_mark_changed_after_the_route_chain_does_not_route_again(wire_lab):
     (c,) = sent(wire_lab, [local_udp("10.1.0.1", "10.1.0.9")], nft=table(
         chain("out_route", base("route", "output", -150), "meta mark set 0x1"),
@@ -184,7 +201,6 @@ def test_a_mark_changed_after_the_route_chain_does_not_route_again(wire_lab):
     agree(c)
 
 
-@xfail_because(REROUTE)
 def test_a_mark_set_after_an_output_dnat_does_not_route_again(wire_lab):
     (c,) = sent(wire_lab, [local_udp("10.1.0.1", "203.0.113.5")], nft=table(
         chain("out_nat", base("nat", "output", -100), "udp dport 53 dnat to 10.3.0.9"),
@@ -193,13 +209,31 @@ def test_a_mark_set_after_an_output_dnat_does_not_route_again(wire_lab):
     agree(c)
 
 
-@xfail_because(REROUTE)
 def test_a_route_chain_that_routes_into_a_blackhole_drops_before_a_later_dnat(wire_lab):
     (c,) = sent(wire_lab, [local_udp("10.1.0.1", "203.0.113.200")], nft=table(
         chain("out_route", base("route", "output", -150), "meta mark set 0x2"),
         chain("out_nat", base("nat", "output", -100), "dnat to 10.3.0.9")))
     assert c.seen == [] and c.refused == "Invalid argument"  # table 101's blackhole 203.0.113.128/25
     agree(c)
+
+
+def test_each_reroute_at_output_is_shown_with_the_keys_of_its_moment(wire_lab):
+    # main: 203.0.113.0/24 via r2; mark 0x1 -> table 100: 203.0.113.0/24 via r3, default via r2
+    (c,) = sent(wire_lab, [local_udp("10.1.0.1", "203.0.113.5")], nft=table(
+        chain("out_route", base("route", "output", -150), "meta mark set 0x1"),
+        chain("out_nat", base("nat", "output", -100), "udp dport 53 dnat to 10.3.0.9"),
+        chain("out_filter", base("filter", "output", 0), "meta mark set 0x2")))
+    assert c.seen == [Arrival("r2", "10.1.0.1", "10.3.0.9", 20000, 53)]  # table 100's default, by mark 0x1
+    agree(c)
+    doc = explanation_doc(c.explanation)
+    assert [(s["mark"], s["dst"], s["reason"]) for s in doc["steps"] if s["type"] == "reroute"] == [
+        (0x1, "203.0.113.5", "ip t out_route (type route): mark 0x0 -> 0x1"),
+        (0x1, "10.3.0.9", "NAT (ip t out_nat): destination 203.0.113.5 -> 10.3.0.9")]
+    assert [(d["stage"], d["table_id"], d["dev"]) for d in (*doc["reroutes"], doc["decision"])] == [
+        ("routing", 254, "r2"), ("re-route after output", 100, "r3"), ("re-route after output", 100, "r2")]
+    text = render(c.explanation)
+    assert "re-routed after ip t out_route (type route): mark 0x0 -> 0x1" in text
+    assert "re-routed after NAT (ip t out_nat): destination 203.0.113.5 -> 10.3.0.9" in text
 
 
 def test_a_mark_set_by_a_filter_output_chain_does_not_route_again(wire_lab):
@@ -209,15 +243,29 @@ def test_a_mark_set_by_a_filter_output_chain_does_not_route_again(wire_lab):
     agree(c)
 
 
+# ------------------------------------------------------------ the NAT core hook among equal priorities
+
+OUTPUT_DNAT = chain("out_nat", base("nat", "output", -100), "dnat to 10.3.0.9")
+DROPS_THE_DNAT_TARGET = chain("out_filter", base("filter", "output", -100), "ip daddr 10.3.0.9 drop")
+IPT_NAT_TABLE = {"nat": {"POSTROUTING": ("ACCEPT", ["-o r1 -j MASQUERADE"])}}
+
+
+@pytest.mark.parametrize("loaded, nft_first, dnatted_before_the_filter", [
+    ((DROPS_THE_DNAT_TARGET, OUTPUT_DNAT), True, True),  # the NAT core came last: it runs first
+    ((OUTPUT_DNAT, DROPS_THE_DNAT_TARGET), True, False),
+    # iptables-nft's nat table (postrouting) registered the NAT core of every hook, before both
+    ((DROPS_THE_DNAT_TARGET, OUTPUT_DNAT), False, False),
+])
+def test_the_nat_core_hook_ties_by_the_familys_first_nat_chain(wire_lab, loaded, nft_first, dnatted_before_the_filter):
+    (c,) = sent(wire_lab, [local_udp("10.1.0.1", "10.2.0.9")], nft=table(*loaded), iptables_nft=IPT_NAT_TABLE,
+                nft_first=nft_first)
+    assert c.seen == ([] if dnatted_before_the_filter else [Arrival("r3", "10.1.0.1", "10.3.0.9", 20000, 53)])
+    agree(c)
+
+
 # ------------------------------------------------------------ nat chains need conntrack
 
-NO_CONNTRACK = ("tracer/sim/netfilter.py traverse() runs nat chains for every new packet; the kernel runs them "
-                "only while conntrack is enabled in the namespace (nf_nat_inet_fn needs the packet's ct), which "
-                "takes a rule that uses it: a NAT statement or target, a ct expression, -m conntrack/state "
-                "(nf_ct_netns_get). A nat chain alone, its drops and marks included, never runs")
 
-
-@xfail_because(NO_CONNTRACK)
 def test_a_nat_chain_without_any_conntrack_user_never_runs_its_policy(wire_lab):
     (c,) = sent(wire_lab, [udp("10.0.0.2", "10.1.0.9")], nft=table(
         chain("pre", base("nat", "prerouting", -100, policy="drop"))))
@@ -225,7 +273,6 @@ def test_a_nat_chain_without_any_conntrack_user_never_runs_its_policy(wire_lab):
     agree(c)
 
 
-@xfail_because(NO_CONNTRACK)
 def test_a_nat_chain_without_any_conntrack_user_never_sets_its_mark(wire_lab):
     (c,) = sent(wire_lab, [udp("10.0.0.2", "10.1.0.9")], nft=table(
         chain("pre", base("nat", "prerouting", -100), "meta mark set 0x1")))
@@ -233,15 +280,64 @@ def test_a_nat_chain_without_any_conntrack_user_never_sets_its_mark(wire_lab):
     agree(c)
 
 
-@pytest.mark.parametrize("user", [
-    chain("f", base("filter", "forward", 0), "ct state new counter"),
-    chain("unused", "dnat to 192.0.2.9"),  # never reached: loading it is what counts
-])
+NAT_DROPS = table(chain("pre", base("nat", "prerouting", -100, policy="drop")))
+
+
+def other_table(family: str, *chains: str) -> str:
+    return f"table {family} u {{\n" + "\n".join(chains) + "\n}\n"
+
+
+FORWARD_CT_MATCH = chain("f", base("filter", "forward", 0), "ct state new counter")
+CONNTRACK_USERS = {
+    "a ct match": dict(nft=NAT_DROPS + other_table("ip", FORWARD_CT_MATCH)),
+    "a ct match in an inet table": dict(nft=NAT_DROPS + other_table("inet", FORWARD_CT_MATCH)),
+    "a dnat never reached": dict(nft=NAT_DROPS + other_table("ip", chain("unused", "dnat to 192.0.2.9"))),
+    "a ct helper object": dict(nft=NAT_DROPS + 'table ip u {\n  ct helper ftp { type "ftp" protocol tcp; }\n}\n'),
+    "iptables-nft -m conntrack": dict(nft=NAT_DROPS, iptables_nft={
+        "filter": {"FORWARD": ("ACCEPT", ["-m conntrack --ctstate NEW"])}}),
+    "iptables-legacy DNAT never reached": dict(nft=NAT_DROPS, legacy_tables=True, iptables_legacy={
+        "nat": {"UNUSED": (None, ["-p tcp -j DNAT --to-destination 192.0.2.9"])}}),
+}
+NO_CONNTRACK_USERS = {
+    "notrack": dict(nft=NAT_DROPS + other_table("ip", chain("r", base("filter", "prerouting", -300), "notrack"))),
+    "a ct match in an ip6 table": dict(nft=NAT_DROPS + other_table("ip6", FORWARD_CT_MATCH)),
+    "iptables-nft CT --notrack and -m mark": dict(nft=NAT_DROPS, iptables_nft={
+        "raw": {"PREROUTING": ("ACCEPT", ["-p tcp -j CT --notrack"])},
+        "filter": {"FORWARD": ("ACCEPT", ["-m mark --mark 0x5"])}}),
+    "an iptables-nft nat table": dict(nft=NAT_DROPS, iptables_nft={"nat": {"PREROUTING": ("ACCEPT", ["-j ACCEPT"])}}),
+}
+
+
+@pytest.mark.parametrize("user", CONNTRACK_USERS)
 def test_any_conntrack_user_makes_nat_chains_run(wire_lab, user):
-    (c,) = sent(wire_lab, [udp("10.0.0.2", "10.1.0.9")], nft=table(
-        chain("pre", base("nat", "prerouting", -100, policy="drop")), user))
+    (c,) = sent(wire_lab, [udp("10.0.0.2", "10.1.0.9")], **CONNTRACK_USERS[user])
     assert c.seen == []
     agree(c)
+
+
+@pytest.mark.parametrize("loaded", NO_CONNTRACK_USERS)
+def test_what_does_not_use_conntrack_leaves_nat_chains_out(wire_lab, loaded):
+    (c,) = sent(wire_lab, [udp("10.0.0.2", "10.1.0.9")], **NO_CONNTRACK_USERS[loaded])
+    assert c.seen == [Arrival("r1", "10.0.0.2", "10.1.0.9", 20000, 53)]
+    agree(c)
+    assert "not run: conntrack is off for IPv4" in render(c.explanation)
+
+
+def test_conntrack_entries_left_by_a_removed_user_are_said_to_leave_it_open(wire_lab):
+    tracked = udp("10.0.0.2", "10.1.0.9", id=1)
+    sent(wire_lab, [tracked], nft=table(chain("f", base("filter", "forward", 0), "ct state new counter")))
+    # the user goes, its entry stays (conntrack's hooks go with the last user, entries time out)
+    wire_lab.run(["nft", "flush", "ruleset"])
+    wire_lab.run(["nft", "-f", "-"], input=table(chain("pre", base("nat", "prerouting", -100, policy="drop"))))
+    state = collect_state(wire_lab.router)
+    assert any(e.orig_dst == "10.1.0.9" for e in state.conntrack)
+    probe = udp("10.0.0.2", "10.2.0.9", sport=20001, id=2)
+    e = explain(state, probe.flow())
+    wire_lab.send([probe])
+    assert wire_lab.arrivals({2}).get(2) == [Arrival("r2", "10.0.0.2", "10.2.0.9", 20001, 53)]  # conntrack is off
+    assert e.verdict == "forwarded" and e.egress.dev == "r2"
+    assert any("no loaded rule uses conntrack, yet conntrack holds 1 entry" in note for note in e.notes), e.notes
+    assert "not run: conntrack is off for IPv4 in this namespace" in render(e)
 
 
 # ------------------------------------------------------------ NAT in regular chains

@@ -34,7 +34,7 @@ from tracer.sim.explanation import (
     RoutingStep,
     Step,
 )
-from tracer.sim.netfilter import AddressInfo, NatRewrite, PacketView, Ruleset, load_ruleset, traverse
+from tracer.sim.netfilter import AddressInfo, NatRewrite, PacketView, Reroute, Ruleset, load_ruleset, traverse
 from tracer.vocab import (
     AF_INET,
     AF_INET6,
@@ -128,6 +128,31 @@ def is_local(state: HostState, addr: str) -> bool:
     return addr in state.derived(_local_addresses)
 
 
+def _bridged_note(state: HostState, flow: Flow) -> str | None:
+    """What the walk does not show for a flow between two hosts of the bridge it enters on:
+    the bridge forwards such a frame itself (never routed), and only bridge netfilter
+    (br_netfilter) lets iptables and conntrack see it."""
+    link = state.link(flow.iif)
+    if link is None or link.kind != "bridge" or not flow.src or flow.family != AF_INET or is_local(state, flow.dst):
+        return None
+    src, dst = ipaddress.ip_address(flow.src), ipaddress.ip_address(flow.dst)
+    for address in state.addresses_of(flow.iif):
+        subnet = ipaddress.ip_network(f"{address.local}/{address.prefixlen}", strict=False)
+        if src in subnet and dst in subnet:
+            break
+    else:
+        return None
+    calls = state.bridge_calls_iptables(flow.iif)
+    seen = {True: "bridge netfilter passes it through iptables' prerouting, forward and postrouting hooks",
+            False: "bridged IPv4 skips iptables here (br_netfilter "
+                   + ("off: net.bridge.bridge-nf-call-iptables = 0)" if state.br_netfilter else "not loaded)")
+                   + ": no netfilter hook, conntrack or NAT sees it",
+            None: "whether iptables sees it depends on bridge netfilter (net.bridge.bridge-nf-call-iptables), "
+                  "which this state does not record"}[calls]
+    return (f"{flow.src} and {flow.dst} are both on {flow.iif}'s subnet {subnet}: the bridge forwards a frame "
+            f"between them itself, it is not routed as shown; {seen}")
+
+
 def find_conntrack(state: HostState, flow: Flow) -> ConntrackEntry | None:
     """The entry whose original direction is this flow (ports only when given). A flow
     asked without a protocol matches none: an ICMP echo entry says nothing of TCP."""
@@ -203,6 +228,7 @@ class _Walk:
         # Without a netfilter dump nothing is known of the hooks: none is shown.
         self.ruleset = ruleset_of(state) if state.netfilter else None
         self.steps: list[Step] = []
+        self.rerouted: list[tuple[RerouteStep, RoutingStep]] = []  # during the output hook
         self.last_hook: HookStep | None = None
         self.rules_answer: Explanation | None = None
         self.notes: list[str] = []
@@ -220,14 +246,29 @@ class _Walk:
         return decision.gateway if decision and decision.dev == oif else None
 
     def route(self, stage: str, packet: PacketView | None = None, **query) -> fib.FibResult:
+        step = self._decide(stage, packet, **query)
+        self.steps.append(step)
+        return step.result
+
+    def _decide(self, stage: str, packet: PacketView | None = None, **query) -> RoutingStep:
         ports = packet if packet is not None else self.flow
-        q = RouteQuery(family=self.flow.family, tos=self.flow.tos, proto=self.flow.proto,
-                       sport=ports.sport, dport=ports.dport, **query)
+        query.setdefault("tos", self.flow.tos)
+        q = RouteQuery(family=self.flow.family, proto=self.flow.proto, sport=ports.sport, dport=ports.dport, **query)
         result = fib.route(self.state, q)
         if result.nexthop is None and len(result.nexthops) > 1 and not result.error:
             result = self._pick_nexthop(q, result)
-        self.steps.append(RoutingStep(stage, q, result))
-        return result
+        return RoutingStep(stage, q, result)
+
+    def reroute(self, keys: Reroute) -> str | None:
+        """ip_route_me_harder, called by the output hook's walk where the kernel calls it: routed
+        with the keys of that moment; the steps follow the hook's (see `hook`)."""
+        flow = self.flow
+        packet = PacketView(nf_family(flow.family), keys.src, keys.dst, flow.proto, keys.sport, keys.dport)
+        step = self._decide("re-route after output", packet, dst=keys.dst, src=keys.src, oif=flow.oif,
+                            mark=keys.mark, uid=flow.uid, tos=keys.dscp << 2 | flow.tos & 3)
+        self.rerouted.append((RerouteStep(keys.mark, keys.dst, keys.reason, keys.src), step))
+        self.notes.append(f"re-routed after {keys.reason}")
+        return step.result.error
 
     def _option(self) -> int:
         """The option this walk takes at the next fork (the first one past its picks)."""
@@ -260,11 +301,29 @@ class _Walk:
         """Run one netfilter hook; returns the packet as it leaves the hook."""
         if self.ruleset is None:
             return packet
-        traversal = traverse(self.ruleset, name, packet, addresses=self.addresses, choose=self._choose)
+        traversal = traverse(self.ruleset, name, packet, addresses=self.addresses, choose=self._choose,
+                             reroute=self.reroute if name == "output" else None)
         self.last_hook = HookStep(traversal)
         self.steps.append(self.last_hook)
+        for reroute_step, routing_step in self.rerouted:  # the kernel's re-routes inside the hook, in order
+            self.steps += (reroute_step, routing_step)
+        self.rerouted.clear()
+        off = self.ruleset.conntrack_off.get(packet.family)
+        if off and any(visit.skipped == off for visit in traversal.chains):
+            self._conntrack_maybe_on(packet.family)
         self.steps.extend(NatStep(name, rewrite) for rewrite in traversal.nat)
         return traversal.packet
+
+    def _conntrack_maybe_on(self, family: str) -> None:
+        """No rule turns conntrack on, yet the snapshot holds entries of this family: something
+        the state does not show may have turned it on (or a rule since removed did)."""
+        entries = sum((":" in e.orig_src) == (family == "ip6") for e in self.state.conntrack)
+        held = f"{entries} {'entry' if entries == 1 else 'entries'}"
+        note = (f"no loaded rule uses conntrack, yet conntrack holds {held} of this family: something "
+                "outside the ruleset (tc's ct action, Open vSwitch, IPVS) may have it on, or a rule since "
+                "removed did; if it is on, the nat chains shown as not run do run")
+        if entries and note not in self.notes:
+            self.notes.append(note)
 
     def conntrack_nat(self, hook: str, field: str) -> NatRewrite | None:
         """The entry's mapping of `field`, compared with what the rules alone give a new connection."""
@@ -438,6 +497,9 @@ def _explain_one(state: HostState, flow: Flow, variant: PacketVariant,
             walk.notes.append(f"conntrack holds {'/'.join(protocols)} entries for {flow.src} → {flow.dst}: "
                               "ask with the protocol to see their mapping applied")
     if flow.iif and flow.iif != "lo":
+        bridged = _bridged_note(state, flow)
+        if bridged:
+            walk.notes.append(bridged)
         return _explain_input(walk), walk.forks
     return _explain_output(walk), walk.forks
 
@@ -489,25 +551,26 @@ def _explain_output(walk: _Walk) -> Explanation:
             return _routing_failed(walk, "local-out", result)
     if walk.conntrack is None and walk.variant.conntrack:
         walk.conntrack = find_conntrack(walk.state, dataclasses.replace(flow, src=src))
+    # ip_route_me_harder runs inside the hook (walk.reroute), after each route chain or NAT
+    # that changed a routing key; a mark set in a filter chain does not re-route
     packet = walk.hook("output", walk.packet(src, flow.dst, flow.mark, oif=result.dev))
+    result = walk._last_decision()
+    if result.error:  # a re-route found no route: the packet is dropped there (NF_DROP_ERR)
+        return _routing_failed(walk, "local-out", result)
     if walk.dropped_in():
         return _dropped(walk, "local-out")
     if walk.conntrack:
         walk.conntrack_nat("output", "dst")
+        before = packet.dst
         packet = dataclasses.replace(packet, dst=walk.conntrack.reply_src,
                                      dport=_reply_port(walk.conntrack.reply_sport, packet.dport))
-    output = walk.last_hook.traversal if walk.last_hook else None
-    if (output is not None and output.reroute_needed) or packet.dst != flow.dst:
-        # ip_route_me_harder: a route chain or NAT at output changed what routing keys on
-        # (a mark set in a filter chain does not re-route); or a conntrack entry's DNAT.
-        why = "; ".join(output.reroute_reasons) if output is not None and output.reroute_reasons else \
-            f"destination {packet.dst}"
-        walk.notes.append(f"the output hook changed what routing keys on ({why}): re-routed")
-        walk.steps.append(RerouteStep(packet.mark, packet.dst))
-        result = walk.route("re-route after output", packet, dst=packet.dst, src=src, oif=flow.oif,
-                            mark=packet.mark, uid=flow.uid)
-        if result.error:
-            return _routing_failed(walk, "local-out", result)
+        if packet.dst != before:  # nf_nat_ipv4_local_fn: the entry's mapping changes the destination address
+            walk.reroute(Reroute(f"the conntrack entry's NAT: destination {before} -> {packet.dst}", src, packet.dst,
+                                 packet.mark, packet.dscp, packet.sport, packet.dport))
+            walk.steps.extend(walk.rerouted.pop())
+            result = walk._last_decision()
+            if result.error:
+                return _routing_failed(walk, "local-out", result)
     if result.type == "local":
         return _looped_back(walk, walk.with_oif(packet, "lo"))
     return _postrouting(walk, "local-out", walk.with_oif(packet, result.dev))

@@ -8,7 +8,7 @@ made from them once, by tracer/output/json_out.py.
 
     forwarded:  HookStep(prerouting) [NatStep dst] RoutingStep HookStep(forward)
                 HookStep(postrouting) [NatStep src] EgressStep
-    local-out:  RoutingStep HookStep(output) [RerouteStep RoutingStep]
+    local-out:  RoutingStep HookStep(output) [RerouteStep RoutingStep]…
                 HookStep(postrouting) [NatStep] EgressStep
     local-in:   HookStep(prerouting) RoutingStep HookStep(input)
 """
@@ -107,10 +107,14 @@ class RoutingStep:
 
 @dataclass(frozen=True)
 class RerouteStep:
-    """The output hook changed what routing keys on (ip_route_me_harder): routed again."""
+    """The output hook changed what routing keys on (ip_route_me_harder): routed again at that
+    moment, with these keys; the RoutingStep that follows is that decision. There is one per
+    route chain or NAT that changed a key, in the kernel's order."""
 
     mark: int
     dst: str
+    reason: str = ""  # what triggered it: "ip t out_route (type route): mark 0x0 -> 0x1"
+    src: str | None = None
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,8 @@ class FibIndex:
         self._local_addrs: dict[int, dict[int, str]] = {}
         self._custom_local: bool | None = None
         self.merged = self._default_rules_only()
-        self.gateways_used: dict[tuple[int, int], str | None] = {}  # see _gateway_used
+        self.gateways_used: dict[tuple[Route, Nexthop], str | None] = {}  # see _gateway_used
+        self._dissects: dict[int, bool] = {}
 
     # tables
     def tables(self) -> dict[tuple[int, int], _Table]:
@@ -199,6 +200,17 @@ class FibIndex:
 
     def table(self, family: int, table: int) -> _Table | None:
         return self.tables().get((family, table))
+
+    def input_dissects(self, family: int) -> bool:
+        """fib4/fib6_rules_early_flow_dissect: a received packet's protocol and ports reach the
+        rules only while a rule selects on them, and rules with `iif lo` do not count
+        (fib_rule_requires_fldissect: only local traffic, whose socket gives them, meets those)."""
+        found = self._dissects.get(family)
+        if found is None:
+            found = self._dissects[family] = any(
+                r.family == family and r.iif != LOOPBACK and (r.ipproto or r.sport or r.dport)
+                for r in self.state.rules)
+        return found
 
     # rules
     def rules(self, family: int) -> list[_Rule]:
@@ -740,9 +752,9 @@ def _gateway_used(ix: FibIndex, route: Route, nh: Nexthop) -> str | None:
     default ones (local, main, default) stand in for them."""
     if not nh.gateway or nh.onlink or ":" in nh.gateway:
         return nh.gateway
-    # The answer depends on the route and nexthop only: asked once per state. The key is by
-    # identity: the index lives with the state, which holds the routes.
-    key = (id(route), id(nh))
+    # The answer depends on the route and nexthop only: asked once per state (a batch asks it
+    # for every flow that leaves by the same route).
+    key = (route, nh)
     if key not in ix.gateways_used:
         ix.gateways_used[key] = _gateway_reached_on_link(ix, route, nh)
     return ix.gateways_used[key]
@@ -761,11 +773,17 @@ def _gateway_reached_on_link(ix: FibIndex, route: Route, nh: Nexthop) -> str | N
     return nh.gateway
 
 
-def _flow(state: HostState, q: RouteQuery, *, iif: str, oif: str | None, uid: int, ports: bool) -> _Flow:
+def _flow(state: HostState, q: RouteQuery, *, iif: str, oif: str | None, uid: int, ports: bool,
+          received: bool = False) -> _Flow:
+    """The lookup's flow. `received`: a packet's input route, whose protocol and ports the
+    kernel reads from the packet only while some rule needs them (below: 0)."""
     fam = q.family
+    proto = q.proto
+    if received and not index_for(state).input_dissects(fam):
+        proto, ports = 0, False
     return _Flow(
         family=fam, dst=addr_int(fam, q.dst), src=addr_int(fam, q.src) if q.src else 0,
-        iif=iif, oif=oif, mark=q.mark, tos=q.tos, proto=q.proto,
+        iif=iif, oif=oif, mark=q.mark, tos=q.tos, proto=proto,
         sport=(q.sport or 0) if ports else 0, dport=(q.dport or 0) if ports else 0, uid=uid,
     )
 
@@ -777,7 +795,7 @@ def lookup_rules(state: HostState, query: RouteQuery, *, full_trace: bool | None
     index cannot rule out; default: every rule up to FULL_TRACE_MAX_RULES."""
     ix = index_for(state)
     flow = _flow(state, query, iif=query.iif or LOOPBACK, oif=query.oif,
-                 uid=0 if query.iif else (query.uid or 0), ports=True)
+                 uid=0 if query.iif else (query.uid or 0), ports=True, received=bool(query.iif))
     return _result(ix, flow, _fib_lookup(ix, flow, full_trace))
 
 
@@ -890,7 +908,7 @@ def route_input(state: HostState, query: RouteQuery) -> FibResult:
     if state.link(dev) is None:
         return FibResult(family=fam, error="ENODEV", error_reason=f"no interface {dev}")
     ports = query.proto in PORT_PROTOCOLS
-    flow = _flow(state, query, iif=dev, oif=None, uid=0, ports=ports)
+    flow = _flow(state, query, iif=dev, oif=None, uid=0, ports=ports, received=True)
     if fam == AF_INET6:
         return _result(ix, flow, _fib_lookup(ix, flow))
 
@@ -1108,7 +1126,8 @@ def choose_nexthop(state: HostState, query: RouteQuery, result: FibResult, nh: N
     if query.iif:
         if fam != AF_INET:
             return res
-        flow = _flow(state, query, iif=query.iif, oif=None, uid=0, ports=query.proto in PORT_PROTOCOLS)
+        flow = _flow(state, query, iif=query.iif, oif=None, uid=0, ports=query.proto in PORT_PROTOCOLS,
+                     received=True)
         why = _validate_source(ix, flow, flow.dst, nh.dev)
         return _replace(res, error="EINVAL", error_reason=why) if why else res
     if fam != AF_INET:

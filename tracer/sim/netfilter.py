@@ -12,10 +12,14 @@ Semantics (the kernel is the judge; see docs/netfilter.md):
 - accept ends the current base chain only, drop/reject/queue end the hook;
 - nat-type chains run inside the NAT core hook (-100 for prerouting/output,
   100 for input/postrouting), ordered among themselves by priority, only for
-  the first packet of a connection; the first chain that sets up a mapping
-  ends the lookup (nf_nat_inet_fn);
+  the first packet of a connection and only while conntrack is on for the
+  packet's family (some loaded rule or object uses it: nf_ct_netns_get); the
+  first chain that sets up a mapping ends the lookup (nf_nat_inet_fn);
 - chains below conntrack (-200) at prerouting/output see no conntrack entry:
-  `ct state` reads "invalid", ct mark/direction matches fail.
+  `ct state` reads "invalid", ct mark/direction matches fail — except for a
+  packet looped back through lo, which keeps the entry it left with;
+- at output, a route chain or NAT that changed a routing key re-routes the
+  packet there and then (ip_route_me_harder, the `reroute` callback).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from tracer.sim.nft_model import (
 )
 
 __all__ = [
-    "AddressInfo", "PacketView", "RuleVisit", "ChainVisit", "NatRewrite", "HookTraversal",
+    "AddressInfo", "PacketView", "RuleVisit", "ChainVisit", "NatRewrite", "HookTraversal", "Reroute",
     "Ruleset", "NatRule", "MssClamp", "FragNeededDrop", "load_ruleset", "traverse",
     "hooks_for_origin", "HOOKS", "ORIGIN_HOOKS",
 ]
@@ -166,8 +170,9 @@ class PacketView:
     iifkind: str | None = None
     oifkind: str | None = None
     nftrace: bool = False
-    # NAT for this connection is set up already: a locally generated packet looped
-    # back through lo meets prerouting and input with its NAT bound at output/postrouting
+    # The packet still carries the conntrack entry it got when it left: a locally generated
+    # packet looped back through lo meets prerouting and input with that entry (also below
+    # conntrack's priority) and its NAT bound at output/postrouting
     nat_bound: bool = False
 
     def __post_init__(self):
@@ -257,6 +262,20 @@ class NatRewrite:
 
 
 @dataclass(frozen=True)
+class Reroute:
+    """One ip_route_me_harder at the output hook: what triggered it, and the routing keys
+    of that moment (a later chain's change is not routed unless it triggers one itself)."""
+
+    reason: str  # "ip t out_route (type route): mark 0x0 -> 0x1" | "NAT (ip t out_nat): destination …"
+    src: str
+    dst: str
+    mark: int
+    dscp: int
+    sport: int | None = None
+    dport: int | None = None
+
+
+@dataclass(frozen=True)
 class HookTraversal:
     hook: str
     packet_in: PacketView
@@ -276,6 +295,9 @@ class HookTraversal:
     # re-routes every packet, and nat chains do not run for it.
     reroute_needed: bool = False
     reroute_reasons: tuple[str, ...] = ()  # what triggered it, e.g. "ip mangle OUTPUT (type route): mark 0x0 -> 0x1"
+    # every re-route, in the kernel's order, with the keys it routed by; the last one (if the
+    # `reroute` callback let them all succeed) is where the packet goes
+    reroutes: tuple[Reroute, ...] = ()
 
 
 # ---------------------------------------------------------------- queries
@@ -328,6 +350,9 @@ class Ruleset:
     reachable: Mapping[tuple[str, str, str, str], tuple[str, ...]] = field(default_factory=dict)
     # chain key -> _ChainIndex, for chains longer than INDEX_MIN_RULES
     indexes: Mapping[tuple[str, str, str, str], _ChainIndex] = field(default_factory=dict)
+    # "ip" | "ip6" -> why conntrack is off for that family in the namespace (no loaded rule
+    # or object uses it), so that no nat chain runs; a family absent here has conntrack on
+    conntrack_off: Mapping[str, str] = field(default_factory=dict)
 
     # -- inventory
     def sources(self) -> dict[str, list[str]]:
@@ -510,8 +535,8 @@ def load_ruleset(raw: dict) -> Ruleset:
             cj.get("policy", "accept") if cj.get("hook") else None,
             tables.get((fam, tname), 0), cj.get("handle", 0))
 
-    for fam in ("ip", "ip6"):
-        leg = parse_save(((raw.get("iptables_legacy") or {}).get(fam) or {}).get("save"))
+    legacy = {fam: parse_save(((raw.get("iptables_legacy") or {}).get(fam) or {}).get("save")) for fam in ("ip", "ip6")}
+    for fam, leg in legacy.items():
         for tname, tchains in leg.items():
             compiled_by = compile_saved_chain_rules(tchains, fam, ipsets)
             for i, (cname, sc) in enumerate(tchains.items()):
@@ -526,7 +551,101 @@ def load_ruleset(raw: dict) -> Ruleset:
 
     return Ruleset(MappingProxyType(chains), MappingProxyType(_hook_slots(chains)),
                    tuple(warnings), MappingProxyType(_reachability(chains)),
-                   MappingProxyType(build_indexes(chains)))
+                   MappingProxyType(build_indexes(chains)),
+                   MappingProxyType(_conntrack_off(_conntrack_families(objs, texts, legacy))
+                                    if not _a_dump_failed(raw) else {}))
+
+
+# ------------------------------------------------------- conntrack users
+
+# Conntrack's hooks are registered per namespace and L3 family, on demand: nf_ct_netns_get(),
+# called when a rule or object that needs conntrack is loaded. A nat chain alone does not
+# call it (nor does `notrack` / `-j CT --notrack`), and without conntrack nf_nat_inet_fn finds
+# no entry on the packet and accepts: the nat chains never run. Checked in the wire lab
+# (tests/sim/test_nf_cases.py).
+_CT_STATEMENTS = frozenset({"snat", "dnat", "masquerade", "redirect", "ct helper", "ct timeout", "ct expectation",
+                            "ct count", "flow", "synproxy"})
+_CT_OBJECTS = frozenset({"ct helper", "ct timeout", "ct expectation"})
+_CT_XT_MATCHES = frozenset({"conntrack", "state", "connmark", "connlimit", "connbytes", "helper", "connlabel",
+                            "cluster"})
+_CT_XT_TARGETS = frozenset({"CONNMARK", "CT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "CONNSECMARK",
+                            "SYNPROXY", "CLUSTERIP"})
+# the L3 families whose conntrack a table's users turn on (nf_ct_netns_get: inet and bridge take both)
+_CT_FAMILIES = {"ip": ("ip",), "ip6": ("ip6",), "inet": ("ip", "ip6"), "bridge": ("ip", "ip6")}
+
+
+def _uses_conntrack(expr, notrack_text: bool) -> bool:
+    """Whether an nft JSON expression tree holds a conntrack user (a ct expression, a NAT
+    statement, an xt match/target that takes conntrack). `notrack_text`: nft prints the rule's
+    xt CT target as `notrack` (iptables' -j CT --notrack, no user)."""
+    if isinstance(expr, list):
+        return any(_uses_conntrack(x, notrack_text) for x in expr)
+    if not isinstance(expr, dict):
+        return False
+    for key, value in expr.items():
+        if key == "ct" or key in _CT_STATEMENTS:
+            return True
+        if key == "xt" and isinstance(value, dict):
+            name = value.get("name")
+            if value.get("type") == "match" and name in _CT_XT_MATCHES:
+                return True
+            if value.get("type") == "target" and name in _CT_XT_TARGETS and not (name == "CT" and notrack_text):
+                return True
+        elif _uses_conntrack(value, notrack_text):
+            return True
+    return False
+
+
+def _legacy_rule_uses_conntrack(tokens: list[str]) -> bool:
+    for opt, value in zip(tokens, tokens[1:], strict=False):
+        if opt == "-m" and value in _CT_XT_MATCHES:
+            return True
+        if opt == "-j" and value in _CT_XT_TARGETS and not (value == "CT" and "--notrack" in tokens):
+            return True
+    return False
+
+
+def _conntrack_families(objs: list, texts: dict, legacy: dict) -> set[str]:
+    """The L3 families ("ip", "ip6") whose conntrack some loaded rule or object turns on."""
+    on: set[str] = set()
+    for o in objs:
+        if len(on) == 2:
+            break
+        if not isinstance(o, dict) or not o:
+            continue
+        kind, v = next(iter(o.items()))
+        if not isinstance(v, dict) or v.get("family") not in _CT_FAMILIES:
+            continue
+        families = _CT_FAMILIES[v["family"]]
+        if kind in _CT_OBJECTS:
+            on.update(families)
+        elif kind == "rule" and not on.issuperset(families):
+            text = texts.get((v["family"], v.get("table"), v.get("chain"), v.get("handle"))) or ""
+            if _uses_conntrack(v.get("expr") or [], text.endswith("notrack")):
+                on.update(families)
+    for fam, tables in legacy.items():
+        if fam not in on and any(_legacy_rule_uses_conntrack(r.tokens) for chains in tables.values()
+                                 for chain in chains.values() for r in chain.rules):
+            on.add(fam)
+    return on
+
+
+def _a_dump_failed(raw: dict) -> bool:
+    """nft's or iptables-legacy's dump failed: rules that may use conntrack are unknown."""
+    legacy = raw.get("iptables_legacy") or {}
+    dumps = (raw.get("nft"), legacy.get("ip"), legacy.get("ip6"))
+    return any((entry or {}).get("status") == "error" for entry in dumps)
+
+
+def _conntrack_off(on: set[str]) -> dict[str, str]:
+    """Per family without a conntrack user, why its nat chains do not run. (Not called when a
+    dump failed: rules are unknown, and nat chains are taken to run.)"""
+    names = {"ip": "IPv4", "ip6": "IPv6"}
+    return {fam: (f"not run: conntrack is off for {names[fam]} in this namespace (no loaded rule or object uses "
+                  "it: a NAT rule, a ct match, -m conntrack/state/connmark …), and a nat chain needs the packet's "
+                  "conntrack entry (nf_nat_inet_fn); anything outside the ruleset that turns it on (tc's ct "
+                  "action, Open vSwitch, IPVS) is not in the collected state")
+            for fam in names if fam not in on}
 
 
 class _ChainIndex:
@@ -616,6 +735,10 @@ def _hook_slots(chains: dict) -> dict:
     rank = {c.key: i for i, c in enumerate(ranked)}
     out = {}
     for pf in ("ip", "ip6"):
+        # The NAT core hooks of a family (all four) are registered at once, with the family's
+        # first nat chain at any hook (nf_nat_register_fn): that decides ties with them.
+        nat_core = min((rank[c.key] for c in ranked if c.type == "nat" and c.family in (pf, "inet")
+                        and c.hook in NAT_CORE_PRIORITY), default=None)
         for hook in HOOKS:
             mine = [c for c in ranked if c.hook == hook and c.family in (pf, "inet")
                     and c.priority is not None]
@@ -627,8 +750,7 @@ def _hook_slots(chains: dict) -> dict:
             # ipv4 and ipv6 lists), ordered by their own priority
             if nat:
                 group = sorted(nat, key=lambda c: (c.priority, -rank[c.key]))
-                first = min(rank[c.key] for c in group)
-                slots.append(((NAT_CORE_PRIORITY[hook], -first), tuple(group)))
+                slots.append(((NAT_CORE_PRIORITY[hook], -nat_core), tuple(group)))
             slots.sort(key=lambda s: s[0])
             out[(pf, hook)] = tuple(s[1] for s in slots)
     return out
@@ -722,12 +844,18 @@ def _copy_state(st: EvalState) -> EvalState:
 
 
 def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: AddressInfo | None = None,
-             choose: Callable[[str, tuple[float, ...], tuple[str, ...]], int] | None = None) -> HookTraversal:
+             choose: Callable[[str, tuple[float, ...], tuple[str, ...]], int] | None = None,
+             reroute: Callable[[Reroute], str | None] | None = None) -> HookTraversal:
     """Walk `packet` through every base chain at `hook` (pure).
 
     `choose(what, shares, labels)` decides a random pick (`-m statistic`, nft `numgen`):
     the index of the option this walk takes. Without it such a pick cannot be evaluated
-    (None), and the walk says so."""
+    (None), and the walk says so.
+
+    `reroute(keys)` routes the packet again at the output hook, at the moment the kernel
+    does (ip_route_me_harder after a route chain or NAT changed a routing key): None when
+    a route is found, else the error (e.g. "EINVAL"), which drops the packet there, as
+    NF_DROP_ERR does: later chains do not run. Without it every re-route is only recorded."""
     if hook not in HOOKS:
         raise ValueError(f"unknown hook {hook!r}: one of {', '.join(HOOKS)}")
     addresses = addresses or AddressInfo()
@@ -742,14 +870,24 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
     decided_by = None
     stopped = None
     mapped_by = None
-    reroute: list[str] = []
+    reroutes: list[Reroute] = []
+
+    def route_again(why: str) -> None:
+        nonlocal verdict, decided_by, stopped
+        keys = Reroute(why, st.src, st.dst, st.mark, st.dscp, st.sport, st.dport)
+        reroutes.append(keys)
+        error = reroute(keys) if reroute is not None else None
+        if error:
+            verdict, decided_by = "drop", f"re-route after {why}: routing fails with {error}"
+            stopped = f"not reached: the re-route after {why} failed ({error})"
+
     for slot in ruleset.hook_chains.get((packet.family, hook), ()):
         if stopped:
             visits.extend(_skipped(c, hook, stopped) for c in slot)
             continue
         is_nat = slot[0].type == "nat" and hook in NAT_CORE_PRIORITY
         if is_nat:
-            why = _nat_skip_reason(st)
+            why = ruleset.conntrack_off.get(packet.family) or _nat_skip_reason(st)
             if why:
                 visits.extend(_skipped(c, hook, why) for c in slot)
                 continue
@@ -771,28 +909,29 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
                     mapped_by = f"{c.family} {c.table} {c.name}"
             # nf_nat_ipv4_local_fn / nf_nat_ipv6_local_fn: re-route when the destination changed
             if hook == "output" and not stopped and st.dst != dst_before:
-                reroute.append(f"NAT ({mapped_by}): destination {dst_before} -> {st.dst}")
+                route_again(f"NAT ({mapped_by}): destination {dst_before} -> {st.dst}")
             continue
         c = slot[0]
         epoch.before_change(st)
-        st.ct_attached = not (hook in ("prerouting", "output") and c.priority < PRIO_CONNTRACK)
+        # conntrack (-200) attaches the entry; a looped-back packet still has the one it left with
+        st.ct_attached = st.nat_bound or not (hook in ("prerouting", "output") and c.priority < PRIO_CONNTRACK)
         routing_keys = _routing_keys(st) if hook == "output" and c.type == "route" else None
         v = _run_chain(ruleset, c, hook, st, addresses, nat, reasons, mss, None, epoch)
         visits.append(v)
-        if routing_keys is not None and v.verdict == "accept":
-            changed = _routing_key_changes(routing_keys, _routing_keys(st))
-            if changed:
-                reroute.append(f"{c.family} {c.table} {c.name} (type route): {changed}")
         if v.verdict in _TERMINAL:
             verdict, stopped = v.verdict, f"not reached: {v.verdict} in {c.family} {c.table} {c.name}"
             decided_by = _decider(v)
+        elif routing_keys is not None:  # nf_route_table_hook4/6, ipt_mangle_out: after an accept
+            changed = _routing_key_changes(routing_keys, _routing_keys(st))
+            if changed:
+                route_again(f"{c.family} {c.table} {c.name} (type route): {changed}")
     after = dataclasses.replace(
         packet, src=st.src, dst=st.dst, sport=st.sport, dport=st.dport, mark=st.mark,
         ct_mark=st.ct_mark, dscp=st.dscp, nftrace=st.nftrace,
         ct_state="untracked" if st.untracked else packet.ct_state)
     return HookTraversal(hook, packet, tuple(visits), verdict, after, tuple(nat), bool(reasons),
                          tuple(dict.fromkeys(reasons)), tuple(mss), decided_by,
-                         bool(reroute) and verdict == "accept", tuple(reroute))
+                         bool(reroutes) and verdict == "accept", tuple(r.reason for r in reroutes), tuple(reroutes))
 
 
 # What a route-type chain is watched for (nf_route_table_hook4/6, ipt_mangle_out,
@@ -970,7 +1109,8 @@ def _eval_rule(rule: Rule, st: EvalState, hook: str, addresses: AddressInfo, cha
             actions.append(f"{res.type}: {res.field} {res.from_} -> {res.to}")
             return True, None, actions, Verdict("accept", None, "accept (nat)")
         if it.kind == "notrack" and st.ct_attached:
-            actions.append("notrack: no effect, conntrack already ran")
+            actions.append("notrack: no effect, " + ("the looped-back packet keeps the conntrack entry it left with"
+                                                     if st.nat_bound else "conntrack already ran"))
             continue
         if it.kind == "tcpmss":
             mss.append(rule.text)

@@ -97,6 +97,11 @@ def render(e: Any) -> str:
     if k == "numgen":
         offset = f" offset {v['offset']}" if v.get("offset") else ""
         return f"numgen {v.get('mode', 'random')} mod {v.get('mod')}{offset}"
+    if k in ("jhash", "symhash"):
+        source = f" {render(v['expr'])}" if "expr" in v else ""
+        seed = f" seed {v['seed']:#x}" if "seed" in v else ""
+        offset = f" offset {v['offset']}" if v.get("offset") else ""
+        return f"{k}{source} mod {v.get('mod')}{seed}{offset}"
     if k in ("&", "|", "^", ">>", "<<"):
         return f"{render(v[0])} {k} {render(v[1])}"
     if k == "prefix":
@@ -399,8 +404,10 @@ def left_expr(e: Any, scope: Scope):
         return kind, get, render(e)
     if k in ("&", "|", "^", ">>", "<<"):
         return _binop(k, v[0], v[1], scope)
-    if k == "numgen":
+    if k == "numgen" or _random_hash(e):
         return "int", _numgen(v, render(e)), render(e)
+    if k == "jhash":
+        return "int", _jhash(v, scope, render(e)), render(e)
     if k == "concat":
         parts = [left_expr(x, scope) for x in v]
         kinds = ".".join(p[0] for p in parts)
@@ -540,10 +547,125 @@ def _addr_eq(m: dict, op: str, kind: str) -> tuple[str, int] | None:
     return ("src_i" if pl["field"] == "saddr" else "dst_i"), value
 
 
+# Statements compile_item makes a Cond of (one that cannot be evaluated): they do not end a
+# rule's leading matches.
+COND_STATEMENTS = frozenset({"limit", "quota", "ct count", "connlimit", "numgen", "synproxy"})
+# A rule whose leading matches only compiling can classify (compile_nft_rule rewrites xt items).
+ASK_THE_COMPILER = "compile"
+
+
+def leading_address_key(rj: dict) -> tuple[str, int] | None | str:
+    """The (attr, value) of the AddrEqCond that compile_nft_rule would find first among the
+    rule's leading matches, read from its JSON without compiling it; None when it finds none;
+    ASK_THE_COMPILER when only compiling tells (xt expressions)."""
+    for x in rj.get("expr") or []:
+        if not isinstance(x, dict) or not x:
+            return ASK_THE_COMPILER
+        k, v = next(iter(x.items()))
+        if k == "xt":
+            return ASK_THE_COMPILER
+        if k in COND_STATEMENTS:
+            continue
+        if k != "match":
+            return None  # a statement or verdict ends the leading matches
+        left = v.get("left") if isinstance(v, dict) else None
+        if not isinstance(left, dict) or "numgen" in left or _random_hash(left) or set(left) != {"payload"}:
+            continue
+        payload = left["payload"]
+        l3 = _L3_FIELDS.get((payload.get("protocol"), payload.get("field")))
+        found = _addr_eq(v, v.get("op", "=="), l3[0]) if l3 else None
+        if found is not None:
+            return found
+    return None
+
+
+def _random_hash(e: dict) -> bool:
+    """`symhash` (the skb's flow hash, keyed at random per boot) and a `jhash` without a seed
+    (nft_jhash_init draws one at load and never shows it): as good as random per connection."""
+    return "symhash" in e or ("jhash" in e and "seed" not in e["jhash"])
+
+
+# What a jhash key component puts in its register (its bytes, its length), by its kind:
+# addresses, ports, protocol in network order; the mark in the CPU's order (little-endian
+# on x86, assumed).
+_JHASH_BYTES = {"ipv4_addr": (4, "big"), "ipv6_addr": (16, "big"), "inet_service": (2, "big"),
+                "inet_proto": (1, "big"), "mark": (4, "little")}
+
+
+def _jhash(v: dict, scope: Scope, text: str) -> Getter:
+    """`jhash EXPR mod N seed S offset K` (nft_jhash_eval): jhash() over EXPR's register bytes —
+    a concatenation's components each padded to 4 bytes — scaled into N (reciprocal_scale),
+    plus K. Deterministic: the same value for every packet of the flow."""
+    mod, seed, offset = int(v["mod"]), int(v["seed"]), int(v.get("offset", 0))
+    source = v["expr"]
+    concat = isinstance(source, dict) and "concat" in source
+    parts = [left_expr(x, scope) for x in (source["concat"] if concat else [source])]
+    layout = []
+    for kind, _get, _field in parts:
+        if kind not in _JHASH_BYTES:
+            return _const_unknown(f"{text}: a hash over {render(source)} is not modelled")
+        size, order = _JHASH_BYTES[kind]
+        layout.append((size, order, -size % 4 if concat else 0))
+
+    def get(st):
+        key = b""
+        for (_kind, part, _field), (size, order, padding) in zip(parts, layout, strict=True):
+            value = part(st)
+            if isinstance(value, (Miss, Unknown)):
+                return value
+            key += value.to_bytes(size, order) + bytes(padding)
+        return offset + (jhash(key, seed) * mod >> 32)
+    return get
+
+
+def _rol32(x: int, r: int) -> int:
+    return (x << r | x >> (32 - r)) & 0xFFFFFFFF
+
+
+_U32 = 0xFFFFFFFF
+
+
+def _jhash_mix(v: list[int]) -> None:
+    """__jhash_mix(a, b, c): six rounds of `x -= z; x ^= rol32(z, r); z += y`, x going a, b, c, …"""
+    for i, r in enumerate((4, 6, 8, 16, 19, 4)):
+        x, y, z = i % 3, (i + 1) % 3, (i + 2) % 3
+        v[x] = ((v[x] - v[z]) & _U32) ^ _rol32(v[z], r)
+        v[z] = (v[z] + v[y]) & _U32
+
+
+def _jhash_final(v: list[int]) -> int:
+    """__jhash_final(a, b, c) -> c: seven rounds of `x ^= y; x -= rol32(y, r)`, x going c, a, b, …"""
+    for i, r in enumerate((14, 11, 25, 16, 4, 14, 24)):
+        x = (2 + i) % 3
+        y = (x + 2) % 3
+        v[x] = ((v[x] ^ v[y]) - _rol32(v[y], r)) & _U32
+    return v[2]
+
+
+def jhash(key: bytes, initval: int) -> int:
+    """include/linux/jhash.h jhash(): Bob Jenkins' lookup3 over `key`, words read little-endian
+    (the CPU order of x86, where nft_jhash_eval runs)."""
+    v = [(0xDEADBEEF + len(key) + initval) & _U32] * 3
+    while len(key) > 12:
+        _jhash_add(v, key[:12])
+        _jhash_mix(v)
+        key = key[12:]
+    if not key:
+        return v[2]
+    _jhash_add(v, key.ljust(12, b"\0"))  # the tail's fall-through switch adds the bytes present
+    return _jhash_final(v)
+
+
+def _jhash_add(v: list[int], block: bytes) -> None:
+    for i in range(3):
+        v[i] = (v[i] + int.from_bytes(block[4 * i:4 * i + 4], "little")) & _U32
+
+
 def _numgen(v: dict, text: str) -> Getter:
-    """`numgen random|inc mod N offset K`: for one new connection each of the N values is
-    as likely (random; inc counts packets, which one a new flow meets is as good as
-    random); the walk's `choose` picks the value of this outcome."""
+    """`numgen random|inc mod N offset K`, `symhash` and a seedless `jhash`: for one new
+    connection each of the N values is as likely (random; inc counts packets, which one a
+    new flow meets is as good as random; a hash keyed at random); the walk's `choose`
+    picks the value of this outcome."""
     mod, offset = int(v["mod"]), int(v.get("offset", 0))
     shares, labels = (1 / mod,) * mod, tuple(f"= {offset + i}" for i in range(mod))
 
@@ -557,7 +679,7 @@ def _numgen(v: dict, text: str) -> Getter:
 def _numgen_match(m: dict, text: str, scope: Scope) -> Cond:
     """`numgen … mod N OP VALUE`: one fork between holding and not, with the share of the
     N values for which it holds (`numgen random mod 100 < 3` holds for 3 %)."""
-    v = m["left"]["numgen"]
+    v = next(iter(m["left"].values()))
     mod, offset = int(v["mod"]), int(v.get("offset", 0))
     test = _rhs_test("int", m.get("op", "=="), m["right"], scope)
     share = sum(1 for value in range(offset, offset + mod) if test(value)) / mod
@@ -578,7 +700,7 @@ def compile_match(m: dict, scope: Scope) -> Cond:
     text = render({"match": m})
     op = m.get("op", "==")
     try:
-        if isinstance(m.get("left"), dict) and "numgen" in m["left"]:
+        if isinstance(m.get("left"), dict) and ("numgen" in m["left"] or _random_hash(m["left"])):
             return _numgen_match(m, text, scope)
         kind, get, field = left_expr(m["left"], scope)
         test = _rhs_test(kind, op, m["right"], scope)
@@ -645,7 +767,7 @@ def value_expr(e: Any, scope: Scope, kind_hint: str = "int") -> Callable[[EvalSt
         return lambda st: c
     if isinstance(e, dict) and e:
         k, v = next(iter(e.items()))
-        if k in ("meta", "ct", "payload", "fib"):
+        if k in ("meta", "ct", "payload", "fib", "numgen", "jhash", "symhash"):
             _, get, _ = left_expr(e, scope)
             return get
         if k in ("&", "|", "^", ">>", "<<"):
@@ -779,7 +901,7 @@ def compile_item(x: dict, scope: Scope, family: str) -> Cond | Stmt | Verdict:
         return _mangle(v, scope)
     if k in ("snat", "dnat", "masquerade", "redirect"):
         return _nat(k, v, scope, family)
-    if k in ("limit", "quota", "ct count", "connlimit", "numgen", "synproxy"):
+    if k in COND_STATEMENTS:
         text = f"{k} {render(v) if not isinstance(v, dict) else ''}".strip()
         reason = f"cannot evaluate {k}: depends on state outside the packet"
         return Cond(text, lambda st: None, k, lambda st: reason)
