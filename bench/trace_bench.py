@@ -8,7 +8,12 @@ in this same run (issue 11):
    filter): ratio with/without (target ≥ 0.90).
 2. 64-byte UDP packets per second received by internet2 (one flow, from a Python sender: iperf3's
    UDP mode does not start through this lab), without and with (target ≥ 0.80).
-3. Start to first event: from starting `why-route trace --count 1` (Python start-up, state
+3. New flows per second: the MacBook sends one UDP datagram to each of N new ports at a fixed rate
+   (each a new flow through the router) with `why-route trace` running (every new flow): how many
+   of them it reported, and how many events it lost, per rate (target: 50,000/s, every flow
+   reported, lost 0). Kept to a second or two a rate: the flows fill the conntrack table, which
+   the kernel shares between namespaces.
+4. Start to first event: from starting `why-route trace --count 1` (Python start-up, state
    collection, BTF, probe compilation, load and attach included) to its first flow printed while
    the MacBook pings steadily: against the 2 s target.
 Needs root and iperf3 (scripts/setup.sh installs it). The lab is removed at the end.
@@ -81,6 +86,41 @@ def udp_pps(seconds: float) -> float:
     return packets / seconds
 
 
+# One datagram to each of `count` ports of 8.8.8.8 (each a new flow), paced to `rate` a second.
+NEW_FLOWS = """
+import socket, sys, time
+rate, count = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+start = time.monotonic()
+for i in range(count):
+    if i % 100 == 0:
+        ahead = start + i / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    for _ in range(1000):  # a full socket buffer: try again at once (the flow must go out)
+        try:
+            s.sendto(b"x", ("8.8.8.8", 1024 + i % 60000))
+            break
+        except BlockingIOError:
+            time.sleep(0.0001)
+print(time.monotonic() - start)
+"""
+
+
+def new_flows(rate: int, seconds: float) -> tuple[int, float, dict]:
+    """(flows sent, seconds it took, the trace's summary) for `rate` new UDP flows a second."""
+    count = int(rate * seconds)
+    trace = start_trace("--proto", "udp", "--reply-wait", "0.2")
+    try:
+        sent = subprocess.run(["ip", "netns", "exec", ns("macbook"), sys.executable, "-c", NEW_FLOWS, str(rate),
+                               str(count)], capture_output=True, text=True, check=True, timeout=seconds * 10 + 30)
+        time.sleep(2)  # the last flows' reply wait, and the backlog
+    finally:
+        summary = stop(trace, timeout=600)  # it prints every flow it has, however many
+    return count, float(sent.stdout), summary
+
+
 def start_trace(*args: str) -> subprocess.Popen:
     proc = subprocess.Popen([WHY_ROUTE, "trace", "--json", "--netns", ns("route"), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -94,9 +134,9 @@ def start_trace(*args: str) -> subprocess.Popen:
     raise SystemExit("trace did not start")
 
 
-def stop(proc: subprocess.Popen) -> dict:
+def stop(proc: subprocess.Popen, timeout: float = 30) -> dict:
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    out, _ = proc.communicate(timeout=timeout)
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return next(d for d in lines if d["type"] == "summary")
 
@@ -132,6 +172,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--flow-rates", type=lambda text: [int(r) for r in text.split(",")], default=[10000, 50000],
+                        help="new flows a second to try, comma-separated")
+    parser.add_argument("--flow-seconds", type=float, default=1.0)
     args = parser.parse_args()
     if shutil.which("iperf3") is None:
         raise SystemExit("iperf3 is not installed (scripts/setup.sh installs it)")
@@ -151,6 +194,13 @@ def main() -> int:
                 summary = stop(trace)
             ratio_line(name, without, with_trace, unit, target)
             print(f"{'':<34} trace: {summary['flows']} flows, {summary['events']} events, {summary['lost']} lost")
+        for rate in args.flow_rates:
+            count, took, summary = new_flows(rate, args.flow_seconds)
+            mark = "ok" if summary["flows"] >= count and summary["lost"] == 0 else "BELOW TARGET"
+            print(f"{'new UDP flows through the router':<34} {count:,} sent at {count / took:,.0f}/s   "
+                  f"reported {summary['flows']:,} ({summary['flows'] / count:.2f} of them), "
+                  f"{summary['events']:,} events, lost {summary['lost']:,} ({mark}); "
+                  f"{summary['not_compared']:,} not compared with the simulation, {summary['duration']:.0f} s")
         times = start_to_first_event(args.runs)
         best, worst = min(times), max(times)
         print(f"{'start to first flow printed':<34} {best:.2f} s best, {worst:.2f} s worst of {len(times)}   "

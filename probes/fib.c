@@ -1,50 +1,36 @@
 /* fib:fib_table_lookup(tb or tb_id, flp, nhc, err): one event per table actually looked up while the
  * routing decision of a traced flow's first packet is being made on this CPU (armed by the
- * prerouting-last netfilter probe). The reverse lookup of source validation is marked. */
+ * prerouting-last netfilter probe). The reverse lookup of source validation is marked. Output
+ * lookups (a socket's, flowi iif = lo) are kept per CPU for the output probe (keep_pending). */
 
 RAW_TRACEPOINT_PROBE(fib_table_lookup)
 {
-    int zero = 0;
-    struct routing *cur = routing_packet.lookup(&zero);
-    if (!cur || !cur->armed)
-        return 0;
     const void *tb = (const void *)ctx->args[0];
     const void *flp = (const void *)ctx->args[1];
     const void *nhc = (const void *)ctx->args[2];
-    struct event ev = {};
-    u32 daddr = 0, saddr = 0;
-    READ(daddr, flp, OFF_FL4_DADDR);
-    READ(saddr, flp, OFF_FL4_SADDR);
-    if (daddr == cur->daddr)
-        ev.pos = 0;
-    else if (daddr == cur->saddr)
-        ev.pos = 1;
-    else
-        return 0;
-    ev.kind = KIND_FIB;
-    ev.ts = bpf_ktime_get_ns();
-    ev.cpu = bpf_get_smp_processor_id();
-    ev.skb = cur->skb;
-    ev.ptr = (u64)flp;
-    ev.key = cur->key;
+    u32 iif = 0;
+    READ(iif, flp, OFF_FL4_IIF);
+    struct routing *cur = armed_routing(4, iif);
+    if (!cur && iif != LOOPBACK_IFINDEX)
+        return 0; /* the lookup of a packet that is not traced (the common case: keep it short) */
+    struct event ev = {.in_ifindex = iif};
+    READ(ev.pkt.daddr[0], flp, OFF_FL4_DADDR);
+    READ(ev.pkt.saddr[0], flp, OFF_FL4_SADDR);
     ev.err = (s32)ctx->args[3];
 #ifdef WR_FIB_TB_IS_ID
     ev.table = (u32)(u64)tb;
 #else
     READ(ev.table, tb, OFF_TB_ID);
 #endif
-    ev.pkt.saddr = saddr;
-    ev.pkt.daddr = daddr;
-    READ(ev.in_ifindex, flp, OFF_FL4_IIF);
     READ(ev.mark, flp, OFF_FL4_MARK);
     if (nhc && ev.err == 0) {
         const void *dev = 0;
         READ(dev, nhc, OFF_NHC_DEV);
         ev.out_ifindex = ifindex_of(dev);
         READ(ev.gw_family, nhc, OFF_NHC_GW_FAMILY);
-        if (ev.gw_family == 2)
-            READ(ev.gw, nhc, OFF_NHC_GW);
+        if (ev.gw_family)
+            READ(ev.gw, nhc, OFF_NHC_GW); /* IPv4, or IPv6 (RFC 5549): decoded by gw_family */
     }
-    emit(&ev);
+    report_lookup(&ev, cur, (u64)flp, 4);
     return 0;
 }

@@ -5,7 +5,15 @@ import dataclasses
 import random
 
 from tracer.output.json_out import rule_visit_doc
-from tracer.sim.netfilter import INDEX_MIN_RULES, AddressInfo, PacketView, load_ruleset, traverse
+from tracer.sim.netfilter import (
+    INDEX_MIN_RULES,
+    AddressInfo,
+    LazyRules,
+    PacketView,
+    _ChainIndex,
+    load_ruleset,
+    traverse,
+)
 
 ADDRS = [f"10.{a}.{b}.{c}" for a in (1, 2) for b in range(3) for c in range(1, 9)]  # 48 addresses
 ADDR = AddressInfo.simple(["192.0.2.1"], interfaces={"up0": ["192.0.2.1"]})
@@ -121,3 +129,25 @@ def test_lazy_reason_describes_the_packet_the_rule_saw():
     assert tr.packet.mark == 7
     reason = tr.chains[0].steps[0].reason
     assert "0x1" in reason and "0x7" not in reason, reason
+
+
+def test_long_chains_compile_only_the_rules_a_walk_reads():
+    rs = load_ruleset(_generated(2000))
+    forward = rs.chains[("nft", "ip", "filter", "forward")]
+    assert isinstance(forward.rules, LazyRules)
+    compiled_at_load = sum(rule is not None for rule in forward.rules._compiled)
+    p = PacketView("ip", "172.16.0.9", "8.8.8.8", 6, 40000, 5, iif="lan0", oif="up0", tcp_flags=2)
+    walked = traverse(rs, "forward", p, addresses=ADDR)
+    compiled = sum(rule is not None for rule in forward.rules._compiled)
+    # only the jumps (for the chains they reach) at load; then the rules no address rules out
+    assert compiled_at_load < 2000 * 0.3 and compiled < 2000 * 0.6, (compiled_at_load, compiled)
+    assert walked.chains[0].skipped_rules > 0
+
+
+def test_the_index_read_from_json_is_the_index_read_from_compiled_rules():
+    raw = _generated(2000, seed=3)
+    lazy = load_ruleset(raw)
+    for key, index in lazy.indexes.items():
+        rules = lazy.chains[key].rules
+        eager = _ChainIndex(tuple(rules[i] for i in range(len(rules))))
+        assert (index.always, index.src, index.dst) == (eager.always, eager.src, eager.dst), key

@@ -1,9 +1,10 @@
 """Labs for trace tests: one seed lab per variant for the whole session (read-only tests), and a
-fresh one for a test that changes its lab."""
+fresh one for a test that changes its lab; and no `why-route trace` a test started outlives it."""
 
 import pytest
 
 from tests.lab.lab_helpers import LabsByVariant, missing_requirements
+from tests.trace.trace_helpers import STARTED_TRACES
 
 MISSING = missing_requirements()
 
@@ -28,3 +29,10 @@ def own_lab(kernel_lab):
     labs = LabsByVariant("r")
     yield labs
     labs.close()
+
+
+@pytest.fixture(autouse=True)
+def no_trace_outlives_its_test():
+    yield
+    while STARTED_TRACES:
+        STARTED_TRACES.pop().kill()

@@ -34,7 +34,7 @@ def test_ultimate_rule_table_gateway_snat_reply_and_simulation(trace_lab):
     tcp = flow_to(docs, "8.8.8.8", TCP)
     assert tcp["flow"]["dport"] == 80 and tcp["egress"]["dport"] == 80
     assert summary["flows"] == 2 and summary["lost"] == 0
-    assert set(summary["probes"]) == {"netfilter", "fib", "drop", "conntrack"}
+    assert set(summary["probes"]) == {"netfilter", "fib", "fib6", "drop", "conntrack"}
 
 
 def test_blog_as_written_tries_the_empty_table_then_main_decides(trace_lab):

@@ -1,12 +1,18 @@
-"""The pieces that need no traffic: BTF reading, the ctnetlink parser, events to JSON and back."""
+"""The pieces that need no traffic: BTF reading and its cache, the ctnetlink and nftables-trace parsers,
+kernel symbols, events to JSON and back, the description of a flow from its events."""
 
 import socket
 import struct
+import time
+from pathlib import Path
 
 import pytest
 
-from tracer.trace import conntrack, events
+from tracer.collect import snapshot
+from tracer.trace import btf, conntrack, events, flows, kernel, nftrace
 from tracer.trace.btf import Btf, BtfError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "explain" / "fixtures"
 
 
 def test_btf_gives_the_running_kernels_offsets():
@@ -64,3 +70,124 @@ def test_events_survive_json():
         assert events.from_json(events.to_json(event)) == event
     with pytest.raises(ValueError, match="unknown event kind"):
         events.from_json({"kind": "nope"})
+
+
+def _tuple6(src: str, dst: str, echo_id: int) -> bytes:
+    ip = _nla(3, socket.inet_pton(socket.AF_INET6, src)) + _nla(4, socket.inet_pton(socket.AF_INET6, dst))
+    proto = _nla(1, bytes([58])) + _nla(7, struct.pack("!H", echo_id))  # CTA_PROTO_ICMPV6_ID
+    return _nla(0x8000 | 1, ip) + _nla(0x8000 | 2, proto)
+
+
+def test_ctnetlink_parser_reads_ipv6_tuples_with_the_echo_id_as_sport():
+    body = (_nla(0x8000 | 1, _tuple6("2001:db8:1::2", "2001:db8:ff::1", 77))
+            + _nla(0x8000 | 2, _tuple6("2001:db8:ff::1", "2001:db8:1::2", 77)) + _nla(3, struct.pack("!I", 0x8)))
+    payload = struct.pack("=BBH", 10, 0, 0) + body
+    message = struct.pack("=IHHII", 16 + len(payload), (1 << 8) | 0, 0x400, 0, 0) + payload
+    (event,) = conntrack.parse(message, netns=7)
+    assert event.flow == events.FlowId(7, 58, "2001:db8:1::2", "2001:db8:ff::1", 77, 0)
+    assert event.flow.family == 6 and event.reply.dst == "2001:db8:1::2"
+
+
+def test_kernel_symbols_name_an_address_as_function_and_offset(tmp_path):
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("ffffffff81000000 T _stext\nffffffff81a00000 t ip_rcv_finish_core\n"
+                        "ffffffff81a00400 D some_data\nffffffff81a00800 T ip_rcv\n")
+    symbols = kernel.KernelSymbols(kallsyms)
+    assert symbols.name(0xFFFFFFFF81A00260) == "ip_rcv_finish_core+0x260"
+    assert symbols.name(0xFFFFFFFF81A00500) == "ip_rcv_finish_core+0x500"  # data symbols are not functions
+    assert symbols.name(0x1000) is None
+    unreadable = tmp_path / "zeros"  # what an unprivileged reader sees
+    unreadable.write_text("0000000000000000 T _stext\n")
+    assert kernel.KernelSymbols(unreadable).name(0xFFFFFFFF81A00260) is None
+
+
+def test_addresses_reach_the_probes_in_network_order_and_come_back():
+    for text, family in (("192.168.1.169", 4), ("2001:db8:ff::1", 6)):
+        raw = kernel.address_bytes(text)
+        assert bytes(raw)[:4] == socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, text)[:4]
+        assert kernel.address_text(raw, family) == text
+    assert bytes(kernel.address_bytes("10.0.0.1"))[4:] == bytes(12)
+
+
+def test_rule_texts_by_handle_from_an_nft_listing():
+    listing = """table ip filter_demo { # handle 3
+\tset blocked { # handle 4
+\t\ttype ipv4_addr
+\t\telements = { 192.0.2.9 }
+\t}
+\tchain forward { # handle 1
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tct state established accept # handle 5
+\t\tcounter packets 12 bytes 960 tcp dport { 25, 465 } drop # handle 2
+\t}
+}
+table inet other { # handle 9
+\tchain c { # handle 1
+\t\tip saddr @x accept # handle 2
+\t}
+}
+"""
+    texts = nftrace.rule_texts(listing)
+    assert texts == {("ip", "filter_demo", 5): ("forward", "ct state established accept"),
+                     ("ip", "filter_demo", 2): ("forward", "counter tcp dport { 25, 465 } drop"),
+                     ("inet", "other", 2): ("c", "ip saddr @x accept")}
+
+
+def test_nftrace_packet_headers_name_the_flow():
+    ipv4 = (bytes([0x45, 0, 0, 60, 0, 0, 0, 0, 64, 6, 0, 0]) + socket.inet_aton("192.0.2.2")
+            + socket.inet_aton("8.8.8.8"))
+    assert nftrace.packet_flow(ipv4, struct.pack("!HH", 40000, 443), 3) == \
+        events.FlowId(3, 6, "192.0.2.2", "8.8.8.8", 40000, 443)
+    ipv6 = (bytes([0x60, 0, 0, 0, 0, 8, 58, 64]) + socket.inet_pton(socket.AF_INET6, "2001:db8:1::2")
+            + socket.inet_pton(socket.AF_INET6, "2001:db8:ff::1"))
+    echo = bytes([128, 0, 0, 0]) + struct.pack("!HH", 77, 1)
+    assert nftrace.packet_flow(ipv6, echo, 3) == events.FlowId(3, 58, "2001:db8:1::2", "2001:db8:ff::1", 77, 0)
+    assert nftrace.packet_flow(b"\x00" * 8, b"", 3) is None
+
+
+def _forwarded_ping(ts: int) -> list:
+    """The events of the MacBook's ping through the seed router (ultimate), as the probes report them."""
+    flow = events.FlowId(1, 1, "192.168.1.169", "8.8.8.8", 7, 0)
+    orig, reply = events.Tuple("192.168.1.169", "8.8.8.8", 7, 0), events.Tuple("8.8.8.8", "123.150.232.74", 7, 0)
+    hooks = [events.HookEvent(ts, 0, flow, hook, position, orig if hook != "postrouting" or position == "first"
+                              else events.Tuple("123.150.232.74", "8.8.8.8", 7, 0), "br-lan",
+                              None if hook == "prerouting" else "ppp0", 0, orig, reply, 0x188)
+             for hook in ("prerouting", "forward", "postrouting") for position in ("first", "last")]
+    lookups = [events.FibEvent(ts, 0, flow, 0xFF, table, err, False, "192.168.1.169", "8.8.8.8", "br-lan", 0,
+                               "ppp0" if table == 7375 else None, "123.150.232.1" if table == 7375 else None)
+               for table, err in ((255, -11), (7375, 0))]
+    return [*hooks[:2], *lookups, *hooks[2:]]
+
+
+def test_flows_described_far_behind_the_kernel_are_not_compared_and_say_so():
+    state = snapshot.load(str(FIXTURES / "ultimate-route.json"))
+    describer = flows.Describer(state)
+    for ts, compared in ((time.monotonic_ns(), True), (time.monotonic_ns() - 10 * 10**9, False)):
+        flow = flows.TracedFlow(events.FlowId(1, 1, "192.168.1.169", "8.8.8.8", 7, 0))
+        for event in _forwarded_ping(ts):
+            flow.add(event, 0.0, hooks_traced=True)
+        doc = describer(flow, reply_wait=1.0)
+        assert (doc["rule"]["priority"], doc["table_id"], doc["dev"]) == (32765, 7375, "ppp0")
+        if compared:
+            assert doc["sim"]["agrees"] is True, doc["sim"]
+        else:
+            assert doc["sim"]["agrees"] is None and "not compared" in doc["sim"]["note"]
+    assert describer.not_compared == 1
+
+
+def test_kernel_facts_answer_as_the_btf_does_and_the_next_start_reads_them_back(tmp_path):
+    data = btf.VMLINUX.read_bytes()
+    first = btf.KernelFacts(data, cache_dir=tmp_path)
+    assert first.offset("sk_buff", "mark") == Btf.load().offset("sk_buff", "mark")
+    assert first.enum("skb_drop_reason") == Btf.load().enum("skb_drop_reason")
+    with pytest.raises(BtfError, match="no member"):
+        first.offset("sk_buff", "no_such_member")
+    assert first.parsed
+    first.save()
+    again = btf.KernelFacts(data, cache_dir=tmp_path)
+    assert again.offset("sk_buff", "mark") == first.offset("sk_buff", "mark")
+    with pytest.raises(BtfError, match="no member"):
+        again.offset("sk_buff", "no_such_member")
+    assert not again.parsed  # answered from the file
+    other_kernel = btf.KernelFacts(data + b"\0", cache_dir=tmp_path)
+    assert other_kernel.size("sk_buff") == Btf.load().size("sk_buff") and other_kernel.parsed

@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.helpers.cli import REPO_ROOT, why_route_argv
 
 STARTED = "Ctrl-C to stop"
+STARTED_TRACES: list[RunningTrace] = []  # killed after each test by conftest (a failed test leaves none)
 
 
 class RunningTrace:
@@ -21,6 +22,7 @@ class RunningTrace:
         self.proc = subprocess.Popen([*why_route_argv(), "trace", *(["--json"] if json_lines else []), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
                                      env={**os.environ, **(env or {})})
+        STARTED_TRACES.append(self)
         self.stderr_lines: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
@@ -57,7 +59,10 @@ class RunningTrace:
         self._reader.join(5)
         out = "".join(chunks)
         self.out = out
-        docs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        try:
+            docs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        except json.JSONDecodeError as error:
+            raise AssertionError(f"trace printed what is not JSON ({error}): {out!r}; stderr: {self.stderr}") from None
         summary = next((d for d in docs if d.get("type") == "summary"), None)
         return [d for d in docs if d.get("type") == "flow"], summary
 

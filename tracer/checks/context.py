@@ -37,7 +37,8 @@ PROBE_SPORT, PROBE_DPORT = 40000, 443
 # The packet the engine walks for a flow it derives: a new connection's first
 # segment (a SYN of 60 bytes), whatever conntrack holds now.
 NEW_CONNECTION = PacketVariant(ct_state="new", length=60, conntrack=False)
-REPLY = PacketVariant(ct_state="established", length=60, conntrack=False, reply=True)
+# WR025 reads the reply's route and forward verdict only.
+REPLY = PacketVariant(ct_state="established", length=60, conntrack=False, reply=True, through_forward_only=True)
 # Addresses nobody routes on the Internet because they are meant for private networks:
 # RFC 1918, CGNAT (RFC 6598) and IPv6 ULA — not ipaddress's `is_private`, which also
 # counts documentation (RFC 5737) and benchmarking prefixes, real uplinks in labs.
@@ -215,6 +216,13 @@ class CheckContext:
     def has(self, requirements: frozenset[str]) -> bool:
         """Whether the state holds what a check `requires` (see REQUIREMENTS)."""
         return all(getattr(self, REQUIREMENTS[r]) for r in requirements)
+
+    def applicable(self, checks: tuple) -> tuple:
+        """The checks whose requirements this state meets, worked out once per set of checks."""
+        cache = self.__dict__.setdefault("_applicable", {})
+        if checks not in cache:
+            cache[checks] = tuple(c for c in checks if self.has(c.requires))
+        return cache[checks]
 
     def host_findings(self, checks: tuple) -> list:
         """The whole-host findings of `checks`, computed once per state (a batch asks thousands of flows)."""
@@ -423,7 +431,8 @@ class CheckContext:
     def flow(self, src: str, dst: str, iif: str | None, *, why: str = "", proto: int = TCP,
              sport: int | None = PROBE_SPORT, dport: int | None = PROBE_DPORT, mark: int = 0,
              reply: bool = False) -> FlowPath:
-        """A forwarded flow entering on `iif` — a new connection, or its reply — as the explanation walks it."""
+        """A forwarded flow entering on `iif` — a new connection, or its reply (walked through the
+        forward hook only: its route and forward verdict) — as the explanation walks it."""
         key = (src, dst, iif, proto, sport, dport, mark, reply)
         cache = self.__dict__.setdefault("_flow_cache", {})
         if key not in cache:

@@ -100,9 +100,8 @@ def run_flow(state, explanation, checks: Iterable[Check] | None = None, *,
     the flow checks, plus host findings about the ip rules this flow matched."""
     # Shared by every query on this state (a batch asks thousands).
     ctx = ctx or context_for(state)
-    checks = catalogue() if checks is None else tuple(checks)
+    checks = ctx.applicable(catalogue() if checks is None else tuple(checks))
     findings: list[Finding] = []
-    checks = tuple(c for c in checks if ctx.has(c.requires))
     path = ctx.flow_from_explanation(explanation)
     if path is not None:
         for check in checks:

@@ -23,7 +23,7 @@ from tracer.errors import ExitStatus, Terminated, UsageError
 @click.option("--replay", metavar="RUN_DIR", help="Print the flows of a run directory (no kernel involved).")
 @click.option("--check", "check_only", is_flag=True, help="Say which probes this kernel offers and which are used.")
 @click.option("--without", multiple=True, metavar="PROBE",
-              help="Do not use this probe (netfilter, fib, drop, conntrack); also WHYROUTE_TRACE_DISABLE.")
+              help="Do not use this probe (netfilter, fib, fib6, drop, conntrack); also WHYROUTE_TRACE_DISABLE.")
 @click.option("--rules", is_flag=True,
               help="Name the nft rules each hook ran (nftables tracing; adds a table of why-route's own while "
                    "tracing, removed when it ends).")
@@ -57,10 +57,6 @@ def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, 
     src = addresses[0] if len(addresses) == 2 else None
     dst = addresses[-1] if addresses else None
     flow = make_flow(dst or "0.0.0.0", src, proto=proto, sport=sport, dport=dport)
-    from tracer.vocab import AF_INET
-
-    if flow.family != AF_INET:
-        raise UsageError("trace follows IPv4 flows only (IPv6 is not traced yet)")
     options = session.TraceOptions(src=src and flow.src, dst=dst and flow.dst, proto=flow.proto,
                                    sport=flow.sport, dport=flow.dport, iif=iif, netns=netns, duration=duration,
                                    count=count, run_dir=run_dir, without=tuple(without), reply_wait=reply_wait,

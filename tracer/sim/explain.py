@@ -63,6 +63,9 @@ class PacketVariant:
     length: int | None = None
     conntrack: bool = True
     reply: bool = False  # the answer to the flow (SYN/ACK, echo reply), not the flow's own packet
+    # A forwarded packet's walk ends after the forward hook (postrouting, NAT and egress left out):
+    # for a check that asks only where the packet is routed and whether forward accepts it.
+    through_forward_only: bool = False
 
 
 # ----------------------------------------------------------------- host facts
@@ -530,6 +533,8 @@ def _explain_input(walk: _Walk) -> Explanation:
     packet = walk.hook("forward", walk.with_oif(packet, result.dev))
     if walk.dropped_in():
         return _dropped(walk, "forwarded")
+    if walk.variant.through_forward_only:
+        return _finish(walk, "forwarded", "forwarded", "walked through the forward hook only (asked so)")
     return _postrouting(walk, "forwarded", packet)
 
 

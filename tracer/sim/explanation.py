@@ -240,11 +240,16 @@ class Explanation:
     def hooks(self) -> tuple[HookTraversal, ...]:
         return tuple(step.traversal for step in self.hook_steps)
 
-    def hook(self, name: str) -> HookTraversal | None:
+    @cached_property
+    def _first_traversal_of_hook(self) -> dict[str, HookTraversal]:
+        first: dict[str, HookTraversal] = {}
         for step in self.hook_steps:
-            if step.hook == name:
-                return step.traversal
-        return None
+            first.setdefault(step.hook, step.traversal)
+        return first
+
+    def hook(self, name: str) -> HookTraversal | None:
+        """The walk's first traversal of hook `name` (a looped-back packet crosses some twice)."""
+        return self._first_traversal_of_hook.get(name)
 
     @cached_property
     def nat(self) -> tuple[NatStep, ...]:

@@ -172,6 +172,7 @@ class FibIndex:
             tables: dict[tuple[int, int], _Table] = {}
             masks4, masks6 = _MASKS[AF_INET], _MASKS[AF_INET6]
             aton, pton, from_bytes = socket.inet_aton, socket.inet_pton, int.from_bytes
+            custom_local = False
             for r in self.state.routes:  # the one pass over every route
                 if r.family == AF_INET:
                     net = from_bytes(aton(r.dst), "big") & masks4[r.dst_len]
@@ -182,6 +183,8 @@ class FibIndex:
                 if table is None:
                     table = tables[key] = _Table()
                 table.routes.append(r)
+                if r.type == "local" and r.protocol != "kernel" and r.family == AF_INET:
+                    custom_local = True
                 length = r.dst_len
                 if not length:
                     table.defaults.append(r)
@@ -196,6 +199,7 @@ class FibIndex:
             for table in tables.values():
                 table.finish()
             self._tables = tables
+            self._custom_local = custom_local
         return self._tables
 
     def table(self, family: int, table: int) -> _Table | None:
@@ -312,9 +316,7 @@ class FibIndex:
 
     def has_custom_local_routes(self) -> bool:
         """fib_has_custom_local_routes: a local route not added by the kernel itself."""
-        if self._custom_local is None:
-            self._custom_local = any(r.family == AF_INET and r.type == "local" and r.protocol != "kernel"
-                                     for r in self.state.routes)
+        self.tables()  # its pass over the routes notes them
         return self._custom_local
 
 

@@ -27,11 +27,19 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from tracer.sim.nft_expr import AddrEqCond, Scope, compile_nft_rule, nft_text_index, xt_target_from_text
+from tracer.sim.nft_expr import (
+    ASK_THE_COMPILER,
+    AddrEqCond,
+    Scope,
+    compile_nft_rule,
+    leading_address_key,
+    nft_text_index,
+    xt_target_from_text,
+)
 from tracer.sim.nft_ipt import (
     BUILTIN,
     LEGACY_PRIORITY,
@@ -525,7 +533,9 @@ def load_ruleset(raw: dict) -> Ruleset:
                                 f"nft {len(rjs)}; evaluating nft's view")
         elif (fam, tname) in xt_tables and not _save_ok(raw, fam):
             source = "iptables-nft"
-        if compiled is None:
+        if compiled is None and len(rjs) > INDEX_MIN_RULES:
+            compiled = LazyRules(rjs, lambda rj, scope=scope, fam=fam: _compile_nft(rj, scope, fam, texts))
+        elif compiled is None:
             compiled = tuple(_compile_nft(rj, scope, fam, texts) for rj in rjs)
         prio = cj.get("prio")
         if isinstance(prio, dict):
@@ -577,22 +587,27 @@ _CT_FAMILIES = {"ip": ("ip",), "ip6": ("ip6",), "inet": ("ip", "ip6"), "bridge":
 def _uses_conntrack(expr, notrack_text: bool) -> bool:
     """Whether an nft JSON expression tree holds a conntrack user (a ct expression, a NAT
     statement, an xt match/target that takes conntrack). `notrack_text`: nft prints the rule's
-    xt CT target as `notrack` (iptables' -j CT --notrack, no user)."""
-    if isinstance(expr, list):
-        return any(_uses_conntrack(x, notrack_text) for x in expr)
-    if not isinstance(expr, dict):
-        return False
-    for key, value in expr.items():
-        if key == "ct" or key in _CT_STATEMENTS:
-            return True
-        if key == "xt" and isinstance(value, dict):
-            name = value.get("name")
-            if value.get("type") == "match" and name in _CT_XT_MATCHES:
+    xt CT target as `notrack` (iptables' -j CT --notrack, no user). Walked with a stack, not
+    recursion: every rule of the ruleset is read (10,000 rules take a tenth of a second)."""
+    todo = [expr]
+    while todo:
+        node = todo.pop()
+        if type(node) is list:
+            todo.extend(node)
+            continue
+        if type(node) is not dict:
+            continue
+        for key, value in node.items():
+            if key == "ct" or key in _CT_STATEMENTS:
                 return True
-            if value.get("type") == "target" and name in _CT_XT_TARGETS and not (name == "CT" and notrack_text):
-                return True
-        elif _uses_conntrack(value, notrack_text):
-            return True
+            if key == "xt" and type(value) is dict:
+                name = value.get("name")
+                if value.get("type") == "match" and name in _CT_XT_MATCHES:
+                    return True
+                if value.get("type") == "target" and name in _CT_XT_TARGETS and not (name == "CT" and notrack_text):
+                    return True
+            elif type(value) is dict or type(value) is list:
+                todo.append(value)
     return False
 
 
@@ -648,6 +663,53 @@ def _conntrack_off(on: set[str]) -> dict[str, str]:
             for fam in names if fam not in on}
 
 
+class LazyRules(Sequence):
+    """A long nft chain's rules, each compiled the first time it is read. A walk through an
+    indexed chain reads only the rules the packet's addresses may match, so one explanation
+    of a flow through a 10,000-rule chain compiles a handful of rules, not all (half a second)."""
+
+    __slots__ = ("_raw", "_compile", "_compiled")
+
+    def __init__(self, raw: list[dict], compile_rule: Callable[[dict], Rule]):
+        self._raw = raw
+        self._compile = compile_rule
+        self._compiled: list[Rule | None] = [None] * len(raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self._raw))))
+        rule = self._compiled[index]
+        if rule is None:
+            rule = self._compiled[index] = self._compile(self._raw[index])
+        return rule
+
+    def index_key(self, i: int) -> tuple[str, int] | None:
+        """Rule i's address key for _ChainIndex, from its JSON when that tells."""
+        key = leading_address_key(self._raw[i])
+        return _index_key(self[i]) if key == ASK_THE_COMPILER else key
+
+    def branching(self) -> list[Rule]:
+        """The rules that can send the walk to another chain (jump, goto, vmap), compiled."""
+        return [self[i] for i, rj in enumerate(self._raw)
+                if any(isinstance(x, dict) and x.keys() & _BRANCHES for x in rj.get("expr") or ())]
+
+
+_BRANCHES = frozenset({"jump", "goto", "vmap"})
+
+
+def _index_key(rule: Rule) -> tuple[str, int] | None:
+    """(attr, value) of the rule's first AddrEqCond among its leading matches, or None."""
+    for it in rule.items:
+        if not isinstance(it, Cond):
+            return None
+        if isinstance(it, AddrEqCond):
+            return it.eq_attr, it.eq_value
+    return None
+
+
 class _ChainIndex:
     """Which rules of one chain can match a packet, by its addresses.
 
@@ -658,23 +720,19 @@ class _ChainIndex:
 
     __slots__ = ("always", "src", "dst", "size")
 
-    def __init__(self, rules: tuple[Rule, ...]):
+    def __init__(self, rules: Sequence[Rule]):
         self.always: list[int] = []
         self.src: dict[int, list[int]] = {}
         self.dst: dict[int, list[int]] = {}
         self.size = len(rules)
-        for i, rule in enumerate(rules):
-            key = None
-            for it in rule.items:
-                if not isinstance(it, Cond):
-                    break
-                if isinstance(it, AddrEqCond):
-                    key = it
-                    break
+        keys = (rules.index_key(i) if isinstance(rules, LazyRules) else _index_key(rules[i])
+                for i in range(len(rules)))
+        for i, key in enumerate(keys):
             if key is None:
                 self.always.append(i)
             else:
-                (self.src if key.eq_attr == "src_i" else self.dst).setdefault(key.eq_value, []).append(i)
+                attr, value = key
+                (self.src if attr == "src_i" else self.dst).setdefault(value, []).append(i)
 
     def next_candidate(self, idx: int, st: EvalState) -> int:
         """The first rule at or after `idx` that may match the packet (size if none)."""
@@ -769,7 +827,7 @@ def _reachability(chains: dict) -> dict:
                 continue
             seen.add(cur.key)
             reach.setdefault(cur.key, set()).add(c.hook)
-            for r in cur.rules:
+            for r in cur.rules.branching() if isinstance(cur.rules, LazyRules) else cur.rules:
                 for it in r.items:
                     if not isinstance(it, Verdict) or it.kind not in ("jump", "goto", "vmap"):
                         continue
@@ -858,6 +916,9 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
     NF_DROP_ERR does: later chains do not run. Without it every re-route is only recorded."""
     if hook not in HOOKS:
         raise ValueError(f"unknown hook {hook!r}: one of {', '.join(HOOKS)}")
+    slots = ruleset.hook_chains.get((packet.family, hook), ())
+    if not slots:  # no chain at this hook: the packet passes unchanged
+        return HookTraversal(hook, packet, (), "accept", packet, (), False, (), (), None, False, (), ())
     addresses = addresses or AddressInfo()
     st = _state(packet, hook, addresses)
     st.choose = choose
@@ -881,7 +942,7 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
             verdict, decided_by = "drop", f"re-route after {why}: routing fails with {error}"
             stopped = f"not reached: the re-route after {why} failed ({error})"
 
-    for slot in ruleset.hook_chains.get((packet.family, hook), ()):
+    for slot in slots:
         if stopped:
             visits.extend(_skipped(c, hook, stopped) for c in slot)
             continue
@@ -925,10 +986,14 @@ def traverse(ruleset: Ruleset, hook: str, packet: PacketView, *, addresses: Addr
             changed = _routing_key_changes(routing_keys, _routing_keys(st))
             if changed:
                 route_again(f"{c.family} {c.table} {c.name} (type route): {changed}")
-    after = dataclasses.replace(
-        packet, src=st.src, dst=st.dst, sport=st.sport, dport=st.dport, mark=st.mark,
-        ct_mark=st.ct_mark, dscp=st.dscp, nftrace=st.nftrace,
-        ct_state="untracked" if st.untracked else packet.ct_state)
+    ct_state = "untracked" if st.untracked else packet.ct_state
+    after = packet
+    if (st.src, st.dst, st.sport, st.dport, st.mark, st.ct_mark, st.dscp, st.nftrace, ct_state) != (
+            packet.src, packet.dst, packet.sport, packet.dport, packet.mark, packet.ct_mark, packet.dscp,
+            packet.nftrace, packet.ct_state):
+        after = dataclasses.replace(
+            packet, src=st.src, dst=st.dst, sport=st.sport, dport=st.dport, mark=st.mark,
+            ct_mark=st.ct_mark, dscp=st.dscp, nftrace=st.nftrace, ct_state=ct_state)
     return HookTraversal(hook, packet, tuple(visits), verdict, after, tuple(nat), bool(reasons),
                          tuple(dict.fromkeys(reasons)), tuple(mss), decided_by,
                          bool(reroutes) and verdict == "accept", tuple(r.reason for r in reroutes), tuple(reroutes))

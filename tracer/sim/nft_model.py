@@ -12,7 +12,7 @@ then one target".
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,7 +211,7 @@ class Chain:
     table: str
     name: str
     source: str  # nft | iptables-nft | iptables-legacy
-    rules: tuple[Rule, ...]
+    rules: Sequence[Rule]  # a tuple, or LazyRules for long nft chains (netfilter.py)
     hook: str | None = None  # base chains only
     priority: int | None = None
     type: str | None = None  # filter | nat | route

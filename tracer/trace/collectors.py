@@ -2,8 +2,9 @@
 this kernel (`can_run()`: None, or the reason in plain words), attaches its probe, produces one
 event type (tracer.trace.events), and registers its own cleanup on the session's Teardown.
 
-    netfilter   BPF netfilter programs at each IPv4 hook, first and last priority  → HookEvent, ReplyEvent
+    netfilter   BPF netfilter programs at each IPv4 and IPv6 hook, first and last priority → HookEvent, ReplyEvent
     fib         fib:fib_table_lookup raw tracepoint                                 → FibEvent
+    fib6        fib6:fib6_table_lookup raw tracepoint                               → FibEvent
     drop        skb:kfree_skb raw tracepoint, reason names from BTF                 → DropEvent
     conntrack   ctnetlink NEW/UPDATE/DESTROY multicast groups                       → ConntrackEvent
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from tracer import netns as netns_mod
 from tracer.trace import kernel
-from tracer.trace.btf import Btf, BtfError
+from tracer.trace.btf import BtfError, KernelFacts
 
 DISABLE_ENV = "WHYROUTE_TRACE_DISABLE"  # comma-separated collector names, as --without
 
@@ -33,14 +34,14 @@ def kernel_release() -> tuple[int, int]:
         return (0, 0)
 
 
-def _btf() -> tuple[Btf | None, str | None]:
+def _btf() -> tuple[KernelFacts | None, str | None]:
     try:
-        return Btf.load(), None
+        return KernelFacts.load(), None
     except BtfError as error:
         return None, str(error)
 
 
-def _has_tracepoint(btf: Btf, name: str) -> bool:
+def _has_tracepoint(btf: KernelFacts, name: str) -> bool:
     """Raw tracepoints appear in BTF as typedefs btf_trace_<name>."""
     return btf.has_typedef(f"btf_trace_{name}")
 
@@ -65,7 +66,7 @@ class Collector:
             return why
         return self._can_run(btf)
 
-    def _can_run(self, btf: Btf) -> str | None:
+    def _can_run(self, btf: KernelFacts) -> str | None:
         return None
 
     def attach(self, bpf, undo, netns: str | None) -> None:
@@ -75,10 +76,11 @@ class Collector:
 class NetfilterCollector(Collector):
     name = "netfilter"
     part = "netfilter.c"
-    what = "BPF netfilter programs at every IPv4 hook, first and last priority (verdicts, NAT, marks, replies)"
+    what = ("BPF netfilter programs at every IPv4 and IPv6 hook, first and last priority (verdicts, NAT, marks, "
+            "replies)")
     event = "hook"
 
-    def _can_run(self, btf: Btf) -> str | None:
+    def _can_run(self, btf: KernelFacts) -> str | None:
         if kernel_release() < (6, 4):
             return f"BPF netfilter links need kernel >= 6.4 (this is {platform.release()})"
         if not btf.has_struct("bpf_nf_ctx"):
@@ -95,29 +97,42 @@ class NetfilterCollector(Collector):
         # A priority holds one BPF link per hook and namespace: a second trace of the same namespace
         # takes the next free one (INT_MIN+2, INT_MAX-2, …).
         with netns_mod.entered(netns):
-            for hook in kernel.NF_HOOKS:
-                for prog, priority, step in ((first, kernel.PRIORITY_FIRST, 1), (last, kernel.PRIORITY_LAST, -1)):
-                    fd = kernel.netfilter_link_near(prog.fd, hook, priority, step)
-                    undo.callback(os.close, fd)
-                    self.attached.append(hook)
+            for family, pf in kernel.NF_FAMILIES.items():
+                for hook in kernel.NF_HOOKS:
+                    for prog, priority, step in ((first, kernel.PRIORITY_FIRST, 1),
+                                                 (last, kernel.PRIORITY_LAST, -1)):
+                        fd = kernel.netfilter_link_near(prog.fd, hook, priority, step, pf)
+                        undo.callback(os.close, fd)
+                        self.attached.append(f"{family} {hook}")
 
 
 class FibCollector(Collector):
     name = "fib"
     part = "fib.c"
-    what = "fib:fib_table_lookup raw tracepoint (every table looked up, in order, with its result)"
+    tracepoint = "fib_table_lookup"
+    what = ("fib:fib_table_lookup raw tracepoint (every IPv4 table looked up, in order, with its result; "
+            "a socket's lookups too)")
     event = "fib"
 
-    def _can_run(self, btf: Btf) -> str | None:
-        if not _has_tracepoint(btf, "fib_table_lookup"):
-            return "the kernel has no fib:fib_table_lookup tracepoint"
+    def _can_run(self, btf: KernelFacts) -> str | None:
+        if not _has_tracepoint(btf, self.tracepoint):
+            return f"the kernel has no {self.what.split()[0]} tracepoint"
         if "netfilter" in self.disabled:
             return ("needs the netfilter probe: the prerouting-last program tells which packet is being "
-                    "routed (the tracepoint carries no netns and no packet)")
+                    "routed, the output one which socket lookup was a new flow's (the tracepoint "
+                    "carries no packet)")
         return None
 
     def attach(self, bpf, undo, netns: str | None) -> None:
-        self.attached.append("raw_tracepoint/fib_table_lookup")
+        self.attached.append(f"raw_tracepoint/{self.tracepoint}")
+
+
+class Fib6Collector(FibCollector):
+    name = "fib6"
+    part = "fib6.c"
+    tracepoint = "fib6_table_lookup"
+    what = ("fib6:fib6_table_lookup raw tracepoint (every IPv6 table looked up, in order, with its result; "
+            "a socket's lookups too)")
 
 
 class DropCollector(Collector):
@@ -126,7 +141,7 @@ class DropCollector(Collector):
     what = "skb:kfree_skb raw tracepoint (where and why a flow's packet was dropped)"
     event = "drop"
 
-    def _can_run(self, btf: Btf) -> str | None:
+    def _can_run(self, btf: KernelFacts) -> str | None:
         if not _has_tracepoint(btf, "kfree_skb"):
             return "the kernel has no skb:kfree_skb tracepoint"
         try:
@@ -139,7 +154,7 @@ class DropCollector(Collector):
         self.attached.append("raw_tracepoint/kfree_skb")
 
 
-BPF_COLLECTORS = (NetfilterCollector, FibCollector, DropCollector)
+BPF_COLLECTORS = (NetfilterCollector, FibCollector, Fib6Collector, DropCollector)
 
 
 @dataclass(frozen=True)

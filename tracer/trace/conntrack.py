@@ -8,80 +8,64 @@ lost events (the kernel does not say how many: each overflow counts one), and sa
 
 from __future__ import annotations
 
-import errno
+import ipaddress
 import os
 import socket
 import struct
 import time
 
-from tracer import netns as netns_mod
+from tracer.trace import netlink
 from tracer.trace.collectors import Collector
 from tracer.trace.events import ConntrackEvent, FlowId, Tuple
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE = 0, 2
-GROUPS = (1 << 0) | (1 << 1) | (1 << 2)  # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY
+GROUPS = (1, 2, 3)  # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY
 NLM_F_CREATE = 0x400
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 64 << 20
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS = 1, 2, 3
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
-CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
-CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT, CTA_PROTO_ICMP_ID = 1, 2, 3, 4
-NLA_TYPE_MASK = 0x3FFF
-
-
-def _attributes(data: bytes, pos: int, end: int) -> dict[int, bytes]:
-    found = {}
-    while pos + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, pos)
-        if length < 4:
-            break
-        found[kind & NLA_TYPE_MASK] = data[pos + 4:pos + length]
-        pos += (length + 3) & ~3
-    return found
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT, CTA_PROTO_ICMP_ID, CTA_PROTO_ICMPV6_ID = 1, 2, 3, 4, 7
+ADDRESSES = ((CTA_IP_V4_SRC, CTA_IP_V4_DST), (CTA_IP_V6_SRC, CTA_IP_V6_DST))
+ECHO_IDS = {1: CTA_PROTO_ICMP_ID, 58: CTA_PROTO_ICMPV6_ID}  # ICMP, ICMPv6: the echo id is the flow's sport
 
 
 def _tuple(blob: bytes) -> tuple[int, Tuple] | None:
-    parts = _attributes(blob, 0, len(blob))
-    ip = _attributes(parts.get(CTA_TUPLE_IP, b""), 0, len(parts.get(CTA_TUPLE_IP, b"")))
-    proto = _attributes(parts.get(CTA_TUPLE_PROTO, b""), 0, len(parts.get(CTA_TUPLE_PROTO, b"")))
-    if CTA_IP_V4_SRC not in ip or CTA_PROTO_NUM not in proto:
-        return None  # IPv6 or something we do not trace
+    parts = netlink.attributes(blob)
+    ip = netlink.attributes(parts.get(CTA_TUPLE_IP, b""))
+    proto = netlink.attributes(parts.get(CTA_TUPLE_PROTO, b""))
+    found = next(((src, dst) for src, dst in ADDRESSES if src in ip and dst in ip), None)
+    if found is None or CTA_PROTO_NUM not in proto:
+        return None  # a family we do not trace
+    src, dst = found
     number = proto[CTA_PROTO_NUM][0]
 
     def port(kind: int) -> int:
         value = proto.get(kind)
         return struct.unpack("!H", value[:2])[0] if value else 0
 
-    sport = port(CTA_PROTO_ICMP_ID) if number == 1 else port(CTA_PROTO_SRC_PORT)
-    dport = 0 if number == 1 else port(CTA_PROTO_DST_PORT)
-    return number, Tuple(socket.inet_ntoa(ip[CTA_IP_V4_SRC]), socket.inet_ntoa(ip[CTA_IP_V4_DST]), sport, dport)
+    echo = ECHO_IDS.get(number)
+    sport = port(echo) if echo else port(CTA_PROTO_SRC_PORT)
+    dport = 0 if echo else port(CTA_PROTO_DST_PORT)
+    # ipaddress's text, as the probes' events have it (the same flow must have the same name)
+    return number, Tuple(str(ipaddress.ip_address(ip[src])), str(ipaddress.ip_address(ip[dst])), sport, dport)
 
 
 def parse(data: bytes, netns: int, now_ns: int = 0) -> list[ConntrackEvent]:
     """Every conntrack event in one datagram (several netlink messages)."""
     events = []
-    pos = 0
-    while pos + 16 <= len(data):
-        length, kind, flags, _seq, _pid = struct.unpack_from("=IHHII", data, pos)
-        if length < 16:
-            break
-        subsys, message = kind >> 8, kind & 0xFF
-        if subsys == NFNL_SUBSYS_CTNETLINK and message in (IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE):
-            attrs = _attributes(data, pos + 20, pos + length)  # nlmsghdr (16) + nfgenmsg (4)
-            orig = _tuple(attrs.get(CTA_TUPLE_ORIG, b""))
-            reply = _tuple(attrs.get(CTA_TUPLE_REPLY, b""))
-            if orig and reply:
-                status = struct.unpack("!I", attrs[CTA_STATUS][:4])[0] if CTA_STATUS in attrs else 0
-                what = ("destroy" if message == IPCTNL_MSG_CT_DELETE
-                        else "new" if flags & NLM_F_CREATE else "update")
-                proto, o = orig
-                events.append(ConntrackEvent(now_ns, FlowId(netns, proto, o.src, o.dst, o.sport, o.dport),
-                                             what, o, reply[1], status))
-        pos += (length + 3) & ~3
+    for subsystem, message, flags, _family, attrs in netlink.messages(data):
+        if subsystem != NFNL_SUBSYS_CTNETLINK or message not in (IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE):
+            continue
+        orig = _tuple(attrs.get(CTA_TUPLE_ORIG, b""))
+        reply = _tuple(attrs.get(CTA_TUPLE_REPLY, b""))
+        if orig and reply:
+            status = struct.unpack("!I", attrs[CTA_STATUS][:4])[0] if CTA_STATUS in attrs else 0
+            what = "destroy" if message == IPCTNL_MSG_CT_DELETE else "new" if flags & NLM_F_CREATE else "update"
+            proto, o = orig
+            events.append(ConntrackEvent(now_ns, FlowId(netns, proto, o.src, o.dst, o.sport, o.dport),
+                                         what, o, reply[1], status))
     return events
 
 
@@ -100,18 +84,10 @@ class ConntrackSource:
                 and (o.sport is None or o.sport == f.sport) and (o.dport is None or o.dport == f.dport))
 
     def poll(self) -> list[ConntrackEvent]:
-        events = []
-        while True:
-            try:
-                data = self.sock.recv(1 << 20)
-            except BlockingIOError:
-                return events
-            except OSError as error:
-                if error.errno == errno.ENOBUFS:
-                    self.lost += 1
-                    continue
-                raise
-            events.extend(e for e in parse(data, self.netns, time.monotonic_ns()) if self._wanted(e))
+        datagrams, overflows = netlink.receive_all(self.sock)
+        self.lost += overflows
+        now = time.monotonic_ns()
+        return [e for data in datagrams for e in parse(data, self.netns, now) if self._wanted(e)]
 
 
 class ConntrackCollector(Collector):
@@ -130,17 +106,11 @@ class ConntrackCollector(Collector):
         return None
 
     def open(self, undo, options, state, netns_inode: int) -> ConntrackSource:
-        with netns_mod.entered(options.netns):
-            try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_NETFILTER)
-            except OSError as error:
-                from tracer.trace.kernel import KernelError
-
-                raise KernelError(f"ctnetlink socket: {error.strerror}") from None
-        undo.callback(sock.close)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        sock.bind((0, GROUPS))
+            sock = netlink.subscribed_socket(options.netns, GROUPS, RECEIVE_BUFFER)
+        except OSError as error:
+            from tracer.trace.kernel import KernelError
+
+            raise KernelError(f"ctnetlink socket: {error.strerror}") from None
+        undo.callback(sock.close)
         return ConntrackSource(sock, netns_inode, options)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from tracer.vocab import family_of
+
 HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
 POSITIONS = ("first", "last")
 
@@ -23,6 +25,10 @@ class FlowId:
     dst: str
     sport: int
     dport: int
+
+    @property
+    def family(self) -> int:
+        return family_of(self.src)
 
 
 @dataclass(frozen=True)
@@ -54,12 +60,13 @@ class HookEvent:
 
 @dataclass(frozen=True)
 class FibEvent:
-    """One FIB table looked up for a flow's first packet (fib:fib_table_lookup)."""
+    """One FIB table looked up for a flow's first packet (fib:fib_table_lookup, fib6:fib6_table_lookup);
+    for a local flow, by its socket before the packet existed (iif "lo")."""
 
     ts: int
     cpu: int
     flow: FlowId
-    flowi: int  # the struct flowi4's address: the lookups of one routing decision share it
+    flowi: int  # the struct flowi4/flowi6's address: the lookups of one routing decision share it
     table_id: int
     err: int  # 0 found; -EAGAIN (-11) nothing here, go on; -113/-13/-22 unreachable/prohibit/blackhole
     reverse: bool  # the source-validation lookup (daddr = the packet's source)
@@ -83,6 +90,7 @@ class DropEvent:
     location: int
     dev: str | None
     packet: Tuple
+    function: str | None = None  # the location as function+offset (/proc/kallsyms when it was recorded)
     kind: str = "drop"
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import ipaddress
+import time
 from dataclasses import dataclass, field
 
 from tracer.flow import Flow
@@ -20,11 +22,17 @@ from tracer.model import HostState, Route
 from tracer.sim import fib
 from tracer.sim.explain import explain
 from tracer.trace.events import ConntrackEvent, DropEvent, Event, FibEvent, FlowId, HookEvent, ReplyEvent
-from tracer.vocab import AF_INET, protocol_name
+from tracer.vocab import protocol_name
 
 PORTED = (6, 17, 132)
+ICMP_PROTOCOLS = (1, 58)  # their echo id is the flow's sport
+LOOPBACK = "lo"  # the input interface of a socket's route lookup
 IPS_SEEN_REPLY = 1 << 1
+COMPARE_LAG_SECONDS = 2.0  # a flow described later than this after it completed is not compared
 SIM_DROPS = ("dropped", "blackholed", "prohibited", "dropped-rp-filter", "unreachable")
+# The kernel's drop reason for the simulation's drops that have exactly one.
+SIM_DROP_REASONS = {"dropped-rp-filter": "IP_RPFILTER", "dropped": "NETFILTER_DROP"}
+RP_FILTER_FAILURE = "rp_filter="  # how the simulation's source validation begins its reason
 
 
 @dataclass
@@ -35,34 +43,42 @@ class TracedFlow:
     drop: DropEvent | None = None
     reply: bool = False
     conntrack: list[ConntrackEvent] = field(default_factory=list)
-    complete_at: float | None = None  # monotonic time the first packet left / was dropped
+    complete_at: float | None = None  # monotonic time the first packet left / was dropped, as read
+    complete_ts: int | None = None  # the same, as the kernel stamped it (CLOCK_MONOTONIC ns)
     rules: list = field(default_factory=list)  # NftRuleEvent (--rules), matched by the assembler
 
-    def add(self, event: Event, now: float) -> None:
+    def add(self, event: Event, now: float, hooks_traced: bool = False) -> None:
+        """`hooks_traced`: the netfilter probe runs, so the flow is complete when its hook events say
+        so (its conntrack events may be read before them); otherwise when conntrack confirmed it."""
         if isinstance(event, HookEvent):
             self.hooks.append(event)
             if event.position == "last" and event.hook in ("postrouting", "input"):
-                self.complete_at = self.complete_at or now
+                self._complete(event, now)
         elif isinstance(event, FibEvent):
             self.lookups.append(event)
         elif isinstance(event, DropEvent):
             self.drop = event
-            self.complete_at = self.complete_at or now
+            self._complete(event, now)
         elif isinstance(event, ReplyEvent):
             self.reply = True
         elif isinstance(event, ConntrackEvent):
             self.conntrack.append(event)
             if event.status & IPS_SEEN_REPLY:
                 self.reply = True
-            if not self.hooks and event.type == "new":  # without the netfilter probe: confirmed = left
-                self.complete_at = self.complete_at or now
+            if not hooks_traced and event.type == "new":  # without the netfilter probe: confirmed = left
+                self._complete(event, now)
+
+    def _complete(self, event: Event, now: float) -> None:
+        if self.complete_at is None:
+            self.complete_at, self.complete_ts = now, event.ts
 
     @property
     def original(self) -> bool:
-        """A flow of its own, not the reply direction of one (those only ever show a first-position
-        event at prerouting or output, before conntrack ran)."""
-        return (any(h.ct_orig is not None for h in self.hooks) or self.drop is not None or bool(self.lookups)
-                or bool(self.conntrack))
+        """A flow of its own, not the reply direction of one (whose packets, where conntrack does not
+        name them as replies, show hook events without conntrack tuples, and perhaps the lookups of
+        the socket that answered)."""
+        return (any(h.ct_orig is not None for h in self.hooks) or self.drop is not None or bool(self.conntrack)
+                or any(e.iif != LOOPBACK for e in self.lookups))  # a socket's lookups: a reply's too
 
     def hook(self, name: str, position: str) -> HookEvent | None:
         return next((h for h in self.hooks if h.hook == name and h.position == position), None)
@@ -216,7 +232,38 @@ def _rules_at(flow: TracedFlow, hook: str) -> list[dict]:
     return found
 
 
-def describe(flow: TracedFlow, state: HostState) -> dict:
+class Describer:
+    """describe() for the flows of one trace, with what repeats from flow to flow remembered: the
+    rule derivation (which depends on the ports only when an ip rule matches ports), and how far
+    behind the kernel the comparison with the simulation may run before it is left out."""
+
+    def __init__(self, state: HostState, compare_lag: float | None = COMPARE_LAG_SECONDS):
+        self.state = state
+        self.compare_lag = compare_lag
+        self.not_compared = 0
+        self._rules: dict = {}
+        self._rules_use_ports = {family: any(r.family == family and (r.sport or r.dport) for r in state.rules)
+                                 for family in (4, 6)}
+
+    def deciding_rule(self, query, tables: list[int]):
+        key = (query if self._rules_use_ports.get(query.family) else
+               dataclasses.replace(query, sport=None, dport=None), tuple(tables))
+        found = self._rules.get(key)
+        if found is None:
+            found = self._rules[key] = deciding_rule(self.state, query, tables)
+        rule, text, walk = found
+        return rule, text, [dict(step) for step in walk]
+
+    def __call__(self, flow: TracedFlow, reply_wait: float) -> dict:
+        """The flow's document; compared unless it is described more than `compare_lag` seconds
+        later than it could have been (its first packet's fate, then its reply or `reply_wait`)."""
+        compared = self.compare_lag is None or flow.complete_ts is None or (
+            time.monotonic() - flow.complete_ts / 1e9 - (0 if flow.reply else reply_wait) <= self.compare_lag)
+        self.not_compared += not compared
+        return describe(flow, self.state, self, compared)
+
+
+def describe(flow: TracedFlow, state: HostState, describer: Describer | None = None, compared: bool = True) -> dict:
     """The flow as `why-route trace --json` prints it (docs/trace.md)."""
     fid = flow.id
     origin = _origin(flow, state)
@@ -225,12 +272,12 @@ def describe(flow: TracedFlow, state: HostState) -> dict:
     ports = fid.proto in PORTED
     doc: dict = {
         "type": "flow",
-        "flow": {"family": AF_INET, "proto": fid.proto, "src": fid.src, "dst": fid.dst,
+        "flow": {"family": fid.family, "proto": fid.proto, "src": fid.src, "dst": fid.dst,
                  "sport": fid.sport if ports else None, "dport": fid.dport if ports else None,
                  "iif": iif, "mark": pre.mark if pre else 0},
         "origin": origin,
     }
-    if fid.proto == 1:
+    if fid.proto in ICMP_PROTOCOLS:
         doc["flow"]["icmp_id"] = fid.sport
     decision = _decision_lookups(flow)
     doc["tables_tried"] = [{"table_id": e.table_id, "table": state.table_names.get(e.table_id, str(e.table_id)),
@@ -243,15 +290,17 @@ def describe(flow: TracedFlow, state: HostState) -> dict:
         from tracer.flow import RouteQuery
 
         dst = routed.packet.dst if routed else fid.dst
-        query = RouteQuery(family=AF_INET, dst=dst, src=fid.src, iif=iif, mark=routed.mark if routed else 0,
+        mark = routed.mark if routed else final.mark  # a socket's lookup: the socket's mark
+        query = RouteQuery(family=fid.family, dst=dst, src=fid.src, iif=iif, mark=mark,
                            proto=fid.proto, sport=fid.sport if ports else None, dport=fid.dport if ports else None)
-        rule, rule_text, walk = deciding_rule(state, query, [e.table_id for e in decision])
+        derive = describer.deciding_rule if describer else functools.partial(deciding_rule, state)
+        rule, rule_text, walk = derive(query, [e.table_id for e in decision])
     doc["rule"] = {"priority": rule.priority, "text": rule_text} if rule else None
     doc["rules_matched"] = walk
     doc["table_id"] = final.table_id if final else None
     doc["table"] = state.table_names.get(final.table_id, str(final.table_id)) if final else None
     # The route that answered: a unicast one, or an unreachable/prohibit/blackhole one (not a miss).
-    route = _lpm(state, final.table_id, AF_INET, final.dst) if final and final.err != -errno.EAGAIN else None
+    route = _lpm(state, final.table_id, fid.family, final.dst) if final and final.err != -errno.EAGAIN else None
     doc["route"] = fib.route_text(state, route) if route else None
     doc["route_error"] = _errname(final.err) if final and final.err else None
     doc["gateway"] = final.gateway if final else None
@@ -263,10 +312,14 @@ def describe(flow: TracedFlow, state: HostState) -> dict:
                       "sport": out.packet.sport if ports else None, "dport": out.packet.dport if ports else None}
                      if out else None)
     doc["verdict"] = _verdict(flow, origin)
-    doc["drop"] = ({"reason": flow.drop.reason, "location": f"{flow.drop.location:#x}", "dev": flow.drop.dev,
+    doc["drop"] = ({"reason": flow.drop.reason, "location": f"{flow.drop.location:#x}",
+                    "function": flow.drop.function, "dev": flow.drop.dev,
                     "after_hook": flow.hooks[-1].hook if flow.hooks else None} if flow.drop else None)
     doc["reply_seen"] = flow.reply
-    doc["sim"] = compare(doc, state)
+    doc["sim"] = compare(doc, state) if compared else {
+        "agrees": None, "differences": [], "verdict": None, "rule": None, "findings": [],
+        "note": f"not compared: why-route fell more than {COMPARE_LAG_SECONDS:g} s behind the kernel (too many new "
+                "flows a second for the comparison, a millisecond or more each)"}
     return doc
 
 
@@ -322,6 +375,11 @@ def compare(doc: dict, state: HostState) -> dict:
         same = kernel_verdict == "dropped" and sim_verdict in SIM_DROPS
         if not same:
             differ("verdict", kernel_verdict, sim_verdict)
+        elif doc["drop"]:
+            reason, expected = doc["drop"]["reason"], _sim_drop_reason(explanation)
+            if (expected or reason in SIM_DROP_REASONS.values()) and reason != expected:
+                differences.append(f"drop: kernel {reason}, simulation {sim_verdict} "
+                                   f"({explanation.verdict_reason})")
     if doc["egress"] and explanation.egress:
         differ("leaves via", doc["egress"]["dev"], explanation.egress.dev)
         differ("source on the wire", doc["egress"]["src"], explanation.egress.src)
@@ -334,6 +392,17 @@ def compare(doc: dict, state: HostState) -> dict:
             "rule": decision.rule.priority if decision and decision.rule else None,
             "findings": [{"id": f.id, "severity": f.severity, "title": f.title}
                          for f in flow_findings(explanation)]}
+
+
+def _sim_drop_reason(explanation) -> str | None:
+    """The kernel drop reason the simulation's verdict implies, when it implies one. The simulation
+    reports a failed source validation as the routing error (EINVAL since 6.13, verdict
+    `blackholed`) with an `rp_filter=…` reason: that is IP_RPFILTER."""
+    decision = explanation.decision
+    failure = decision.result.error_reason if decision and decision.result.error else None
+    if failure and failure.startswith(RP_FILTER_FAILURE):
+        return "IP_RPFILTER"
+    return SIM_DROP_REASONS.get(explanation.verdict)
 
 
 def text_line(doc: dict) -> str:
@@ -359,7 +428,9 @@ def text_line(doc: dict) -> str:
         e = doc["egress"]
         parts.append(f"out {e['dev']} {e['src']} → {e['dst']}")
     if doc["drop"]:
-        parts.append(f"DROPPED {doc['drop']['reason']} (after {doc['drop']['after_hook']})")
+        drop = doc["drop"]
+        where = f"after {drop['after_hook']}" + (f", in {drop['function']}" if drop.get("function") else "")
+        parts.append(f"DROPPED {drop['reason']} ({where})")
         for hook in doc["hooks"]:
             deciding = [r for r in hook.get("rules", ()) if r["verdict"] in ("drop", "reject")]
             if deciding:

@@ -1,4 +1,4 @@
-"""The BPF side of a trace: compile probes/trace.c with BCC, with struct offsets from the running
+"""The BPF side of a trace: compile probes/*.c with BCC, with struct offsets from the running
 kernel's BTF as constants; fill the filter (`Config`, the mirror of probes/common.h's struct
 config); create BPF netfilter links with the bpf(2) syscall; turn struct event into events.
 
@@ -9,22 +9,24 @@ nothing is written under /lib/modules (BCC_KERNEL_SOURCE points at the headers' 
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import errno
+import functools
 import glob
 import ipaddress
 import os
-import socket
 from pathlib import Path
 
 from tracer.errors import EnvironmentProblem
-from tracer.trace.btf import Btf
+from tracer.trace.btf import KernelFacts
 
 PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"
 BPF_PROG_TYPE_NETFILTER = 32
 BPF_NETFILTER = 45  # attach type
 BPF_LINK_CREATE = 28
-NFPROTO_IPV4 = 2
+NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
+NF_FAMILIES = {"IPv4": NFPROTO_IPV4, "IPv6": NFPROTO_IPV6}
 NF_HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
 # INT_MIN and INT_MAX are refused (ERANGE): the first and last priorities a BPF link may take.
 PRIORITY_FIRST = -(2**31) + 1
@@ -62,6 +64,21 @@ OFFSETS = (
     ("OFF_NHC_GW", "fib_nh_common", "nhc_gw"),
     ("OFF_NHC_GW_FAMILY", "fib_nh_common", "nhc_gw_family"),
 )
+# Only when probes/fib6.c is compiled in (a kernel without IPv6 has none of these).
+FIB6_OFFSETS = (
+    ("OFF_FL6_DADDR", "flowi6", "daddr"),
+    ("OFF_FL6_SADDR", "flowi6", "saddr"),
+    ("OFF_FL6_IIF", "flowi6", "__fl_common.flowic_iif"),
+    ("OFF_FL6_MARK", "flowi6", "__fl_common.flowic_mark"),
+    ("OFF_TB6_ID", "fib6_table", "tb6_id"),
+    ("OFF_RES6_F6I", "fib6_result", "f6i"),
+    ("OFF_RES6_NH", "fib6_result", "nh"),
+    ("OFF_RES6_TYPE", "fib6_result", "fib6_type"),
+    ("OFF_NET_FIB6_NULL_ENTRY", "net", "ipv6.fib6_null_entry"),
+    ("OFF_NH6_DEV", "fib6_nh", "nh_common.nhc_dev"),
+    ("OFF_NH6_GW", "fib6_nh", "nh_common.nhc_gw"),
+    ("OFF_NH6_GW_FAMILY", "fib6_nh", "nh_common.nhc_gw_family"),
+)
 
 
 class KernelError(EnvironmentProblem):
@@ -71,25 +88,27 @@ class KernelError(EnvironmentProblem):
 
 # ------------------------------------------------------------------ mirrors of probes/common.h
 
+_Address = ctypes.c_uint8 * 16  # network order; IPv4 in the first 4 bytes, the rest zero
+
+
 class Config(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint32), ("netns", ctypes.c_uint32), ("saddr", ctypes.c_uint32),
-                ("daddr", ctypes.c_uint32), ("iif", ctypes.c_uint32), ("sport", ctypes.c_uint16),
-                ("dport", ctypes.c_uint16), ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+    _fields_ = [("flags", ctypes.c_uint32), ("netns", ctypes.c_uint32), ("saddr", _Address), ("daddr", _Address),
+                ("iif", ctypes.c_uint32), ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+                ("proto", ctypes.c_uint8), ("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 2)]
 
 
-F_NETNS, F_SRC, F_DST, F_PROTO, F_SPORT, F_DPORT, F_IIF = (1 << i for i in range(7))
+F_NETNS, F_SRC, F_DST, F_PROTO, F_SPORT, F_DPORT, F_IIF, F_FAMILY = (1 << i for i in range(8))
 F_READY = 1 << 31  # the filter is written: until then the probes report nothing
 
 
 class _Key(ctypes.Structure):
-    _fields_ = [("netns", ctypes.c_uint32), ("saddr", ctypes.c_uint32), ("daddr", ctypes.c_uint32),
-                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16), ("proto", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8 * 3)]
+    _fields_ = [("netns", ctypes.c_uint32), ("saddr", _Address), ("daddr", _Address), ("sport", ctypes.c_uint16),
+                ("dport", ctypes.c_uint16), ("proto", ctypes.c_uint8), ("family", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 2)]
 
 
 class _Tuple(ctypes.Structure):
-    _fields_ = [("saddr", ctypes.c_uint32), ("daddr", ctypes.c_uint32), ("sport", ctypes.c_uint16),
-                ("dport", ctypes.c_uint16)]
+    _fields_ = [("saddr", _Address), ("daddr", _Address), ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16)]
 
 
 class RawEvent(ctypes.Structure):
@@ -97,19 +116,60 @@ class RawEvent(ctypes.Structure):
                 ("kind", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("key", _Key), ("pkt", _Tuple),
                 ("orig", _Tuple), ("reply", _Tuple), ("in_ifindex", ctypes.c_uint32),
                 ("out_ifindex", ctypes.c_uint32), ("mark", ctypes.c_uint32), ("ct_status", ctypes.c_uint32),
-                ("table", ctypes.c_uint32), ("err", ctypes.c_int32), ("gw", ctypes.c_uint32),
+                ("table", ctypes.c_uint32), ("err", ctypes.c_int32), ("gw", _Address),
                 ("reason", ctypes.c_uint32), ("hook", ctypes.c_uint8), ("pos", ctypes.c_uint8),
                 ("pf", ctypes.c_uint8), ("ctinfo", ctypes.c_uint8), ("has_ct", ctypes.c_uint8),
                 ("gw_family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 2)]
 
 
-def ipv4_be(text: str) -> int:
-    """An IPv4 address as the kernel stores it (network order) read as a native u32."""
-    return int.from_bytes(socket.inet_aton(text), "little")
+def address_bytes(text: str) -> _Address:
+    """An address as the probes keep it: 16 bytes in network order, IPv4 in the first four."""
+    packed = ipaddress.ip_address(text).packed
+    return _Address(*packed.ljust(16, b"\0"))
 
 
-def ipv4_text(value: int) -> str:
-    return str(ipaddress.IPv4Address(value.to_bytes(4, "little")))
+def address_text(raw, family: int) -> str:
+    """The text of a probe's address (family 4 or 6)."""
+    return _address_text(bytes(raw), family)
+
+
+@functools.lru_cache(maxsize=65536)  # a flow's addresses recur in each of its events
+def _address_text(packed: bytes, family: int) -> str:
+    return str(ipaddress.IPv4Address(packed[:4]) if family == 4 else ipaddress.IPv6Address(packed))
+
+
+# ------------------------------------------------------------------ kernel addresses
+
+class KernelSymbols:
+    """Kernel text addresses → `function+0xoffset`, from /proc/kallsyms (read once, when the first
+    address is asked for: a drop's location). Without root the addresses read as zero: None."""
+
+    def __init__(self, path: Path = Path("/proc/kallsyms")):
+        self.path = path
+        self._starts: list[int] | None = None
+        self._names: list[str] = []
+
+    def _load(self) -> None:
+        symbols = []
+        try:
+            with open(self.path) as lines:
+                for line in lines:
+                    address, kind, name = line.split()[:3]
+                    if kind in "tT":
+                        symbols.append((int(address, 16), name))
+        except OSError:
+            pass
+        symbols.sort()
+        self._starts = [address for address, _name in symbols]
+        self._names = [name for _address, name in symbols]
+
+    def name(self, address: int) -> str | None:
+        if self._starts is None:
+            self._load()
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i < 0 or not self._starts[i]:
+            return None
+        return f"{self._names[i]}+{address - self._starts[i]:#x}"
 
 
 # ------------------------------------------------------------------ compiling
@@ -132,9 +192,11 @@ def header_flags() -> tuple[dict[str, str], list[str]]:
     return {"BCC_KERNEL_SOURCE": common}, flags
 
 
-def offset_defines(btf: Btf) -> list[str]:
-    defines = [f"-D{macro}={btf.offset(struct, path)}" for macro, struct, path in OFFSETS]
+def offset_defines(btf: KernelFacts, parts: list[str]) -> list[str]:
+    offsets = OFFSETS + (FIB6_OFFSETS if "fib6.c" in parts else ())
+    defines = [f"-D{macro}={btf.offset(struct, path)}" for macro, struct, path in offsets]
     defines.append(f"-DSIZE_TUPLEHASH={btf.size('nf_conntrack_tuple_hash')}")
+    defines.append(f"-DSIZE_TUPLE={btf.size('nf_conntrack_tuple')}")
     reasons = btf.enum("skb_drop_reason")
     # fib_table_lookup's first argument: the table (older kernels) or its id (newer ones).
     if btf.has_typedef("btf_trace_fib_table_lookup") and btf.tracepoint_args("fib_table_lookup")[0] == "int":
@@ -149,14 +211,14 @@ def probe_source(parts: list[str]) -> str:
     return "\n".join((PROBES_DIR / name).read_text() for name in ("common.h", *parts))
 
 
-def compile_probes(parts: list[str], btf: Btf):
-    """The BCC object with the parts (netfilter.c, fib.c, drop.c) compiled in. BCC attaches the
+def compile_probes(parts: list[str], btf: KernelFacts):
+    """The BCC object with the parts (netfilter.c, fib.c, fib6.c, drop.c) compiled in. BCC attaches the
     raw tracepoint programs while loading them."""
     import bcc  # heavy; only here
 
     env, flags = header_flags()
     os.environ.update(env)
-    cflags = [*flags, *offset_defines(btf)]
+    cflags = [*flags, *offset_defines(btf, parts)]
     try:
         return bcc.BPF(text=probe_source(parts).encode(), cflags=cflags)
     except Exception as error:  # noqa: BLE001 - BCC raises bare Exception for compile and load errors
@@ -171,7 +233,7 @@ class _LinkCreate(ctypes.Structure):
                 ("priority", ctypes.c_int32), ("nf_flags", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 96)]
 
 
-def netfilter_link(prog_fd: int, hook: str, priority: int, pf: int = NFPROTO_IPV4) -> int:
+def netfilter_link(prog_fd: int, hook: str, priority: int, pf: int) -> int:
     """A BPF netfilter link (fd) in the calling thread's network namespace; closing it detaches."""
     libc = ctypes.CDLL(None, use_errno=True)
     attr = _LinkCreate(prog_fd=prog_fd, attach_type=BPF_NETFILTER, pf=pf, hooknum=NF_HOOKS[hook],
@@ -185,16 +247,17 @@ def netfilter_link(prog_fd: int, hook: str, priority: int, pf: int = NFPROTO_IPV
                errno.EINVAL: "the kernel refused the netfilter link (kernel < 6.4?)",
                errno.EPERM: "not permitted (needs root: CAP_BPF and CAP_NET_ADMIN)",
                errno.EBUSY: "another link holds that hook priority"}.get(code, os.strerror(code))
-        raise KernelError(f"netfilter link at {hook} priority {priority}: {why}")
+        family = next(name for name, number in NF_FAMILIES.items() if number == pf)
+        raise KernelError(f"netfilter link at {family} {hook} priority {priority}: {why}")
     return fd
 
 
-def netfilter_link_near(prog_fd: int, hook: str, priority: int, step: int, tries: int = 16) -> int:
+def netfilter_link_near(prog_fd: int, hook: str, priority: int, step: int, pf: int, tries: int = 16) -> int:
     """netfilter_link at `priority`, or the next free one in the direction of `step` when another
     BPF link (another trace) holds it."""
     for attempt in range(tries):
         try:
-            return netfilter_link(prog_fd, hook, priority + step * attempt)
+            return netfilter_link(prog_fd, hook, priority + step * attempt, pf)
         except KernelError as error:
             if "another link holds" not in str(error) or attempt == tries - 1:
                 raise

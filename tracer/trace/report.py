@@ -18,8 +18,6 @@ def check_doc(collectors: list[Collector], others: list[Offer]) -> dict:
     for o in others:
         probes.append({"name": o.name, "probe": what.get(o.name, o.name), "offered": o.offered, "used": o.used,
                        "why": o.why})
-    probes.append({"name": "ipv6", "probe": "fib6:fib6_table_lookup, IPv6 hooks", "offered": True, "used": False,
-                   "why": "not traced yet: the probes read IPv4 headers and fib:fib_table_lookup only"})
     return {"type": "check", "kernel": platform.release(), "probes": probes}
 
 
@@ -46,6 +44,8 @@ def start_line(netns: str | None, what: str, summary) -> str:
 def summary_text(doc: dict) -> str:
     text = (f"why-route trace: {doc['flows']} flows, {doc['events']} events, {doc['lost']} lost, "
             f"{doc['duration']} s; probes: {', '.join(doc['probes']) or 'none'}")
+    if doc.get("not_compared"):
+        text += f"; {doc['not_compared']} not compared with the simulation (too far behind the kernel)"
     if doc.get("unavailable"):
         text += "; unavailable: " + "; ".join(f"{n} ({why})" for n, why in doc["unavailable"].items())
     return text

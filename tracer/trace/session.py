@@ -10,9 +10,11 @@ the kernel (BPF links and programs die with their last fd, ctnetlink sockets wit
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from tracer.errors import EnvironmentProblem, Terminated, UsageError
 from tracer.model import HostState
 from tracer.trace import collectors as collectors_mod
 from tracer.trace import kernel
-from tracer.trace.btf import Btf
+from tracer.trace.btf import KernelFacts
 from tracer.trace.conntrack import ConntrackCollector
 from tracer.trace.events import (
     HOOKS,
@@ -42,11 +44,13 @@ from tracer.trace.events import (
     from_json,
     to_json,
 )
-from tracer.trace.flows import TracedFlow, describe
+from tracer.trace.flows import COMPARE_LAG_SECONDS, Describer, TracedFlow
 from tracer.trace.nftrace import NftraceCollector
-from tracer.vocab import protocol_name
+from tracer.vocab import family_of, protocol_name
 
 POLL_SECONDS = 0.02
+RING_POLL_SECONDS = 0.005  # the ring is read this often (its programs never wake user space up)
+GATEWAY_FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}  # fib_nh_common.nhc_gw_family → address family
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,13 @@ class Summary:
     unavailable: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
     first_event_after: float | None = None  # seconds from start to the first event
+    not_compared: int = 0  # flows described too late behind the kernel to be compared (flows.Describer)
 
     def to_json(self) -> dict:
         return {"type": "summary", "flows": self.flows, "events": self.events, "lost": self.lost,
                 "probes": self.probes, "unavailable": self.unavailable, "duration": round(self.duration, 3),
-                "first_event_after": None if self.first_event_after is None else round(self.first_event_after, 3)}
+                "first_event_after": None if self.first_event_after is None else round(self.first_event_after, 3),
+                "not_compared": self.not_compared}
 
 
 def netns_inode(name: str | None) -> int:
@@ -90,11 +96,13 @@ def netns_inode(name: str | None) -> int:
 def _config(options: TraceOptions, state: HostState, inode: int) -> kernel.Config:
     cfg = kernel.Config(flags=kernel.F_READY | kernel.F_NETNS, netns=inode)
     if options.src:
-        cfg.flags |= kernel.F_SRC
-        cfg.saddr = kernel.ipv4_be(options.src)
+        cfg.flags |= kernel.F_SRC | kernel.F_FAMILY
+        cfg.saddr = kernel.address_bytes(options.src)
+        cfg.family = family_of(options.src)
     if options.dst:
-        cfg.flags |= kernel.F_DST
-        cfg.daddr = kernel.ipv4_be(options.dst)
+        cfg.flags |= kernel.F_DST | kernel.F_FAMILY
+        cfg.daddr = kernel.address_bytes(options.dst)
+        cfg.family = family_of(options.dst)
     if options.proto:
         cfg.flags |= kernel.F_PROTO
         cfg.proto = options.proto
@@ -119,30 +127,35 @@ class Decoder:
     def __init__(self, state: HostState, drop_reasons: dict[int, str]):
         self.names = {link.index: link.name for link in state.links}
         self.reasons = drop_reasons
+        self.symbols = kernel.KernelSymbols()
 
     def _dev(self, index: int) -> str | None:
         return self.names.get(index, str(index)) if index else None
 
     @staticmethod
-    def _tuple(t) -> Tuple:
-        return Tuple(kernel.ipv4_text(t.saddr), kernel.ipv4_text(t.daddr), t.sport, t.dport)
+    def _tuple(t, family: int) -> Tuple:
+        return Tuple(kernel.address_text(t.saddr, family), kernel.address_text(t.daddr, family), t.sport, t.dport)
 
     def decode(self, raw: kernel.RawEvent) -> Event | None:
         k = raw.key
-        fid = FlowId(k.netns, k.proto, kernel.ipv4_text(k.saddr), kernel.ipv4_text(k.daddr), k.sport, k.dport)
+        family = k.family
+        fid = FlowId(k.netns, k.proto, kernel.address_text(k.saddr, family), kernel.address_text(k.daddr, family),
+                     k.sport, k.dport)
         if raw.kind == 1:
-            return HookEvent(raw.ts, raw.cpu, fid, HOOKS[raw.hook], POSITIONS[raw.pos], self._tuple(raw.pkt),
+            return HookEvent(raw.ts, raw.cpu, fid, HOOKS[raw.hook], POSITIONS[raw.pos], self._tuple(raw.pkt, family),
                              self._dev(raw.in_ifindex), self._dev(raw.out_ifindex), raw.mark,
-                             self._tuple(raw.orig) if raw.has_ct else None,
-                             self._tuple(raw.reply) if raw.has_ct else None, raw.ct_status)
+                             self._tuple(raw.orig, family) if raw.has_ct else None,
+                             self._tuple(raw.reply, family) if raw.has_ct else None, raw.ct_status)
         if raw.kind == 2:
+            gateway = GATEWAY_FAMILIES.get(raw.gw_family)
             return FibEvent(raw.ts, raw.cpu, fid, raw.ptr, raw.table, raw.err, bool(raw.pos),
-                            kernel.ipv4_text(raw.pkt.saddr), kernel.ipv4_text(raw.pkt.daddr),
+                            kernel.address_text(raw.pkt.saddr, family), kernel.address_text(raw.pkt.daddr, family),
                             self._dev(raw.in_ifindex), raw.mark, self._dev(raw.out_ifindex),
-                            kernel.ipv4_text(raw.gw) if raw.gw_family == 2 else None)
+                            kernel.address_text(raw.gw, gateway) if gateway else None)
         if raw.kind == 3:
             reason = self.reasons.get(raw.reason, str(raw.reason)).removeprefix("SKB_DROP_REASON_")
-            return DropEvent(raw.ts, raw.cpu, fid, reason, raw.ptr, self._dev(raw.in_ifindex), self._tuple(raw.pkt))
+            return DropEvent(raw.ts, raw.cpu, fid, reason, raw.ptr, self._dev(raw.in_ifindex),
+                             self._tuple(raw.pkt, family), self.symbols.name(raw.ptr))
         if raw.kind == 4:
             return ReplyEvent(raw.ts, raw.cpu, fid, HOOKS[raw.hook])
         return None
@@ -152,12 +165,14 @@ class Assembler:
     """Events → flow documents, each once, when its first packet left or was dropped and its reply
     came or `reply_wait` passed."""
 
-    def __init__(self, state: HostState, reply_wait: float):
+    def __init__(self, state: HostState, reply_wait: float, compare_lag: float | None = COMPARE_LAG_SECONDS):
         self.state = state
         self.reply_wait = reply_wait
         self.flows: dict[FlowId, TracedFlow] = {}
         self.done: set[FlowId] = set()
         self.rule_events: list[NftRuleEvent] = []
+        self.describe = Describer(state, compare_lag)
+        self.hooks_traced = False  # set once the netfilter probe is attached (TracedFlow.add)
 
     def add(self, event: Event, now: float) -> None:
         if isinstance(event, NftRuleEvent):
@@ -169,7 +184,7 @@ class Assembler:
             return
         if isinstance(event, ConntrackEvent) and event.type != "new" and event.flow not in self.flows:
             return  # an update or the end of a flow that began before the trace: not a new flow
-        self.flows.setdefault(event.flow, TracedFlow(event.flow)).add(event, now)
+        self.flows.setdefault(event.flow, TracedFlow(event.flow)).add(event, now, self.hooks_traced)
 
     def _rules_of(self, flow: TracedFlow) -> list[NftRuleEvent]:
         tuples = {(flow.id.src, flow.id.dst, flow.id.sport, flow.id.dport)}
@@ -194,7 +209,7 @@ class Assembler:
             del self.flows[fid]
             self.done.add(fid)
             flow.rules = self._rules_of(flow)
-            yield describe(flow, self.state)
+            yield self.describe(flow, self.reply_wait)
 
 
 def check(options: TraceOptions, *, try_fentry: bool = False) -> tuple[list[collectors_mod.Collector],
@@ -236,7 +251,7 @@ class Session:
 
         def compile_in_background() -> None:
             try:
-                compiled["bpf"] = kernel.compile_probes([c.part for c in bpf_parts], Btf.load())
+                compiled["bpf"] = kernel.compile_probes([c.part for c in bpf_parts], KernelFacts.load())
             except kernel.KernelError as error:
                 compiled["error"] = error
 
@@ -260,24 +275,21 @@ class Session:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 snapshot.save(state, str(run_dir / "snapshot.json"))
                 events_file = undo.enter_context(open(run_dir / "events.jsonl", "w"))
-            btf = Btf.load()
-            decoder = Decoder(state, {v: k for k, v in btf.enum("skb_drop_reason").items()})
+            facts = KernelFacts.load()
+            decoder = Decoder(state, {v: k for k, v in facts.enum("skb_drop_reason").items()})
+            facts.save()  # the next start reads these answers instead of parsing the BTF
             assembler = Assembler(state, options.reply_wait)
             pending: list[Event] = []
-            bpf = None
+            bpf = reader = None
             if bpf_parts:
                 if "error" in compiled:
                     raise compiled["error"]
                 bpf = compiled["bpf"]
                 undo.callback(bpf.cleanup)
                 bpf["config"][ctypes.c_int(0)] = _config(options, state, inode)
-
-                def on_event(_ctx, data, size):
-                    event = decoder.decode(kernel.RawEvent.from_buffer_copy(ctypes.string_at(data, size)))
-                    if event is not None:
-                        pending.append(event)
-
-                bpf["events"].open_ring_buffer(on_event)
+                reader = RingReader(bpf, decoder)
+                undo.callback(reader.stop)
+                reader.start()
             sources = []
             for collector in usable:
                 try:
@@ -289,24 +301,23 @@ class Session:
                     self.summary.unavailable[collector.name] = str(error)
                     continue
                 self.summary.probes.append(collector.name)
-            if "netfilter" not in self.summary.probes and "fib" in self.summary.probes:
-                # Nothing arms the routing probe: it would see no packet.
-                self.summary.probes.remove("fib")
-                self.summary.unavailable["fib"] = "needs the netfilter probe, which could not attach"
+            assembler.hooks_traced = "netfilter" in self.summary.probes
+            for routing in ("fib", "fib6"):
+                if "netfilter" not in self.summary.probes and routing in self.summary.probes:
+                    # Nothing arms the routing probe: it would see no packet.
+                    self.summary.probes.remove(routing)
+                    self.summary.unavailable[routing] = "needs the netfilter probe, which could not attach"
             deadline = time.monotonic() + options.duration if options.duration else None
             try:
                 if on_start:  # inside: a Ctrl-C right after the start line still gets its summary
                     on_start(collectors, self.summary)
                 while not self._enough():
-                    if bpf is not None:
-                        bpf.ring_buffer_consume()
+                    if reader is not None:
+                        pending.extend(reader.take())
                     for source in sources:
                         pending.extend(source.poll())
                     now = time.monotonic()
-                    for event in pending:
-                        self._count_event(event, events_file)
-                        assembler.add(event, now)
-                    pending.clear()
+                    self._add(pending, assembler, now, events_file)
                     for doc in assembler.ready(now):
                         self.summary.flows += 1
                         emit(doc)
@@ -317,6 +328,9 @@ class Session:
                     time.sleep(POLL_SECONDS)
             except (KeyboardInterrupt, Terminated) as stop:
                 self.interrupted = stop  # Ctrl-C or SIGTERM: what is complete is still printed
+            if reader is not None:  # what the kernel handed over until now is kept
+                reader.stop()
+                self._add(reader.take(), assembler, time.monotonic(), events_file)
             self.summary.lost += _lost(bpf) + sum(source.lost for source in sources)
         # Detached: the rest is printing.
         for doc in assembler.ready(time.monotonic(), final=True):
@@ -324,6 +338,7 @@ class Session:
                 break
             self.summary.flows += 1
             emit(doc)
+        self.summary.not_compared = assembler.describe.not_compared
         self.summary.duration = time.monotonic() - self.started
         if run_dir:
             (run_dir / "summary.json").write_text(json.dumps(self.summary.to_json(), indent=2) + "\n")
@@ -332,12 +347,57 @@ class Session:
     def _enough(self) -> bool:
         return bool(self.options.count) and self.summary.flows >= self.options.count
 
+    def _add(self, events: list[Event], assembler: Assembler, now: float, events_file) -> None:
+        for event in events:
+            self._count_event(event, events_file)
+            assembler.add(event, now)
+        events.clear()
+
     def _count_event(self, event: Event, events_file) -> None:
         self.summary.events += 1
         if self.summary.first_event_after is None:
             self.summary.first_event_after = time.monotonic() - self.started
         if events_file is not None:
             events_file.write(json.dumps(to_json(event)) + "\n")
+
+
+class RingReader:
+    """Drains the BPF ring buffer in a thread of its own, into memory: the main loop may fall behind
+    describing flows (each is compared with the simulation) when many start at once, and the ring
+    must not overflow meanwhile (the kernel would lose their events)."""
+
+    def __init__(self, bpf, decoder: Decoder):
+        self.bpf, self.decoder = bpf, decoder
+        self.events: collections.deque[Event] = collections.deque()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="ring-reader", daemon=True)
+        bpf["events"].open_ring_buffer(self._on_event)
+
+    def _on_event(self, _ctx, data, size) -> None:
+        event = self.decoder.decode(kernel.RawEvent.from_buffer_copy(ctypes.string_at(data, size)))
+        if event is not None:
+            self.events.append(event)
+
+    def _drain(self) -> None:
+        while not self._stopping.is_set():
+            self.bpf.ring_buffer_consume()
+            self._stopping.wait(RING_POLL_SECONDS)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, then read what is left in the ring (idempotent)."""
+        if self._thread.is_alive():
+            self._stopping.set()
+            self._thread.join()
+            self.bpf.ring_buffer_consume()
+
+    def take(self) -> list[Event]:
+        taken = []
+        while self.events:
+            taken.append(self.events.popleft())
+        return taken
 
 
 def _lost(bpf) -> int:
@@ -358,7 +418,7 @@ def replay(run_dir: str, reply_wait: float = 0.0) -> Iterator[dict]:
         lines = (path / "events.jsonl").read_text().splitlines()
     except OSError as error:
         raise UsageError(f"cannot read the run directory {run_dir}: {error.strerror}: {error.filename}") from None
-    assembler = Assembler(state, reply_wait)
+    assembler = Assembler(state, reply_wait, compare_lag=None)  # recorded times: no lag to judge
     for number, line in enumerate(lines, 1):
         try:
             assembler.add(from_json(json.loads(line)), 0.0)
