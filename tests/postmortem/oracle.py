@@ -8,7 +8,7 @@ from collections import defaultdict
 FIELDS = ["frame.interface_name", "tcp.stream", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "tcp.flags.syn",
           "tcp.flags.ack", "tcp.analysis.retransmission", "tcp.analysis.fast_retransmission",
           "tcp.analysis.spurious_retransmission", "tcp.analysis.duplicate_ack", "tcp.analysis.zero_window",
-          "tcp.analysis.initial_rtt"]
+          "tcp.analysis.initial_rtt", "ipv6.src", "ipv6.dst"]
 
 
 def tshark_counts(path: str) -> dict[tuple, dict]:
@@ -21,7 +21,8 @@ def tshark_counts(path: str) -> dict[tuple, dict]:
                                                     "initial_rtt": None, "key": None})
     for line in out.splitlines():
         (iface, stream, src, sport, dst, dport, syn, ack, retrans, fast, spurious, dup, zero,
-         irtt) = (line.split("\t") + [""] * len(FIELDS))[:len(FIELDS)]
+         irtt, src6, dst6) = (line.split("\t") + [""] * len(FIELDS))[:len(FIELDS)]
+        src, dst = src or src6, dst or dst6
         s = streams[stream]
         if s["key"] is None:
             # the client sent the first packet, unless it is a SYN/ACK

@@ -61,6 +61,7 @@ class Loss:
     inside: int  # arrived at the router, never left it (repaired holes on the leaving side)
     beyond: int  # left the router and were sent again (not repairs of inside losses)
     before: int  # never reached the router (repaired holes on the arriving side)
+    # (a retransmission of data the receiver had SACKed is no loss: not counted beyond)
     evidence: list[tuple] = field(default_factory=list)  # (number, time, interface, text)
 
 
@@ -151,14 +152,14 @@ class Connection:
             ev = [(n, t, self.names[0], f"{kind} of seq {s}, {length} bytes")
                   for n, t, s, length, _ipl, kind, _f in hu.ev_retrans if kind != "ooo"]
             before = sum(1 for g in hu.gaps if g[4] is not None)
-            return Loss(direction, 0, max(0, hu.retransmissions - hu.filled), before, ev)
+            return Loss(direction, 0, max(0, hu.retransmissions - hu.filled - hu.sacked_retrans), before, ev)
         # A hole is a real loss only once the sender repairs it: a hole never repaired is a packet
         # the capture missed (it reached the receiver). A loss before the router repairs holes on
         # both sides; one inside it, only on the leaving side.
         repaired_down = [g for g in hd.gaps if g[4] is not None]
         repaired_up = sum(1 for g in hu.gaps if g[4] is not None)
         inside = max(0, len(repaired_down) - repaired_up)
-        beyond = max(0, hd.retransmissions - hd.filled)
+        beyond = max(0, hd.retransmissions - hd.filled - hd.sacked_retrans)
         evidence = []
         name_down, name_up = self.name_of(down), self.name_of(up)
         for start, stop, number, t, filled in repaired_down[:10]:
@@ -170,11 +171,13 @@ class Connection:
         return Loss(direction, inside, beyond, repaired_up, evidence[:20])
 
     def rtt(self) -> dict:
-        """RTT from data/ACK pairs at the capture point, each side: to_server (the far side's
-        delay as the router sees it) and to_client (the near side's)."""
+        """RTT at the capture point, each side: to_server (the far side's delay as the router
+        sees it) and to_client (the near side's), from data/ACK pairs and from TCP timestamps."""
         out = {}
         for side, name in zip(self.sides, self.names, strict=True):
-            out[name] = {"to_server": rtt_summary(side.h[0].rtt), "to_client": rtt_summary(side.h[1].rtt)}
+            out[name] = {"to_server": rtt_summary(side.h[0].rtt), "to_client": rtt_summary(side.h[1].rtt),
+                         "timestamps": {"to_server": rtt_summary(side.h[0].ts_rtt),
+                                        "to_client": rtt_summary(side.h[1].ts_rtt)}}
         return out
 
     def stall(self) -> dict | None:

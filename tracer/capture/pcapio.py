@@ -5,7 +5,9 @@ pcap; pcapng interface blocks may come later, so `interfaces` grows while
 iterating) and `packets()`, a generator of `(number, time, iface, buf, off,
 caplen, origlen)` where the frame is `buf[off:off+caplen]`. The buffer is the
 file mapped into memory: nothing is copied per packet, and memory does not
-grow with the file.
+grow with the file. `batches()` gives the same packets as columns (numpy
+arrays of up to BATCH packets) for the vectorised analysis: per packet only
+the record chain is walked in Python.
 
 `PcapngWriter` writes a section header, one interface description block per
 interface (name, description, link type) and enhanced packet blocks with an
@@ -58,6 +60,38 @@ class Capture:
             return _pcap_packets(self)
         return _pcapng_packets(self)
 
+    def batches(self, size: int = 0):
+        """The packets in order as `Batch`es of up to `size` (default BATCH) packets."""
+        if self.format == "pcap":
+            return _pcap_batches(self, size or BATCH)
+        return _pcapng_batches(self, size or BATCH)
+
+
+BATCH = 1 << 15  # 32,768 packets: large enough for numpy, small enough for the caches and the allocator
+
+
+@dataclass
+class Batch:
+    """Packets `first` … `first + len(offset) - 1` (numbers count from 1): numpy arrays."""
+
+    first: int
+    offset: object  # int64: where each frame starts in `data`
+    caplen: object  # int64
+    iface: object  # int64, an index into Capture.interfaces
+    time: object  # float64, seconds since the epoch
+    data: object  # the mapped file
+    u8: object  # the same bytes as a numpy uint8 array
+
+
+def _words(u8, at, count: int, little: bool):
+    """The `count` 32-bit words at each offset of `at`: an (n, count) int64 array."""
+    import numpy as np
+
+    width = 4 * count
+    at = np.minimum(at, len(u8) - width)  # a damaged last block reads the file's last bytes, not beyond
+    rows = np.lib.stride_tricks.sliding_window_view(u8, width)[at]
+    return rows.view("<u4" if little else ">u4").astype(np.int64)
+
 
 def read(path: str) -> Capture:
     """Open a capture file (pcap or pcapng); UsageError if it is neither."""
@@ -97,6 +131,133 @@ def _pcap_packets(cap: Capture):
         number += 1
         yield number, sec + frac * resolution, 0, data, off, caplen, origlen
         off += caplen
+
+
+def _pcap_batches(cap: Capture, size: int):
+    import numpy as np
+
+    data = cap._map
+    u8 = np.frombuffer(data, np.uint8)
+    order, resolution = PCAP_MAGICS[bytes(data[:4])]
+    caplen_at = struct.Struct(order + "I").unpack_from
+    end = len(data)
+    off, first = 24, 1
+    while True:
+        starts: list[int] = []
+        append = starts.append
+        for _ in range(size):  # the one per-packet Python loop: follow the record chain
+            if off + 16 > end:
+                break
+            following = off + 16 + caplen_at(data, off + 8)[0]
+            if following > end:
+                break  # truncated last packet (a capture still being written)
+            append(off)
+            off = following
+        if not starts:
+            return
+        record = np.array(starts, np.int64)
+        seconds, fraction, caplen = _words(u8, record, 3, order == "<").T
+        yield Batch(first, record + 16, caplen, np.zeros(len(starts), np.int64), seconds + fraction * resolution,
+                    data, u8)
+        first += len(starts)
+        if len(starts) < size:
+            return
+
+
+def _pcapng_batches(cap: Capture, size: int):
+    """Enhanced (and simple) packet blocks as batches; the other blocks as `_pcapng_packets` reads
+    them. A batch never spans two sections (each has its byte order and interfaces)."""
+    import numpy as np
+
+    data = cap._map
+    u8 = np.frombuffer(data, np.uint8)
+    end = len(data)
+    off, first, order, base = 0, 1, "<", 0
+    block = struct.Struct("<II").unpack_from
+    epbs: list[int] = []
+    simple: list[tuple] = []  # (position in the batch, caplen) of simple packet blocks
+
+    def flush():
+        nonlocal first
+        record = np.array(epbs, np.int64)
+        length, local, high, low, caplen, _origlen = _words(u8, record + 4, 6, order == "<").T
+        stamp = (high.astype(np.uint64) << np.uint64(32)) | low.astype(np.uint64)
+        offsets = record + 28
+        caplens = np.minimum(caplen, length - 32)  # (a damaged length never reaches beyond the block)
+        for position, caplen in simple:
+            offsets[position], caplens[position], local[position], stamp[position] = epbs[position] + 12, caplen, 0, 0
+        described = len(cap.interfaces) - base
+        unknown = np.flatnonzero(local >= described)
+        if len(unknown):
+            raise UsageError(f"{cap.path}: packet {first + unknown[0]} names interface {local[unknown[0]]}, which "
+                             f"the file does not describe (a damaged capture)")
+        resolutions = np.array([i.tsresol for i in cap.interfaces[base:]])
+        times = stamp.astype(np.float64) * resolutions[local]
+        ifaces = local + base
+        batch = Batch(first, offsets, caplens, ifaces, times, data, u8)
+        first += len(epbs)
+        epbs.clear()
+        simple.clear()
+        return batch
+
+    while off + 12 <= end:
+        btype, blen = block(data, off)
+        if btype == EPB and 32 <= blen and off + blen <= end:
+            epbs.append(off)
+            if len(epbs) == size:
+                yield flush()
+            off += blen
+            continue
+        if btype == PCAPNG_SHB:
+            if epbs:
+                yield flush()
+            magic = struct.unpack_from("<I", data, off + 8)[0]
+            order = "<" if magic == BYTE_ORDER_MAGIC else ">"
+            block = struct.Struct(order + "II").unpack_from
+            btype, blen = block(data, off)
+            base = len(cap.interfaces)
+        if blen < 12 or off + blen > end:
+            break  # truncated (still being written)
+        if btype == SPB:
+            origlen = struct.unpack_from(order + "I", data, off + 8)[0]
+            simple.append((len(epbs), min(origlen, blen - 16)))
+            epbs.append(off)
+            if len(epbs) == size:
+                yield flush()
+        else:
+            _pcapng_block(cap, data, off, btype, blen, order, base)
+        off += blen
+    if epbs:
+        yield flush()
+
+
+def _pcapng_block(cap: Capture, data, off: int, btype: int, blen: int, order: str, base: int) -> None:
+    """An interface description or statistics block: into `cap.interfaces`."""
+    interfaces = cap.interfaces
+    if btype == IDB:
+        linktype = struct.unpack_from(order + "H", data, off + 8)[0]
+        intf = Interface(f"if{len(interfaces)}", linktype)
+        for code, value in _options(data, off + 16, off + blen - 4, order):
+            if code == IF_NAME:
+                intf.name = value.rstrip(b"\0").decode("utf-8", "replace")
+            elif code == IF_DESCRIPTION:
+                intf.description = value.rstrip(b"\0").decode("utf-8", "replace")
+            elif code == IF_TSRESOL:
+                intf.tsresol = _tsresol(value)
+        interfaces.append(intf)
+    elif btype == ISB:
+        iface = struct.unpack_from(order + "I", data, off + 8)[0]
+        if base + iface < len(interfaces):
+            intf = interfaces[base + iface]
+            for code, value in _options(data, off + 20, off + blen - 4, order):
+                if len(value) == 8:
+                    count = struct.unpack(order + "Q", value)[0]
+                    if code == ISB_IFRECV:
+                        intf.received = count
+                    elif code == ISB_IFDROP:
+                        intf.dropped = count
+                    elif code == ISB_OSDROP:
+                        intf.os_dropped = count
 
 
 def _options(data, off: int, end: int, order: str):
@@ -143,31 +304,10 @@ def _pcapng_packets(cap: Capture):
             origlen = struct.unpack_from(order + "I", data, off + 8)[0]
             number += 1
             yield number, 0.0, base, data, off + 12, min(origlen, blen - 16), origlen
-        elif btype == IDB:
-            linktype = struct.unpack_from(order + "H", data, off + 8)[0]
-            intf = Interface(f"if{len(interfaces)}", linktype)
-            for code, value in _options(data, off + 16, off + blen - 4, order):
-                if code == IF_NAME:
-                    intf.name = value.rstrip(b"\0").decode("utf-8", "replace")
-                elif code == IF_DESCRIPTION:
-                    intf.description = value.rstrip(b"\0").decode("utf-8", "replace")
-                elif code == IF_TSRESOL:
-                    intf.tsresol = _tsresol(value)
-            interfaces.append(intf)
-            resolutions.append(intf.tsresol)
-        elif btype == ISB:
-            iface = struct.unpack_from(order + "I", data, off + 8)[0]
-            if base + iface < len(interfaces):
-                intf = interfaces[base + iface]
-                for code, value in _options(data, off + 20, off + blen - 4, order):
-                    if len(value) == 8:
-                        count = struct.unpack(order + "Q", value)[0]
-                        if code == ISB_IFRECV:
-                            intf.received = count
-                        elif code == ISB_IFDROP:
-                            intf.dropped = count
-                        elif code == ISB_OSDROP:
-                            intf.os_dropped = count
+        else:
+            _pcapng_block(cap, data, off, btype, blen, order, base)
+            if btype == IDB:
+                resolutions.append(interfaces[-1].tsresol)
         off += blen
 
 

@@ -309,6 +309,7 @@ def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
         "findings": [{"id": f.id, "severity": f.severity, "title": f.title, "message": f.message,
                       "fix": {"kind": f.fix.kind, "commands": list(f.fix)}} for f in conn.findings],
     }
+    rtt = conn.rtt()
     for side, name in zip(conn.sides, conn.names, strict=True):
         hs = side.handshake
         out["handshake"][name] = None if hs is None else {
@@ -317,12 +318,14 @@ def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
             "ack": None if hs["ack"] is None else round(hs["ack"] - base, 6),
             "syns": hs["syns"], "server_rtt_ms": _ms(hs["to_server"]), "client_rtt_ms": _ms(hs["to_client"]),
             "initial_rtt_ms": _ms(hs["initial_rtt"])}
-        out["rtt"][name] = {"to_server": _rtt_ms(conn.rtt()[name]["to_server"]),
-                            "to_client": _rtt_ms(conn.rtt()[name]["to_client"])}
+        out["rtt"][name] = {"to_server": _rtt_ms(rtt[name]["to_server"]), "to_client": _rtt_ms(rtt[name]["to_client"]),
+                            "timestamps": {k: _rtt_ms(v) for k, v in rtt[name]["timestamps"].items()}}
         out["retransmissions"][name] = {
             "to_server": side.h[0].retransmissions, "to_client": side.h[1].retransmissions,
             "out_of_order": side.h[0].ooo + side.h[1].ooo,
-            "holes": {"to_server": side.h[0].lost, "to_client": side.h[1].lost}}
+            "holes": {"to_server": side.h[0].lost, "to_client": side.h[1].lost},
+            "sacked": {"to_server": side.h[0].sacked_retrans, "to_client": side.h[1].sacked_retrans},
+            "sack_holes": {"to_server": side.h[0].sack_holes, "to_client": side.h[1].sack_holes}}
         out["dup_acks"][name] = {"from_server": side.h[1].dupacks, "from_client": side.h[0].dupacks}
         out["zero_windows"][name] = {"from_server": side.h[1].zero_windows, "from_client": side.h[0].zero_windows}
         out["window_limited"][name] = {"to_server": round(side.h[0].wl_time, 6),

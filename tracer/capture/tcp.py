@@ -1,25 +1,36 @@
 """One pass over a capture: every TCP connection as seen on each interface (a `Side`), and ICMP errors.
 
-Streaming: per packet only a connection's running state changes; what is kept
-per connection is bounded (counters, at most `EVIDENCE` example packets per
-kind, at most `MAX_GAPS` holes, a reservoir of RTT samples), so memory grows
-with the number of connections, not of packets.
+Streaming: the capture is read in batches (`pcapio.Capture.batches`), whose
+headers are decoded at once (`decode`); per connection only running state is
+kept, and it is bounded (counters, at most `EVIDENCE` example packets per kind,
+at most `MAX_GAPS` holes, `MAX_SACKED` SACKed ranges, reservoirs of RTT
+samples), so memory grows with the number of connections, not of packets.
 
-The per-segment classification follows Wireshark's `tcp.analysis.*`
-(packet-tcp.c, tcp_analyze_sequence_number) so that the counts can be checked
-against tshark: zero-window probe, zero window, previous segment lost (a hole),
-keep-alive, duplicate ACK, and for a segment below the highest sequence seen:
-fast retransmission (≥ 2 duplicate ACKs for it within 20 ms), out-of-order
-(within the handshake RTT, or 3 ms, of the highest segment), spurious (already
-acknowledged) or retransmission. Sequence numbers are relative to the first
-seen in each direction (transfers up to 2 GiB per connection and direction).
+The per-segment classification (`Side.segment`) follows Wireshark 4.0's
+`tcp.analysis.*` (packet-tcp.c, tcp_analyze_sequence_number) so that the counts
+can be checked against tshark: zero-window probe, zero window, previous segment
+lost (a hole), keep-alive, duplicate ACK, and for a segment below the highest
+sequence seen: spurious (already acknowledged), fast retransmission (≥ 2
+duplicate ACKs for it within 20 ms), out-of-order (within the handshake RTT, or
+3 ms, of the highest segment) or retransmission. The segments it would leave
+alone but for running updates (in order, no SYN/FIN/RST, window open: most of
+them) are applied in bulk (`_Batch`), to exactly the same state. Sequence
+numbers are relative to the first seen in each direction (transfers up to 2 GiB
+per connection and direction).
+
+Beyond Wireshark's flags: TCP timestamps as a second RTT source (ePPing's
+pairing of TSval and TSecr, `Half.ts_rtt`), and SACK (the ranges the receiver
+reported, the holes it signalled, retransmissions of data it had: no loss).
 """
 
 from __future__ import annotations
 
+import gc
+import heapq
 import random
 import socket
 import struct
+from bisect import bisect_left
 from dataclasses import dataclass
 
 from tracer.capture import pcapio
@@ -28,6 +39,8 @@ FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 EVIDENCE = 20
 MAX_GAPS = 256
 RTT_SAMPLES = 2048
+MAX_SACKED = 32
+MAX_TS_PENDING = 1024
 BIG = 1280  # IP lengths above this are kept by size (for MTU questions)
 _M, _H, _W = 0xFFFFFFFF, 0x7FFFFFFF, 1 << 32
 
@@ -61,16 +74,41 @@ class Icmp:
         return f"ICMP type {self.type} code {self.code} from {self.src}"
 
 
+class Samples(list):
+    """At most RTT_SAMPLES values, a uniform sample of all those added (reservoir sampling,
+    seeded: the same report every run)."""
+
+    __slots__ = ("seen", "_rng", "_seed")
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.seen = 0
+        self._rng = None
+        self._seed = seed
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self) < RTT_SAMPLES:
+            self.append(value)
+            return
+        if self._rng is None:
+            self._rng = random.Random(self._seed)
+        j = self._rng.randrange(self.seen)
+        if j < RTT_SAMPLES:
+            self[j] = value
+
+
 class Half:
     """One direction of one connection on one interface (the sender's view of its segments)."""
 
     __slots__ = (
         "base", "nextseq", "nextseqtime", "lastack", "lastacktime", "window", "wscale", "dupacknum",
         "packets", "payload", "data_packets", "retrans", "fast", "spurious", "ooo", "dupacks", "zero_windows",
-        "zwp", "keepalive", "lost", "gaps", "filled", "rtt", "rtt_seen", "timed_end", "timed_ts", "mss",
+        "zwp", "keepalive", "lost", "gaps", "filled", "rtt", "timed_end", "timed_ts", "mss",
         "syn_time", "first_syn", "syn_number", "syns", "fin", "rst", "progress", "wl_time", "wl_since",
         "first", "last", "ev_retrans", "ev_zero", "ev_dup", "big", "big_first", "max_len", "retrans_max",
-        "same_seq", "last_retrans_seq", "isn", "ev_data", "zw_since", "zw_time",
+        "same_seq", "last_retrans_seq", "isn", "ev_data", "zw_since", "zw_time", "ts_rtt", "ts_base", "ts_newest",
+        "ts_pending", "sacked", "sack_high", "sack_holes", "sacked_retrans",
     )
 
     def __init__(self):
@@ -86,8 +124,7 @@ class Half:
         self.retrans = self.fast = self.spurious = self.ooo = self.dupacks = self.zero_windows = 0
         self.zwp = self.keepalive = self.lost = self.filled = 0
         self.gaps: list[list] = []  # [start, end, number, time, filled_by_number]
-        self.rtt: list[float] = []
-        self.rtt_seen = 0
+        self.rtt = Samples()  # data/ACK pairs: one timed segment per round trip (Karn's rule)
         self.timed_end = -1
         self.timed_ts = 0.0
         self.mss = None
@@ -113,6 +150,18 @@ class Half:
         self.isn = None
         self.zw_since = None  # this half's receive window has been closed since
         self.zw_time = 0.0  # seconds it was closed
+        # TCP timestamps (RFC 7323) as a second RTT source, paired as ePPing does: the first
+        # segment carrying a TSval newer than all before is timed, the peer's first segment
+        # echoing it (TSecr) stops the timer
+        self.ts_rtt = Samples()
+        self.ts_base = -1  # the first TSval this direction sent
+        self.ts_newest = -1  # the newest since, relative to ts_base
+        self.ts_pending: dict[int, float] = {}  # TSval -> when it passed, not echoed yet
+        # SACK (RFC 2018): what the peer reported received above its cumulative ACK
+        self.sacked: list[list[int]] = []  # [start, end) of this direction's data, merged, at most MAX_SACKED
+        self.sack_high = -1  # the highest SACKed sequence number
+        self.sack_holes = 0  # gaps the peer signalled: a SACK block above all acknowledged and SACKed data
+        self.sacked_retrans = 0  # retransmissions of data the peer had SACKed: not lost
 
     def zero_window_time(self, end: float) -> float:
         return self.zw_time + (end - self.zw_since if self.zw_since is not None else 0.0)
@@ -120,6 +169,32 @@ class Half:
     @property
     def retransmissions(self) -> int:
         return self.retrans + self.fast + self.spurious
+
+    @property
+    def rtt_seen(self) -> int:
+        return self.rtt.seen
+
+    def sack(self, acked: int, blocks) -> None:
+        """The peer's SACK blocks ((start, end), relative) with its cumulative ACK `acked`."""
+        for start, end in blocks:
+            if end <= start:
+                continue
+            if start > max(acked, self.sack_high):
+                self.sack_holes += 1
+            self.sack_high = max(self.sack_high, end)
+            merged = [start, end]
+            kept = []
+            for r in self.sacked:
+                if r[1] < merged[0] or r[0] > merged[1]:
+                    kept.append(r)
+                else:
+                    merged = [min(r[0], merged[0]), max(r[1], merged[1])]
+            kept.append(merged)
+            kept.sort()
+            self.sacked = [r for r in kept if r[1] > acked][-MAX_SACKED:]
+
+    def was_sacked(self, start: int, end: int) -> bool:
+        return any(r[0] <= start and end <= r[1] for r in self.sacked)
 
     def outstanding(self, peer: Half) -> int:
         if self.nextseq < 0:
@@ -173,7 +248,8 @@ class Side:
         return out
 
     def segment(self, d: int, number: int, ts: float, seq: int, ack: int, flags: int, win: int, seglen: int,
-                ip_len: int, buf, toff: int, thl: int) -> None:
+                ip_len: int, buf, toff: int, thl: int, sack=()) -> None:
+        """One segment from direction d; `sack`: its SACK blocks as sequence numbers ((left, right), …)."""
         h = self.h[d]
         r = self.h[1 - d]
         h.packets += 1
@@ -232,19 +308,25 @@ class Side:
                 h.dupacknum += 1
                 if len(h.ev_dup) < EVIDENCE:
                     h.ev_dup.append((number, ts))
+        end = s + seglen + (1 if flags & (SYN | FIN) else 0)
+        kind = None
         if not zwp and not keepalive and (seglen > 0 or flags & (SYN | FIN)) and nxt >= 0 and s < nxt:
-            if ts - r.lastacktime < 0.02 and r.dupacknum >= 2 and r.lastack == s:
-                kind = "fast"
-                h.fast += 1
-            elif ts - h.nextseqtime < (self.first_rtt or 0.003) and nxt != s + seglen:
-                kind = "ooo"
-                h.ooo += 1
-            elif seglen > 0 and r.lastack >= 0 and s + seglen <= r.lastack:
+            # in the order of Wireshark 4.0 (tcp_analyze_sequence_number): already acknowledged first
+            if seglen > 0 and r.lastack >= 0 and s + seglen <= r.lastack:
                 kind = "spurious"
                 h.spurious += 1
+            elif seglen > 1 and s == nxt - 1:
+                pass  # new data after a zero-window probe's byte
+            elif ts - r.lastacktime < 0.02 and r.dupacknum >= 2 and r.lastack == s:
+                kind = "fast"
+                h.fast += 1
+            elif ts - h.nextseqtime < (self.first_rtt or 0.003) and nxt != end:
+                kind = "ooo"
+                h.ooo += 1
             else:
                 kind = "retrans"
                 h.retrans += 1
+        if kind is not None:
             filled = False
             for gap in h.gaps:
                 if gap[0] <= s < gap[1]:  # a repair of this hole (a hole may take several segments)
@@ -253,6 +335,8 @@ class Side:
                     filled = True
                     h.filled += 1
                     break
+            if kind != "ooo" and seglen and not filled and h.was_sacked(s, s + seglen):
+                h.sacked_retrans += 1  # the peer had it: not lost
             if kind != "ooo":
                 if s == h.last_retrans_seq:
                     h.same_seq += 1
@@ -267,7 +351,6 @@ class Side:
                 h.ev_retrans.append((number, ts, s, seglen, ip_len, kind, filled))
             if h.timed_end >= 0 and s < h.timed_end:
                 h.timed_end = -1  # Karn: no RTT sample from a retransmitted segment
-        end = s + seglen + (1 if flags & (SYN | FIN) else 0)
         if (nxt < 0 or end > nxt) and not zwp:
             h.nextseq = end
             h.nextseqtime = ts
@@ -294,6 +377,8 @@ class Side:
                 self._rtt_sample(r, ts - r.timed_ts)
             h.lastack = a
             h.lastacktime = ts
+            if sack and r.base >= 0:
+                r.sack(a, _relative(sack, r.base))
             if d == 0 and self.synack_time is not None and self.ack_time is None and not flags & SYN:
                 self.ack_time = ts
                 if self.syn_for_rtt is not None:
@@ -309,13 +394,7 @@ class Side:
 
     @staticmethod
     def _rtt_sample(r: Half, sample: float) -> None:
-        r.rtt_seen += 1
-        if len(r.rtt) < RTT_SAMPLES:
-            r.rtt.append(sample)
-        else:
-            j = random.randrange(r.rtt_seen)
-            if j < RTT_SAMPLES:
-                r.rtt[j] = sample
+        r.rtt.add(sample)
         r.timed_end = -1
 
     def _syn(self, h: Half, r: Half, d: int, number, ts, flags, buf, toff, thl, win) -> None:
@@ -365,178 +444,496 @@ class Analysis:
     last: float | None
 
 
-_IP4 = struct.Struct("!BBHHHBBH4s4s").unpack_from
-_IP4TCP = struct.Struct("!BBHHHBBH4s4sHHIIBBH").unpack_from
-_IP6 = struct.Struct("!IHBB16s16s").unpack_from
-_TCP = struct.Struct("!HHIIBBH").unpack_from
 _U16 = struct.Struct("!H").unpack_from
 _PORTS = struct.Struct("!HH").unpack_from
 
 
-def analyse(capture: pcapio.Capture, flow_filter=None) -> Analysis:
+def analyse(capture: pcapio.Capture, flow_filter=None, *, one_by_one: bool = False) -> Analysis:
     """One pass: connections by (interface, 4-tuple), and the ICMP errors.
-    `flow_filter(src, dst)` (address texts), when given, keeps only matching packets."""
-    conns: dict[tuple, tuple[Side, int]] = {}
+    `flow_filter(src, dst)` (address texts), when given, keeps only matching packets.
+    `one_by_one`: every segment through Side.segment — the reference the bulk runs are tested against.
+
+    The capture is read in batches; each batch's headers are decoded at once (`decode`), its
+    segments grouped by connection (`_dispatch`) and each connection's segments applied (`_Batch`)."""
+    import numpy as np
+
+    from tracer.capture import decode
+
+    known: dict[tuple, tuple[Side, int]] = {}  # (iface, lower endpoint, higher endpoint) -> (side, client's)
+    rejected: set[tuple] = set()
     sides: list[Side] = []
     icmps: list[Icmp] = []
-    interfaces = capture.interfaces
-    linktypes: list[int] = []
-    per_interface: list[int] = []
     names: dict[bytes, str] = {}
+    addresses, reassembly = decode.Addresses(), decode.Reassembly()
+    per_interface: list[int] = []
     first = last = None
-    number = 0
-    get = conns.get
-    for number, ts, iface, buf, off, caplen, _origlen in capture.packets():
-        if iface >= len(linktypes):
-            while len(linktypes) <= iface:
-                linktypes.append(interfaces[len(linktypes)].linktype if len(linktypes) < len(interfaces) else 1)
-                per_interface.append(0)
-        per_interface[iface] += 1
-        # dumpcap writes each interface's packets in batches: times are not ordered across interfaces
-        if first is None or ts < first:
-            first = ts
-        if last is None or ts > last:
-            last = ts
-        lt = linktypes[iface]
-        end = off + caplen
-        if lt == 1:
-            etype = (buf[off + 12] << 8) | buf[off + 13] if caplen >= 14 else 0
-            off += 14
-            while etype == 0x8100 or etype == 0x88A8:
-                etype = (buf[off + 2] << 8) | buf[off + 3]
-                off += 4
-        elif lt == 113:
-            etype = (buf[off + 14] << 8) | buf[off + 15] if caplen >= 16 else 0
-            off += 16
-        elif lt == 276:
-            etype = (buf[off] << 8) | buf[off + 1] if caplen >= 20 else 0
-            off += 20
-        elif lt == 101 or lt == 12 or lt == 228 or lt == 229:
-            etype = 0x86DD if caplen and buf[off] >> 4 == 6 else 0x0800
-        else:
-            continue
-        if etype == 0x0800:
-            if off + 20 > end:
-                continue
-            if buf[off] == 0x45 and buf[off + 9] == 6 and off + 40 <= end:
-                # the common case in one unpack: IPv4 without options, TCP
-                (_v, _tos, ip_len, _ipid, frag, _ttl, proto, _sum, src, dst, sport, dport, seq, ack, offx, flags,
-                 win) = _IP4TCP(buf, off)
-                if frag & 0x1FFF:
-                    continue
-                l4 = off + 20
-                thl = (offx >> 4) * 4
-                seglen = ip_len - 20 - thl
-                if seglen < 0:
-                    seglen = 0
-                found = get((iface, src, sport, dst, dport))
-                if found is not None and flags & 0x17 == 0x10 and win and ack:
-                    side, d = found
-                    h = side.h[d]
-                    r = side.h[1 - d]
-                    if h.base >= 0 and r.base >= 0 and h.zw_since is None:
-                        sq = (seq - h.base) & _M
-                        a = (ack - r.base) & _M
-                        if sq == h.nextseq and sq <= _H and a <= _H and seglen != 1:
-                            wnd = win << h.wscale if side.scaled else win
-                            if seglen or wnd != h.window or a != h.lastack:
-                                # Fast path: in order, new data or an ACK that is no duplicate, neither
-                                # SYN, FIN nor RST, window open — every check of Side.segment leaves such
-                                # a segment alone but for these updates.
-                                h.packets += 1
-                                h.last = ts
-                                if seglen:
-                                    sq += seglen
-                                    h.nextseq = sq
-                                    h.nextseqtime = ts
-                                    if h.timed_end < 0:
-                                        h.timed_end = sq
-                                        h.timed_ts = ts
-                                    if ip_len > BIG:
-                                        if ip_len > h.max_len:
-                                            h.max_len = ip_len
-                                        h.big[ip_len] = h.big.get(ip_len, 0) + 1
-                                        if len(h.big_first) < EVIDENCE:
-                                            h.big_first.append((number, ts, ip_len))
-                                    h.payload += seglen
-                                    h.data_packets += 1
-                                    if len(h.ev_data) < EVIDENCE:
-                                        h.ev_data.append((number, ts, sq - seglen, seglen, ip_len))
-                                    if h.wl_since is not None:
-                                        h.wl_time += ts - h.wl_since
-                                        h.wl_since = None
-                                    if r.window > 0 and r.lastack >= 0 and sq - r.lastack + seglen > r.window:
-                                        h.wl_since = ts
-                                if a > h.lastack:
-                                    h.dupacknum = 0
-                                    r.progress = ts
-                                if r.timed_end >= 0 and a >= r.timed_end:
-                                    Side._rtt_sample(r, ts - r.timed_ts)
-                                h.lastack = a
-                                h.lastacktime = ts
-                                h.window = wnd
-                                if d == 0 and side.ack_time is None and side.synack_time is not None:
-                                    side.ack_time = ts
-                                    if side.syn_for_rtt is not None:
-                                        side.first_rtt = ts - side.syn_for_rtt
-                                continue
-                if found is None:
-                    found = _new_side(conns, sides, names, flow_filter, iface, src, sport, dst, dport, flags, ts,
-                                      number)
-                    if found is None:
-                        continue
-                found[0].segment(found[1], number, ts, seq, ack, flags, win, seglen, ip_len, buf, l4, thl)
-                continue
-            vihl, _tos, ip_len, _ipid, frag, _ttl, proto, _sum, src, dst = _IP4(buf, off)
-            ihl = (vihl & 15) * 4
-            if frag & 0x1FFF:
-                continue  # a later fragment: no transport header
-            l4 = off + ihl
-            payload_end = off + ip_len
-        elif etype == 0x86DD:
-            if off + 40 > end:
-                continue
-            _v, plen, proto, _hop, src, dst = _IP6(buf, off)
-            l4 = off + 40
-            ip_len = plen + 40
-            payload_end = l4 + plen
-        else:
-            continue
-        if proto == 6:
-            if l4 + 20 > end:
-                continue
-            sport, dport, seq, ack, offx, flags, win = _TCP(buf, l4)
-            thl = (offx >> 4) * 4
-            seglen = payload_end - l4 - thl
-            if seglen < 0:
-                seglen = 0
-            found = get((iface, src, sport, dst, dport))
-            if found is None:
-                found = _new_side(conns, sides, names, flow_filter, iface, src, sport, dst, dport, flags, ts, number)
-                if found is None:
-                    continue
-            found[0].segment(found[1], number, ts, seq, ack, flags, win, seglen, ip_len, buf, l4, thl)
-        elif (proto == 1 or proto == 58) and l4 + 8 <= end:
-            icmp = _icmp(number, ts, iface, proto, buf, l4, end, src, dst, names)
-            if icmp is not None:
-                icmps.append(icmp)
-    return Analysis(capture, sides, icmps, number, per_interface, first, last)
+    packets = 0
+    collecting = gc.isenabled()
+    gc.disable()  # nothing here makes reference cycles; the collector would walk the batch's lists again and again
+    try:
+        for batch in capture.batches():
+            packets = batch.first + len(batch.offset) - 1
+            counts = np.bincount(batch.iface).tolist()
+            per_interface += [0] * (len(counts) - len(per_interface))
+            for iface, count in enumerate(counts):
+                per_interface[iface] += count
+            # dumpcap writes each interface's packets in batches: times are not ordered across interfaces
+            low, high = float(batch.time.min()), float(batch.time.max())
+            first = low if first is None or low < first else first
+            last = high if last is None or high > last else last
+            linktypes = [i.linktype for i in capture.interfaces] + [1] * max(0, len(counts) - len(capture.interfaces))
+            segments, icmp_rows = decode.decode(batch, linktypes, addresses, reassembly)
+            for row, proto, l4, end, src, dst in icmp_rows:
+                icmp = _icmp(batch.first + row, float(batch.time[row]), int(batch.iface[row]), proto, batch.data, l4,
+                             end, src, dst, names)
+                if icmp is not None:
+                    icmps.append(icmp)
+            if len(segments.number):
+                _dispatch(segments, batch.data, known, rejected, sides, addresses, flow_filter, one_by_one)
+    finally:
+        if collecting:
+            gc.enable()
+    return Analysis(capture, sides, icmps, packets, per_interface, first, last)
 
 
-def _new_side(conns, sides, names, flow_filter, iface, src, sport, dst, dport, flags, ts, number):
-    if flow_filter is not None and not flow_filter(_name(names, src), _name(names, dst)):
-        return None
-    # the first packet's sender is the client, unless it is a SYN/ACK
-    if flags & (SYN | ACK) == (SYN | ACK):
-        side = Side(iface, (_name(names, dst), dport), (_name(names, src), sport), ts, number)
-        conns[(iface, dst, dport, src, sport)] = (side, 0)
-        conns[(iface, src, sport, dst, dport)] = found = (side, 1)
-    else:
-        side = Side(iface, (_name(names, src), sport), (_name(names, dst), dport), ts, number)
-        conns[(iface, dst, dport, src, sport)] = (side, 1)
-        conns[(iface, src, sport, dst, dport)] = found = (side, 0)
-    sides.append(side)
-    return found
+def _dispatch(seg, data, known, rejected, sides, addresses, flow_filter, one_by_one: bool) -> None:
+    """Group one batch's segments by connection (both directions, per interface) and advance each."""
+    import numpy as np
+
+    ep_src = (seg.src << 16) | seg.sport
+    ep_dst = (seg.dst << 16) | seg.dport
+    lower, higher = np.minimum(ep_src, ep_dst), np.maximum(ep_src, ep_dst)
+    order = np.lexsort((higher, lower, seg.iface))  # stable: each connection's segments stay in packet order
+    s_if, s_lo, s_hi = seg.iface[order], lower[order], higher[order]
+    change = np.flatnonzero((s_if[1:] != s_if[:-1]) | (s_lo[1:] != s_lo[:-1]) | (s_hi[1:] != s_hi[:-1])) + 1
+    starts = np.concatenate([[0], change]).tolist()
+    stops = starts[1:] + [len(order)]
+    heads = order[starts]
+    groups: list[Side | None] = [None] * len(starts)
+    client = [0] * len(starts)
+    # new connections are created in the order of their first packets (the order of the report)
+    for g in np.argsort(heads, kind="stable").tolist():
+        head = int(heads[g])
+        key = (int(seg.iface[head]), int(lower[head]), int(higher[head]))
+        found = known.get(key)
+        if found is None:
+            if key in rejected:
+                continue
+            src, dst = addresses.text(int(seg.src[head])), addresses.text(int(seg.dst[head]))
+            if flow_filter is not None and not flow_filter(src, dst):
+                rejected.add(key)
+                continue
+            iface, time, number = key[0], float(seg.time[head]), int(seg.number[head])
+            sport, dport = int(seg.sport[head]), int(seg.dport[head])
+            # the first packet's sender is the client, unless it is a SYN/ACK
+            if int(seg.flags[head]) & (SYN | ACK) == (SYN | ACK):
+                found = (Side(iface, (dst, dport), (src, sport), time, number), int(ep_dst[head]))
+            else:
+                found = (Side(iface, (src, sport), (dst, dport), time, number), int(ep_src[head]))
+            known[key] = found
+            sides.append(found[0])
+        groups[g], client[g] = found
+    _Batch(seg, order, starts, stops, groups, np.repeat(np.array(client, np.int64), np.diff(starts + [len(order)])),
+           ep_src[order], data, one_by_one).run()
+
+
+class _Batch:
+    """One batch's segments in connection order (`order`: group g is rows starts[g]:stops[g]).
+
+    Per connection, the handshake (up to the last SYN, and until both initial sequence numbers
+    are known) goes through Side.segment one segment at a time. After it, most segments change
+    nothing but running state (counters, next sequence number, last ACK and window, the RTT
+    timer): in order, no SYN, FIN or RST, window open — new data, a new ACK or a duplicate ACK.
+    These *fast* segments are applied in bulk, in runs between the others (retransmissions,
+    holes, zero windows, FIN, RST…), which go through Side.segment one by one, so each is
+    classified against exactly the state the one-by-one analysis would have.
+
+    A segment is fast iff its sequence number is its sender's next, its flags are ACK (and
+    PSH) only and its window is open. Against the previous segment of the same connection and
+    direction this is one vectorised test (`chained`); a segment whose predecessor was not fast
+    is tested against the connection's state when its turn comes (`_runs`).
+    """
+
+    def __init__(self, seg, order, starts, stops, groups, client_ep, ep_src, data, one_by_one: bool):
+        import numpy as np
+
+        self.seg, self.data, self.groups, self.starts, self.stops = seg, data, groups, starts, stops
+        self.order, self.one_by_one = order, one_by_one
+        cols = {name: getattr(seg, name)[order] for name in ("number", "time", "seq", "ack", "flags", "win",
+                                                               "seglen", "ip_len", "tsval", "tsecr")}
+        self.cols = cols
+        self.extra, self.sack = {}, {}
+        if seg.extra or seg.sack:
+            where = np.empty(len(order), np.int64)
+            where[order] = np.arange(len(order))
+            self.extra = {int(where[row]): value for row, value in seg.extra.items()}
+            self.sack = {int(where[row]): blocks for row, blocks in seg.sack.items()}
+        self.d = (ep_src != client_ep).astype(np.int64)
+
+    def run(self) -> None:
+        import numpy as np
+
+        cols, d, n = self.cols, self.d, len(self.order)
+        flags, seglen = cols["flags"], cols["seglen"]
+        index = np.arange(n)
+        starts = np.array(self.starts, np.int64)
+        ack_flag = (flags & ACK) != 0
+        last_syn = np.maximum.reduceat(np.where(flags & SYN, index, -1), starts).tolist()
+        sets = [np.minimum.reduceat(np.where((d == x) | ((d != x) & ack_flag), index, n), starts).tolist()
+                for x in (0, 1)]
+        # the handshakes, one segment at a time
+        begin = []
+        for g, side in enumerate(self.groups):
+            start, stop = self.starts[g], self.stops[g]
+            if side is None:
+                begin.append(stop)
+                continue
+            end = max(start, last_syn[g] + 1)
+            for x in (0, 1):
+                if side.h[x].base < 0:
+                    end = max(end, sets[x][g] + 1)
+            end = min(end, stop)
+            for k in range(start, end):
+                self._one(side, k)
+            begin.append(end)
+        self.begin = begin
+        # the stretches after them, as arrays
+        sizes = np.diff(np.array(self.starts + [n], np.int64))
+        group = np.repeat(np.arange(len(self.groups)), sizes)
+        inside = index >= np.repeat(np.array(begin, np.int64), sizes)
+        state = []
+        for side in self.groups:
+            if side is None:
+                state.append((0, 0, 0, 0, 0, -1, -1, -1, -1))
+            else:
+                h0, h1 = side.h
+                state.append((h0.base, h1.base, int(side.scaled), max(h0.wscale, 0), max(h1.wscale, 0), h0.window,
+                              h1.window, h0.lastack, h1.lastack))
+        state = np.array(state, np.int64).reshape(-1, 9)[group]
+        own, peer = np.where(d == 0, state[:, 0], state[:, 1]), np.where(d == 0, state[:, 1], state[:, 0])
+        sq = (cols["seq"] - own) & _M
+        sq = np.where(sq > _H, sq - _W, sq)
+        a = (cols["ack"] - peer) & _M
+        a = np.where(a > _H, a - _W, a)
+        win = cols["win"]
+        wnd = np.where(state[:, 2] == 1, win << np.where(d == 0, state[:, 3], state[:, 4]), win)
+        plain = ((flags & 0x17) == ACK) & (win != 0) & (cols["ack"] != 0) & (seglen != 1) & (sq >= 0) & (a >= 0)
+
+        # each connection's stretch, direction by direction: rows of (group, direction) in order
+        lane = group * 2 + d
+        by_lane = np.flatnonzero(inside)
+        by_lane = by_lane[np.argsort(lane[by_lane], kind="stable")]
+        lanes = lane[by_lane]
+        same = lanes[1:] == lanes[:-1]
+        p, q = by_lane[:-1][same], by_lane[1:][same]
+        chained = np.zeros(n, bool)
+        chained[q] = sq[q] == sq[p] + seglen[p]
+        prev = np.full(n, -1, np.int64)
+        following = np.full(n, n, np.int64)
+        prev[q], following[p] = p, q
+        first_of_lane = np.searchsorted(lanes, np.arange(2 * len(self.groups) + 1))
+        self.lane_bounds = first_of_lane.tolist()
+        m = np.arange(len(by_lane))
+        lane_start = first_of_lane[lanes] if len(lanes) else lanes
+        is_data = seglen[by_lane] > 0
+        self.by_lane = by_lane.tolist()
+        # (the arrays read at a few positions per run stay arrays, read with .item())
+        self.sums = np.concatenate([[0], np.cumsum(seglen[by_lane])])
+        self.counts = np.concatenate([[0], np.cumsum(is_data)])
+        self.last_data = np.maximum.accumulate(np.where(is_data, m, -1)) if len(m) else m
+        # an ACK that advances over the last one this direction sent
+        carries = ack_flag[by_lane]
+        last_carrier = np.maximum.accumulate(np.where(carries, m, -1)) if len(m) else m
+        before = np.concatenate([[-1], last_carrier[:-1]]) if len(m) else m
+        own_lastack = np.where(d[by_lane] == 0, state[by_lane, 7], state[by_lane, 8])
+        before_ack = np.where(before >= lane_start, a[by_lane[np.maximum(before, 0)]], own_lastack)
+        advances = carries & (a[by_lane] > before_ack)
+        self.last_adv = np.maximum.accumulate(np.where(advances, m, -1)) if len(m) else m
+        # a duplicate ACK: no data, the same window and ACK as this direction's last
+        own_window = np.where(d[by_lane] == 0, state[by_lane, 5], state[by_lane, 6])
+        window_before = np.where(m - 1 >= lane_start, wnd[by_lane[np.maximum(m - 1, 0)]], own_window)
+        duplicate = (seglen[by_lane] == 0) & (wnd[by_lane] == window_before) & (a[by_lane] == before_ack)
+        self.dups = np.concatenate([[0], np.cumsum(duplicate)])
+        self.dup_rows = by_lane[duplicate].tolist()
+        self.dup_bounds = np.searchsorted(lanes[duplicate], np.arange(2 * len(self.groups) + 1)).tolist()
+        # the fast segments with SACK blocks update the sender's record of what the peer holds
+        sacks = np.zeros(n, bool)
+        sacks[list(self.sack)] = True
+        sacks = sacks[by_lane]
+        self.sack_rows = by_lane[sacks].tolist()
+        self.sack_bounds = np.searchsorted(lanes[sacks], np.arange(2 * len(self.groups) + 1)).tolist()
+        # for the RTT timers: the running maximum of each lane's ACKs (a lane's own, from its start)
+        offset = (lanes.astype(np.int64) << 33) + (1 << 31)
+        self.acks_max = (np.maximum.accumulate(a[by_lane] + offset) - offset).tolist() if len(m) else []
+        # receive-window limited: what the peer offered and acknowledged before each data segment
+        data_rows = by_lane[is_data]
+        self.data_bounds = np.searchsorted(lanes[is_data], np.arange(2 * len(self.groups) + 1)).tolist()
+        self.data_rows = data_rows.tolist()
+        begin_row = np.repeat(np.array(begin, np.int64), sizes)
+        peer_win, peer_ack = [], []
+        for x, window_col, ack_col in ((0, 6, 8), (1, 5, 7)):  # the peer of direction x is 1 - x
+            last_peer = np.maximum.accumulate(np.where(inside & (d == 1 - x), index, -1))
+            last_peer_ack = np.maximum.accumulate(np.where(inside & (d == 1 - x) & ack_flag, index, -1))
+            peer_win.append(np.where(last_peer >= begin_row, wnd[np.maximum(last_peer, 0)], state[:, window_col]))
+            peer_ack.append(np.where(last_peer_ack >= begin_row, a[np.maximum(last_peer_ack, 0)], state[:, ack_col]))
+        dd = d[data_rows]
+        before_win = np.where(dd == 0, peer_win[0][data_rows], peer_win[1][data_rows])
+        before_acked = np.where(dd == 0, peer_ack[0][data_rows], peer_ack[1][data_rows])
+        cond = (before_win > 0) & (before_acked >= 0) & (sq[data_rows] + 2 * seglen[data_rows] - before_acked
+                                                          > before_win)
+        t = cols["time"][data_rows]
+        data_lanes = lanes[is_data]
+        gaps = np.where(cond[:-1] & (data_lanes[1:] == data_lanes[:-1]), t[1:] - t[:-1], 0.0)
+        self.cond = cond
+        self.wl_sums = np.concatenate([[0.0], np.cumsum(gaps)])
+
+        candidates = np.flatnonzero(inside if self.one_by_one else inside & ~(plain & chained))
+        cuts = np.searchsorted(candidates, starts).tolist() + [len(candidates)]
+        candidates = candidates.tolist()
+        self.plain, self.prev, self.following, self.wnd = plain, prev, following, wnd
+        self.sq, self.a, self.seglen, self.ts = sq, a, seglen, cols["time"]
+        slow = []
+        for g, side in enumerate(self.groups):
+            if side is not None and begin[g] < self.stops[g]:
+                slow += self._runs(g, side, candidates[cuts[g]:cuts[g + 1]])
+        self._timestamps(group)
+        # the sizes of the fast data segments (order does not matter: counts and the largest)
+        fast = inside.copy()
+        fast[slow] = False
+        ip_len = cols["ip_len"]
+        big = np.flatnonzero(fast & (seglen > 0) & (ip_len > BIG))
+        if len(big):
+            keys, counts = np.unique((group[big] * 2 + d[big]) << 17 | ip_len[big], return_counts=True)
+            for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
+                h, length = self.groups[key >> 18].h[(key >> 17) & 1], key & 0x1FFFF
+                h.big[length] = h.big.get(length, 0) + count
+                if length > h.max_len:
+                    h.max_len = length
+
+    def _timestamps(self, group) -> None:
+        """RTT samples from TCP timestamps, for every connection of the batch at once: each
+        direction's segments that carry a TSval other than the one before are timed (or were,
+        in an earlier batch: `ts_pending`), the first segment of the peer echoing that TSval
+        (TSecr) afterwards stops the timer."""
+        import numpy as np
+
+        cols, d, n = self.cols, self.d, len(self.order)
+        tsval, tsecr = cols["tsval"], cols["tsecr"]
+        alive = np.array([s is not None for s in self.groups])[group]
+        rows = np.flatnonzero(alive & (tsval >= 0))
+        if not len(rows):
+            return
+        lane = group[rows] * 2 + d[rows]
+        by_lane = np.argsort(lane, kind="stable")
+        rows, lane = rows[by_lane], lane[by_lane]
+        value = tsval[rows]
+        starts = np.flatnonzero(np.concatenate([[True], lane[1:] != lane[:-1]]))
+        for x, first_value in zip(lane[starts].tolist(), value[starts].tolist(), strict=True):
+            half = self._half(x)
+            if half.ts_base < 0:
+                half.ts_base = first_value
+        base = np.repeat(np.array([self._half(x).ts_base for x in lane[starts].tolist()], np.int64),
+                         np.diff(np.concatenate([starts, [len(rows)]])))
+        relative = (value - base) & _M
+        relative = np.where(relative > _H, relative - _W, relative)
+        # newer than every TSval before it in its direction (a reordered older one is not timed again)
+        offset = (lane.astype(np.int64) << 33) + (1 << 31)
+        newest = np.maximum.accumulate(relative + offset) - offset
+        before = np.concatenate([[-_W], newest[:-1]])
+        before[starts] = [self._half(x).ts_newest for x in lane[starts].tolist()]
+        changed = relative > before
+        # the timers: earlier batches' still pending, then this batch's (position -1 sorts first)
+        echo = (cols["flags"][rows] & ACK != 0) & (tsecr[rows] > 0)
+        peers = np.unique(lane[echo] ^ 1).tolist()
+        pending = [(x, v, t) for x in peers for v, t in self._half(x).ts_pending.items()]
+        rec_lane = np.concatenate([np.array([p[0] for p in pending], np.int64), lane[changed]])
+        rec_value = np.concatenate([np.array([p[1] for p in pending], np.int64), value[changed]])
+        rec_time = np.concatenate([np.array([p[2] for p in pending], np.float64), cols["time"][rows[changed]]])
+        rec_pos = np.concatenate([np.full(len(pending), -1, np.int64), rows[changed]])
+        rec_key = (rec_lane << 32) | rec_value
+        rec_key, first = np.unique(rec_key, return_index=True)
+        rec_time, rec_pos, rec_lane = rec_time[first], rec_pos[first], rec_lane[first]
+        # the echoes, by (timer, position): the first echo after each timer's start stops it
+        echo_rows = rows[echo]
+        echo_key = ((lane[echo] ^ 1) << 32) | tsecr[echo_rows]
+        keys, rank = np.unique(echo_key, return_inverse=True)
+        stamp = np.sort(rank * (n + 1) + echo_rows)
+        at = np.minimum(np.searchsorted(keys, rec_key), max(len(keys) - 1, 0))
+        known = (len(keys) > 0) & (keys[at] == rec_key) if len(keys) else np.zeros(len(rec_key), bool)
+        j = np.searchsorted(stamp, at * (n + 1) + rec_pos + 1)
+        j = np.minimum(j, len(stamp) - 1) if len(stamp) else j
+        matched = known & (stamp[j] // (n + 1) == at) if len(stamp) else known
+        stop = stamp[j] % (n + 1) if len(stamp) else j
+        order = np.argsort(np.where(matched, stop, n), kind="stable")[:int(matched.sum())]
+        echoed = set()
+        for x, start_time, stop_row, key in zip(rec_lane[order].tolist(), rec_time[order].tolist(),
+                                                stop[order].tolist(), rec_key[order].tolist(), strict=True):
+            self._half(x).ts_rtt.add(self.ts.item(stop_row) - start_time)
+            echoed.add(key)
+        # what stays pending, and each direction's last TSval
+        for x, key, start_time in zip(rec_lane.tolist(), rec_key.tolist(), rec_time.tolist(), strict=True):
+            half = self._half(x)
+            if key in echoed:
+                half.ts_pending.pop(key & _M, None)
+            elif (key & _M) not in half.ts_pending:
+                half.ts_pending[key & _M] = start_time
+                if len(half.ts_pending) > MAX_TS_PENDING:
+                    del half.ts_pending[next(iter(half.ts_pending))]
+        ends = np.concatenate([starts[1:], [len(rows)]]) - 1
+        for x, last in zip(lane[starts].tolist(), newest[ends].tolist(), strict=True):
+            half = self._half(x)
+            half.ts_newest = max(half.ts_newest, last)
+
+    def _half(self, lane: int) -> Half:
+        return self.groups[lane >> 1].h[lane & 1]
+
+    def _one(self, side: Side, k: int) -> None:
+        cols = self.cols
+        buf, toff = self.extra.get(k, (self.data, None))
+        row = self.order.item(k)
+        side.segment(self.d.item(k), cols["number"].item(k), cols["time"].item(k), cols["seq"].item(k),
+                     cols["ack"].item(k), cols["flags"].item(k), cols["win"].item(k), cols["seglen"].item(k),
+                     cols["ip_len"].item(k), buf, self.seg.l4.item(row) if toff is None else toff,
+                     self.seg.thl.item(row), self.sack.get(k, ()))
+
+    def _runs(self, g: int, side: Side, static: list[int]) -> list[int]:
+        """Group g's stretch: the runs of fast segments between the others; returns the others."""
+        plain, prev, following, direction = self.plain.item, self.prev.item, self.following.item, self.d.item
+        sq = self.sq.item
+        pending: list[int] = []
+        slow = []
+        start = self.begin[g]
+        i = 0
+        while True:
+            if pending and (i >= len(static) or pending[0] <= static[i]):
+                c = heapq.heappop(pending)
+                if i < len(static) and static[i] == c:
+                    i += 1
+            elif i < len(static):
+                c = static[i]
+                i += 1
+            else:
+                break
+            h = side.h[direction(c)]
+            if prev(c) < start and plain(c) and h.zw_since is None and sq(c) == h.nextseq and not self.one_by_one:
+                continue  # fast: it joins the run
+            self._apply(g, side, start, c)
+            self._one(side, c)
+            slow.append(c)
+            start = c + 1
+            if following(c) < len(self.order):
+                heapq.heappush(pending, following(c))
+        self._apply(g, side, start, self.stops[g])
+        return slow
+
+    def _apply(self, g: int, side: Side, start: int, stop: int) -> None:
+        """The fast segments start … stop-1 of group g, applied as Side.segment would one by one."""
+        if stop <= start:
+            return
+        ts, by_lane, bounds = self.ts.item, self.by_lane, self.lane_bounds
+        counts, sums, dups = self.counts.item, self.sums.item, self.dups.item
+        for dd in (0, 1):
+            lo, hi = bounds[2 * g + dd], bounds[2 * g + dd + 1]
+            m0, m1 = bisect_left(by_lane, start, lo, hi), bisect_left(by_lane, stop, lo, hi)
+            if m1 == m0:
+                continue
+            h, peer = side.h[dd], side.h[1 - dd]
+            last = by_lane[m1 - 1]
+            h.packets += m1 - m0
+            h.last = ts(last)
+            count = counts(m1) - counts(m0)
+            if count:
+                size = sums(m1) - sums(m0)
+                h.payload += size
+                h.data_packets += count
+                h.nextseq += size
+                h.nextseqtime = ts(by_lane[self.last_data.item(m1 - 1)])
+                data_rows = self.data_rows
+                dlo, dhi = self.data_bounds[2 * g + dd], self.data_bounds[2 * g + dd + 1]
+                n0, n1 = bisect_left(data_rows, start, dlo, dhi), bisect_left(data_rows, stop, dlo, dhi)
+                if len(h.ev_data) < EVIDENCE or len(h.big_first) < EVIDENCE:
+                    self._evidence(h, data_rows[n0:n1])
+                if h.wl_since is not None:
+                    h.wl_time += ts(data_rows[n0]) - h.wl_since
+                h.wl_time += self.wl_sums.item(n1 - 1) - self.wl_sums.item(n0)
+                h.wl_since = ts(data_rows[n1 - 1]) if self.cond.item(n1 - 1) else None
+            advanced = self.last_adv.item(m1 - 1)
+            if advanced >= m0:
+                h.dupacknum = dups(m1) - dups(advanced + 1)
+                peer.progress = ts(by_lane[advanced])
+            else:
+                h.dupacknum += dups(m1) - dups(m0)
+            if dups(m1) != dups(m0):
+                h.dupacks += dups(m1) - dups(m0)
+                if len(h.ev_dup) < EVIDENCE:
+                    lo, hi = self.dup_bounds[2 * g + dd], self.dup_bounds[2 * g + dd + 1]
+                    first = bisect_left(self.dup_rows, start, lo, hi)
+                    for k in self.dup_rows[first:min(first + EVIDENCE - len(h.ev_dup), hi)]:
+                        if k >= stop:
+                            break
+                        h.ev_dup.append((self.cols["number"].item(k), ts(k)))
+            if self.sack_bounds[2 * g + dd] < self.sack_bounds[2 * g + dd + 1]:
+                lo, hi = self.sack_bounds[2 * g + dd], self.sack_bounds[2 * g + dd + 1]
+                first = bisect_left(self.sack_rows, start, lo, hi)
+                for k in self.sack_rows[first:hi]:
+                    if k >= stop:
+                        break
+                    peer.sack(self.a.item(k), _relative(self.sack[k], peer.base))
+            h.lastack = self.a.item(last)
+            h.lastacktime = ts(last)
+            h.window = self.wnd.item(last)
+            if dd == 0 and side.ack_time is None and side.synack_time is not None:
+                side.ack_time = ts(by_lane[m0])
+                if side.syn_for_rtt is not None:
+                    side.first_rtt = side.ack_time - side.syn_for_rtt
+        for dd in (0, 1):
+            self._timer(g, side.h[dd], dd, start, stop)
+
+    def _evidence(self, h: Half, rows) -> None:
+        numbers, ip_len = self.cols["number"], self.cols["ip_len"]
+        for k in rows:
+            number, length = int(numbers[k]), int(ip_len[k])
+            if len(h.ev_data) < EVIDENCE:
+                h.ev_data.append((number, self.ts.item(k), self.sq.item(k), self.seglen.item(k), length))
+            if length > BIG and len(h.big_first) < EVIDENCE:
+                h.big_first.append((number, self.ts.item(k), length))
+            if len(h.ev_data) >= EVIDENCE and len(h.big_first) >= EVIDENCE:
+                return
+
+    def _timer(self, g: int, h: Half, dd: int, start: int, stop: int) -> None:
+        """Direction dd's RTT timer over a run: one timed segment at a time, stopped by the first
+        ACK from the other direction that covers it."""
+        data_rows, by_lane, acks_max = self.data_rows, self.by_lane, self.acks_max
+        dlo, dhi = self.data_bounds[2 * g + dd], self.data_bounds[2 * g + dd + 1]
+        alo, ahi = self.lane_bounds[2 * g + 1 - dd], self.lane_bounds[2 * g + 2 - dd]
+        a, ts = self.a.item, self.ts.item
+        end, since, at = h.timed_end, h.timed_ts, start
+        while True:
+            if end < 0:
+                n = bisect_left(data_rows, at, dlo, dhi)
+                if n >= dhi or data_rows[n] >= stop:
+                    break
+                p = data_rows[n]
+                end, since, at = self.sq.item(p) + self.seglen.item(p), ts(p), p + 1
+            m = bisect_left(by_lane, at, alo, ahi)
+            if m > alo and acks_max[m - 1] >= end:  # an earlier ACK went further: look one by one
+                while m < ahi and by_lane[m] < stop and a(by_lane[m]) < end:
+                    m += 1
+            else:
+                m = bisect_left(acks_max, end, m, ahi)
+            if m >= ahi or by_lane[m] >= stop:
+                break
+            Side._rtt_sample(h, ts(by_lane[m]) - since)
+            end, at = -1, by_lane[m] + 1
+        h.timed_end, h.timed_ts = end, since
+
+
+def _relative(blocks, base: int) -> list[tuple[int, int]]:
+    out = []
+    for left, right in blocks:
+        start, end = (left - base) & _M, (right - base) & _M
+        out.append((start - _W if start > _H else start, end - _W if end > _H else end))
+    return out
 
 
 def _name(names: dict, raw: bytes) -> str:

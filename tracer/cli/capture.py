@@ -73,7 +73,8 @@ def postmortem(source, snapshot, flow, as_json, report, annotate):
     if as_json:
         from tracer.output import json_out
 
-        click.echo(json_out.dumps(pm.to_dict(result)))
+        # one line, as trace's: indenting a capture's thousands of connections costs more than reading it
+        click.echo(json_out.dumps(pm.to_dict(result), pretty=False))
     else:
         from tracer.capture import render
         from tracer.output.style import use_colour

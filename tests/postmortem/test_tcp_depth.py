@@ -1,0 +1,374 @@
+"""TCP analysis depth on crafted packets (scapy), each checked in `postmortem --json` and against
+tshark on the same file: IPv6 extension headers (hop-by-hop, routing, destination options, an
+atomic fragment header) skipped to reach TCP; IPv4 and IPv6 fragments reassembled (a segment
+counts once, at its last fragment, as tshark does); VLAN tags, Linux cooked and raw-IP captures;
+TCP timestamps as an RTT source; SACK-aware loss accounting. Then a real capture in two
+namespaces of the test's own (timestamps, SACK and IPv6 extension headers against tshark)."""
+
+import json
+import subprocess
+
+import pytest
+from scapy.all import (
+    IP,
+    TCP,
+    CookedLinux,
+    Dot1AD,
+    Dot1Q,
+    Ether,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    Raw,
+    fragment,
+    fragment6,
+    wrpcap,
+)
+
+from tests.helpers.cli import why_route
+from tests.postmortem import oracle
+
+T0 = 1_700_000_000.0
+MSS = 1000
+C6, S6, C4, S4 = "fd00::1", "fd00::2", "10.7.0.1", "10.7.0.2"
+
+
+def _ether():
+    """Explicit addresses: scapy would otherwise resolve them (ARP, neighbour discovery) on the host."""
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+
+
+def _postmortem(path) -> dict:
+    result = why_route("postmortem", str(path), "--json")
+    assert result.returncode in (0, 1), result.stderr
+    doc = json.loads(result.stdout)
+    assert len(doc["connections"]) == 1, [c["flow"] for c in doc["connections"]]
+    return doc["connections"][0]
+
+
+def _tshark(path, *fields, display="tcp") -> list[list[str]]:
+    argv = ["tshark", "-n", "-r", str(path), "-Y", display, "-T", "fields", "-E", "separator=\t"]
+    for f in fields:
+        argv += ["-e", f]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def _ip(v6: bool, to_server: bool, extensions: bool):
+    if not v6:
+        return IP(src=C4, dst=S4) if to_server else IP(src=S4, dst=C4)
+    ip = IPv6(src=C6, dst=S6) if to_server else IPv6(src=S6, dst=C6)
+    if extensions:
+        ip = ip / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting(addresses=[]) / IPv6ExtHdrDestOpt() / IPv6ExtHdrFragment()
+    return ip
+
+
+def _tcp(to_server: bool, flags: str, seq: int, ack: int, options=()):
+    sport, dport = (40000, 80) if to_server else (80, 40000)
+    return TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, window=502, options=list(options))
+
+
+def _packets(v6: bool = False, *, extensions: bool = False, fragmented: bool = False):
+    """(packets, add): add(time, to_server, flags, seq, ack, payload, options) appends one segment
+    (as fragments of 600 bytes when `fragmented`), the handshake already in (10 ms + 1 ms)."""
+    out = []
+
+    def add(t, to_server, flags, seq, ack, payload=b"", options=()):
+        tcp = _tcp(to_server, flags, seq, ack, options)
+        packet = _ether() / _ip(v6, to_server, extensions) / tcp / (Raw(payload) if payload else b"")
+        pieces = [packet]
+        if fragmented and payload:
+            pieces = (fragment6(_ether() / IPv6(src=C6, dst=S6) / IPv6ExtHdrFragment() / tcp / Raw(payload), 600)
+                      if v6 else fragment(packet, fragsize=600))
+            pieces = [p if p.haslayer(Ether) else _ether() / p for p in pieces]
+        for i, p in enumerate(pieces):
+            p.time = t + i * 1e-5
+            out.append(p)
+
+    sack_permitted = [("SAckOK", b"")]
+    add(T0, True, "S", 1000, 0, options=sack_permitted)
+    add(T0 + 0.010, False, "SA", 5000, 1001, options=sack_permitted)
+    add(T0 + 0.011, True, "A", 1001, 5001)
+    return out, add
+
+
+def _upload(v6: bool, *, extensions: bool = False, fragmented: bool = False):
+    """A 6-segment upload (segment 3 sent twice), as the client sees it."""
+    out, add = _packets(v6, extensions=extensions, fragmented=fragmented)
+    for i in range(6):
+        add(T0 + 0.012 + i * 0.001, True, "PA", 1001 + i * MSS, 5001, b"y" * MSS)
+    add(T0 + 0.040, True, "PA", 1001 + 2 * MSS, 5001, b"y" * MSS)  # segment 3 again
+    add(T0 + 0.050, False, "A", 5001, 1001 + 6 * MSS)
+    return out
+
+
+@pytest.mark.parametrize("v6,extensions,fragmented", [(True, True, False), (True, False, True), (False, False, True)],
+                         ids=["ipv6-extension-headers", "ipv6-fragments", "ipv4-fragments"])
+def test_tcp_is_reached_through_extension_headers_and_fragments(tmp_path, v6, extensions, fragmented):
+    path = tmp_path / "x.pcap"
+    wrpcap(str(path), _upload(v6, extensions=extensions, fragmented=fragmented))
+    conn = _postmortem(path)
+    assert conn["flow"]["lan"] == {"src": C6 if v6 else C4, "sport": 40000, "dst": S6 if v6 else S4, "dport": 80}
+    assert conn["bytes"]["to_server"] == 6 * MSS and conn["bytes"]["sent_to_server"] == 7 * MSS
+    assert conn["retransmissions"]["x.pcap"]["to_server"] == 1
+    assert conn["handshake"]["x.pcap"]["initial_rtt_ms"] == pytest.approx(11.0, abs=0.01)
+    # tshark (which reassembles fragments) sees the same segments, retransmissions and handshake
+    assert oracle.disagreements(str(path)) == []
+    lengths = [int(length) for (length,) in _tshark(path, "tcp.len")]
+    assert sum(lengths) == conn["bytes"]["sent_to_server"] and sum(1 for n in lengths if n) == 7
+
+
+@pytest.mark.parametrize("link", ["vlan", "linux-cooked", "raw-ip"])
+def test_tcp_is_reached_through_each_link_layer(tmp_path, link):
+    def relinked(packet):
+        ip = packet[IP]
+        if link == "vlan":  # 802.1ad outside, 802.1Q inside
+            return _ether() / Dot1AD(vlan=10) / Dot1Q(vlan=20) / ip
+        if link == "linux-cooked":
+            return CookedLinux(pkttype=0, lladdrtype=1, lladdrlen=6, proto=0x0800) / ip
+        return ip
+
+    path = tmp_path / "l.pcap"
+    packets = []
+    for p in _upload(False):
+        q = relinked(p)
+        q.time = p.time
+        packets.append(q)
+    wrpcap(str(path), packets, linktype={"vlan": 1, "linux-cooked": 113, "raw-ip": 101}[link])
+    conn = _postmortem(path)
+    assert conn["flow"]["lan"] == {"src": C4, "sport": 40000, "dst": S4, "dport": 80}
+    assert conn["bytes"]["sent_to_server"] == 7 * MSS and conn["retransmissions"]["l.pcap"]["to_server"] == 1
+    assert oracle.disagreements(str(path)) == []
+
+
+def _timestamped(server_delay: float, client_delay: float):
+    """A 40-segment upload with TCP timestamps: the server echoes each TSval `server_delay` after
+    the segment passed, the client the server's `client_delay` after its ACK passed."""
+    events = []
+    tsval = 100
+    for i in range(40):
+        t = T0 + i * 0.001
+        events.append((t, True, i, tsval + i))
+        events.append((t + server_delay, False, i, 500 + i))
+    events.sort()
+    out, echo_at = [], {}
+    for t, to_server, i, value in events:
+        if to_server:
+            # the client echoes the newest server TSval whose ACK passed `client_delay` ago
+            echo = max((v for v, seen in echo_at.items() if seen + client_delay <= t + 1e-9), default=0)
+            tcp = _tcp(True, "PA", 1001 + i * MSS, 5001, [("NOP", None), ("NOP", None), ("Timestamp", (value, echo))])
+            p = _ether() / IP(src=C4, dst=S4) / tcp / Raw(b"y" * MSS)
+        else:
+            tcp = _tcp(False, "A", 5001, 1001 + (i + 1) * MSS,
+                       [("NOP", None), ("NOP", None), ("Timestamp", (value, 100 + i))])
+            p = _ether() / IP(src=S4, dst=C4) / tcp
+            echo_at[value] = t
+        p.time = t
+        out.append(p)
+    return out
+
+
+def test_tcp_timestamps_give_the_rtt_on_each_side(tmp_path):
+    path = tmp_path / "ts.pcap"
+    wrpcap(str(path), _timestamped(server_delay=0.005, client_delay=0.0015))
+    conn = _postmortem(path)
+    stamps = conn["rtt"]["ts.pcap"]["timestamps"]
+    assert stamps["to_server"]["samples"] == 40
+    assert stamps["to_server"]["min"] == pytest.approx(5.0, abs=0.01)
+    assert stamps["to_server"]["p95"] == pytest.approx(5.0, abs=0.01)
+    # the client's echo leaves with its next segment: 1.5 ms after the ACK, rounded up to the 1 ms pacing
+    assert stamps["to_client"]["samples"] >= 30
+    assert stamps["to_client"]["min"] == pytest.approx(2.0, abs=0.01)
+    # tshark reads the same TSval/TSecr pairs
+    rows = _tshark(path, "tcp.srcport", "tcp.options.timestamp.tsval", "tcp.options.timestamp.tsecr")
+    assert len({r[1] for r in rows if r[0] == "40000"}) == 40 and {r[2] for r in rows if r[0] == "80"} == \
+        {str(100 + i) for i in range(40)}
+
+
+def _sacked_upload():
+    """10 segments; segment 3 lost beyond the capture point; the server's duplicate ACKs SACK
+    4…k; the client fast-retransmits 3 and, needlessly, 6 (already SACKed)."""
+    out, add = _packets()
+    for i in range(10):
+        add(T0 + 0.021 + i * 0.001, True, "PA", 1001 + i * MSS, 5001, b"y" * MSS)
+    for i in range(10):
+        t = T0 + 0.031 + i * 0.001
+        if i < 2:
+            add(t, False, "A", 5001, 1001 + (i + 1) * MSS)
+        elif i > 2:
+            add(t, False, "A", 5001, 1001 + 2 * MSS,
+                options=[("NOP", None), ("NOP", None), ("SAck", (1001 + 3 * MSS, 1001 + (i + 1) * MSS))])
+    add(T0 + 0.0405, True, "PA", 1001 + 2 * MSS, 5001, b"y" * MSS)  # the lost one: a real loss
+    # (later than one handshake RTT after the highest segment: tshark calls it a retransmission, not out-of-order)
+    add(T0 + 0.045, True, "PA", 1001 + 5 * MSS, 5001, b"y" * MSS)  # SACKed already: not lost
+    add(T0 + 0.050, False, "A", 5001, 1001 + 10 * MSS)
+    return out
+
+
+def test_a_retransmission_of_sacked_data_is_no_loss(tmp_path):
+    path = tmp_path / "sack.pcap"
+    wrpcap(str(path), _sacked_upload())
+    conn = _postmortem(path)
+    retransmissions = conn["retransmissions"]
+    assert retransmissions["sack.pcap"]["to_server"] == 2
+    assert retransmissions["sack.pcap"]["sacked"] == {"to_server": 1, "to_client": 0}
+    assert retransmissions["sack.pcap"]["sack_holes"] == {"to_server": 1, "to_client": 0}
+    assert retransmissions["where"]["to_server"]["beyond_router"] == 1
+    # tshark counts both retransmissions and reads the same SACK blocks
+    assert oracle.disagreements(str(path)) == []
+    blocks = [r for r in _tshark(path, "tcp.options.sack_le", "tcp.options.sack_re") if r[0]]
+    assert [(int(le), int(re)) for le, re in blocks] == [(3001, (i + 1) * MSS + 1) for i in range(3, 10)]
+
+
+# ---------------------------------------------------------------- a real capture
+
+DROP = """
+table inet pmdepth {
+    chain arriving { type filter hook input priority 0; policy accept;
+                     tcp dport 5001 meta length > 500 numgen random mod 100 < 3 drop; }
+}
+"""
+SERVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 5001)); s.listen(4); s.settimeout(20)
+print("listening", flush=True)
+for _ in range(2):
+    c, _ = s.accept()
+    while c.recv(65536):
+        pass
+    c.close()
+"""
+CLIENT = r"""
+import socket, sys
+for address, family in (("10.98.0.2", socket.AF_INET), ("fd98::2", socket.AF_INET6)):
+    s = socket.socket(family)
+    if family == socket.AF_INET6:  # every segment then carries a hop-by-hop and a destination options header
+        pad = b"\x00\x00\x01\x04\x00\x00\x00\x00"
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_HOPOPTS, pad)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, pad)
+    s.settimeout(20)
+    s.connect((address, 5001))
+    s.sendall(b"y" * 600_000)
+    s.close()
+"""
+SIZE = 600_000
+
+
+def _in(ns: str, *argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=True,
+                          timeout=30, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def real_capture(kernel_lab, tmp_path_factory):
+    """Two namespaces joined by a veth pair (nothing else), 3 % of the data dropped on arrival at
+    the server; an IPv4 and an IPv6 upload captured by tcpdump on the client's side."""
+    import sys
+    import time
+
+    from tracer import netns
+
+    path = tmp_path_factory.mktemp("depth") / "real.pcap"
+    with netns.Teardown() as undo:
+        client, server = netns.owned_name("wrpmc"), netns.owned_name("wrpms")
+        undo.namespace(client)
+        undo.namespace(server)
+        subprocess.run(["ip", "link", "add", "c0", "netns", client, "type", "veth", "peer", "name", "s0", "netns",
+                        server], check=True, capture_output=True)
+        for ns, dev, v4, v6 in ((client, "c0", "10.98.0.1/24", "fd98::1/64"), (server, "s0", "10.98.0.2/24",
+                                                                                "fd98::2/64")):
+            _in(ns, "ip", "link", "set", "lo", "up")
+            _in(ns, "ip", "addr", "add", v4, "dev", dev)
+            _in(ns, "ip", "-6", "addr", "add", v6, "dev", dev, "nodad")
+            _in(ns, "ip", "link", "set", dev, "up")
+            _in(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off")
+        _in(server, "nft", "-f", "-", input=DROP)
+        dump = subprocess.Popen(["ip", "netns", "exec", client, "tcpdump", "-i", "c0", "-n", "--immediate-mode", "-U",
+                                 "-s", "200", "-w", str(path)], stderr=subprocess.PIPE, text=True)
+        # (no "tcp" filter: BPF does not walk IPv6 extension headers, it would miss those segments)
+        undo.callback(lambda: dump.poll() is None and (dump.kill(), dump.wait()))
+        assert "listening on" in dump.stderr.readline()
+        sink = subprocess.Popen(["ip", "netns", "exec", server, sys.executable, "-c", SERVER], stdout=subprocess.PIPE,
+                                text=True)
+        undo.callback(lambda: sink.poll() is None and (sink.kill(), sink.wait()))
+        assert sink.stdout.readline().strip() == "listening"
+        _in(client, sys.executable, "-c", CLIENT)
+        sink.wait(timeout=20)
+        time.sleep(0.2)
+        dump.send_signal(2)
+        dump.wait(timeout=10)
+    return path
+
+
+def _pping(path) -> dict:
+    """The ePPing pairing, on tshark's dissection: {(stream, sender port): [RTT samples in s]}: a TSval
+    newer than all before from its sender is timed, the first echo (TSecr) from the peer stops it."""
+    rows = _tshark(path, "tcp.stream", "tcp.srcport", "frame.time_epoch", "tcp.options.timestamp.tsval",
+                   "tcp.options.timestamp.tsecr", "tcp.flags.ack")
+    newest, pending, samples = {}, {}, {}
+    for stream, sport, time, tsval, tsecr, ack in rows:
+        if not tsval:
+            continue
+        me = (stream, sport)
+        if me not in newest or 0 < (int(tsval) - newest[me]) % 2**32 < 2**31:
+            pending.setdefault(me, {}).setdefault(int(tsval), float(time))
+            newest[me] = int(tsval)
+        peer = next((k for k in pending if k[0] == stream and k != me), None)
+        if ack == "1" and int(tsecr) and peer and int(tsecr) in pending[peer]:
+            samples.setdefault(peer, []).append(float(time) - pending[peer].pop(int(tsecr)))
+    return samples
+
+
+def _sack_reference(path) -> dict:
+    """SACK holes signalled by the server and retransmissions of SACKed data, on tshark's dissection."""
+    argv_fields = ("tcp.stream", "tcp.srcport", "tcp.seq", "tcp.len", "tcp.ack", "tcp.options.sack_le",
+                   "tcp.options.sack_re", "tcp.analysis.retransmission", "tcp.analysis.fast_retransmission",
+                   "tcp.analysis.spurious_retransmission")
+    out = {}
+    for stream, sport, seq, length, ack, lefts, rights, *retrans in _tshark(path, *argv_fields):
+        state = out.setdefault(stream, {"ranges": [], "high": -1, "holes": 0, "sacked": 0})
+        if sport == "5001" and lefts:
+            for left, right in zip(map(int, lefts.split(",")), map(int, rights.split(",")), strict=True):
+                if left > max(int(ack), state["high"]):
+                    state["holes"] += 1
+                state["high"] = max(state["high"], right)
+                state["ranges"].append((left, right))
+        elif sport != "5001" and any(retrans) and int(length):
+            start, end = int(seq), int(seq) + int(length)
+            state["sacked"] += any(a <= start and end <= b for a, b in state["ranges"])
+    return out
+
+
+def test_a_real_capture_agrees_with_tshark_on_timestamps_sack_and_ipv6_headers(real_capture):
+    result = why_route("postmortem", str(real_capture), "--json")
+    assert result.returncode in (0, 1), result.stderr
+    doc = json.loads(result.stdout)
+    conns = {c["flow"]["lan"]["dst"]: c for c in doc["connections"]}
+    assert set(conns) == {"10.98.0.2", "fd98::2"}
+    assert all(c["bytes"]["to_server"] == SIZE for c in conns.values())
+    # the IPv6 segments carried extension headers, and the counts agree with tshark's analysis
+    segments = _tshark(real_capture, "frame.number", display="ipv6 && tcp.len > 0")
+    assert segments and segments == _tshark(real_capture, "frame.number",
+                                            display="ipv6.hopopts && ipv6.dstopts && tcp.len > 0")
+    assert oracle.disagreements(str(real_capture)) == []
+    # timestamps: the same pairs as ePPing's on tshark's fields, on both sides
+    reference = _pping(real_capture)
+    streams = {row[1]: row[0] for row in _tshark(real_capture, "tcp.stream", "ip.dst", display="ip && tcp")}
+    stream = streams["10.98.0.2"]
+    conn = conns["10.98.0.2"]
+    for direction, sender in (("to_server", conn["flow"]["lan"]["sport"]), ("to_client", 5001)):
+        theirs = sorted(reference[(stream, str(sender))])
+        ours = conn["rtt"]["real.pcap"]["timestamps"][direction]
+        assert ours["samples"] == len(theirs) >= 3  # (TSval ticks each ms: a few samples per ms of transfer)
+        assert ours["min"] == pytest.approx(theirs[0] * 1000, abs=0.002)
+    # SACK: the holes the server signalled, and no retransmission of SACKed data counted as lost
+    sack = _sack_reference(real_capture)[stream]
+    retransmissions = conn["retransmissions"]["real.pcap"]
+    assert retransmissions["to_server"] >= 3 and sack["holes"] >= 3
+    assert retransmissions["sack_holes"]["to_server"] == sack["holes"]
+    assert retransmissions["sacked"]["to_server"] == sack["sacked"]
