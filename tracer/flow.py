@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from tracer.errors import FlowError
@@ -115,6 +116,18 @@ def parse_number(text: str | int | None, field: str, what: str, maximum: int) ->
     return value
 
 
+def _address(text: str) -> tuple[int, str]:
+    """(IP version, canonical text) of an address; ValueError if it is none. A dotted quad
+    already in canonical form skips ipaddress (a batch parses two per line)."""
+    try:
+        if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text)) == text:
+            return 4, text
+    except (OSError, TypeError):
+        pass
+    address = ipaddress.ip_address(text)
+    return address.version, str(address)
+
+
 def make_flow(dst: str, src: str | None = None, *, iif=None, oif=None, proto=None, sport=None,
               dport=None, mark=None, tos=None, uid=None) -> Flow:
     """Validate user input into a Flow; every problem is one FlowError naming the field."""
@@ -123,10 +136,10 @@ def make_flow(dst: str, src: str | None = None, *, iif=None, oif=None, proto=Non
         if text is None:
             continue
         try:
-            addresses.append(ipaddress.ip_address(text))
+            addresses.append(_address(text))
         except ValueError:
             raise FlowError(field, f"invalid {label} address {text!r}") from None
-    if len({a.version for a in addresses}) > 1:
+    if len({version for version, _text in addresses}) > 1:
         raise FlowError("src", f"source {src} and destination {dst} are of different IP versions")
     protocol = parse_protocol(proto)
     sport_n = parse_number(sport, "sport", "source port", 65535)
@@ -136,7 +149,7 @@ def make_flow(dst: str, src: str | None = None, *, iif=None, oif=None, proto=Non
         raise FlowError("proto", f"ports need {{proto}} tcp, udp or sctp, not {protocol_name(protocol)}")
     if has_ports and not protocol:
         protocol = TCP
-    return Flow(dst=str(addresses[0]), src=str(addresses[1]) if src is not None else None,
+    return Flow(dst=addresses[0][1], src=addresses[1][1] if src is not None else None,
                 iif=iif, oif=oif, proto=protocol, sport=sport_n, dport=dport_n,
                 mark=parse_number(mark, "mark", "mark", 0xFFFFFFFF) or 0,
                 tos=parse_number(tos, "tos", "tos/dsfield", 255) or 0,

@@ -37,6 +37,9 @@ PROBE_SPORT, PROBE_DPORT = 40000, 443
 # The packet the engine walks for a flow it derives: a new connection's first
 # segment (a SYN of 60 bytes), whatever conntrack holds now.
 NEW_CONNECTION = PacketVariant(ct_state="new", length=60, conntrack=False)
+# Walks kept per state for the checks that ask the same flow again (`check` asks many flows
+# several times); beyond this the cache starts afresh.
+FLOW_CACHE_SIZE = 4096
 # WR025 reads the reply's route and forward verdict only.
 REPLY = PacketVariant(ct_state="established", length=60, conntrack=False, reply=True, through_forward_only=True)
 # Addresses nobody routes on the Internet because they are meant for private networks:
@@ -436,6 +439,8 @@ class CheckContext:
         key = (src, dst, iif, proto, sport, dport, mark, reply)
         cache = self.__dict__.setdefault("_flow_cache", {})
         if key not in cache:
+            if len(cache) >= FLOW_CACHE_SIZE:  # a batch's replies are each asked once: keep memory flat
+                cache.clear()
             flow = Flow(dst=dst, src=src, iif=iif, proto=proto, sport=sport, dport=dport, mark=mark)
             cache[key] = FlowPath(explain(self.state, flow, REPLY if reply else NEW_CONNECTION), why)
         return cache[key]

@@ -67,19 +67,23 @@ def _defaults(cls) -> dict[str, Any]:
 _DEFAULTS = {cls: _defaults(cls) for cls in (*_RECORDS.values(), Nexthop)}
 
 
+_FIELD_NAMES = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _DEFAULTS}
+
+
 def _encode(record) -> dict:
     """A record as a dict, leaving out fields at their default (keeps big tables small)."""
     defaults = _DEFAULTS[type(record)]
     out = {}
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        if f.name in defaults and value == defaults[f.name]:
+    values = record.__dict__
+    for name in _FIELD_NAMES[type(record)]:
+        value = values[name]
+        if name in defaults and value == defaults[name]:
             continue
-        if f.name == "nexthops":
+        if name == "nexthops":
             value = [_encode(nh) for nh in value]
         elif isinstance(value, tuple):
             value = list(value)
-        out[f.name] = value
+        out[name] = value
     return out
 
 
@@ -252,13 +256,28 @@ _NEXTHOP = {"gateway": _optional_any_address, "dev": _optional_str, "weight": _i
             "onlink": _bool, "dead": _bool, "linkdown": _bool}
 
 
+# Nexthops already checked, by their family and JSON fields: a full table has a million routes
+# through a handful of gateways, and one checked Nexthop serves them all (records are frozen).
+_CHECKED_NEXTHOPS: dict[tuple, Nexthop] = {}
+
+
 def _nexthops(value, family):
     if type(value) is not list:
         raise _wrong(value, "a list of nexthops")
     out: list = []
     try:
         for item in value:
-            out.append(_record(Nexthop, _NEXTHOP, _NEXTHOP_REQUIRED, item, family))
+            try:
+                # with each value's type: 1 and True are equal keys, not equally valid fields
+                key = (family, *((k, v, type(v)) for k, v in item.items())) if type(item) is dict else None
+                nexthop = _CHECKED_NEXTHOPS.get(key)
+            except TypeError:  # a list or object as a value: checking names it
+                key = nexthop = None
+            if nexthop is None:
+                nexthop = _record(Nexthop, _NEXTHOP, _NEXTHOP_REQUIRED, item, family)
+                if key is not None and len(_CHECKED_NEXTHOPS) < 65536:
+                    _CHECKED_NEXTHOPS[key] = nexthop
+            out.append(nexthop)
     except Invalid as exc:
         raise exc.within(f"[{len(out)}]") from None
     return tuple(out)
@@ -601,6 +620,12 @@ def writable(path: str) -> None:
         raise UsageError(f"cannot write snapshot {path}: directory {directory} is not writable")
 
 
+def _dumps(doc: dict) -> str:
+    # json.dumps, not json.dump: only a one-shot encoding uses the C encoder (a million routes
+    # encode in a few seconds, not a minute)
+    return json.dumps(doc, separators=(",", ":")) + "\n"
+
+
 def save(state: HostState, path: str) -> None:
     """Write the snapshot; a file is written whole or not at all (a temporary file in the same
     directory, renamed over `path` once complete)."""
@@ -608,8 +633,7 @@ def save(state: HostState, path: str) -> None:
     if path == "-":
         import sys
 
-        json.dump(doc, sys.stdout, separators=(",", ":"))
-        sys.stdout.write("\n")
+        sys.stdout.write(_dumps(doc))
         return
     writable(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -619,8 +643,7 @@ def save(state: HostState, path: str) -> None:
         raise UsageError(f"cannot write snapshot {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
-            fh.write("\n")
+            fh.write(_dumps(doc))
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except OSError as exc:

@@ -117,7 +117,9 @@ def _plain(obj) -> dict:
 
 
 def packet_doc(packet: PacketView) -> dict:
-    return _plain(packet)
+    # PacketView's instance dict is its fields, in order, plain values (no lazy or cached
+    # attributes): copied whole, the batch's most frequent document is built fastest
+    return packet.__dict__.copy()
 
 
 def rule_visit_doc(visit: RuleVisit) -> dict:
@@ -147,8 +149,8 @@ def traversal_doc(t: HookTraversal, chains: list[dict] | None = None) -> dict:
         "decided_by": t.decided_by,
         "uncertain": t.uncertain,
         "uncertain_reasons": list(t.uncertain_reasons),
-        "packet_in": _plain(t.packet_in),
-        "packet": _plain(t.packet),
+        "packet_in": packet_doc(t.packet_in),
+        "packet": packet_doc(t.packet),
         "nat": [rewrite_doc(n) for n in t.nat],
         "mss_clamp": list(t.mss_clamp),
         "reroute_needed": t.reroute_needed,

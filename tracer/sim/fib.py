@@ -619,24 +619,27 @@ def _suppressed(ix: FibIndex, rule: Rule, hit: _TableHit) -> str | None:
     return None
 
 
-def _fib_lookup(ix: FibIndex, flow: _Flow, full_trace: bool | None = None) -> _Lookup:
+def _fib_lookup(ix: FibIndex, flow: _Flow, full_trace: bool | None = None, record: bool = True) -> _Lookup:
     if flow.family == AF_INET and ix.merged:
         return _merged_lookup(ix, flow)
     rules = ix.rules(flow.family)
     if full_trace is None:
         full_trace = len(rules) <= FULL_TRACE_MAX_RULES
     if full_trace:
-        return _walk_rules(ix, flow, rules, list(range(len(rules))), True)
+        return _walk_rules(ix, flow, rules, list(range(len(rules))), True, record)
     order = ix.candidate_rules(flow.family, flow)
-    out = _walk_rules(ix, flow, rules, order, False)
-    if len(order) < len(rules):
+    out = _walk_rules(ix, flow, rules, order, False, record)
+    if record and len(order) < len(rules):
         out.notes.append(f"{len(rules) - len(order)} of {len(rules)} rules left out of the steps: "
                          "their from/to/fwmark/iif selectors cannot match this flow")
     return out
 
 
-def _walk_rules(ix: FibIndex, flow: _Flow, rules: list[_Rule], order: list[int], full_trace: bool) -> _Lookup:
-    """fib_rules_lookup over the rules at `order` (all of them, or the index's candidates)."""
+def _walk_rules(ix: FibIndex, flow: _Flow, rules: list[_Rule], order: list[int], full_trace: bool,
+                record: bool = True) -> _Lookup:
+    """fib_rules_lookup over the rules at `order` (all of them, or the index's candidates);
+    `record`: list each rule's step (an answer nobody reads step by step, such as the reverse
+    lookup of the source check, skips them)."""
     out = _Lookup()
     pos = 0
     while pos < len(order):
@@ -646,40 +649,50 @@ def _walk_rules(ix: FibIndex, flow: _Flow, rules: list[_Rule], order: list[int],
         why = _mismatch(ix.state, p, flow)
         matched = (why is None) != r.invert
         if not matched:
-            out.steps.append(_step(ix, p, False, why or "not: all selectors match, inverted", "no match"))
+            if record:
+                out.steps.append(_step(ix, p, False, why or "not: all selectors match, inverted", "no match"))
             continue
         reason = "not: " + why if r.invert else None
         if r.action == "goto":
             if p.target is None:
-                out.steps.append(_step(ix, p, True, f"no rule with priority {r.goto} (unresolved goto)",
-                                       "fell through: goto target missing"))
+                if record:
+                    out.steps.append(_step(ix, p, True, f"no rule with priority {r.goto} (unresolved goto)",
+                                           "fell through: goto target missing"))
                 continue
-            out.steps.append(_step(ix, p, True, reason, f"goto {r.goto}"))
+            if record:
+                out.steps.append(_step(ix, p, True, reason, f"goto {r.goto}"))
             pos = bisect_left(order, p.target) if not full_trace else p.target
             continue
         if r.action == "nop":
-            out.steps.append(_step(ix, p, True, reason, "nop"))
+            if record:
+                out.steps.append(_step(ix, p, True, reason, "nop"))
             continue
         if r.action in RULE_ACTION_ERRORS:
             err = RULE_ACTION_ERRORS[r.action]
-            out.steps.append(_step(ix, p, True, reason, f"{r.action} → {err}"))
+            if record:
+                out.steps.append(_step(ix, p, True, reason, f"{r.action} → {err}"))
             out.rule, out.error, out.reason = r, err, f"rule {r.priority}: {r.action}"
             return out
         if r.action != "lookup":
-            out.steps.append(_step(ix, p, True, f"action {r.action} is not modelled", "fell through"))
+            if record:
+                out.steps.append(_step(ix, p, True, f"action {r.action} is not modelled", "fell through"))
             continue
         hit = _table_lookup(ix, [r.table], flow)
         if hit.error == "EAGAIN":
-            out.steps.append(_step(ix, p, True, hit.reason, f"fell through: {hit.reason}"))
+            if record:
+                out.steps.append(_step(ix, p, True, hit.reason, f"fell through: {hit.reason}"))
             continue
         if hit.error is None:
             suppressed = _suppressed(ix, r, hit)
             if suppressed:
-                out.steps.append(_step(ix, p, True, suppressed, f"fell through: {suppressed}"))
+                if record:
+                    out.steps.append(_step(ix, p, True, suppressed, f"fell through: {suppressed}"))
                 continue
-            out.steps.append(_step(ix, p, True, reason, "lookup: route found"))
+            if record:
+                out.steps.append(_step(ix, p, True, reason, "lookup: route found"))
         else:
-            out.steps.append(_step(ix, p, True, hit.reason, f"lookup: {hit.reason} → {hit.error}"))
+            if record:
+                out.steps.append(_step(ix, p, True, hit.reason, f"lookup: {hit.reason} → {hit.error}"))
             out.error, out.reason = hit.error, f"{hit.reason} in table {ix.state.table_name(hit.table)}"
         out.rule, out.hit = r, hit
         return out
@@ -881,7 +894,7 @@ def _validate_source(ix: FibIndex, flow: _Flow, dst_for_reverse: int, oif: str |
                     mark=flow.mark if conf_or(state, dev, "src_valid_mark") else 0, tos=flow.tos,
                     proto=flow.proto, sport=flow.dport, dport=flow.sport, uid=0)
     src_text = int_addr(AF_INET, flow.src)
-    lk = _fib_lookup(ix, reverse, full_trace=False)
+    lk = _fib_lookup(ix, reverse, full_trace=False, record=False)
     mode = {1: "1 (strict)", 2: "2 (loose)"}.get(rpf, str(rpf))
     if lk.error or lk.hit is None or lk.hit.route is None:
         return f"rp_filter={mode}: no route back to {src_text}" if rpf else None
