@@ -69,6 +69,26 @@ def test_a_query_gets_the_same_answer_however_it_is_spelt():
     assert docs[8]["error"].startswith("expected [SRC] DST, got 3 addresses")
 
 
+def test_a_file_of_queries_shared_among_the_cpus_gives_the_streams_answers(tmp_path):
+    # A regular file of more than PARALLEL_MIN_LINES lines is shared out among forked workers;
+    # stdin is answered line by line in one process. Same lines in, same lines out, same order.
+    from tracer.app import PARALLEL_MIN_LINES
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: a batch is never shared out here")
+    kinds = ["192.168.1.169 8.8.8.8 --proto tcp --dport {n}", "# a comment", "8.8.8.{n}", "10.0.0.{n} 8.8.8.x",
+             "", "192.168.1.169 1.1.1.1 --sport {n} --proto udp"]
+    lines = [kinds[n % len(kinds)].format(n=n % 250 + 1) for n in range(PARALLEL_MIN_LINES * 3)]
+    queries = tmp_path / "queries.txt"
+    queries.write_text("\n".join(lines) + "\n")
+    from_file = why_route("batch", "--snapshot", SNAPSHOT, str(queries))
+    streamed = why_route("batch", "--snapshot", SNAPSHOT, "-", input=queries.read_text())
+    assert from_file.returncode == streamed.returncode == 0, from_file.stderr
+    assert from_file.stdout == streamed.stdout
+    numbers = [json.loads(line)["line"] for line in from_file.stdout.splitlines() if '"line"' in line[:200]]
+    assert numbers == sorted(numbers) and len(from_file.stdout.splitlines()) == len(lines) * 4 // 6
+
+
 def test_the_plain_line_parser_gives_clicks_parameters():
     from tracer.cli import _QUERY_LINE, _plain_query_params
 

@@ -114,11 +114,11 @@ class BatchResult:
     error: WhyRouteError | None = None
 
 
-def batch_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, list[str]]]:
+def batch_lines(lines: Iterable[str | bytes], first_line: int = 1) -> Iterator[tuple[int, list[str]]]:
     """(line number, argv) for each query line; blank lines and # comments skipped. Lines may be
     bytes (a batch file or stdin read as binary): one that is not UTF-8 becomes an error for that
     line alone."""
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(lines, first_line):
         if isinstance(line, bytes):
             try:
                 line = line.decode("utf-8")
@@ -148,9 +148,10 @@ _MALFORMED = "\0malformed"
 
 
 def run_batch(state: HostState, source: StateSource, lines: Iterable[str | bytes],
-              parse: Callable[[list[str]], Flow]) -> Iterator[BatchResult]:
-    """One result per query; `parse(argv)` turns a line into a Flow or raises."""
-    for number, argv in batch_lines(lines):
+              parse: Callable[[list[str]], Flow], *, first_line: int = 1) -> Iterator[BatchResult]:
+    """One result per query; `parse(argv)` turns a line into a Flow or raises. `first_line`:
+    the number of the first of `lines` in the whole input."""
+    for number, argv in batch_lines(lines, first_line):
         if argv and argv[0] == _MALFORMED:
             yield BatchResult(number, argv[2], error=UsageError(argv[1]))
             continue
@@ -159,3 +160,58 @@ def run_batch(state: HostState, source: StateSource, lines: Iterable[str | bytes
             yield BatchResult(number, query, explain_flow(state, parse(argv), source))
         except WhyRouteError as exc:
             yield BatchResult(number, query, error=exc)
+
+
+# Below this many lines a batch runs in this process (forking costs more than it saves).
+PARALLEL_MIN_LINES = 256
+# The lines explained here before the fork: their first query builds the state's indexes
+# (FIB, rules, compiled ruleset: seconds for a full table), which every worker then inherits.
+_WARM_UP_LINES = 64
+_CHUNK_LINES = 256
+
+
+def rendered_batch(state: HostState, source: StateSource, lines: Iterable[str | bytes],
+                   parse: Callable[[list[str]], Flow], render: Callable[[BatchResult], str], *,
+                   workers: int = 1) -> Iterator[str]:
+    """Each query line's output, `render(result)`, in input order. With `workers` > 1 and
+    enough lines (a file, read whole), the lines after the first few are shared out, in chunks,
+    among that many forked processes: the explanations are independent, the state is read-only."""
+    if workers > 1:
+        lines = list(lines)
+    if workers <= 1 or len(lines) < PARALLEL_MIN_LINES:
+        for result in run_batch(state, source, lines, parse):
+            yield render(result)
+        return
+    for result in run_batch(state, source, lines[:_WARM_UP_LINES], parse):
+        yield render(result)
+    rest = lines[_WARM_UP_LINES:]
+    chunks = [(_WARM_UP_LINES + 1 + start, rest[start:start + _CHUNK_LINES])
+              for start in range(0, len(rest), _CHUNK_LINES)]
+    import multiprocessing
+
+    global _FORKED_BATCH
+    _FORKED_BATCH = (state, source, parse, render)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_die_with_parent) as pool:
+            for rendered in pool.imap(_render_chunk, chunks):
+                yield from rendered
+    finally:
+        _FORKED_BATCH = None
+
+
+# What the forked workers of rendered_batch read (inherited by fork, never pickled).
+_FORKED_BATCH: tuple | None = None
+
+
+def _render_chunk(chunk: tuple[int, list]) -> list[str]:
+    first_line, lines = chunk
+    state, source, parse, render = _FORKED_BATCH
+    return [render(result) for result in run_batch(state, source, lines, parse, first_line=first_line)]
+
+
+def _die_with_parent() -> None:
+    """A worker ends when the batch's process does, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1

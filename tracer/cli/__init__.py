@@ -4,6 +4,8 @@ Heavy libraries (pyroute2, bcc, scapy, pyshark) are imported inside the
 commands that need them so that `why-route --help` starts instantly.
 """
 
+import os
+import stat
 import sys
 
 import click
@@ -223,7 +225,7 @@ def batch(global_options, queries, snapshot, netns, probe):
     why-route batch --snapshot router.json flows.txt
     printf '192.168.1.169 8.8.8.8\\n' | why-route batch --netns wr-route -
     """
-    from tracer.app import StateSource, run_batch
+    from tracer.app import StateSource, rendered_batch
     from tracer.output import json_out
 
     if global_options is not None:
@@ -235,16 +237,27 @@ def batch(global_options, queries, snapshot, netns, probe):
 
     from tracer.lint.probe import Prober
     with Prober(state) if probe else contextlib.nullcontext() as prober:
-        for result in run_batch(state, source, queries, _parse_query):
+        def render(result) -> str:
             if result.error is not None:
-                line = json_out.dumps({"source": named, "line": result.line, "query": result.query,
+                return json_out.dumps({"source": named, "line": result.line, "query": result.query,
                                        "error": worded(result.error), "exit_status": int(result.error.exit_status)},
                                       pretty=False)
-            else:
-                probed = prober.probe(result.explanation) if probe else None
-                line = json_out.explanation(result.explanation, pretty=False, source=named, probe=probed)
+            probed = prober.probe(result.explanation) if probe else None
+            return json_out.explanation(result.explanation, pretty=False, source=named, probe=probed)
+
+        # A file of queries is read whole and shared out among the CPUs; a stream (stdin, a
+        # pipe) is answered line by line as it comes, and --probe's replica is one.
+        workers = 1 if probe or not _is_regular_file(queries) else len(os.sched_getaffinity(0))
+        for line in rendered_batch(state, source, queries, _parse_query, render, workers=workers):
             click.echo(line)
             sys.stdout.flush()
+
+
+def _is_regular_file(stream) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # A batch line is parsed by the same options as the command line (no --help: a line is a query).
