@@ -223,6 +223,20 @@ def test_a_retransmission_of_sacked_data_is_no_loss(tmp_path):
     assert [(int(le), int(re)) for le, re in blocks] == [(3001, (i + 1) * MSS + 1) for i in range(3, 10)]
 
 
+def test_a_resent_segment_stamped_just_before_the_highest_is_a_retransmission(tmp_path):
+    # Merged captures can stamp a segment a microsecond before the one ahead of it. Wireshark's
+    # time since the highest segment is unsigned: "negative" is not within the out-of-order window.
+    out, add = _packets()
+    for i in range(4):
+        add(T0 + 0.012 + i * 0.001, True, "PA", 1001 + i * MSS, 5001, b"y" * MSS)
+    add(T0 + 0.015 - 1e-6, True, "PA", 1001 + MSS, 5001, b"y" * MSS)  # segment 2 again, 1 µs "early"
+    add(T0 + 0.020, False, "A", 5001, 1001 + 4 * MSS)
+    path = tmp_path / "early.pcap"
+    wrpcap(str(path), out)
+    assert _postmortem(path)["retransmissions"]["early.pcap"]["to_server"] == 1
+    assert oracle.disagreements(str(path)) == []
+
+
 # ---------------------------------------------------------------- a real capture
 
 DROP = """

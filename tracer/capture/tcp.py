@@ -320,7 +320,9 @@ class Side:
             elif ts - r.lastacktime < 0.02 and r.dupacknum >= 2 and r.lastack == s:
                 kind = "fast"
                 h.fast += 1
-            elif ts - h.nextseqtime < (self.first_rtt or 0.003) and nxt != end:
+            # Wireshark's time since the highest segment is unsigned: one stamped a hair before it
+            # (captures merged from several interfaces) is not out of order, but retransmitted
+            elif 0 <= ts - h.nextseqtime < (self.first_rtt or 0.003) and nxt != end:
                 kind = "ooo"
                 h.ooo += 1
             else:
