@@ -562,8 +562,7 @@ def load_ruleset(raw: dict) -> Ruleset:
     return Ruleset(MappingProxyType(chains), MappingProxyType(_hook_slots(chains)),
                    tuple(warnings), MappingProxyType(_reachability(chains)),
                    MappingProxyType(build_indexes(chains)),
-                   MappingProxyType(_conntrack_off(_conntrack_families(objs, texts, legacy))
-                                    if not _a_dump_failed(raw) else {}))
+                   _ConntrackOff(objs, texts, legacy) if not _a_dump_failed(raw) else MappingProxyType({}))
 
 
 # ------------------------------------------------------- conntrack users
@@ -620,29 +619,70 @@ def _legacy_rule_uses_conntrack(tokens: list[str]) -> bool:
     return False
 
 
-def _conntrack_families(objs: list, texts: dict, legacy: dict) -> set[str]:
-    """The L3 families ("ip", "ip6") whose conntrack some loaded rule or object turns on."""
-    on: set[str] = set()
-    for o in objs:
-        if len(on) == 2:
-            break
+def _conntrack_on(family: str, objs: list, texts: dict, legacy: dict) -> bool:
+    """Whether some loaded rule or object turns on conntrack for the L3 family ("ip", "ip6").
+    Conntrack objects and nat chains' rules (NAT statements are users) are read first: the
+    answer is then usually found before the other rules (10,000 filter rules) are read."""
+    nat_chains = {(v.get("family"), v.get("table"), v.get("name")) for o in objs if isinstance(o, dict)
+                  for kind, v in o.items() if kind == "chain" and isinstance(v, dict) and v.get("type") == "nat"}
+
+    def users(o) -> bool:
         if not isinstance(o, dict) or not o:
-            continue
+            return False
         kind, v = next(iter(o.items()))
-        if not isinstance(v, dict) or v.get("family") not in _CT_FAMILIES:
-            continue
-        families = _CT_FAMILIES[v["family"]]
+        if not isinstance(v, dict) or family not in _CT_FAMILIES.get(v.get("family"), ()):
+            return False
         if kind in _CT_OBJECTS:
-            on.update(families)
-        elif kind == "rule" and not on.issuperset(families):
-            text = texts.get((v["family"], v.get("table"), v.get("chain"), v.get("handle"))) or ""
-            if _uses_conntrack(v.get("expr") or [], text.endswith("notrack")):
-                on.update(families)
-    for fam, tables in legacy.items():
-        if fam not in on and any(_legacy_rule_uses_conntrack(r.tokens) for chains in tables.values()
-                                 for chain in chains.values() for r in chain.rules):
-            on.add(fam)
-    return on
+            return True
+        if kind != "rule":
+            return False
+        text = texts.get((v["family"], v.get("table"), v.get("chain"), v.get("handle"))) or ""
+        return _uses_conntrack(v.get("expr") or [], text.endswith("notrack"))
+
+    def in_nat_chain(o) -> bool:
+        v = next(iter(o.values())) if isinstance(o, dict) and o else None
+        return isinstance(v, dict) and ((v.get("family"), v.get("table"), v.get("chain")) in nat_chains
+                                        or next(iter(o)) in _CT_OBJECTS)
+
+    likely = [o for o in objs if in_nat_chain(o)]
+    if any(users(o) for o in likely) or any(users(o) for o in objs if not in_nat_chain(o)):
+        return True
+    return any(_legacy_rule_uses_conntrack(r.tokens) for chains in legacy.get(family, {}).values()
+               for chain in chains.values() for r in chain.rules)
+
+
+class _ConntrackOff(Mapping):
+    """Ruleset.conntrack_off: per L3 family without a conntrack user, why its nat chains do not
+    run. Worked out for a family when first asked (an IPv4 flow never reads every rule for
+    IPv6's users). Not built when a dump failed: rules are unknown, and nat chains are taken
+    to run."""
+
+    _NAMES = {"ip": "IPv4", "ip6": "IPv6"}
+
+    def __init__(self, objs: list, texts: dict, legacy: dict):
+        self._sources = (objs, texts, legacy)
+        self._reasons: dict[str, str | None] = {}
+
+    def _reason(self, family: str) -> str | None:
+        if family not in self._reasons:
+            self._reasons[family] = None if _conntrack_on(family, *self._sources) else (
+                f"not run: conntrack is off for {self._NAMES[family]} in this namespace (no loaded rule or "
+                "object uses it: a NAT rule, a ct match, -m conntrack/state/connmark …), and a nat chain needs "
+                "the packet's conntrack entry (nf_nat_inet_fn); anything outside the ruleset that turns it on "
+                "(tc's ct action, Open vSwitch, IPVS) is not in the collected state")
+        return self._reasons[family]
+
+    def __getitem__(self, family: str) -> str:
+        reason = self._reason(family) if family in self._NAMES else None
+        if reason is None:
+            raise KeyError(family)
+        return reason
+
+    def __iter__(self):
+        return (family for family in self._NAMES if self._reason(family) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _a_dump_failed(raw: dict) -> bool:
@@ -650,17 +690,6 @@ def _a_dump_failed(raw: dict) -> bool:
     legacy = raw.get("iptables_legacy") or {}
     dumps = (raw.get("nft"), legacy.get("ip"), legacy.get("ip6"))
     return any((entry or {}).get("status") == "error" for entry in dumps)
-
-
-def _conntrack_off(on: set[str]) -> dict[str, str]:
-    """Per family without a conntrack user, why its nat chains do not run. (Not called when a
-    dump failed: rules are unknown, and nat chains are taken to run.)"""
-    names = {"ip": "IPv4", "ip6": "IPv6"}
-    return {fam: (f"not run: conntrack is off for {names[fam]} in this namespace (no loaded rule or object uses "
-                  "it: a NAT rule, a ct match, -m conntrack/state/connmark …), and a nat chain needs the packet's "
-                  "conntrack entry (nf_nat_inet_fn); anything outside the ruleset that turns it on (tc's ct "
-                  "action, Open vSwitch, IPVS) is not in the collected state")
-            for fam in names if fam not in on}
 
 
 class LazyRules(Sequence):
