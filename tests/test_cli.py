@@ -11,9 +11,11 @@ import json
 import os
 import pty
 import shutil
+import signal
 import struct
 import subprocess
 import termios
+import time
 
 import pytest
 
@@ -87,6 +89,27 @@ def test_a_file_of_queries_shared_among_the_cpus_gives_the_streams_answers(tmp_p
     assert from_file.stdout == streamed.stdout
     numbers = [json.loads(line)["line"] for line in from_file.stdout.splitlines() if '"line"' in line[:200]]
     assert numbers == sorted(numbers) and len(from_file.stdout.splitlines()) == len(lines) * 4 // 6
+
+
+def test_ctrl_c_in_a_batch_shared_among_the_cpus_is_one_line_and_leaves_no_worker(tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: a batch is never shared out here")
+    queries = tmp_path / "queries.txt"
+    queries.write_text("".join(f"192.168.1.169 8.8.8.{n % 250 + 1} --proto tcp --dport {n % 999 + 1}\n"
+                               for n in range(30_000)))
+    # A terminal's Ctrl-C reaches the whole process group: the batch and its workers.
+    batch = subprocess.Popen([*why_route_argv(), "batch", "--snapshot", SNAPSHOT, str(queries)], cwd=REPO_ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first_output = time.monotonic() + 1.5
+    while time.monotonic() < first_output and batch.poll() is None:
+        time.sleep(0.05)
+    assert batch.poll() is None, "the batch ended before it could be interrupted"
+    os.killpg(batch.pid, signal.SIGINT)
+    _, err = batch.communicate(timeout=30)
+    assert (batch.returncode, err.strip()) == (130, "why-route: interrupted")
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-g", str(batch.pid)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"workers left: {left}"
 
 
 def test_the_plain_line_parser_gives_clicks_parameters():

@@ -210,8 +210,10 @@ def _render_chunk(chunk: tuple[int, list]) -> list[str]:
 
 
 def _die_with_parent() -> None:
-    """A worker ends when the batch's process does, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    """A worker ends when the batch's process does, even by SIGKILL (PR_SET_PDEATHSIG), and
+    leaves Ctrl-C to it: the batch's process says "interrupted" once and ends the pool."""
     import ctypes
     import signal
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
