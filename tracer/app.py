@@ -6,6 +6,7 @@ The CLI parses options into the frozen objects below and calls these functions.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shlex
 from collections.abc import Callable, Iterable, Iterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from tracer.errors import UsageError, WhyRouteError
 from tracer.flow import Flow
 from tracer.model import HostState
+from tracer.netns import die_with_parent
 from tracer.sim.explanation import Explanation
 
 
@@ -192,7 +194,10 @@ def rendered_batch(state: HostState, source: StateSource, lines: Iterable[str | 
     global _FORKED_BATCH
     _FORKED_BATCH = (state, source, parse, render)
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_die_with_parent) as pool:
+        # a worker dies with the batch, even by SIGKILL, and leaves Ctrl-C to it ("interrupted", once)
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=die_with_parent,
+                                                        initargs=(os.getpid(), True))
+        with pool:
             for rendered in pool.imap(_render_chunk, chunks):
                 yield from rendered
     finally:
@@ -207,13 +212,3 @@ def _render_chunk(chunk: tuple[int, list]) -> list[str]:
     first_line, lines = chunk
     state, source, parse, render = _FORKED_BATCH
     return [render(result) for result in run_batch(state, source, lines, parse, first_line=first_line)]
-
-
-def _die_with_parent() -> None:
-    """A worker ends when the batch's process does, even by SIGKILL (PR_SET_PDEATHSIG), and
-    leaves Ctrl-C to it: the batch's process says "interrupted" once and ends the pool."""
-    import ctypes
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1

@@ -191,6 +191,20 @@ def sweep(prefix: str) -> list[str]:
 # --- tearing down -------------------------------------------------------------------
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int, leave_ctrl_c_to_it: bool = False) -> None:
+    """In a child that `parent` just started (preexec_fn, a pool's initializer): end by SIGKILL
+    when the parent does, whatever kills it (PR_SET_PDEATHSIG), and at once if it already has;
+    with `leave_ctrl_c_to_it`, ignore Ctrl-C, which the parent handles and then stops the child."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+    if leave_ctrl_c_to_it:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _raise_terminated(signum, _frame):
     raise Terminated(signum)
 

@@ -22,7 +22,7 @@ rewritten with the kernel's count as isb_ifdrop and dumpcap's as isb_osdrop.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import json
 import os
 import re
@@ -37,7 +37,6 @@ from tracer import netns as netns_mod
 from tracer.capture import pcapio
 from tracer.errors import EnvironmentProblem, Terminated, UsageError
 
-PR_SET_PDEATHSIG = 1
 RAW_FILE = ".dumpcap.pcapng"
 BUFFER_MIB = 64  # kernel capture buffer per interface
 QUEUE_PACKETS, QUEUE_BYTES = 1_000_000, 256 << 20  # dumpcap's queue to its writer: seconds at 100k packets/s
@@ -45,17 +44,6 @@ QUEUE_PACKETS, QUEUE_BYTES = 1_000_000, 256 << 20  # dumpcap's queue to its writ
 _DUMPCAP_STATS = re.compile(r"Packets received/dropped on interface '(?P<name>[^']*)': \d+/\d+ "
                             r"\(pcap:(?P<kernel>\d+)/dumpcap:(?P<queue>\d+)/flushed:(?P<flushed>\d+)"
                             r"/ps_ifdrop:(?P<interface>\d+)\)")
-
-
-def _die_with_parent(parent: int):
-    def preexec():
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl
-            os._exit(1)
-        # Ctrl-C goes to why-route, which stops the children itself (the capture is then complete)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return preexec
 
 
 def routed_interfaces(state) -> list[str]:
@@ -169,12 +157,13 @@ def capture(run_dir: str, *, netns: str | None = None, interfaces: list[str] | N
     meta = {"version": 1, "netns": netns, "interfaces": wanted, "filter": bpf, "duration": duration,
             "count": count, "buffer_mib": buffer_mib, "started": started}
     with netns_mod.Teardown() as undo, open(events_path, "w") as events:
-        parent = os.getpid()
+        # the children end with why-route whatever kills it; Ctrl-C is why-route's, which then
+        # stops them itself (the capture is then complete)
+        child_setup = functools.partial(netns_mod.die_with_parent, os.getpid(), True)
         ct = subprocess.Popen([*prefix, "conntrack", "-E", "-p", "tcp", "-o", "timestamp"], stdout=events,
-                              stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent(parent))
+                              stderr=subprocess.DEVNULL, preexec_fn=child_setup)
         undo.callback(_stop, ct)
-        dump = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                preexec_fn=_die_with_parent(parent))
+        dump = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=child_setup)
         undo.callback(_stop, dump)
         counter = _Counter(raw)
         interrupted = terminated = False

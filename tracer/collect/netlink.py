@@ -75,10 +75,11 @@ class NetlinkError(OSError):
     pass
 
 
-def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
-    """Parse a run of rtattrs into {type: payload} (last one wins, as in the kernel)."""
+def attributes(data: bytes, offset: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """Parse a run of netlink attributes in data[offset:end] into {type: payload} (last one
+    wins, as in the kernel; the nested and byte-order flags dropped from the type)."""
     out = {}
-    end = len(data)
+    end = len(data) if end is None else end
     while offset + 4 <= end:
         length, kind = _RTATTR.unpack_from(data, offset)
         if length < 4:
@@ -161,7 +162,7 @@ class RtnlSocket:
         rows = []
         for _kind, data, off in self.dump(RTM_GETLINK, _IFINFOMSG.pack(0, 0, 0, 0, 0)):
             _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, off)
-            rows.append((index, flags, _attrs(data, off + _IFINFOMSG.size)))
+            rows.append((index, flags, attributes(data, off + _IFINFOMSG.size)))
         self.names = {index: attrs[3].rstrip(b"\0").decode() for index, _flags, attrs in rows}
         return [self._link(index, flags, attrs) for index, flags, attrs in rows]
 
@@ -169,11 +170,11 @@ class RtnlSocket:
         kind = None
         nf_call: tuple[str, ...] = ()
         if 18 in attrs:  # IFLA_LINKINFO → IFLA_INFO_KIND, IFLA_INFO_DATA
-            info = _attrs(attrs[18], 0)
+            info = attributes(attrs[18], 0)
             if 1 in info:
                 kind = info[1].rstrip(b"\0").decode()
             if kind == "bridge" and 2 in info:
-                options = _attrs(info[2], 0)
+                options = attributes(info[2], 0)
                 nf_call = tuple(tool for attr, tool in _BRIDGE_NF_CALL if options.get(attr, b"\0")[:1] != b"\0")
         mac = attrs.get(1)
         operstate = attrs.get(16, b"\0")[0]
@@ -197,7 +198,7 @@ class RtnlSocket:
         for kernel_family in (socket.AF_INET, socket.AF_INET6):
             for _kind, data, off in self.dump(RTM_GETADDR, _IFADDRMSG.pack(kernel_family, 0, 0, 0, 0)):
                 family, prefixlen, flags, scope, index = _IFADDRMSG.unpack_from(data, off)
-                attrs = _attrs(data, off + _IFADDRMSG.size)
+                attrs = attributes(data, off + _IFADDRMSG.size)
                 address = _addr(family, attrs.get(1))
                 local = _addr(family, attrs.get(2)) or address
                 if 8 in attrs:
@@ -240,7 +241,7 @@ class RtnlSocket:
         for kernel_family in (socket.AF_INET, socket.AF_INET6):
             for _kind, data, off in self.dump(RTM_GETNEIGH, _NDMSG.pack(kernel_family, 0, 0, 0, 0)):
                 family, index, state, _flags, _type = _NDMSG.unpack_from(data, off)
-                attrs = _attrs(data, off + _NDMSG.size)
+                attrs = attributes(data, off + _NDMSG.size)
                 if 1 not in attrs:
                     continue
                 lladdr = attrs.get(2)
@@ -287,7 +288,7 @@ _U32, _I32, _PORTS, _UIDS = struct.Struct("=I"), struct.Struct("=i"), struct.Str
 
 def _parse_rule(data: bytes, off: int) -> Rule:
     family, dst_len, src_len, tos, table, _r1, _r2, action, flags = _RTMSG.unpack_from(data, off)
-    attrs = _attrs(data, off + _RTMSG.size)
+    attrs = attributes(data, off + _RTMSG.size)
     get = attrs.get
     fwmark = _U32.unpack_from(attrs[10])[0] if 10 in attrs else 0
     fwmask = _U32.unpack_from(attrs[16])[0] if 16 in attrs else (0xFFFFFFFF if fwmark else 0)
@@ -324,7 +325,7 @@ def parse_route(data: bytes, off: int, names: dict[int, str], keep_cloned: bool 
         return None
     if flags & 0x200 and not keep_cloned:  # RTM_F_CLONED: a cache entry, not a route
         return None
-    attrs = _attrs(data, off + _RTMSG.size)
+    attrs = attributes(data, off + _RTMSG.size)
     full = 32 if family == socket.AF_INET else 128
     dst = _addr(family, attrs.get(1)) or ("0.0.0.0" if family == socket.AF_INET else "::")
     gateway = _addr(family, attrs.get(5))
@@ -364,7 +365,7 @@ def _parse_multipath(family: int, raw: bytes, names: dict[int, str]):
         length, flags, hops, index = _RTNEXTHOP.unpack_from(raw, offset)
         if length < 8:
             break
-        attrs = _attrs(raw[:offset + length], offset + 8)
+        attrs = attributes(raw[:offset + length], offset + 8)
         yield Nexthop(gateway=_addr(family, attrs.get(5)), dev=names.get(index, str(index)), weight=hops + 1,
                       onlink=bool(flags & RTNH_F_ONLINK), dead=bool(flags & RTNH_F_DEAD),
                       linkdown=bool(flags & RTNH_F_LINKDOWN))

@@ -10,25 +10,12 @@ import struct
 from collections.abc import Iterator
 
 from tracer import netns as netns_mod
+from tracer.collect.netlink import attributes
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 SO_RCVBUFFORCE = 33
-NLA_TYPE_MASK = 0x3FFF
 NLMSG_HEADER, NFGENMSG = 16, 4
-
-
-def attributes(data: bytes, pos: int = 0, end: int | None = None) -> dict[int, bytes]:
-    """The netlink attributes in data[pos:end], by type (nested and byte-order flags dropped)."""
-    end = len(data) if end is None else end
-    found = {}
-    while pos + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, pos)
-        if length < 4:
-            break
-        found[kind & NLA_TYPE_MASK] = data[pos + 4:pos + length]
-        pos += (length + 3) & ~3
-    return found
 
 
 def messages(data: bytes) -> Iterator[tuple[int, int, int, int, dict[int, bytes]]]:

@@ -14,16 +14,16 @@ The `nft -i` process gets PR_SET_PDEATHSIG, so it ends with why-route whatever k
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import ipaddress
 import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import time
 
+from tracer import netns as netns_mod
 from tracer.trace import netlink
 from tracer.trace.collectors import Collector
 from tracer.trace.events import FlowId, NftRuleEvent
@@ -44,11 +44,6 @@ RECEIVE_BUFFER = 16 << 20
 PORTED, ECHO = (6, 17, 132), {1: (8, 0), 58: (128, 129)}
 _COUNTER = re.compile(r"counter packets \d+ bytes \d+")
 _HANDLE = re.compile(r"^(?P<text>.*\S) # handle (?P<handle>\d+)$")
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def table_name() -> str:
@@ -258,7 +253,8 @@ class NftraceCollector(Collector):
             raise KernelError(f"nftables trace socket: {error.strerror}") from None
         prefix = ["ip", "netns", "exec", options.netns] if options.netns else []
         owner = subprocess.Popen([*prefix, "nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, preexec_fn=_die_with_parent, text=True)
+                                 stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=functools.partial(netns_mod.die_with_parent, os.getpid()))
         source = NftTraceSource(owner, sock, netns_inode, chain_hooks(state), RuleTexts(state, options.netns))
         undo.callback(source.close)
         owner.stdin.write(table_commands(options))
