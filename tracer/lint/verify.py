@@ -25,7 +25,7 @@ FLOW_OPTIONS = {"iif": str, "oif": str, "proto": (str, int), "sport": int, "dpor
                 "tos": (str, int), "uid": int}
 _KEYS = {"from": str, "to": str, "name": str, "no_finding": (str, list), **ASSERTIONS, **FLOW_OPTIONS}
 VERDICTS = ("forwarded", "sent", "delivered-locally", "dropped", "unreachable", "blackholed", "prohibited",
-            "dropped-rp-filter")
+            "dropped-rp-filter", "dropped-martian")
 NAT_TYPES = ("snat", "masquerade", "dnat", "redirect", "none")
 
 

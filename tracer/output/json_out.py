@@ -245,6 +245,7 @@ def explanation_doc(e: Explanation) -> dict:
         "egress": egress_doc(e.egress) if e.egress else None,
         "verdict": e.verdict,
         "verdict_reason": e.verdict_reason,
+        "drop_reason": e.drop_reason,
         "kernel": kernel_doc(e.kernel),
         "findings": [finding_doc(f) for f in e.findings],
         "notes": list(e.notes),
@@ -262,8 +263,9 @@ def choice_doc(c: Choice) -> dict:
 def outcome_doc(e: Explanation) -> dict:
     """Another possible outcome of a forking path: where it goes, how likely it is."""
     return {"share": e.share, "choices": [choice_doc(c) for c in e.choices], "verdict": e.verdict,
-            "verdict_reason": e.verdict_reason, "egress": egress_doc(e.egress) if e.egress else None,
-            "nat": [nat_doc(n) for n in e.nat], "steps": [step_doc(s) for s in e.steps]}
+            "verdict_reason": e.verdict_reason, "drop_reason": e.drop_reason,
+            "egress": egress_doc(e.egress) if e.egress else None, "nat": [nat_doc(n) for n in e.nat],
+            "steps": [step_doc(s) for s in e.steps]}
 
 
 def explanation(e: Explanation, *, pretty: bool = True, source: dict | None = None, probe=None) -> str:

@@ -270,7 +270,8 @@ def render(e: Explanation, *, colour: bool = False, probe=None) -> str:
     # a flow that leaves is not green when an error-level finding says it will fail anyway
     doomed = any(f.severity == "error" for f in e.findings)
     colour = "yellow" if doomed and e.verdict in _VERDICT_COLOURS else _VERDICT_COLOURS.get(e.verdict, "red")
-    lines.append(s("Verdict", "bold") + ": " + s(e.verdict, colour) + f" — {e.verdict_reason}{forks}"
+    dropped_as = f" (drop reason {e.drop_reason})" if e.drop_reason else ""
+    lines.append(s("Verdict", "bold") + ": " + s(e.verdict, colour) + f" — {e.verdict_reason}{dropped_as}{forks}"
                  + (" — but see the error findings below" if doomed else ""))
     lines.extend(_kernel(e, s))
     lines.extend(_probe(probe, s))

@@ -24,6 +24,7 @@ from tracer.flow import Flow, RouteQuery
 from tracer.model import SCOPE_UNIVERSE, ConntrackEntry, HostState
 from tracer.sim import fib
 from tracer.sim.explanation import (
+    NETFILTER_DROP,
     Choice,
     EgressStep,
     Explanation,
@@ -562,7 +563,7 @@ def _explain_output(walk: _Walk) -> Explanation:
     packet = walk.hook("output", walk.packet(src, flow.dst, flow.mark, oif=result.dev))
     result = walk._last_decision()
     if result.error:  # a re-route found no route: the packet is dropped there (NF_DROP_ERR)
-        return _routing_failed(walk, "local-out", result)
+        return _routing_failed(walk, "local-out", result, in_hook=True)
     if walk.dropped_in():
         return _dropped(walk, "local-out")
     if walk.conntrack:
@@ -576,7 +577,7 @@ def _explain_output(walk: _Walk) -> Explanation:
             walk.steps.extend(walk.rerouted.pop())
             result = walk._last_decision()
             if result.error:
-                return _routing_failed(walk, "local-out", result)
+                return _routing_failed(walk, "local-out", result, in_hook=True)
     if result.type == "local":
         return _looped_back(walk, walk.with_oif(packet, "lo"))
     return _postrouting(walk, "local-out", walk.with_oif(packet, result.dev))
@@ -651,22 +652,35 @@ def _postrouting(walk: _Walk, origin: str, packet: PacketView) -> Explanation:
 
 def _dropped(walk: _Walk, origin: str) -> Explanation:
     hook = walk.dropped_in()
-    return _finish(walk, origin, "dropped", f"dropped in {hook.hook} ({hook.decided_by})")
+    # NF_QUEUE drops only when no program listens on the queue (nf_queue frees it without a reason)
+    drop_reason = "NOT_SPECIFIED" if hook.verdict == "queue" else NETFILTER_DROP
+    return _finish(walk, origin, "dropped", f"dropped in {hook.hook} ({hook.decided_by})", drop_reason)
 
 
-# What the user sees for each errno the routing decision can return.
+# What the user sees for each errno the routing decision can return, unless the drop reason says more.
 _ERROR_VERDICTS = {"EINVAL": "blackholed", "EACCES": "prohibited", "EXDEV": "dropped-rp-filter",
                    "ENETUNREACH": "unreachable", "EHOSTUNREACH": "unreachable"}
+_DROP_REASON_VERDICTS = {"IP_RPFILTER": "dropped-rp-filter", "IP_INVALID_SOURCE": "dropped-martian",
+                         "IP_LOCAL_SOURCE": "dropped-martian", "IP_INVALID_DEST": "dropped-martian",
+                         "IP_LOCALNET": "dropped-martian"}
 
 
-def _routing_failed(walk: _Walk, origin: str, result: fib.FibResult) -> Explanation:
+def _routing_failed(walk: _Walk, origin: str, result: fib.FibResult, *, in_hook: bool = False) -> Explanation:
+    """A socket's failed lookup returns an error to it (there is no packet to drop); a re-route
+    inside a netfilter hook drops the packet there (NF_DROP_ERR); a received packet's input route
+    drops it with the routing's own reason."""
     reason = f"routing fails with {result.error}"
     if result.error_reason:
         reason += f": {result.error_reason}"
-    return _finish(walk, origin, _ERROR_VERDICTS.get(result.error, "unreachable"), reason)
+    if in_hook:
+        drop_reason = NETFILTER_DROP
+    else:
+        drop_reason = None if origin == "local-out" else result.drop_reason
+    verdict = _DROP_REASON_VERDICTS.get(drop_reason) or _ERROR_VERDICTS.get(result.error, "unreachable")
+    return _finish(walk, origin, verdict, reason, drop_reason)
 
 
-def _finish(walk: _Walk, origin: str, verdict: str, reason: str) -> Explanation:
+def _finish(walk: _Walk, origin: str, verdict: str, reason: str, drop_reason: str | None = None) -> Explanation:
     return Explanation(flow=walk.flow, origin=origin, iif_inferred=walk.inferred, steps=tuple(walk.steps),
                        conntrack=walk.conntrack, verdict=verdict, verdict_reason=reason, state=walk.state,
-                       notes=(*walk.state.notes, *walk.notes), choices=tuple(walk.choices))
+                       notes=(*walk.state.notes, *walk.notes), choices=tuple(walk.choices), drop_reason=drop_reason)

@@ -181,6 +181,11 @@ class KernelCheck:
         return self.answers[-1]
 
 
+# The drop reason of every packet a netfilter verdict drops (nf_hook_slow: NF_DROP, a rule's
+# drop or reject, a failed re-route's NF_DROP_ERR).
+NETFILTER_DROP = "NETFILTER_DROP"
+
+
 @dataclass(frozen=True)
 class Explanation:
     flow: Flow
@@ -191,6 +196,10 @@ class Explanation:
     verdict: str
     verdict_reason: str
     state: HostState = field(repr=False, compare=False)
+    # The packet is dropped: the kernel's name for why (enum skb_drop_reason without its
+    # SKB_DROP_REASON_ prefix, as skb:kfree_skb reports it since 6.13 — `trace` compares it).
+    # None when it is not dropped, or when no packet exists (a socket's route lookup failed).
+    drop_reason: str | None = None
     kernel: KernelCheck | None = None
     findings: tuple = ()
     notes: tuple[str, ...] = ()

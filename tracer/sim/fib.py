@@ -18,6 +18,7 @@ import socket
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from heapq import merge
+from typing import NamedTuple
 
 from tracer.flow import RouteQuery
 from tracer.model import (
@@ -84,6 +85,9 @@ class FibResult:
     error: str | None = None
     error_reason: str | None = None
     notes: tuple[str, ...] = ()
+    # A received packet this decision drops: the kernel's name for it (enum skb_drop_reason, as
+    # skb:kfree_skb reports it since 6.13). None for a socket's lookup (no packet) or success.
+    drop_reason: str | None = None
 
 
 # --- addresses ----------------------------------------------------------------
@@ -875,7 +879,14 @@ def _route_source(state: HostState, route: Route, nh: Nexthop | None) -> str | N
 
 # --- the input path ------------------------------------------------------------------------------
 
-def _validate_source(ix: FibIndex, flow: _Flow, dst_for_reverse: int, oif: str | None) -> str | None:
+class Rejected(NamedTuple):
+    """Why fib_validate_source refuses a packet's source, and the drop reason it returns."""
+
+    why: str
+    drop_reason: str
+
+
+def _validate_source(ix: FibIndex, flow: _Flow, dst_for_reverse: int, oif: str | None) -> Rejected | None:
     """fib_validate_source: None when the source is acceptable, else why not.
 
     The reverse lookup swaps the addresses, runs with iif = the forward route's
@@ -889,7 +900,8 @@ def _validate_source(ix: FibIndex, flow: _Flow, dst_for_reverse: int, oif: str |
             return None
         if not (ix.has_custom_local_routes() or not ix.merged):
             owner = ix.local_address(AF_INET, flow.src)
-            return f"source {int_addr(AF_INET, flow.src)} is a local address (of {owner})" if owner else None
+            return (Rejected(f"source {int_addr(AF_INET, flow.src)} is a local address (of {owner})",
+                             "IP_LOCAL_SOURCE") if owner else None)
     reverse = _Flow(family=AF_INET, dst=flow.src, src=dst_for_reverse, iif=oif or LOOPBACK, oif=None,
                     mark=flow.mark if conf_or(state, dev, "src_valid_mark") else 0, tos=flow.tos,
                     proto=flow.proto, sport=flow.dport, dport=flow.sport, uid=0)
@@ -897,22 +909,38 @@ def _validate_source(ix: FibIndex, flow: _Flow, dst_for_reverse: int, oif: str |
     lk = _fib_lookup(ix, reverse, full_trace=False, record=False)
     mode = {1: "1 (strict)", 2: "2 (loose)"}.get(rpf, str(rpf))
     if lk.error or lk.hit is None or lk.hit.route is None:
-        return f"rp_filter={mode}: no route back to {src_text}" if rpf else None
+        return Rejected(f"rp_filter={mode}: no route back to {src_text}", "IP_RPFILTER") if rpf else None
     route = lk.hit.route
     if route.type != "unicast":
         if route.type != "local":
-            return f"reverse route to {src_text} is {route.type}"
+            return Rejected(f"reverse route to {src_text} is {route.type}", "IP_INVALID_SOURCE")
         if not accept_local:
-            return f"source {src_text} is a local address (accept_local=0)"
+            return Rejected(f"source {src_text} is a local address (accept_local=0)", "IP_LOCAL_SOURCE")
     uses_dev = any(nh.dev == dev for nh in route.nexthops) or (route.type == "local" and dev == LOOPBACK)
     if uses_dev:
         return None
     if not state.addresses_of(dev, AF_INET):
-        return f"rp_filter={mode}: {dev} has no IPv4 address" if rpf else None
+        return Rejected(f"rp_filter={mode}: {dev} has no IPv4 address", "IP_RPFILTER") if rpf else None
     if rpf == 1:
         via = ", ".join(sorted({nh.dev for nh in route.nexthops if nh.dev})) or "?"
-        return f"rp_filter={mode}: reverse route to {src_text} leaves via {via}, not {dev}"
+        return Rejected(f"rp_filter={mode}: reverse route to {src_text} leaves via {via}, not {dev}", "IP_RPFILTER")
     return None
+
+
+def _ip_error_drop_reason(err: str, forwarding: bool) -> str:
+    """ip_error, where a failed input route sends the packet: only a missing route, or an
+    unreachable one with forwarding off, has a reason of its own."""
+    if err == "ENETUNREACH":
+        return "IP_INNOROUTES"
+    if err == "EHOSTUNREACH" and not forwarding:
+        return "IP_INADDRERRORS"
+    return "NOT_SPECIFIED"
+
+
+# ip6_pkt_discard and ip6_pkt_prohibit (ip6_pkt_drop) count every failure as no route; a
+# blackhole route's dst_discard gives no reason.
+_IP6_DROP_REASONS = {"ENETUNREACH": "IP_INNOROUTES", "EHOSTUNREACH": "IP_INNOROUTES", "EACCES": "IP_INNOROUTES",
+                     "EINVAL": "NOT_SPECIFIED"}
 
 
 def route_input(state: HostState, query: RouteQuery) -> FibResult:
@@ -925,10 +953,11 @@ def route_input(state: HostState, query: RouteQuery) -> FibResult:
     ports = query.proto in PORT_PROTOCOLS
     flow = _flow(state, query, iif=dev, oif=None, uid=0, ports=ports, received=True)
     if fam == AF_INET6:
-        return _result(ix, flow, _fib_lookup(ix, flow))
+        lk = _fib_lookup(ix, flow)
+        return _result(ix, flow, lk, drop_reason=_IP6_DROP_REASONS.get(lk.error) if lk.error else None)
 
-    def fail(err: str, why: str, *notes: str) -> FibResult:
-        return FibResult(family=fam, error=err, error_reason=why, notes=notes)
+    def fail(err: str, why: str, drop_reason: str, *notes: str) -> FibResult:
+        return FibResult(family=fam, error=err, error_reason=why, notes=notes, drop_reason=drop_reason)
 
     src, dst = flow.src, flow.dst
     src_text, dst_text = int_addr(fam, src), query.dst
@@ -937,27 +966,28 @@ def route_input(state: HostState, query: RouteQuery) -> FibResult:
     if _v4_multicast(dst):
         return _multicast_input(ix, flow, route_get_note)
     if _v4_multicast(src) or _v4_lbcast(src):
-        return fail("EINVAL", f"martian source {src_text} (multicast/broadcast)", route_get_note)
+        return fail("EINVAL", f"martian source {src_text} (multicast/broadcast)", "IP_INVALID_SOURCE", route_get_note)
     if _v4_lbcast(dst) or (src == 0 and dst == 0):
         return _broadcast_input(ix, flow, None)
     if _v4_zeronet(src):
-        return fail("EINVAL", f"martian source {src_text} (0.0.0.0/8)", route_get_note)
+        return fail("EINVAL", f"martian source {src_text} (0.0.0.0/8)", "IP_INVALID_SOURCE", route_get_note)
     if _v4_zeronet(dst):
-        return fail("EINVAL", f"martian destination {dst_text} (0.0.0.0/8)", route_get_note)
+        return fail("EINVAL", f"martian destination {dst_text} (0.0.0.0/8)", "IP_INVALID_DEST", route_get_note)
     if _v4_loopback(dst):
         if not conf_or(state, dev, "route_localnet"):
             return fail("EINVAL", f"martian destination {dst_text} (127/8, route_localnet=0 on {dev})",
-                        route_get_note)
+                        "IP_LOCALNET", route_get_note)
     elif _v4_loopback(src) and not conf_or(state, dev, "route_localnet"):
-        return fail("EINVAL", f"martian source {src_text} (127/8, route_localnet=0 on {dev})", route_get_note)
+        return fail("EINVAL", f"martian source {src_text} (127/8, route_localnet=0 on {dev})", "IP_LOCALNET",
+                    route_get_note)
 
     lk = _fib_lookup(ix, flow)
     forwarding = _forwarding(state, fam, dev)
     if lk.error:
         if not forwarding:
-            return _result(ix, flow, lk, error="EHOSTUNREACH",
-                           error_reason=f"{lk.reason}; forwarding is off on {dev}")
-        return _result(ix, flow, lk)
+            return _result(ix, flow, lk, error="EHOSTUNREACH", error_reason=f"{lk.reason}; forwarding is off on {dev}",
+                           drop_reason=_ip_error_drop_reason("EHOSTUNREACH", forwarding))
+        return _result(ix, flow, lk, drop_reason=_ip_error_drop_reason(lk.error, forwarding))
     hit = lk.hit
     rtype = hit.route.type
     if rtype == "broadcast":
@@ -965,16 +995,18 @@ def route_input(state: HostState, query: RouteQuery) -> FibResult:
             return _forward(ix, flow, lk)
         return _broadcast_input(ix, flow, lk)
     if rtype == "local":
-        why = _validate_source(ix, flow, dst, None)
-        if why:
-            return _result(ix, flow, lk, error="EINVAL", error_reason=why, notes=(*lk.notes, route_get_note))
+        rejected = _validate_source(ix, flow, dst, None)
+        if rejected:
+            return _result(ix, flow, lk, error="EINVAL", error_reason=rejected.why, drop_reason=rejected.drop_reason,
+                           notes=(*lk.notes, route_get_note))
         return _result(ix, flow, lk, dev=LOOPBACK, gateway=None,
                        notes=(*lk.notes, f"delivered locally (route local {hit.route.prefix})"))
     if not forwarding:
-        return _result(ix, flow, lk, error="EHOSTUNREACH", error_reason=f"forwarding is off on {dev}")
+        return _result(ix, flow, lk, error="EHOSTUNREACH", error_reason=f"forwarding is off on {dev}",
+                       drop_reason=_ip_error_drop_reason("EHOSTUNREACH", forwarding))
     if rtype != "unicast":
-        return _result(ix, flow, lk, error="EINVAL",
-                       error_reason=f"martian destination: route type {rtype}", notes=(*lk.notes, route_get_note))
+        return _result(ix, flow, lk, error="EINVAL", error_reason=f"martian destination: route type {rtype}",
+                       drop_reason="IP_INVALID_DEST", notes=(*lk.notes, route_get_note))
     return _forward(ix, flow, lk)
 
 
@@ -988,23 +1020,24 @@ def _multicast_input(ix: FibIndex, flow: _Flow, route_get_note: str) -> FibResul
     link = state.link(dev)
     dst_text, src_text = int_addr(AF_INET, flow.dst), int_addr(AF_INET, flow.src)
 
-    def fail(why: str) -> FibResult:
-        return FibResult(family=AF_INET, error="EINVAL", error_reason=why, notes=(route_get_note,))
+    def fail(why: str, drop_reason: str = "NOT_SPECIFIED") -> FibResult:
+        return FibResult(family=AF_INET, error="EINVAL", error_reason=why, notes=(route_get_note,),
+                         drop_reason=drop_reason)
 
     if flow.dst != ALL_HOSTS or not link.up:
         return fail(f"multicast {dst_text}: no known membership on {dev} (only 224.0.0.1 on up "
                     "devices is modelled)")
     if _v4_multicast(flow.src) or _v4_lbcast(flow.src):
-        return fail(f"martian source {src_text} (multicast/broadcast)")
+        return fail(f"martian source {src_text} (multicast/broadcast)", "IP_INVALID_SOURCE")
     if _v4_loopback(flow.src) and not conf_or(state, dev, "route_localnet"):
-        return fail(f"martian source {src_text} (127/8, route_localnet=0 on {dev})")
+        return fail(f"martian source {src_text} (127/8, route_localnet=0 on {dev})", "IP_LOCALNET")
     if _v4_zeronet(flow.src):
         if not _v4_local_multicast(flow.dst) and flow.proto != IPPROTO_IGMP:
-            return fail(f"martian source {src_text} (0.0.0.0/8)")
+            return fail(f"martian source {src_text} (0.0.0.0/8)", "IP_INVALID_SOURCE")
     else:
-        why = _validate_source(ix, flow, 0, None)
-        if why:
-            return fail(why)
+        rejected = _validate_source(ix, flow, 0, None)
+        if rejected:
+            return fail(*rejected)
     return FibResult(family=AF_INET, type="multicast", dev=LOOPBACK,
                      notes=(f"multicast {dst_text}: delivered locally ({dev} is a member)",))
 
@@ -1012,10 +1045,10 @@ def _multicast_input(ix: FibIndex, flow: _Flow, route_get_note: str) -> FibResul
 def _broadcast_input(ix: FibIndex, flow: _Flow, lk: _Lookup | None) -> FibResult:
     """brd_input: checked against the source (reverse lookup towards 0.0.0.0)."""
     if flow.src:
-        why = _validate_source(ix, flow, 0, None)
-        if why:
+        rejected = _validate_source(ix, flow, 0, None)
+        if rejected:
             return FibResult(family=AF_INET, steps=tuple(lk.steps) if lk else (), error="EINVAL",
-                             error_reason=why)
+                             error_reason=rejected.why, drop_reason=rejected.drop_reason)
     if lk is None:
         return FibResult(family=AF_INET, type="broadcast", dev=LOOPBACK,
                          notes=("limited broadcast: delivered locally without a route lookup",))
@@ -1030,9 +1063,9 @@ def _forward(ix: FibIndex, flow: _Flow, lk: _Lookup) -> FibResult:
     notes = list(lk.notes)
     if len(outcomes) > 1:
         notes.append("the source check depends on which multipath nexthop the hash picks")
-    why = sorted(outcomes, key=lambda w: w is not None)[0] if len(outcomes) > 1 else outcomes.pop()
-    if why:
-        return _result(ix, flow, lk, error="EINVAL", error_reason=why,
+    rejected = sorted(outcomes, key=lambda w: w is not None)[0] if len(outcomes) > 1 else outcomes.pop()
+    if rejected:
+        return _result(ix, flow, lk, error="EINVAL", error_reason=rejected.why, drop_reason=rejected.drop_reason,
                        notes=(*notes, "a dropped packet: `ip route get` reports EINVAL for every drop "
                               "reason since kernel 6.13 (earlier: EXDEV for rp_filter)"))
     return _result(ix, flow, lk, prefsrc=None, notes=tuple(notes))
@@ -1143,8 +1176,9 @@ def choose_nexthop(state: HostState, query: RouteQuery, result: FibResult, nh: N
             return res
         flow = _flow(state, query, iif=query.iif, oif=None, uid=0, ports=query.proto in PORT_PROTOCOLS,
                      received=True)
-        why = _validate_source(ix, flow, flow.dst, nh.dev)
-        return _replace(res, error="EINVAL", error_reason=why) if why else res
+        rejected = _validate_source(ix, flow, flow.dst, nh.dev)
+        return (_replace(res, error="EINVAL", error_reason=rejected.why, drop_reason=rejected.drop_reason)
+                if rejected else res)
     if fam != AF_INET:
         return _replace(res, prefsrc=query.src or ipv6_select_source(state, nh.dev, query.dst))
     flow = _flow(state, query, iif=LOOPBACK, oif=query.oif, uid=query.uid or 0, ports=True)
