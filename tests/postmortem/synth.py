@@ -31,10 +31,17 @@ def _tcp(sport, dport, seq, ack, flags, win, options=b"") -> bytes:
 
 
 def transfer(index: int, start: float, segments: int, rng: random.Random, *, loss: float = 0.0,
-             rtt: float = 0.010, gap: float = 0.0002, zero_window: bool = False, queue_growth: float = 0.0):
-    """`queue_growth`: each segment's ACK is delayed this much more than the previous one's (a
-    queue that fills during the transfer: bufferbloat)."""
-    """[(time, frame, original length)] of one connection, sorted by time."""
+             rtt: float = 0.010, gap: float = 0.0002, zero_window: bool = False, queue_growth: float = 0.0,
+             timestamps: bool = False, sack: bool = False, resend_sacked: int = 0):
+    """[(time, frame, original length)] of one connection, sorted by time.
+
+    `queue_growth`: each segment's ACK is delayed this much more than the previous one's (a
+    queue that fills during the transfer: bufferbloat). `timestamps`: every segment carries TCP
+    timestamps (1 ms clocks; the server echoes the TSval of the last segment that advanced its
+    ACK, RFC 7323). `sack`: the duplicate ACKs carry a SACK block of what the server holds beyond
+    the hole. `resend_sacked`: after each fast retransmission the client also resends this many
+    segments the server had SACKed (spurious retransmissions, as a sender with a bad scoreboard
+    does). Write these with a snap length of 100 (the options do not fit in 66)."""
     client = bytes([10, 1, (index >> 8) & 255, index & 255])
     server = bytes([10, 2, 0, 1])
     sport, dport = 20000 + index % 40000, 80
@@ -42,13 +49,25 @@ def transfer(index: int, start: float, segments: int, rng: random.Random, *, los
     out = []
     ident = [index * 7]
 
+    def stamps(t, clock: int, echo: int) -> bytes:
+        return b"\x01\x01\x08\x0a" + struct.pack("!II", clock + int((t - start) * 1000), echo) if timestamps \
+            else b""
+
     def c2s(t, seq, ack, flags, length=0, options=b"", win=502):
         ident[0] += 1
+        if not flags & 0x02:
+            options += stamps(t, 1000, 0)  # (its echo is filled in once the packets are in time order)
         head = _tcp(sport, dport, cisn + seq, sisn + ack, flags, win, options)
         iplen = 20 + len(head) + length
         out.append((t, ETH + _ip(client, server, iplen, ident[0]) + head, 14 + iplen))
 
-    def s2c(t, seq, ack, flags, win=502, options=b""):
+    def s2c(t, seq, ack, flags, win=502, options=b"", echo=None, blocks=()):
+        """`echo`: when the client segment whose TSval this one echoes passed."""
+        if not flags & 0x02:
+            options += stamps(t, 7000, 1000 + int(((echo if echo is not None else t) - start) * 1000))
+        if blocks:
+            options += b"\x01\x01\x05" + bytes([2 + 8 * len(blocks)]) + b"".join(
+                struct.pack("!II", (cisn + left) & 0xFFFFFFFF, (cisn + right) & 0xFFFFFFFF) for left, right in blocks)
         head = _tcp(dport, sport, sisn + seq, cisn + ack, flags, win, options)
         iplen = 20 + len(head)
         out.append((t, ETH + _ip(server, client, iplen, 0) + head, 14 + iplen))
@@ -60,6 +79,7 @@ def transfer(index: int, start: float, segments: int, rng: random.Random, *, los
     t += rtt + 0.0001
     c2s(t, 1, 1, 0x10)
     received = 1  # the server's next expected byte
+    recent = t  # when the segment that last advanced the server's ACK passed (its TSval is echoed)
     held = set()  # segments the server holds beyond a hole
     seq = 1
     pending = None  # the lost segment waiting for its retransmission
@@ -69,9 +89,9 @@ def transfer(index: int, start: float, segments: int, rng: random.Random, *, los
         t += gap
         if i == zero_at:
             # the server's window closes: the sender waits, the server opens it again
-            s2c(t, 1, received, 0x10, win=0)
+            s2c(t, 1, received, 0x10, win=0, echo=recent)
             t += 0.2
-            s2c(t, 1, received, 0x10, win=502)
+            s2c(t, 1, received, 0x10, win=502, echo=recent)
             t += gap
         lost = pending is None and rng.random() < loss
         c2s(t, seq, 1, 0x18, MSS)
@@ -80,7 +100,8 @@ def transfer(index: int, start: float, segments: int, rng: random.Random, *, los
             dups = 0
         elif pending is not None:
             held.add(seq)
-            s2c(t + rtt, 1, received, 0x10)  # a duplicate ACK
+            blocks = [(pending + MSS, max(held) + MSS)] if sack else ()
+            s2c(t + rtt, 1, received, 0x10, echo=recent, blocks=blocks)  # a duplicate ACK
             dups += 1
             if dups == 3:
                 # the fast retransmission, 0.1 ms after the third duplicate ACK (already sent meanwhile)
@@ -89,20 +110,40 @@ def transfer(index: int, start: float, segments: int, rng: random.Random, *, los
                     c2s(rt, pending, 1, 0x18, MSS)
                     rt += 1.0
                 c2s(rt, pending, 1, 0x18, MSS)
+                for k, again in enumerate(sorted(held)[:resend_sacked]):
+                    c2s(rt + 0.0002 * (k + 1), again, 1, 0x18, MSS)
                 received = max(held | {pending}) + MSS
                 held.clear()
-                s2c(rt + rtt, 1, received, 0x10)
+                s2c(rt + rtt, 1, received, 0x10, echo=rt)
+                recent = rt
                 pending = None
                 t = max(t, rt + rtt)
         else:
             received = seq + MSS
-            s2c(t + rtt + i * queue_growth, 1, received, 0x10)
+            recent = t
+            s2c(t + rtt + i * queue_growth, 1, received, 0x10, echo=t)
         seq += MSS
     t += rtt * 2
     c2s(t, seq, 1, 0x11)
     s2c(t + rtt, 1, seq + 1, 0x11)
     c2s(t + rtt + 0.0001, seq + 1, 2, 0x10)
     out.sort(key=lambda p: p[0])
+    return _echo_server_stamps(out) if timestamps else out
+
+
+def _echo_server_stamps(packets):
+    """Each client segment's TSecr: the newest server TSval that passed before it (the capture
+    point is at the client)."""
+    newest = 0
+    out = []
+    for t, frame, origlen in packets:
+        options = 14 + 20 + 20
+        if frame[14 + 12:14 + 16] == bytes([10, 2, 0, 1]):  # from the server
+            if frame[options + 2] == 8:
+                newest = struct.unpack_from("!I", frame, options + 4)[0]
+        elif frame[options + 2:options + 3] == b"\x08":
+            frame = frame[:options + 8] + struct.pack("!I", newest) + frame[options + 12:]
+        out.append((t, frame, origlen))
     return out
 
 
@@ -134,3 +175,36 @@ def capture(path: str, connections: int = 20, segments: int = 500, seed: int = 1
         starts[lane] = packets[-1][0] + 0.01
         streams.append(packets)
     return write_pcap(path, heapq.merge(*streams, key=lambda p: p[0]))
+
+
+def through_router(packets, server: bytes = bytes([10, 2, 0, 1]), delay: float = 0.00005):
+    """The packets of one transfer as the router's two sides see them: [(interface, time, frame,
+    original length)], interface 0 where the client's segments arrive (all of them), 1 where they
+    leave `delay` later — without the first transmissions of each segment that was sent again
+    (the router dropped them). The server's packets pass 1 first."""
+    counts: dict[bytes, int] = {}
+    for _t, frame, _o in packets:
+        if frame[26:30] != server:
+            counts[frame[38:42]] = counts.get(frame[38:42], 0) + 1
+    out, seen = [], {}
+    for t, frame, origlen in packets:
+        if frame[26:30] == server:
+            out += [(1, t - delay, frame, origlen), (0, t, frame, origlen)]
+            continue
+        out.append((0, t, frame, origlen))
+        seq, length = frame[38:42], origlen - 14 - 20 - (frame[46] >> 4) * 4
+        seen[seq] = seen.get(seq, 0) + 1
+        if not length or seen[seq] == counts[seq]:  # the last transmission of each segment gets through
+            out.append((1, t + delay, frame, origlen))
+    return sorted(out, key=lambda p: p[1])
+
+
+def write_pcapng(path: str, packets, names=("br-lan", "ppp0")) -> None:
+    """Write [(interface, time, frame, original length)] with one interface block per name."""
+    from tracer.capture import pcapio
+
+    with pcapio.PcapngWriter(path) as out:
+        for name in names:
+            out.add_interface(name, 1, f"{name} in netns synth")
+        for iface, t, frame, origlen in packets:
+            out.packet(iface, t, frame, origlen)

@@ -1,5 +1,7 @@
-"""Suspects on synthetic single-point captures: queueing delay, loss beyond the capture point, and
-no false alarm on a clean transfer."""
+"""Suspects on synthetic captures: queueing delay (from data/ACK pairs, and from TCP timestamps when
+retransmissions blind the pairs), loss beyond the capture point (SACK holes as evidence, re-sent
+SACKed data not lost), loss inside the router on two sides (SACK holes confirming it), and no false
+alarm on a clean transfer."""
 
 import random
 
@@ -33,3 +35,71 @@ def test_a_clean_transfer_is_ok_without_suspects(tmp_path):
     conn = _run(tmp_path)
     assert conn.verdict == "ok" and conn.suspects == [] and conn.reasons == []
     assert conn.first.handshake["initial_rtt"] - 0.0101 < 1e-6
+
+
+def _loss_and_queue(tmp_path, **kwargs):
+    """150 segments into a queue that grows 2 ms a segment, 5 % lost: the retransmissions leave
+    the data/ACK pairs few and blind to the growth (Karn's rule)."""
+    path = str(tmp_path / "q.pcap")
+    synth.write_pcap(path, synth.transfer(1, 1_700_000_000.0, 150, random.Random(5), gap=0.001, queue_growth=0.002,
+                                          loss=0.05, sack=True, **kwargs), snaplen=100)
+    return postmortem.run(path).connections[0]
+
+
+def test_timestamps_see_the_queue_when_retransmissions_hide_it_from_data_ack_pairs(tmp_path):
+    blind = _loss_and_queue(tmp_path)
+    assert "PM006" not in [s.id for s in blind.suspects]  # the data/ACK pairs alone do not show it
+    conn = _loss_and_queue(tmp_path, timestamps=True)
+    pm006 = next(s for s in conn.suspects if s.id == "PM006")
+    assert conn.verdict == "slow" and "RTT grows with the transfer (queueing)" in conn.reasons
+    stamps = postmortem.connection_dict(conn)["rtt"]["q.pcap"]["timestamps"]["to_server"]
+    assert stamps["samples"] > 100 and stamps["p95"] > 250  # the queue's growth: 2 ms per segment
+    assert pm006.summary.startswith(f"RTT to the server measured on q.pcap: min 10.0 ms, p95 {stamps['p95']:.1f} ms "
+                                    "(TCP timestamps)")
+    texts = [e[3] for e in pm006.evidence]
+    assert (f"TCP timestamps to the server: min 10.0 / median {stamps['median']:.1f} / p95 {stamps['p95']:.1f} ms "
+            f"({stamps['samples']} samples)") in texts
+    assert any(t.startswith("data/ACK pairs to the server: ") for t in texts)
+    assert (f"the data/ACK pairs miss it: {conn.first.h[0].retransmissions} retransmitted segment(s) give no sample "
+            "(Karn's rule); timestamps do") in texts
+
+
+def _sacked(tmp_path, resend: int):
+    path = str(tmp_path / f"s{resend}.pcap")
+    synth.write_pcap(path, synth.transfer(1, 1_700_000_000.0, 600, random.Random(5), loss=0.02, sack=True,
+                                          resend_sacked=resend), snaplen=100)
+    return postmortem.run(path).connections[0]
+
+
+def test_resent_sacked_data_is_no_loss_and_sack_holes_are_evidence_beyond(tmp_path):
+    plain, resent = _sacked(tmp_path, 0), _sacked(tmp_path, 2)
+    losses = plain.losses(0).beyond
+    assert losses >= 5 and plain.first.h[0].sack_holes == losses  # one hole a loss, signalled by SACK
+    h = resent.first.h[0]
+    # the same losses; the two SACKed segments re-sent after each are counted, not lost
+    assert resent.losses(0).beyond == losses and h.sacked_retrans == 2 * losses
+    assert h.retransmissions == plain.first.h[0].retransmissions + 2 * losses
+    top = resent.suspects[0]
+    assert top.id == "PM005" and top.score == min(75, 40 + 2 * losses + 5)
+    assert f"{losses} segment(s) to server left s2.pcap" in top.summary
+    assert f"{2 * losses} more re-sent data the receiver had SACKed (spurious, not counted)" in top.summary
+    texts = [e[3] for e in top.evidence]
+    assert texts[:2] == [f"the receiver's SACK blocks, passing s2.pcap, signalled {losses} hole(s): data that had "
+                         "left the router did not arrive",
+                         f"{2 * losses} retransmission(s) of data the receiver had SACKed: it had arrived, no loss"]
+    assert f"{2 * losses} of data the receiver had SACKed" in resent.reasons[0]
+
+
+def test_sack_holes_confirm_the_segments_the_router_did_not_forward(tmp_path):
+    path = str(tmp_path / "r.pcapng")
+    synth.write_pcapng(path, synth.through_router(synth.transfer(1, 1_700_000_000.0, 600, random.Random(5),
+                                                                 loss=0.02, sack=True)))
+    conn = postmortem.run(path).connections[0]
+    assert conn.names == ["br-lan", "ppp0"]
+    loss = conn.losses(0)
+    assert loss.inside >= 5 and loss.beyond == loss.before == 0
+    top = conn.suspects[0]
+    assert top.id == "PM002"
+    assert top.evidence[0] == (None, None, "ppp0", f"the receiver's SACK blocks, passing ppp0, signalled "
+                               f"{loss.inside} hole(s): the segments missing there never reached it")
+    assert all(e[2] == "ppp0" and "never left on ppp0" in e[3] for e in top.evidence[1:])

@@ -186,8 +186,9 @@ def judge(conn: Connection) -> None:
     for d, what in ((0, "to the server"), (1, "to the client")):
         h = first.h[d]
         if h.data_packets and h.retransmissions >= 3 and h.retransmissions > 0.01 * h.data_packets:
+            sacked = f", {h.sacked_retrans} of data the receiver had SACKed" if h.sacked_retrans else ""
             reasons.append(f"{h.retransmissions} retransmissions {what} "
-                           f"({100.0 * h.retransmissions / h.data_packets:.1f}% of {h.data_packets} segments)")
+                           f"({100.0 * h.retransmissions / h.data_packets:.1f}% of {h.data_packets} segments{sacked})")
         closed = h.zero_window_time(conn.capture_end)
         if h.zero_windows and closed >= max(0.05, 0.05 * (conn.end - conn.start)):
             reasons.append(f"the {'client' if d == 0 else 'server'}'s receive window was closed {closed:.2f} s "

@@ -43,6 +43,12 @@ class Suspect:
         return Suspicion(self.id, self.title, score, summary, shown_when_ok=self.shown_when_ok, **kwargs)
 
 
+def rtt_text(summary: dict) -> str:
+    """An RTT summary (seconds, from connection.rtt_summary) as evidence text."""
+    return (f"min {summary['min'] * 1000:.1f} / median {summary['median'] * 1000:.1f} / p95 "
+            f"{summary['p95'] * 1000:.1f} ms ({summary['samples']} samples)")
+
+
 @lru_cache(maxsize=1)
 def catalogue() -> tuple[Suspect, ...]:
     found = {}

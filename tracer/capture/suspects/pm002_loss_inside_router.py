@@ -12,6 +12,11 @@ class LossInsideRouter(Suspect):
     space on the leaving interface (a segment that should have passed did not)
     where the arriving interface had the segment: the router itself lost them.
     The sender's retransmissions repair the holes. Two losses at least: one is noise.
+    Where the receiver uses SACK, the holes it signalled (its SACK blocks, in
+    the ACKs passing the leaving interface) confirm the data never reached it:
+    the router's holes are losses, not packets the capture missed. (The count
+    rests on holes, not retransmissions: a retransmission of data the receiver
+    had SACKed is no evidence of loss here either.)
 
     ## Why the connection suffers
     Every lost segment costs the sender a retransmission and halves its
@@ -56,6 +61,10 @@ class LossInsideRouter(Suspect):
                        f"left on {name_down} ({100.0 * loss.inside / sent:.1f}% of {sent})")
             if config and "chain" in config[0]:
                 summary += f": {ties.describe(config[0])}"
-            return self.raise_(min(90, 60 + 5 * loss.inside), summary, evidence=loss.evidence, config=config,
+            evidence = loss.evidence
+            if down.h[d].sack_holes:
+                evidence = [(None, None, name_down, f"the receiver's SACK blocks, passing {name_down}, signalled "
+                             f"{down.h[d].sack_holes} hole(s): the segments missing there never reached it")] + evidence
+            return self.raise_(min(90, 60 + 5 * loss.inside), summary, evidence=evidence, config=config,
                                fix=fixes)
         return None

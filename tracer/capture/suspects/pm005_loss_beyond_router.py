@@ -8,7 +8,12 @@ class LossBeyondRouter(Suspect):
     ## What it detects
     Retransmissions, seen on the interface where the data leaves the router, of
     segments that had already left it (not repairs of holes the router made).
-    With one capture point: retransmissions of segments seen leaving it.
+    With one capture point: retransmissions of segments seen leaving it. A
+    retransmission of data the receiver had already SACKed is no loss (the
+    sender's timer or scoreboard was wrong, the data had arrived): it is not
+    counted, and the evidence says how many there were. The holes the
+    receiver signalled by SACK, in the ACKs passing that interface, are the
+    receiver's own word that data which had left the router never arrived.
 
     ## Why the connection suffers
     Loss on the uplink or further on costs retransmissions and congestion
@@ -39,7 +44,17 @@ class LossBeyondRouter(Suspect):
             summary = (f"{loss.beyond} segment(s) {loss.direction.replace('_', ' ')} left {name} and were sent "
                        f"again ({100.0 * loss.beyond / sent:.1f}% of {sent}): lost beyond the router")
             dev = ctx.device(conn, name)
-            return self.raise_(min(75, 40 + 2 * loss.beyond), summary, evidence=loss.evidence, config=config,
+            h = down.h[d]
+            evidence = []
+            if h.sack_holes:
+                evidence.append((None, None, name, f"the receiver's SACK blocks, passing {name}, signalled "
+                                 f"{h.sack_holes} hole(s): data that had left the router did not arrive"))
+            if h.sacked_retrans:
+                summary += f"; {h.sacked_retrans} more re-sent data the receiver had SACKed (spurious, not counted)"
+                evidence.append((None, None, name, f"{h.sacked_retrans} retransmission(s) of data the receiver had "
+                                 "SACKed: it had arrived, no loss"))
+            score = min(75, 40 + 2 * loss.beyond + (5 if h.sack_holes else 0))
+            return self.raise_(score, summary, evidence=evidence + loss.evidence, config=config,
                                fix=[f"check the uplink behind {dev}; shape slightly below its rate: "
                                     f"tc qdisc replace dev {dev} root cake bandwidth RATE"])
         return None
