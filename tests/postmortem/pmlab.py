@@ -86,8 +86,8 @@ print(json.dumps(out))
 """
 
 
-def offloads_off(lab) -> None:
-    for node in ("route", "macbook", "internet2"):
+def offloads_off(lab, nodes=("route", "macbook", "internet2")) -> None:
+    for node in nodes:
         links = json.loads(lab.run(node, ["ip", "-j", "link", "show"]).stdout)
         for link in links:
             if link["ifname"] != "lo":
@@ -101,16 +101,18 @@ def _popen(ns: str, argv: list[str]) -> subprocess.Popen:
 
 
 def start_capture(lab, run_dir: Path, interfaces=("br-lan", "ppp0", "eth0.2"), bpf="tcp or icmp",
-                  options=()) -> subprocess.Popen:
+                  options=(), stderr=subprocess.PIPE) -> subprocess.Popen:
+    """`why-route capture` on the router, once dumpcap has opened every interface; `stderr`: where its
+    progress and closing lines go (a terminal's pty shows the progress line)."""
     proc = subprocess.Popen([*why_route_argv(), "capture", "--netns", lab.ns("route"), "-i", ",".join(interfaces),
                              *options, bpf, "-o", str(run_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=stderr, text=True)
     raw = run_dir / ".dumpcap.pcapng"
     counter = live._Counter(str(raw))
     deadline = time.time() + 15
     while time.time() < deadline and len(counter.names) < len(interfaces):  # dumpcap has opened them all
         if proc.poll() is not None:
-            raise AssertionError(f"capture ended early: {proc.stderr.read()}")
+            raise AssertionError(f"capture ended early: {proc.stderr.read() if proc.stderr else proc.returncode}")
         time.sleep(0.05)
         counter.update()
     assert len(counter.names) == len(interfaces), "dumpcap did not start"
@@ -126,15 +128,15 @@ def stop_capture(proc: subprocess.Popen) -> str:
 
 
 def transfer(lab, run_dir: Path, *, server: str, client: str, size: int = 300_000, port: int = 80,
-             timeout: float = 3.0, settle: float = 0.3, address: str = "8.8.8.8") -> dict:
-    """Capture one client/server exchange; returns the client's report."""
+             timeout: float = 3.0, settle: float = 0.3, address: str = "8.8.8.8", client_node: str = "macbook") -> dict:
+    """Capture one client/server exchange (the client runs on `client_node`); returns the client's report."""
     capture = start_capture(lab, run_dir)
     try:
         srv = _popen(lab.ns("internet2"), [sys.executable, "-c", SERVER, server, str(port), str(size),
                                            str(timeout + 2)])
         assert srv.stdout.readline().strip() == "listening", srv.stderr.read()
-        cli = _popen(lab.ns("macbook"), [sys.executable, "-c", CLIENT, client, str(port), str(size), str(timeout),
-                                          address])
+        cli = _popen(lab.ns(client_node), [sys.executable, "-c", CLIENT, client, str(port), str(size),
+                                            str(timeout), address])
         out, err = cli.communicate(timeout=timeout * 4 + 10)
         srv.kill()
         srv.wait()
@@ -153,39 +155,83 @@ def postmortem(run_dir: Path, *args: str) -> dict:
 
 
 @contextlib.contextmanager
+def _configured(lab, setup: list[tuple], undo: list[tuple], offload_nodes=("route", "macbook", "internet2")):
+    """Run the (node, argv) commands of `setup` in order, offloads off on `offload_nodes`; on leaving, those
+    of `undo` (whatever fails: setup may have stopped half way)."""
+    try:
+        for node, argv in setup:
+            lab.run(node, argv)
+        offloads_off(lab, offload_nodes)
+        yield
+    finally:
+        for node, argv in undo:
+            lab.run(node, argv, check=False)
+
+
+def _server_wired_to(lab, node: str, veth: str, subnet: str) -> list[tuple]:
+    """internet2 holds 9.9.9.9 and a wire VETH0 (SUBNET.1/30) to `node` (VETH1, SUBNET.2/30), which forwards."""
+    return [
+        ("internet2", ["ip", "addr", "add", "9.9.9.9/32", "dev", "lo"]),
+        ("internet2", ["ip", "link", "add", f"{veth}0", "type", "veth", "peer", "name", f"{veth}1", "netns",
+                       lab.ns(node)]),
+        ("internet2", ["ip", "addr", "add", f"{subnet}.1/30", "dev", f"{veth}0"]),
+        ("internet2", ["ip", "link", "set", f"{veth}0", "up"]),
+        (node, ["ip", "addr", "add", f"{subnet}.2/30", "dev", f"{veth}1"]),
+        (node, ["ip", "link", "set", f"{veth}1", "up"]),
+        (node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]),
+    ]
+
+
+def _unwired(node: str, veth: str) -> list[tuple]:
+    return [("internet2", ["ip", "addr", "del", "9.9.9.9/32", "dev", "lo"]),
+            ("internet2", ["ip", "link", "del", f"{veth}0"]),
+            (node, ["sysctl", "-qw", "net.ipv4.ip_forward=0"])]
+
+
 def replies_by_eth0_2(lab):
     """internet2 serves on 9.9.9.9 (an address internet1 does not hold) and sends its replies to
     123.150.232.74 through internet1 (a wire added between them), which delivers them to the
     router's eth0.2: requests leave ppp0, replies come back on eth0.2."""
-    i1 = lab.ns("internet1")
     setup = [
-        ("internet2", ["ip", "addr", "add", "9.9.9.9/32", "dev", "lo"]),
-        ("internet2", ["ip", "link", "add", "pmx0", "type", "veth", "peer", "name", "pmx1", "netns", i1]),
-        ("internet2", ["ip", "addr", "add", "10.99.0.1/30", "dev", "pmx0"]),
-        ("internet2", ["ip", "link", "set", "pmx0", "up"]),
-        ("internet1", ["ip", "addr", "add", "10.99.0.2/30", "dev", "pmx1"]),
-        ("internet1", ["ip", "link", "set", "pmx1", "up"]),
-        ("internet1", ["sysctl", "-qw", "net.ipv4.ip_forward=1"]),
+        *_server_wired_to(lab, "internet1", "pmx", "10.99.0"),
         ("internet1", ["ip", "route", "add", "123.150.232.74/32", "via", "10.10.149.4"]),
         ("internet2", ["ip", "route", "replace", "123.150.232.74/32", "via", "10.99.0.2"]),
     ]
-    try:
-        for node, argv in setup:
-            lab.run(node, argv)
-        offloads_off(lab)
-        yield
-    finally:
-        lab.run("internet2", ["ip", "addr", "del", "9.9.9.9/32", "dev", "lo"], check=False)
-        lab.run("internet2", ["ip", "route", "del", "123.150.232.74/32", "via", "10.99.0.2"], check=False)
-        lab.run("internet2", ["ip", "link", "del", "pmx0"], check=False)
-        lab.run("internet1", ["ip", "route", "del", "123.150.232.74/32"], check=False)
-        lab.run("internet1", ["sysctl", "-qw", "net.ipv4.ip_forward=0"], check=False)
+    undo = [
+        ("internet2", ["ip", "route", "del", "123.150.232.74/32", "via", "10.99.0.2"]),
+        ("internet1", ["ip", "route", "del", "123.150.232.74/32"]),
+        *_unwired("internet1", "pmx"),
+    ]
+    return _configured(lab, setup, undo)
 
 
-def the_connection(doc: dict, client: dict, port: int = 80) -> dict:
+def requests_by_archlinux(lab):
+    """internet2 serves on 9.9.9.9; ArchLinux (192.168.1.245, a LAN host with its own uplink) sends
+    its requests there out its own ppp0, through internet3 and a wire added from internet3 to
+    internet2, and internet2 routes the replies to 192.168.1.245 back by the router's ppp0: the
+    router sees the replies of the connection and never its requests. The router's own route to
+    9.9.9.9 is by ppp0 (so that requests sent through it work)."""
+    setup = [
+        *_server_wired_to(lab, "internet3", "pmy", "10.98.0"),
+        ("internet3", ["ip", "route", "add", "9.9.9.9/32", "via", "10.98.0.1"]),
+        ("internet2", ["ip", "route", "add", "192.168.1.245/32", "via", "123.150.232.74"]),
+        ("archlinux", ["ip", "route", "add", "9.9.9.9/32", "via", "180.134.135.1", "dev", "ppp0",
+                       "src", "192.168.1.245"]),
+        ("route", ["ip", "route", "add", "9.9.9.9/32", "via", "123.150.232.1", "dev", "ppp0"]),
+    ]
+    undo = [
+        ("archlinux", ["ip", "route", "del", "9.9.9.9/32"]),
+        ("route", ["ip", "route", "del", "9.9.9.9/32"]),
+        ("internet2", ["ip", "route", "del", "192.168.1.245/32"]),
+        *_unwired("internet3", "pmy"),
+    ]
+    return _configured(lab, setup, undo, ("route", "archlinux", "internet3", "internet2"))
+
+
+def the_connection(doc: dict, client: dict, port: int = 80, address: str = "192.168.1.169") -> dict:
     """The client's connection (others may be in the capture: an earlier test's orphaned socket retrying)."""
     found = [c for c in doc["connections"] if c["flow"]["lan"]["dport"] == port
-             and c["flow"]["lan"]["src"] == "192.168.1.169" and c["flow"]["lan"]["sport"] == client["sport"]]
+             and c["flow"]["lan"]["src"] == address and c["flow"]["lan"]["sport"] == client["sport"]]
     assert len(found) == 1, json.dumps([c["flow"] for c in doc["connections"]])
     return found[0]
 

@@ -45,8 +45,9 @@ def test_healthy_download_is_ok_with_no_suspect(lab, tmp_path):
     assert conn["interfaces"] == {"in": "br-lan", "out": "ppp0"}
     assert conn["flow"]["wan"]["src"] == "123.150.232.74" and conn["flow"]["pairing"] == "conntrack"
     assert conn["bytes"]["to_client"] == 1_000_000
-    # (a busy machine may drop a packet in a veth backlog: that alone flags nothing)
-    assert conn["retransmissions"]["br-lan"]["to_client"] <= 1
+    # nothing lost in the router; on a starved machine the server may still resend a segment the
+    # MacBook had (a tail-loss probe it D-SACKs, seen on both sides): that flags nothing
+    assert conn["retransmissions"]["where"]["to_client"]["inside_router"] == 0
 
 
 def test_random_drop_rule_is_located_inside_the_router_and_tied_by_handle(lab, tmp_path):
