@@ -106,8 +106,9 @@ class Context:
     def explanation(self, conn: Connection):
         if conn.explanation is None:
             side = conn.first
-            conn.explanation = self._explain(side.client[0], side.server[0], side.server[1], side.client[1],
-                                             conn.names[0])
+            # the interface the requests arrived on; none seen (only replies captured): inferred
+            iif = conn.names[0] if side.h[0].packets else None
+            conn.explanation = self._explain(side.client[0], side.server[0], side.server[1], side.client[1], iif)
         return conn.explanation
 
     def findings(self, conn: Connection) -> list:
@@ -167,6 +168,10 @@ def judge(conn: Connection) -> None:
     """verdict (ok, slow, stalled, failed) and its reasons, from the measurements."""
     first = conn.first
     reasons = []
+    if not conn.syn_seen and first.h[1].syns and not any(side.h[0].packets for side in conn.sides):
+        conn.verdict = "failed"
+        conn.reasons = [f"the SYN/ACK was sent {first.h[1].syns} time(s) and no packet from the client was seen"]
+        return
     if conn.syn_seen and not conn.handshake_done:
         if first.h[1].rst is not None:
             reasons.append("the SYN was answered by a reset")
