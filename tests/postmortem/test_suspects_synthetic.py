@@ -103,3 +103,17 @@ def test_sack_holes_confirm_the_segments_the_router_did_not_forward(tmp_path):
     assert top.evidence[0] == (None, None, "ppp0", f"the receiver's SACK blocks, passing ppp0, signalled "
                                f"{loss.inside} hole(s): the segments missing there never reached it")
     assert all(e[2] == "ppp0" and "never left on ppp0" in e[3] for e in top.evidence[1:])
+
+
+def test_timestamps_of_a_direction_without_data_do_not_make_a_queue(tmp_path):
+    """An upload's server sends only ACKs: their TSvals are echoed when the client next sends, so
+    their samples hold the client's own pauses (a starved process), not a queue on the path."""
+    from tracer.capture.suspects.pm006_queueing_delay import QueueingDelay
+
+    conn = _run(tmp_path, timestamps=True)
+    acks = conn.last.h[1]
+    assert acks.data_packets == 0 and conn.suspects == []
+    acks.ts_rtt = [0.010 + 0.01 * i for i in range(40)]  # echoes ever later: 10 ms to 400 ms
+    assert QueueingDelay().detect(conn, postmortem.Context(None)) is None
+    acks.data_packets = 40  # the same samples in a direction that carries data: a queue
+    assert QueueingDelay().detect(conn, postmortem.Context(None)).id == "PM006"

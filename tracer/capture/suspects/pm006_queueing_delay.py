@@ -24,7 +24,9 @@ class QueueingDelay(Suspect):
     RTT samples, measured where the data leaves the router, whose 95th
     percentile is more than four times the minimum and at least 50 ms above
     it, from either source: data segments to their ACK, or TCP timestamps
-    (TSval to the first TSecr echoing it, as ePPing pairs them). Timestamps
+    (TSval to the first TSecr echoing it, as ePPing pairs them; only in a
+    direction that carries data: a pure ACK's TSval is echoed when the other
+    end next sends, so its samples hold that end's own delay). Timestamps
     still measure while the sender retransmits — a retransmitted segment's
     ACK is ambiguous and gives no data/ACK sample (Karn's rule), so exactly
     when the queue is fullest the data/ACK samples go missing. The evidence
@@ -52,7 +54,10 @@ class QueueingDelay(Suspect):
         side = conn.last
         name = conn.name_of(side)
         for d in (0, 1):
-            growing = [(label, found) for attr, label in SOURCES if (found := _grows(getattr(side.h[d], attr)))]
+            # A direction without payload (ACKs only) is echoed only when the other end next sends:
+            # its timestamp samples hold that end's own delay (a busy server), not the path's.
+            sources = SOURCES if side.h[d].data_packets else SOURCES[:1]
+            growing = [(label, found) for attr, label in sources if (found := _grows(getattr(side.h[d], attr)))]
             if not growing:
                 continue
             measured = [(label, rtt_summary(getattr(side.h[d], attr))) for attr, label in SOURCES]
