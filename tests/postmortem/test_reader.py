@@ -41,6 +41,38 @@ def test_pcap_nanoseconds_and_a_truncated_last_packet(tmp_path):
     assert len(analysis.sides) == 1 and analysis.sides[0].client == ("10.1.0.1", 20001)
 
 
+def test_batches_hold_the_packets_one_by_one_reading_gives_whatever_their_size(tmp_path):
+    """The record chain walked per batch (pcap and pcapng): every batch size gives the packets
+    `packets()` gives, also when the last record is cut short or claims more bytes than the file has."""
+    frames = synth.transfer(2, 1_700_000_000.0, 6, __import__("random").Random(2))
+    pcap = tmp_path / "b.pcap"
+    synth.write_pcap(str(pcap), frames)
+    pcapng = tmp_path / "b.pcapng"
+    with pcapio.PcapngWriter(str(pcapng)) as out:
+        out.add_interface("eth0", 1)
+        for t, frame, origlen in frames:
+            out.packet(0, t, frame[:66], origlen)
+    whole = pcap.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(whole[:-5])  # the last packet is still being written
+    claims = bytearray(whole)
+    last_record = list(pcapio.read(str(pcap)).packets())[-1][4] - 16
+    struct.pack_into("<I", claims, last_record + 8, 10_000)  # the last caplen reaches beyond the end
+    (tmp_path / "claims.pcap").write_bytes(bytes(claims))
+    for path, count in ((pcap, len(frames)), (pcapng, len(frames)), (cut, len(frames) - 1),
+                        (tmp_path / "claims.pcap", len(frames) - 1)):
+        cap = pcapio.read(str(path))
+        expected = [(number, time, off, caplen) for number, time, _i, _b, off, caplen, _o in cap.packets()]
+        assert len(expected) == count
+        for size in (1, 2, 3, count - 1, count, count + 1, pcapio.BATCH):
+            got = []
+            for batch in cap.batches(size):
+                assert len(batch.offset) <= size
+                got += [(batch.first + i, time, off, caplen) for i, (time, off, caplen) in
+                        enumerate(zip(batch.time.tolist(), batch.offset.tolist(), batch.caplen.tolist(), strict=True))]
+            assert [(n, round(t, 6), o, c) for n, t, o, c in got] == [(n, round(t, 6), o, c) for n, t, o, c in expected]
+
+
 def test_not_a_capture_is_a_usage_error(tmp_path):
     (tmp_path / "x.pcap").write_text("hello")
     result = why_route("postmortem", str(tmp_path / "x.pcap"))

@@ -145,7 +145,10 @@ def decode(batch, linktypes: list[int], addresses: Addresses, reassembly: Reasse
     u8 = batch.u8
     start = batch.offset
     end = start + batch.caplen
-    lt = np.asarray(linktypes, np.int64)[batch.iface] if linktypes else np.ones(len(start), np.int64)
+    if len(set(linktypes)) <= 1:  # (nearly always: one link type, compared once)
+        lt = linktypes[0] if linktypes else 1
+    else:
+        lt = np.asarray(linktypes, np.int64)[batch.iface]
     l3 = np.full(len(start), -1, np.int64)
     etype = np.zeros(len(start), np.int64)
 
@@ -153,7 +156,7 @@ def decode(batch, linktypes: list[int], addresses: Addresses, reassembly: Reasse
     etype[eth] = _u16(u8, start[eth] + 12)
     l3[eth] = start[eth] + 14
     for _ in range(4):  # VLAN tags (802.1Q, QinQ)
-        tagged = eth[np.isin(etype[eth], VLAN_TAGS)]
+        tagged = eth[(etype[eth] == VLAN_TAGS[0]) | (etype[eth] == VLAN_TAGS[1])]
         if not len(tagged):
             break
         tagged = tagged[l3[tagged] + 4 <= end[tagged]]
@@ -212,12 +215,12 @@ def decode(batch, linktypes: list[int], addresses: Addresses, reassembly: Reasse
     tcp6 = (nh == 6) & ~fragment6
     icmp6 = (nh == 58) & ~fragment6
 
-    rows = np.concatenate([v4[tcp4], v6[tcp6]])
-    l4 = np.concatenate([at[tcp4] + ihl[tcp4], l4_6[tcp6]])
-    payload_end = np.concatenate([at[tcp4] + ip_len4[tcp4], at6[tcp6] + 40 + plen[tcp6]])
-    ip_len = np.concatenate([ip_len4[tcp4], plen[tcp6] + 40])
-    src = np.concatenate([longs[tcp4, 3].astype(np.int64), addresses.v6_ids(u8, at6[tcp6] + 8)])
-    dst = np.concatenate([longs[tcp4, 4].astype(np.int64), addresses.v6_ids(u8, at6[tcp6] + 24)])
+    rows = _joined(v4[tcp4], v6[tcp6])
+    l4 = _joined(at[tcp4] + ihl[tcp4], l4_6[tcp6])
+    payload_end = _joined(at[tcp4] + ip_len4[tcp4], at6[tcp6] + 40 + plen[tcp6])
+    ip_len = _joined(ip_len4[tcp4], plen[tcp6] + 40)
+    src = _joined(longs[tcp4, 3].astype(np.int64), addresses.v6_ids(u8, at6[tcp6] + 8))
+    dst = _joined(longs[tcp4, 4].astype(np.int64), addresses.v6_ids(u8, at6[tcp6] + 24))
     if len(v6):
         order = np.argsort(rows, kind="stable")
         rows, l4, payload_end, ip_len, src, dst = (rows[order], l4[order], payload_end[order], ip_len[order],
@@ -248,6 +251,11 @@ def decode(batch, linktypes: list[int], addresses: Addresses, reassembly: Reasse
     icmp_rows = [(r, proto, a, e, *_raw_addresses(u8, int(l3[r]), proto == 58))
                  for r, proto, a, e in sorted(icmp_rows) if a + 8 <= e]
     return segments, icmp_rows
+
+
+def _joined(v4, v6):
+    """The IPv4 rows' column then the IPv6 rows' (not copied when there are none of the latter)."""
+    return np.concatenate([v4, v6]) if len(v6) else v4
 
 
 def _options(u8, l4, thl):

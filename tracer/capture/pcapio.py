@@ -19,7 +19,9 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from array import array
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from tracer.errors import UsageError
 
@@ -139,28 +141,29 @@ def _pcap_batches(cap: Capture, size: int):
     data = cap._map
     u8 = np.frombuffer(data, np.uint8)
     order, resolution = PCAP_MAGICS[bytes(data[:4])]
-    caplen_at = struct.Struct(order + "I").unpack_from
+    caplen_of = struct.Struct(order + "8xI").unpack_from  # a record header's caplen
     end = len(data)
+    last_header = end - 16
     off, first = 24, 1
     while True:
-        starts: list[int] = []
+        starts = array("q")  # (appended to as fast as a list, handed to numpy without a copy)
         append = starts.append
-        for _ in range(size):  # the one per-packet Python loop: follow the record chain
-            if off + 16 > end:
+        for _ in repeat(None, size):  # the one per-packet Python loop: follow the record chain
+            if off > last_header:
                 break
-            following = off + 16 + caplen_at(data, off + 8)[0]
-            if following > end:
-                break  # truncated last packet (a capture still being written)
             append(off)
-            off = following
+            off += 16 + caplen_of(data, off)[0]
+        truncated = off > end  # the last packet (a capture still being written)
+        if truncated:
+            starts.pop()
         if not starts:
             return
-        record = np.array(starts, np.int64)
+        record = np.frombuffer(starts, np.int64)
         seconds, fraction, caplen = _words(u8, record, 3, order == "<").T
         yield Batch(first, record + 16, caplen, np.zeros(len(starts), np.int64), seconds + fraction * resolution,
                     data, u8)
         first += len(starts)
-        if len(starts) < size:
+        if truncated or len(starts) < size:
             return
 
 
@@ -174,12 +177,12 @@ def _pcapng_batches(cap: Capture, size: int):
     end = len(data)
     off, first, order, base = 0, 1, "<", 0
     block = struct.Struct("<II").unpack_from
-    epbs: list[int] = []
+    epbs = array("q")  # where each packet block starts
     simple: list[tuple] = []  # (position in the batch, caplen) of simple packet blocks
 
     def flush():
         nonlocal first
-        record = np.array(epbs, np.int64)
+        record = np.frombuffer(epbs, np.int64).copy()  # (a copy: epbs is emptied for the next batch)
         length, local, high, low, caplen, _origlen = _words(u8, record + 4, 6, order == "<").T
         stamp = (high.astype(np.uint64) << np.uint64(32)) | low.astype(np.uint64)
         offsets = record + 28
@@ -196,7 +199,7 @@ def _pcapng_batches(cap: Capture, size: int):
         ifaces = local + base
         batch = Batch(first, offsets, caplens, ifaces, times, data, u8)
         first += len(epbs)
-        epbs.clear()
+        del epbs[:]
         simple.clear()
         return batch
 

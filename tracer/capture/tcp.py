@@ -41,6 +41,7 @@ MAX_GAPS = 256
 RTT_SAMPLES = 2048
 MAX_SACKED = 32
 MAX_TS_PENDING = 1024
+SHORT_RUN = 2  # runs of fast segments this short go through Side.segment (cheaper than _Batch._apply)
 BIG = 1280  # IP lengths above this are kept by size (for MTU questions)
 _M, _H, _W = 0xFFFFFFFF, 0x7FFFFFFF, 1 << 32
 
@@ -85,6 +86,14 @@ class Samples(list):
         self.seen = 0
         self._rng = None
         self._seed = seed
+
+    def add_all(self, values: list[float]) -> None:
+        """add() each of `values`, in order."""
+        room = max(0, RTT_SAMPLES - len(self))
+        self.extend(values[:room])
+        self.seen += min(room, len(values))
+        for value in values[room:]:
+            self.add(value)
 
     def add(self, value: float) -> None:
         self.seen += 1
@@ -603,28 +612,26 @@ class _Batch:
         sizes = np.diff(np.array(self.starts + [n], np.int64))
         group = np.repeat(np.arange(len(self.groups)), sizes)
         inside = index >= np.repeat(np.array(begin, np.int64), sizes)
+        # each direction's state after its handshake, by lane (group * 2 + direction)
         state = []
         for side in self.groups:
             if side is None:
-                state.append((0, 0, 0, 0, 0, -1, -1, -1, -1))
+                state += ((0, 0, -1, -1), (0, 0, -1, -1))
             else:
-                h0, h1 = side.h
-                state.append((h0.base, h1.base, int(side.scaled), max(h0.wscale, 0), max(h1.wscale, 0), h0.window,
-                              h1.window, h0.lastack, h1.lastack))
-        state = np.array(state, np.int64).reshape(-1, 9)[group]
-        own, peer = np.where(d == 0, state[:, 0], state[:, 1]), np.where(d == 0, state[:, 1], state[:, 0])
-        sq = (cols["seq"] - own) & _M
+                state += ((h.base, max(h.wscale, 0) if side.scaled else 0, h.window, h.lastack) for h in side.h)
+        base, shift, window, lastack = np.array(state, np.int64).reshape(-1, 4).T.copy()
+        lane = group * 2 + d
+        sq = (cols["seq"] - base[lane]) & _M
         sq = np.where(sq > _H, sq - _W, sq)
-        a = (cols["ack"] - peer) & _M
+        a = (cols["ack"] - base[lane ^ 1]) & _M
         a = np.where(a > _H, a - _W, a)
         win = cols["win"]
-        wnd = np.where(state[:, 2] == 1, win << np.where(d == 0, state[:, 3], state[:, 4]), win)
+        wnd = win << shift[lane]
         plain = ((flags & 0x17) == ACK) & (win != 0) & (cols["ack"] != 0) & (seglen != 1) & (sq >= 0) & (a >= 0)
 
         # each connection's stretch, direction by direction: rows of (group, direction) in order
-        lane = group * 2 + d
         by_lane = np.flatnonzero(inside)
-        by_lane = by_lane[np.argsort(lane[by_lane], kind="stable")]
+        by_lane = by_lane[_stable_order(lane[by_lane], 2 * len(self.groups))]
         lanes = lane[by_lane]
         same = lanes[1:] == lanes[:-1]
         p, q = by_lane[:-1][same], by_lane[1:][same]
@@ -647,13 +654,11 @@ class _Batch:
         carries = ack_flag[by_lane]
         last_carrier = np.maximum.accumulate(np.where(carries, m, -1)) if len(m) else m
         before = np.concatenate([[-1], last_carrier[:-1]]) if len(m) else m
-        own_lastack = np.where(d[by_lane] == 0, state[by_lane, 7], state[by_lane, 8])
-        before_ack = np.where(before >= lane_start, a[by_lane[np.maximum(before, 0)]], own_lastack)
+        before_ack = np.where(before >= lane_start, a[by_lane[np.maximum(before, 0)]], lastack[lanes])
         advances = carries & (a[by_lane] > before_ack)
         self.last_adv = np.maximum.accumulate(np.where(advances, m, -1)) if len(m) else m
         # a duplicate ACK: no data, the same window and ACK as this direction's last
-        own_window = np.where(d[by_lane] == 0, state[by_lane, 5], state[by_lane, 6])
-        window_before = np.where(m - 1 >= lane_start, wnd[by_lane[np.maximum(m - 1, 0)]], own_window)
+        window_before = np.where(m - 1 >= lane_start, wnd[by_lane[np.maximum(m - 1, 0)]], window[lanes])
         duplicate = (seglen[by_lane] == 0) & (wnd[by_lane] == window_before) & (a[by_lane] == before_ack)
         self.dups = np.concatenate([[0], np.cumsum(duplicate)])
         self.dup_rows = by_lane[duplicate].tolist()
@@ -668,23 +673,27 @@ class _Batch:
         offset = (lanes.astype(np.int64) << 33) + (1 << 31)
         self.acks_max = (np.maximum.accumulate(a[by_lane] + offset) - offset).tolist() if len(m) else []
         # receive-window limited: what the peer offered and acknowledged before each data segment
-        data_rows = by_lane[is_data]
-        self.data_bounds = np.searchsorted(lanes[is_data], np.arange(2 * len(self.groups) + 1)).tolist()
+        data_rows, data_lanes = by_lane[is_data], lanes[is_data]
+        self.data_bounds = np.searchsorted(data_lanes, np.arange(2 * len(self.groups) + 1)).tolist()
         self.data_rows = data_rows.tolist()
-        begin_row = np.repeat(np.array(begin, np.int64), sizes)
-        peer_win, peer_ack = [], []
-        for x, window_col, ack_col in ((0, 6, 8), (1, 5, 7)):  # the peer of direction x is 1 - x
-            last_peer = np.maximum.accumulate(np.where(inside & (d == 1 - x), index, -1))
-            last_peer_ack = np.maximum.accumulate(np.where(inside & (d == 1 - x) & ack_flag, index, -1))
-            peer_win.append(np.where(last_peer >= begin_row, wnd[np.maximum(last_peer, 0)], state[:, window_col]))
-            peer_ack.append(np.where(last_peer_ack >= begin_row, a[np.maximum(last_peer_ack, 0)], state[:, ack_col]))
-        dd = d[data_rows]
-        before_win = np.where(dd == 0, peer_win[0][data_rows], peer_win[1][data_rows])
-        before_acked = np.where(dd == 0, peer_ack[0][data_rows], peer_ack[1][data_rows])
+        large = is_data & (cols["ip_len"][by_lane] > BIG)
+        self.big_rows = by_lane[large].tolist()
+        self.big_bounds = np.searchsorted(lanes[large], np.arange(2 * len(self.groups) + 1)).tolist()
+        # the peer's last segment (and last ACK) before each data segment since the handshake, else its state
+        begin_row = np.repeat(np.array(begin, np.int64), sizes)[data_rows]
+        peer_lane = data_lanes ^ 1
+        peer_last, peer_last_ack = [], []
+        for x in (0, 1):
+            peer_last.append(np.maximum.accumulate(np.where(inside & (d == x), index, -1))[data_rows])
+            peer_last_ack.append(np.maximum.accumulate(np.where(inside & (d == x) & ack_flag, index, -1))[data_rows])
+        sender = d[data_rows]
+        last_peer = np.where(sender == 0, peer_last[1], peer_last[0])
+        last_peer_ack = np.where(sender == 0, peer_last_ack[1], peer_last_ack[0])
+        before_win = np.where(last_peer >= begin_row, wnd[np.maximum(last_peer, 0)], window[peer_lane])
+        before_acked = np.where(last_peer_ack >= begin_row, a[np.maximum(last_peer_ack, 0)], lastack[peer_lane])
         cond = (before_win > 0) & (before_acked >= 0) & (sq[data_rows] + 2 * seglen[data_rows] - before_acked
                                                           > before_win)
         t = cols["time"][data_rows]
-        data_lanes = lanes[is_data]
         gaps = np.where(cond[:-1] & (data_lanes[1:] == data_lanes[:-1]), t[1:] - t[:-1], 0.0)
         self.cond = cond
         self.wl_sums = np.concatenate([[0.0], np.cumsum(gaps)])
@@ -726,7 +735,7 @@ class _Batch:
         if not len(rows):
             return
         lane = group[rows] * 2 + d[rows]
-        by_lane = np.argsort(lane, kind="stable")
+        by_lane = _stable_order(lane, 2 * len(self.groups))
         rows, lane = rows[by_lane], lane[by_lane]
         value = tsval[rows]
         starts = np.flatnonzero(np.concatenate([[True], lane[1:] != lane[:-1]]))
@@ -739,10 +748,14 @@ class _Batch:
         relative = (value - base) & _M
         relative = np.where(relative > _H, relative - _W, relative)
         # newer than every TSval before it in its direction (a reordered older one is not timed again)
+        # (and than those of earlier batches: each lane's running maximum starts from its ts_newest)
         offset = (lane.astype(np.int64) << 33) + (1 << 31)
-        newest = np.maximum.accumulate(relative + offset) - offset
+        newest_before = np.array([self._half(x).ts_newest for x in lane[starts].tolist()], np.int64)
+        seeded = relative.copy()
+        seeded[starts] = np.maximum(relative[starts], newest_before)
+        newest = np.maximum.accumulate(seeded + offset) - offset
         before = np.concatenate([[-_W], newest[:-1]])
-        before[starts] = [self._half(x).ts_newest for x in lane[starts].tolist()]
+        before[starts] = newest_before
         changed = relative > before
         # the timers: earlier batches' still pending, then this batch's (position -1 sorts first)
         echo = (cols["flags"][rows] & ACK != 0) & (tsecr[rows] > 0)
@@ -763,19 +776,25 @@ class _Batch:
         at = np.minimum(np.searchsorted(keys, rec_key), max(len(keys) - 1, 0))
         known = (len(keys) > 0) & (keys[at] == rec_key) if len(keys) else np.zeros(len(rec_key), bool)
         j = np.searchsorted(stamp, at * (n + 1) + rec_pos + 1)
+        later = j < len(stamp)  # (else every echo of the last key came before the timer started)
         j = np.minimum(j, len(stamp) - 1) if len(stamp) else j
-        matched = known & (stamp[j] // (n + 1) == at) if len(stamp) else known
+        matched = known & later & (stamp[j] // (n + 1) == at) if len(stamp) else known
         stop = stamp[j] % (n + 1) if len(stamp) else j
-        order = np.argsort(np.where(matched, stop, n), kind="stable")[:int(matched.sum())]
-        echoed = set()
-        for x, start_time, stop_row, key in zip(rec_lane[order].tolist(), rec_time[order].tolist(),
-                                                stop[order].tolist(), rec_key[order].tolist(), strict=True):
-            self._half(x).ts_rtt.add(self.ts.item(stop_row) - start_time)
-            echoed.add(key)
-        # what stays pending, and each direction's last TSval
-        for x, key, start_time in zip(rec_lane.tolist(), rec_key.tolist(), rec_time.tolist(), strict=True):
+        # the samples, each direction's in the order their echoes came
+        timed = np.flatnonzero(matched)
+        timed = timed[np.lexsort((stop[timed], rec_lane[timed]))]
+        samples, timed_lanes = self.ts[stop[timed]] - rec_time[timed], rec_lane[timed]
+        cuts = np.flatnonzero(np.concatenate([[True], timed_lanes[1:] != timed_lanes[:-1], [True]])).tolist() \
+            if len(timed) else [0]
+        for x, a, b in zip(timed_lanes[cuts[:-1]].tolist(), cuts[:-1], cuts[1:], strict=True):
+            self._half(x).ts_rtt.add_all(samples[a:b].tolist())
+        # what stays pending: an earlier batch's timer stopped now is dropped, one of this batch still
+        # running is kept (the others change nothing); and each direction's last TSval
+        changes = np.flatnonzero(matched == (rec_pos < 0))
+        for x, key, start_time, echoed in zip(rec_lane[changes].tolist(), rec_key[changes].tolist(),
+                                              rec_time[changes].tolist(), matched[changes].tolist(), strict=True):
             half = self._half(x)
-            if key in echoed:
+            if echoed:
                 half.ts_pending.pop(key & _M, None)
             elif (key & _M) not in half.ts_pending:
                 half.ts_pending[key & _M] = start_time
@@ -819,14 +838,24 @@ class _Batch:
             h = side.h[direction(c)]
             if prev(c) < start and plain(c) and h.zw_since is None and sq(c) == h.nextseq and not self.one_by_one:
                 continue  # fast: it joins the run
-            self._apply(g, side, start, c)
+            self._run(g, side, start, c, slow)
             self._one(side, c)
             slow.append(c)
             start = c + 1
             if following(c) < len(self.order):
                 heapq.heappush(pending, following(c))
-        self._apply(g, side, start, self.stops[g])
+        self._run(g, side, start, self.stops[g], slow)
         return slow
+
+    def _run(self, g: int, side: Side, start: int, stop: int, slow: list[int]) -> None:
+        """The fast segments start … stop-1 of group g: in bulk, or one by one (added to `slow`)
+        when there are so few that the bulk's fixed cost would outweigh them."""
+        if stop - start > SHORT_RUN:
+            self._apply(g, side, start, stop)
+            return
+        for k in range(start, stop):
+            self._one(side, k)
+            slow.append(k)
 
     def _apply(self, g: int, side: Side, start: int, stop: int) -> None:
         """The fast segments start … stop-1 of group g, applied as Side.segment would one by one."""
@@ -854,7 +883,7 @@ class _Batch:
                 dlo, dhi = self.data_bounds[2 * g + dd], self.data_bounds[2 * g + dd + 1]
                 n0, n1 = bisect_left(data_rows, start, dlo, dhi), bisect_left(data_rows, stop, dlo, dhi)
                 if len(h.ev_data) < EVIDENCE or len(h.big_first) < EVIDENCE:
-                    self._evidence(h, data_rows[n0:n1])
+                    self._evidence(h, 2 * g + dd, n0, n1, start, stop)
                 if h.wl_since is not None:
                     h.wl_time += ts(data_rows[n0]) - h.wl_since
                 h.wl_time += self.wl_sums.item(n1 - 1) - self.wl_sums.item(n0)
@@ -891,16 +920,18 @@ class _Batch:
         for dd in (0, 1):
             self._timer(g, side.h[dd], dd, start, stop)
 
-    def _evidence(self, h: Half, rows) -> None:
-        numbers, ip_len = self.cols["number"], self.cols["ip_len"]
-        for k in rows:
-            number, length = int(numbers[k]), int(ip_len[k])
-            if len(h.ev_data) < EVIDENCE:
-                h.ev_data.append((number, self.ts.item(k), self.sq.item(k), self.seglen.item(k), length))
-            if length > BIG and len(h.big_first) < EVIDENCE:
-                h.big_first.append((number, self.ts.item(k), length))
-            if len(h.ev_data) >= EVIDENCE and len(h.big_first) >= EVIDENCE:
-                return
+    def _evidence(self, h: Half, lane: int, n0: int, n1: int, start: int, stop: int) -> None:
+        """The first data segments and the first large ones of a run (data rows n0 … n1-1 of `lane`),
+        while the half keeps fewer than EVIDENCE of each."""
+        number, ip_len = self.cols["number"], self.cols["ip_len"]
+        rows = self.data_rows[n0:min(n1, n0 + EVIDENCE - len(h.ev_data))]
+        h.ev_data += zip(number[rows].tolist(), self.ts[rows].tolist(), self.sq[rows].tolist(),
+                         self.seglen[rows].tolist(), ip_len[rows].tolist(), strict=True)
+        if len(h.big_first) < EVIDENCE:
+            big_rows, lo, hi = self.big_rows, self.big_bounds[lane], self.big_bounds[lane + 1]
+            first = bisect_left(big_rows, start, lo, hi)
+            rows = big_rows[first:bisect_left(big_rows, stop, first, min(hi, first + EVIDENCE - len(h.big_first)))]
+            h.big_first += zip(number[rows].tolist(), self.ts[rows].tolist(), ip_len[rows].tolist(), strict=True)
 
     def _timer(self, g: int, h: Half, dd: int, start: int, stop: int) -> None:
         """Direction dd's RTT timer over a run: one timed segment at a time, stopped by the first
@@ -928,6 +959,13 @@ class _Batch:
             Side._rtt_sample(h, ts(by_lane[m]) - since)
             end, at = -1, by_lane[m] + 1
         h.timed_end, h.timed_ts = end, since
+
+
+def _stable_order(keys, bound: int):
+    """np.argsort(keys, kind="stable") of keys in 0 … bound-1: a radix sort when they fit 16 bits."""
+    import numpy as np
+
+    return np.argsort(keys.astype(np.uint16) if bound <= 1 << 16 else keys, kind="stable")
 
 
 def _relative(blocks, base: int) -> list[tuple[int, int]]:
