@@ -88,6 +88,11 @@ def test_resent_sacked_data_is_no_loss_and_sack_holes_are_evidence_beyond(tmp_pa
                          "left the router did not arrive",
                          f"{2 * losses} retransmission(s) of data the receiver had SACKed: it had arrived, no loss"]
     assert f"{2 * losses} of data the receiver had SACKed" in resent.reasons[0]
+    # the per-packet evidence lists the same lost segments as without the spurious re-sends
+    def lost(conn):
+        return [e[3].split(" (")[0] for e in conn.losses(0).evidence]
+
+    assert lost(resent) == lost(plain) and len(lost(plain)) == min(losses, 20)
 
 
 def test_sack_holes_confirm_the_segments_the_router_did_not_forward(tmp_path):

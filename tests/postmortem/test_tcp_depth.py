@@ -237,6 +237,33 @@ def test_a_resent_segment_stamped_just_before_the_highest_is_a_retransmission(tm
     assert oracle.disagreements(str(path)) == []
 
 
+
+def test_a_resend_exactly_one_handshake_rtt_after_the_highest_is_a_retransmission(tmp_path):
+    # Times since the epoch as floats are exact to about 0.24 µs: these two 1 ms intervals compute
+    # as 999.93 µs and 1000.17 µs. tshark compares the stamps exactly: not less, so not out of order.
+    start = T0 + 2e-6
+    out = []
+
+    def add(t, to_server, flags, seq, ack, payload=b""):
+        packet = _ether() / _ip(False, to_server, False) / _tcp(to_server, flags, seq, ack, ()) / \
+            (Raw(payload) if payload else b"")
+        packet.time = t
+        out.append(packet)
+
+    add(start, True, "S", 1000, 0)
+    add(start + 0.0005, False, "SA", 5000, 1001)
+    add(start + 0.001, True, "A", 1001, 5001)  # handshake RTT: 1 ms
+    add(start + 0.004, True, "PA", 1001, 5001, b"y" * MSS)
+    add(start + 0.005, True, "PA", 1001 + MSS, 5001, b"y" * MSS)  # the highest
+    add(start + 0.006, True, "PA", 1001, 5001, b"y" * MSS)  # the first again, 1 ms after the highest
+    add(start + 0.010, False, "A", 5001, 1001 + 2 * MSS)
+    path = tmp_path / "exact.pcap"
+    wrpcap(str(path), out)
+    retransmissions = _postmortem(path)["retransmissions"]["exact.pcap"]
+    assert (retransmissions["to_server"], retransmissions["out_of_order"]) == (1, 0)
+    assert oracle.disagreements(str(path)) == []
+
+
 # ---------------------------------------------------------------- a real capture
 
 DROP = """

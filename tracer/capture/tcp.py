@@ -37,6 +37,9 @@ from tracer.capture import pcapio
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 EVIDENCE = 20
+# Seconds since the epoch as floats are exact to about 0.24 µs: two equal intervals between
+# microsecond stamps can compute 0.3 µs apart. Comparisons of intervals allow this much.
+STAMP_SLACK = 0.5e-6
 MAX_GAPS = 256
 RTT_SAMPLES = 2048
 MAX_SACKED = 32
@@ -146,7 +149,7 @@ class Half:
         self.wl_time = 0.0
         self.wl_since = None
         self.first = self.last = None
-        self.ev_retrans: list[tuple] = []  # (number, time, rel seq, length, kind, filled a hole)
+        self.ev_retrans: list[tuple] = []  # (number, time, rel seq, length, ip length, kind, filled a hole)
         self.ev_zero: list[tuple] = []
         self.ev_dup: list[tuple] = []
         self.ev_data: list[tuple] = []  # first data segments (number, time, rel seq, length, ip length)
@@ -330,8 +333,10 @@ class Side:
                 kind = "fast"
                 h.fast += 1
             # Wireshark's time since the highest segment is unsigned: one stamped a hair before it
-            # (captures merged from several interfaces) is not out of order, but retransmitted
-            elif 0 <= ts - h.nextseqtime < (self.first_rtt or 0.003) and nxt != end:
+            # (captures merged from several interfaces) is not out of order, but retransmitted.
+            # STAMP_SLACK: tshark compares the stamps exactly, these floats are not.
+            elif (-STAMP_SLACK <= ts - h.nextseqtime < (self.first_rtt or 0.003) - STAMP_SLACK
+                  and nxt != end):
                 kind = "ooo"
                 h.ooo += 1
             else:
@@ -346,7 +351,8 @@ class Side:
                     filled = True
                     h.filled += 1
                     break
-            if kind != "ooo" and seglen and not filled and h.was_sacked(s, s + seglen):
+            sacked = bool(kind != "ooo" and seglen and not filled and h.was_sacked(s, s + seglen))
+            if sacked:
                 h.sacked_retrans += 1  # the peer had it: not lost
             if kind != "ooo":
                 if s == h.last_retrans_seq:
@@ -358,7 +364,7 @@ class Side:
                     h.same_seq = 1
                     if h.retrans_max < 2:
                         h.retrans_max = 2
-            if len(h.ev_retrans) < EVIDENCE:
+            if not sacked and len(h.ev_retrans) < EVIDENCE:  # loss evidence: SACKed data had arrived
                 h.ev_retrans.append((number, ts, s, seglen, ip_len, kind, filled))
             if h.timed_end >= 0 and s < h.timed_end:
                 h.timed_end = -1  # Karn: no RTT sample from a retransmitted segment
