@@ -4,10 +4,12 @@
  * tracer.trace.kernel.Config). */
 #include <uapi/linux/bpf.h>
 
-#define KIND_HOOK  1
-#define KIND_FIB   2
-#define KIND_DROP  3
-#define KIND_REPLY 4
+/* What the ring carries: one record per flow (struct flowrec, when its first packet's path is
+ * complete or it was dropped) and change notes about a reported flow (struct note). */
+#define KIND_FLOW       1
+#define KIND_REPLY      4
+#define KIND_REPLY_DROP 5
+#define KIND_ICMP_ERROR 6
 
 #define F_NETNS (1 << 0)
 #define F_SRC   (1 << 1)
@@ -21,6 +23,8 @@
  * before that, and an all-zero filter would let everything through. */
 #define F_READY (1u << 31)
 
+#define SEEN_REPLY_DROP (1u << 28)
+#define SEEN_REPORTED (1u << 29)
 #define SEEN_DROP  (1u << 30)
 #define SEEN_REPLY (1u << 31)
 
@@ -60,36 +64,80 @@ struct tuple {
     u16 dport;
 };
 
-struct event {
-    u64 ts;
-    u64 skb;
-    u64 ptr;           /* fib: the flowi; drop: the location */
-    u32 kind;
-    u32 cpu;
-    struct key key;
-    struct tuple pkt;  /* the packet as this probe saw it */
-    struct tuple orig; /* conntrack tuples, when has_ct */
-    struct tuple reply;
+/* The packet at one hook position (hook * 2 + position: 0 first, 1 last). */
+struct hookpos {
+    struct tuple pkt;
     u32 in_ifindex;
     u32 out_ifindex;
     u32 mark;
-    u32 ct_status;
-    u32 table;         /* fib */
-    s32 err;           /* fib */
-    u32 gw[4];         /* fib */
-    u32 reason;        /* drop */
-    u8 hook;
-    u8 pos;            /* 0 first, 1 last; fib: 1 when a reverse (source validation) lookup */
-    u8 pf;
-    u8 ctinfo;
-    u8 has_ct;
+};
+#define POSITIONS 10
+
+/* One table looked up for the flow's first packet (a socket's lookups, for a local flow). */
+struct lookup {
+    u64 flowi;         /* the lookups of one routing decision share it (and the CPU) */
+    u32 table;
+    s32 err;
+    u32 in_ifindex;
+    u32 out_ifindex;
+    u32 mark;
+    u32 cpu;
+    u32 saddr[4];
+    u32 daddr[4];
+    u32 gw[4];
     u8 gw_family;
+    u8 reverse;        /* the source-validation lookup */
+    u8 pad[6];
+};
+#define LOOKUPS_MAX 8
+
+/* A flow's first packet, assembled in the `records` map while it crosses the hooks and sent as one
+ * ring record when its path is complete (left at postrouting, delivered at input, or dropped). */
+struct flowrec {
+    u64 ts;            /* when it was sent */
+    u64 location;      /* drop: the kernel address */
+    u32 kind;          /* KIND_FLOW; struct note's first fields are the same */
+    u32 cpu;
+    struct key key;
+    u32 seen;          /* bit hook*2+pos per position recorded in `hooks` */
+    u32 ct_status;
+    struct tuple orig; /* conntrack tuples as last seen, when has_ct */
+    struct tuple reply;
+    u32 reason;        /* drop: enum skb_drop_reason, 0 not dropped */
+    u32 drop_ifindex;
+    u8 has_ct;
+    u8 nlookups;
+    u8 complete;       /* 0: read from the map when the trace ended, its path unfinished */
+    u8 npositions;
+    u8 order[POSITIONS]; /* the positions recorded, in the order the packet reached them */
     u8 pad[2];
+    struct hookpos hooks[POSITIONS];
+    struct lookup lookups[LOOKUPS_MAX];
 };
 
+/* A change about a flow already reported: its first reply-direction packet (KIND_REPLY), a reply
+ * dropped (KIND_REPLY_DROP: reason, location, ifindex) or an ICMP error about it (KIND_ICMP_ERROR:
+ * the error's sender in `from`, its type and code). */
+struct note {
+    u64 ts;
+    u64 location;
+    u32 kind;
+    u32 cpu;
+    struct key key;
+    u32 hook;
+    u32 reason;
+    u32 ifindex;
+    u32 from[4];
+    u8 icmp_type;
+    u8 icmp_code;
+    u8 icmp_error; /* KIND_REPLY_DROP: the dropped packet was an ICMP error about the flow */
+    u8 pad;
+};
+#define ICMP_ERRORS_MAX 4 /* noted per flow */
+
 struct flowstate {
-    u32 seen; /* bit hook*2+pos per hook probe, SEEN_DROP, SEEN_REPLY */
-    u32 pad;
+    u32 seen; /* bit hook*2+pos per hook probe, SEEN_DROP, SEEN_REPLY, SEEN_REPORTED, SEEN_REPLY_DROP */
+    u32 icmp_errors; /* noted so far */
 };
 
 /* The packet whose routing decision is being made on this CPU (armed at prerouting-last). */
@@ -104,25 +152,15 @@ struct routing {
 
 /* The table lookups of the last output route lookup on this CPU (a socket's, flowi iif = lo): they
  * happen before the packet exists, so the output probe of a new local flow picks them up. */
-#define PENDING_MAX 8
-struct pending_lookup {
-    u32 table;
-    s32 err;
-    u32 out_ifindex;
-    u32 gw[4];
-    u8 gw_family;
-    u8 pad[3];
-};
-
+#define PENDING_MAX LOOKUPS_MAX
 struct pending {
     u64 flowi;
     u64 ts;
     u32 saddr[4];
     u32 daddr[4];
-    u32 mark;
     u32 n;
     u8 family;
-    u8 pad[7];
+    u8 pad[3];
 };
 /* A socket's lookup and its first packet's output hook run in one system call. */
 #define PENDING_MAX_AGE_NS 100000000ULL
@@ -148,15 +186,46 @@ struct ctseen {
 };
 #define SEEN_IGNORED 0xFFFFFFFFu
 
+/* The packet this CPU last found nothing to do for (its flow reported or not wanted, or a reply
+ * already noted): the rest of its hooks return at once (skb and _nfct, ctinfo included, both equal). */
+struct skipping {
+    u64 skb;
+    u64 nfct;
+};
+
 BPF_ARRAY(config, struct config, 1);
 BPF_TABLE("lru_hash", u64, struct ctseen, seen_ct, 65536);
 BPF_TABLE("lru_hash", struct key, struct flowstate, flows, 65536);
 BPF_PERCPU_ARRAY(routing_packet, struct routing, 1);
 BPF_PERCPU_ARRAY(arrivals, struct arrival, 2);
+BPF_PERCPU_ARRAY(skipped, struct skipping, 1);
 BPF_PERCPU_ARRAY(pending_route, struct pending, 1);
-BPF_PERCPU_ARRAY(pending_lookups, struct pending_lookup, PENDING_MAX); /* a map: the verifier checks the index */
-BPF_RINGBUF_OUTPUT(events, 8192); /* 32 MB: bursts of new flows, while user space catches up */
-BPF_ARRAY(lost, u64, 1);
+BPF_PERCPU_ARRAY(pending_lookups, struct lookup, PENDING_MAX); /* a map: the verifier checks the index */
+/* The flows whose first packet is on its way (deleted when sent). */
+BPF_TABLE("lru_hash", struct key, struct flowrec, records, 16384);
+BPF_PERCPU_ARRAY(blank_record, struct flowrec, 1); /* never written: a record's initial value (too big for the stack) */
+BPF_RINGBUF_OUTPUT(events, 16384); /* 64 MB: bursts of new flows, while user space catches up */
+/* What the kernel could not hand over: notes the ring refused, records the map refused; and records
+ * the ring refused, left in the map for user space to read there when the trace ends. */
+#define LOST_RING       0
+#define LOST_RECORD     1
+#define DEFERRED_RECORD 2
+BPF_ARRAY(lost, u64, 3);
+
+/* A packet as a probe parsed it: the flow it belongs to, its own tuple, its conntrack entry. */
+struct packet {
+    struct key key;
+    struct tuple pkt;
+    struct tuple orig; /* conntrack tuples, when has_ct */
+    struct tuple reply;
+    u32 in_ifindex;
+    u32 out_ifindex;
+    u32 mark;
+    u32 ct_status;
+    u8 ctinfo;
+    u8 has_ct;
+    u8 pad[2];
+};
 
 #define READ(dst, ptr, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (const char *)(ptr) + (off))
 
@@ -180,26 +249,103 @@ static __always_inline void copy_address(u32 *to, const u32 *from)
 
 /* The flow is named by its original direction (the conntrack tuple when there is one),
  * whichever way this packet went. */
-static __always_inline void name_flow(struct event *ev, u8 proto, u8 family)
+static __always_inline void name_flow(struct packet *p, u8 proto, u8 family)
 {
-    ev->key.proto = proto;
-    ev->key.family = family;
-    const struct tuple *t = ev->has_ct ? &ev->orig : &ev->pkt;
-    copy_address(ev->key.saddr, t->saddr);
-    copy_address(ev->key.daddr, t->daddr);
-    ev->key.sport = t->sport;
-    ev->key.dport = t->dport;
+    p->key.proto = proto;
+    p->key.family = family;
+    const struct tuple *t = p->has_ct ? &p->orig : &p->pkt;
+    copy_address(p->key.saddr, t->saddr);
+    copy_address(p->key.daddr, t->daddr);
+    p->key.sport = t->sport;
+    p->key.dport = t->dport;
 }
 
-static __always_inline void emit(struct event *ev)
+static __always_inline void count_lost(int what)
 {
-    /* No wakeup per event: user space drains the ring every few milliseconds. */
-    if (events.ringbuf_output(ev, sizeof(*ev), BPF_RB_NO_WAKEUP) != 0) {
-        int zero = 0;
-        u64 *n = lost.lookup(&zero);
-        if (n)
-            __sync_fetch_and_add(n, 1);
+    u64 *n = lost.lookup(&what);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+/* No wakeup per record: user space reads the ring every few milliseconds. 0: sent. */
+static __always_inline int send_record(struct flowrec *r)
+{
+    r->ts = bpf_ktime_get_ns();
+    r->cpu = bpf_get_smp_processor_id();
+    r->kind = KIND_FLOW;
+    return events.ringbuf_output(r, sizeof(*r), BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline void send_note(struct note *n)
+{
+    n->ts = bpf_ktime_get_ns();
+    n->cpu = bpf_get_smp_processor_id();
+    if (events.ringbuf_output(n, sizeof(*n), BPF_RB_NO_WAKEUP) != 0)
+        count_lost(LOST_RING);
+}
+
+/* The flow's record being assembled, made when its first position is recorded; NULL (counted as
+ * lost) when the map refuses. */
+static __always_inline struct flowrec *record_of(const struct key *key)
+{
+    struct flowrec *r = records.lookup(key);
+    if (r)
+        return r;
+    int zero = 0;
+    struct flowrec *blank = blank_record.lookup(&zero);
+    if (!blank)
+        return 0;
+    records.update(key, blank);
+    r = records.lookup(key);
+    if (!r) {
+        count_lost(LOST_RECORD);
+        return 0;
     }
+    r->key = *key;
+    return r;
+}
+
+static __always_inline void record_position(struct flowrec *r, u32 index, const struct tuple *pkt, u32 in, u32 out,
+                                            u32 mark)
+{
+    if (index >= POSITIONS)
+        return;
+    struct hookpos *h = &r->hooks[index];
+    if (!(r->seen & (1u << index))) {
+        u32 n = r->npositions;
+        if (n < POSITIONS) {
+            r->order[n] = index;
+            r->npositions = n + 1;
+        }
+    }
+    h->pkt = *pkt;
+    h->in_ifindex = in;
+    h->out_ifindex = out;
+    h->mark = mark;
+    r->seen |= 1u << index;
+}
+
+/* The record's last word on conntrack: the tuples as this packet saw them. */
+static __always_inline void record_ct(struct flowrec *r, const struct packet *p)
+{
+    if (!p->has_ct)
+        return;
+    r->has_ct = 1;
+    r->orig = p->orig;
+    r->reply = p->reply;
+    r->ct_status = p->ct_status;
+}
+
+/* Sent: the record leaves the map (if the ring refuses it, now and then under contention, it stays
+ * there, complete, for user space); the flow state remembers it was reported. */
+static __always_inline void finish_record(struct flowrec *r, struct flowstate *fs, const struct key *key)
+{
+    r->complete = 1;
+    if (send_record(r) == 0)
+        records.delete(key);
+    else
+        count_lost(DEFERRED_RECORD);
+    fs->seen |= SEEN_REPORTED;
 }
 
 static __always_inline u32 netns_of_dev(const void *dev)
@@ -313,6 +459,21 @@ static __always_inline int parse_packet(const void *skb, struct tuple *t, u8 *pr
     return 0;
 }
 
+/* The ICMP (or ICMPv6) type and code of the packet at skb's network header: an error's. */
+static __always_inline void read_icmp(const void *skb, u8 family, u8 *type, u8 *code)
+{
+    const char *head = 0;
+    u16 nh = 0;
+    u8 vihl = 0;
+    READ(head, skb, OFF_SKB_HEAD);
+    READ(nh, skb, OFF_SKB_NETWORK_HEADER);
+    const char *ip = head + nh;
+    READ(vihl, ip, 0);
+    const char *l4 = family == 4 ? ip + (vihl & 0xF) * 4 : ip + 40; /* extension headers before ICMPv6: rare */
+    READ(*type, l4, 0);
+    READ(*code, l4, 1);
+}
+
 static __always_inline void read_ct_tuple(const char *th, struct tuple *t)
 {
     u16 sp = 0, dp = 0;
@@ -335,32 +496,38 @@ static __always_inline u64 ct_fingerprint(const char *ct)
     return ((u64)(saddr[0] ^ saddr[1] ^ saddr[2] ^ saddr[3]) << 32) | ((u32)sport << 16) | dport;
 }
 
+static __always_inline const char *ct_of(const void *skb)
+{
+    u64 nfct = 0;
+    READ(nfct, skb, OFF_SKB_NFCT);
+    return (const char *)(nfct & ~7ULL);
+}
+
 /* Conntrack entry of the skb (skb->_nfct): both tuples and the status; ctinfo in the low bits. */
-static __always_inline const char *read_ct(const void *skb, struct event *ev, u8 proto)
+static __always_inline const char *read_ct(const void *skb, struct packet *p, u8 proto)
 {
     u64 nfct = 0;
     READ(nfct, skb, OFF_SKB_NFCT);
     const char *ct = (const char *)(nfct & ~7ULL);
-    ev->ctinfo = nfct & 7;
+    p->ctinfo = nfct & 7;
     if (!ct)
         return 0;
-    ev->has_ct = 1;
+    p->has_ct = 1;
     const char *th0 = ct + OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE;
-    read_ct_tuple(th0, &ev->orig);
-    read_ct_tuple(th0 + SIZE_TUPLEHASH, &ev->reply);
+    read_ct_tuple(th0, &p->orig);
+    read_ct_tuple(th0 + SIZE_TUPLEHASH, &p->reply);
     if (proto == 1 || proto == 58) { /* ICMP, ICMPv6: src.u holds the echo id; dst.u type and code */
-        ev->orig.dport = 0;
-        ev->reply.dport = 0;
+        p->orig.dport = 0;
+        p->reply.dport = 0;
     }
-    READ(ev->ct_status, ct, OFF_CT_STATUS);
+    READ(p->ct_status, ct, OFF_CT_STATUS);
     return ct;
 }
 
 /* fib probes: one table lookup of an output route lookup (a socket's), kept on this CPU until its
  * packet reaches the output hook. A lookup that found something (or refused) ends a lookup sequence:
  * the next one starts a new sequence (connect() looks up again once it has chosen the source). */
-static __always_inline void keep_pending(u64 flowi, const u32 *saddr, const u32 *daddr, u32 mark, u8 family,
-                                         u32 table, s32 err, u32 out_ifindex, const u32 *gw, u8 gw_family)
+static __always_inline void keep_pending(const struct lookup *found, u8 family)
 {
     int zero = 0;
     struct pending *p = pending_route.lookup(&zero);
@@ -370,61 +537,48 @@ static __always_inline void keep_pending(u64 flowi, const u32 *saddr, const u32 
     u32 n = p->n;
     if (n > 0) {
         u32 previous = n - 1;
-        struct pending_lookup *last = pending_lookups.lookup(&previous);
+        struct lookup *last = pending_lookups.lookup(&previous);
         if (!last || last->err != -11)
             n = 0;
     }
-    if (p->flowi != flowi || p->family != family || !same_address(p->saddr, saddr) ||
-        !same_address(p->daddr, daddr) || now - p->ts > PENDING_MAX_AGE_NS)
+    if (p->flowi != found->flowi || p->family != family || !same_address(p->saddr, found->saddr) ||
+        !same_address(p->daddr, found->daddr) || now - p->ts > PENDING_MAX_AGE_NS)
         n = 0;
-    struct pending_lookup *l = pending_lookups.lookup(&n);
+    struct lookup *l = pending_lookups.lookup(&n);
     if (!l)
         return; /* more than PENDING_MAX lookups: the rest is not kept */
-    p->flowi = flowi;
+    p->flowi = found->flowi;
     p->ts = now;
     p->family = family;
-    p->mark = mark;
-    copy_address(p->saddr, saddr);
-    copy_address(p->daddr, daddr);
-    l->table = table;
-    l->err = err;
-    l->out_ifindex = out_ifindex;
-    copy_address(l->gw, gw);
-    l->gw_family = gw_family;
+    copy_address(p->saddr, found->saddr);
+    copy_address(p->daddr, found->daddr);
+    *l = *found;
     p->n = n + 1;
 }
 
 /* netfilter probe, output hook, first packet of a new local flow: the lookups its socket made for
- * it (matched by the flow's original addresses, before any NAT of the output chains), as fib events
- * of the flow. `ev` is the hook event just emitted; it is reused. */
-static __always_inline void emit_pending(struct event *ev)
+ * it (matched by the flow's original addresses, before any NAT of the output chains), into its record. */
+static __always_inline void claim_pending(struct flowrec *r)
 {
     int zero = 0;
     struct pending *p = pending_route.lookup(&zero);
     /* A lookup without a source (the socket is not bound) is the one that selected the packet's. */
-    if (!p || p->n == 0 || p->family != ev->key.family || !same_address(p->daddr, ev->key.daddr) ||
-        (!is_any(p->saddr) && !same_address(p->saddr, ev->key.saddr)) || ev->ts - p->ts > PENDING_MAX_AGE_NS)
+    if (!p || p->n == 0 || p->family != r->key.family || !same_address(p->daddr, r->key.daddr) ||
+        (!is_any(p->saddr) && !same_address(p->saddr, r->key.saddr)) ||
+        bpf_ktime_get_ns() - p->ts > PENDING_MAX_AGE_NS)
         return;
     u32 n = p->n;
     p->n = 0;
-    copy_address(ev->pkt.saddr, p->saddr);
-    ev->kind = KIND_FIB;
-    ev->pos = 0;
-    ev->ptr = p->flowi;
-    ev->in_ifindex = LOOPBACK_IFINDEX;
-    ev->mark = p->mark;
-    for (u32 i = 0; i < PENDING_MAX; i++) {
-        if (i >= n)
+#pragma unroll
+    for (int i = 0; i < PENDING_MAX; i++) {
+        u32 index = i;
+        if (index >= n)
             break;
-        struct pending_lookup *l = pending_lookups.lookup(&i);
+        struct lookup *l = pending_lookups.lookup(&index);
         if (!l)
             break;
-        ev->table = l->table;
-        ev->err = l->err;
-        ev->out_ifindex = l->out_ifindex;
-        copy_address(ev->gw, l->gw);
-        ev->gw_family = l->gw_family;
-        emit(ev);
+        r->lookups[i] = *l;
+        r->nlookups = i + 1;
     }
 }
 
@@ -433,6 +587,30 @@ static __always_inline void emit_pending(struct event *ev)
  * nor an address-type check such as icmp_send's, whose flowi has no device); NULL otherwise. The
  * reverse lookup of source validation runs with the forward route's device: it is seen only when
  * that is the input device too. */
+static const char *(*current_task_btf)(void) = (void *)BPF_FUNC_get_current_task_btf;
+
+/* fib probes: a socket's lookup (no packet yet) of the traced namespace? The lookup carries no
+ * namespace: the calling task's is the socket's (a lookup from another namespace, such as the
+ * sender's in a lab, is left at once). */
+static __always_inline int own_socket_lookup(void)
+{
+    int zero = 0;
+    struct config *c = config.lookup(&zero);
+    if (!c || !(c->flags & F_READY))
+        return 0;
+    if (!(c->flags & F_NETNS))
+        return 1;
+    /* The task as a BTF pointer: direct loads, no helper call for each. */
+    const char *task = current_task_btf();
+    const char *nsproxy = *(const char *const *)(task + OFF_TASK_NSPROXY);
+    if (!nsproxy)
+        return 0;
+    const char *net = *(const char *const *)(nsproxy + OFF_NSPROXY_NET);
+    if (!net)
+        return 0;
+    return *(const u32 *)(net + OFF_NET_INUM) == c->netns;
+}
+
 static __always_inline struct routing *armed_routing(u8 family, u32 iif)
 {
     int zero = 0;
@@ -442,26 +620,27 @@ static __always_inline struct routing *armed_routing(u8 family, u32 iif)
     return 0;
 }
 
-/* fib probes: `ev` holds one table lookup (addresses, table, result, nexthop). The armed packet's is
- * reported (marked when it is the reverse, source-validation, lookup); a socket's is kept. */
-static __always_inline void report_lookup(struct event *ev, const struct routing *cur, u64 flowi, u8 family)
+/* fib probes: `l` is one table lookup (addresses, table, result, nexthop). The armed packet's goes
+ * into its flow's record (marked when it is the reverse, source-validation, lookup); a socket's is kept. */
+static __always_inline void report_lookup(struct lookup *l, const struct routing *cur, u8 family)
 {
+    l->cpu = bpf_get_smp_processor_id();
     if (!cur) {
-        keep_pending(flowi, ev->pkt.saddr, ev->pkt.daddr, ev->mark, family, ev->table, ev->err, ev->out_ifindex,
-                     ev->gw, ev->gw_family);
+        keep_pending(l, family);
         return;
     }
-    if (same_address(ev->pkt.daddr, cur->daddr))
-        ev->pos = 0;
-    else if (same_address(ev->pkt.daddr, cur->saddr))
-        ev->pos = 1;
+    if (same_address(l->daddr, cur->daddr))
+        l->reverse = 0;
+    else if (same_address(l->daddr, cur->saddr))
+        l->reverse = 1;
     else
         return;
-    ev->kind = KIND_FIB;
-    ev->ts = bpf_ktime_get_ns();
-    ev->cpu = bpf_get_smp_processor_id();
-    ev->skb = cur->skb;
-    ev->ptr = flowi;
-    ev->key = cur->key;
-    emit(ev);
+    struct flowrec *r = records.lookup(&cur->key);
+    if (!r)
+        return;
+    u32 n = r->nlookups;
+    if (n >= LOOKUPS_MAX)
+        return;
+    r->lookups[n % LOOKUPS_MAX] = *l;
+    r->nlookups = n + 1;
 }

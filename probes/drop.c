@@ -1,5 +1,38 @@
-/* skb:kfree_skb(skb, location, reason, …): a traced flow's packet dropped, once per flow, with
- * the reason (its name comes from the kernel's BTF enum skb_drop_reason). */
+/* skb:kfree_skb(skb, location, reason, …): a traced flow's first packet dropped, with the reason
+ * (its name comes from the kernel's BTF enum skb_drop_reason): its record is sent. */
+
+/* A packet dropped by a chain of prerouting or output (hook 0 or 3): the netfilter probe only noted
+ * its first position there (struct arrival); it is recorded now. */
+static __always_inline void record_dropped_arrival(struct flowrec *r, struct flowstate *fs, const void *skb,
+                                                   const struct tuple *pkt, u8 hook, u32 ifindex)
+{
+    u32 slot = ARRIVAL_SLOT(hook);
+    u32 first = 1u << (hook * 2);
+    struct arrival *a = arrivals.lookup(&slot);
+    if (!a || a->skb != (u64)skb || (r->seen & (first | first << 1)))
+        return;
+    fs->seen |= first;
+    record_position(r, hook * 2, pkt, hook == 0 ? ifindex : 0, hook == 0 ? 0 : ifindex, a->mark);
+}
+
+/* A reply-direction packet of a traced flow dropped (the first such drop of the flow), or an ICMP
+ * error about it: a note. */
+static __always_inline void note_reply_drop(const struct packet *p, const void *skb, const void *dev, u32 reason,
+                                            u64 location)
+{
+    struct flowstate *fs = flows.lookup(&p->key);
+    if (!fs || (fs->seen & SEEN_REPLY_DROP))
+        return;
+    fs->seen |= SEEN_REPLY_DROP;
+    struct note n = {.kind = KIND_REPLY_DROP, .key = p->key, .reason = reason, .location = location,
+                     .ifindex = ifindex_of(dev)};
+    if (p->ctinfo == 4) { /* an ICMP error: its sender, type and code too */
+        copy_address(n.from, p->pkt.saddr);
+        read_icmp(skb, p->key.family, &n.icmp_type, &n.icmp_code);
+        n.icmp_error = 1;
+    }
+    send_note(&n);
+}
 
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
@@ -11,61 +44,48 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
     struct config *c = config.lookup(&zero);
     if (!c || !(c->flags & F_READY))
         return 0;
-    struct event ev = {};
+    struct packet p = {};
     const void *dev = 0;
     READ(dev, skb, OFF_SKB_DEV);
     u32 inum = netns_of_dev(dev);
     if ((c->flags & F_NETNS) && c->netns != inum)
         return 0;
     u8 proto = 0, family = 0;
-    if (parse_packet(skb, &ev.pkt, &proto, &family) != 0)
+    if (parse_packet(skb, &p.pkt, &proto, &family) != 0)
         return 0;
-    read_ct(skb, &ev, proto);
-    if (ev.has_ct && ev.ctinfo >= 3) /* IP_CT_IS_REPLY: a reply (or an ICMP error about the flow), not its first packet */
+    read_ct(skb, &p, proto);
+    int reply = p.has_ct && p.ctinfo >= 3; /* IP_CT_IS_REPLY: a reply (or an ICMP error about the flow) */
+    if (reply && p.ctinfo == 4) { /* an ICMP error: its conntrack entry is the flow's, named by the flow's protocol */
+        READ(proto, ct_of(skb), OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE + OFF_TUPLE_DST_PROTONUM);
+        read_ct(skb, &p, proto);
+    }
+    p.key.netns = inum;
+    name_flow(&p, proto, family);
+    if (!matches(c, &p.key))
         return 0;
-    ev.key.netns = inum;
-    name_flow(&ev, proto, family);
-    if (!matches(c, &ev.key))
+    if (reply) {
+        note_reply_drop(&p, skb, dev, reason, ctx->args[1]);
         return 0;
+    }
     struct flowstate fresh = {};
-    struct flowstate *fs = flows.lookup_or_try_init(&ev.key, &fresh);
-    if (!fs || (fs->seen & SEEN_DROP))
+    struct flowstate *fs = flows.lookup_or_try_init(&p.key, &fresh);
+    if (!fs || (fs->seen & (SEEN_DROP | SEEN_REPORTED)))
         return 0;
     fs->seen |= SEEN_DROP;
-    ev.ts = bpf_ktime_get_ns();
-    ev.cpu = bpf_get_smp_processor_id();
-    ev.skb = (u64)skb;
+    struct flowrec *r = record_of(&p.key);
+    if (!r)
+        return 0;
     u32 ifindex = ifindex_of(dev);
-    READ(ev.mark, skb, OFF_SKB_MARK);
-    /* Dropped by a chain of prerouting or output: the netfilter probe only noted its first position
-     * there (struct arrival), report it now. */
-    for (u32 slot = 0; slot < 2; slot++) {
-        struct arrival *a = arrivals.lookup(&slot);
-        u8 hook = slot == 0 ? 0 : 3;
-        u32 first = 1u << (hook * 2);
-        if (!a || a->skb != ev.skb || (fs->seen & (first | first << 1)))
-            continue;
-        fs->seen |= first;
-        ev.kind = KIND_HOOK;
-        ev.hook = hook;
-        ev.pos = 0;
-        u32 mark = ev.mark;
-        ev.mark = a->mark;
-        if (hook == 0)
-            ev.in_ifindex = ifindex;
-        else
-            ev.out_ifindex = ifindex;
-        emit(&ev);
-        ev.mark = mark;
-        ev.out_ifindex = 0;
-    }
-    ev.kind = KIND_DROP;
-    ev.ptr = ctx->args[1];
-    ev.reason = reason;
-    ev.in_ifindex = ifindex;
+    READ(p.mark, skb, OFF_SKB_MARK);
+    record_dropped_arrival(r, fs, skb, &p.pkt, 0, ifindex);
+    record_dropped_arrival(r, fs, skb, &p.pkt, 3, ifindex);
+    record_ct(r, &p);
+    r->reason = reason;
+    r->location = ctx->args[1];
+    r->drop_ifindex = ifindex;
     struct routing *cur = routing_packet.lookup(&zero);
-    if (cur && cur->skb == ev.skb)
+    if (cur && cur->skb == (u64)skb)
         cur->armed = 0;
-    emit(&ev);
+    finish_record(r, fs, &p.key);
     return 0;
 }

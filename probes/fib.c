@@ -1,5 +1,5 @@
-/* fib:fib_table_lookup(tb or tb_id, flp, nhc, err): one event per table actually looked up while the
- * routing decision of a traced flow's first packet is being made on this CPU (armed by the
+/* fib:fib_table_lookup(tb or tb_id, flp, nhc, err): each table actually looked up, into the flow's
+ * record, while the routing decision of a traced flow's first packet is being made on this CPU (armed by the
  * prerouting-last netfilter probe). The reverse lookup of source validation is marked. Output
  * lookups (a socket's, flowi iif = lo) are kept per CPU for the output probe (keep_pending). */
 
@@ -11,26 +11,26 @@ RAW_TRACEPOINT_PROBE(fib_table_lookup)
     u32 iif = 0;
     READ(iif, flp, OFF_FL4_IIF);
     struct routing *cur = armed_routing(4, iif);
-    if (!cur && iif != LOOPBACK_IFINDEX)
+    if (!cur && (iif != LOOPBACK_IFINDEX || !own_socket_lookup()))
         return 0; /* the lookup of a packet that is not traced (the common case: keep it short) */
-    struct event ev = {.in_ifindex = iif};
-    READ(ev.pkt.daddr[0], flp, OFF_FL4_DADDR);
-    READ(ev.pkt.saddr[0], flp, OFF_FL4_SADDR);
-    ev.err = (s32)ctx->args[3];
+    struct lookup l = {.in_ifindex = iif, .flowi = (u64)flp};
+    READ(l.daddr[0], flp, OFF_FL4_DADDR);
+    READ(l.saddr[0], flp, OFF_FL4_SADDR);
+    l.err = (s32)ctx->args[3];
 #ifdef WR_FIB_TB_IS_ID
-    ev.table = (u32)(u64)tb;
+    l.table = (u32)(u64)tb;
 #else
-    READ(ev.table, tb, OFF_TB_ID);
+    READ(l.table, tb, OFF_TB_ID);
 #endif
-    READ(ev.mark, flp, OFF_FL4_MARK);
-    if (nhc && ev.err == 0) {
+    READ(l.mark, flp, OFF_FL4_MARK);
+    if (nhc && l.err == 0) {
         const void *dev = 0;
         READ(dev, nhc, OFF_NHC_DEV);
-        ev.out_ifindex = ifindex_of(dev);
-        READ(ev.gw_family, nhc, OFF_NHC_GW_FAMILY);
-        if (ev.gw_family)
-            READ(ev.gw, nhc, OFF_NHC_GW); /* IPv4, or IPv6 (RFC 5549): decoded by gw_family */
+        l.out_ifindex = ifindex_of(dev);
+        READ(l.gw_family, nhc, OFF_NHC_GW_FAMILY);
+        if (l.gw_family)
+            READ(l.gw, nhc, OFF_NHC_GW); /* IPv4, or IPv6 (RFC 5549): decoded by gw_family */
     }
-    report_lookup(&ev, cur, (u64)flp, 4);
+    report_lookup(&l, cur, 4);
     return 0;
 }

@@ -22,28 +22,28 @@ RAW_TRACEPOINT_PROBE(fib6_table_lookup)
     u32 iif = 0;
     READ(iif, flp, OFF_FL6_IIF);
     struct routing *cur = armed_routing(6, iif);
-    if (!cur && iif != LOOPBACK_IFINDEX)
+    if (!cur && (iif != LOOPBACK_IFINDEX || !own_socket_lookup()))
         return 0;
-    struct event ev = {.in_ifindex = iif};
-    READ(ev.pkt.daddr, flp, OFF_FL6_DADDR);
-    READ(ev.pkt.saddr, flp, OFF_FL6_SADDR);
-    READ(ev.table, table, OFF_TB6_ID);
-    READ(ev.mark, flp, OFF_FL6_MARK);
+    struct lookup l = {.in_ifindex = iif, .flowi = (u64)flp};
+    READ(l.daddr, flp, OFF_FL6_DADDR);
+    READ(l.saddr, flp, OFF_FL6_SADDR);
+    READ(l.table, table, OFF_TB6_ID);
+    READ(l.mark, flp, OFF_FL6_MARK);
     const void *f6i = 0, *null_entry = 0, *nh = 0;
     u8 type = 0;
     READ(f6i, res, OFF_RES6_F6I);
     READ(null_entry, net, OFF_NET_FIB6_NULL_ENTRY);
     READ(type, res, OFF_RES6_TYPE);
-    ev.err = f6i == null_entry ? -11 : fib6_error(type);
+    l.err = f6i == null_entry ? -11 : fib6_error(type);
     READ(nh, res, OFF_RES6_NH);
-    if (nh && ev.err == 0) {
+    if (nh && l.err == 0) {
         const void *dev = 0;
         READ(dev, nh, OFF_NH6_DEV);
-        ev.out_ifindex = ifindex_of(dev);
-        READ(ev.gw_family, nh, OFF_NH6_GW_FAMILY);
-        if (ev.gw_family == 10)
-            READ(ev.gw, nh, OFF_NH6_GW);
+        l.out_ifindex = ifindex_of(dev);
+        READ(l.gw_family, nh, OFF_NH6_GW_FAMILY);
+        if (l.gw_family == 10)
+            READ(l.gw, nh, OFF_NH6_GW);
     }
-    report_lookup(&ev, cur, (u64)flp, 6);
+    report_lookup(&l, cur, 6);
     return 0;
 }

@@ -1,7 +1,9 @@
-/* BPF netfilter programs (BPF_PROG_TYPE_NETFILTER), attached at each hook twice: at the first
- * allowed priority (the packet before the hook's chains) and the last (after them). One event
- * per flow and hook position; reply-direction packets only mark the flow as answered. The same
- * programs serve the IPv4 and the IPv6 hooks. */
+/* BPF netfilter programs (BPF_PROG_TYPE_NETFILTER), attached at the last allowed priority of each
+ * hook (the packet after its chains) and at the first of prerouting and output (before them: the
+ * packet as it arrived, before conntrack). A flow's first
+ * packet is recorded at each hook position in its record (struct flowrec), sent once its path is
+ * complete; reply-direction packets only note that the flow was answered. The same programs serve
+ * the IPv4 and the IPv6 hooks. */
 
 struct nf_ctx {
     const void *state; /* struct nf_hook_state */
@@ -14,28 +16,66 @@ static __always_inline void note_arrival(const void *skb, u8 hook)
     struct arrival *a = arrivals.lookup(&slot);
     if (a) {
         a->skb = (u64)skb;
-        READ(a->mark, skb, OFF_SKB_MARK);
+        a->mark = *(const u32 *)((const char *)skb + OFF_SKB_MARK);
     }
 }
 
 /* The first position of a new flow at prerouting or output, from the note its packet left there
- * (the mark before the hook's chains; the packet before their NAT is the conntrack original tuple).
- * `ev` is the last-position event about to be sent; it is restored. */
-static __always_inline void emit_arrival(struct event *ev)
+ * (the mark before the hook's chains; the packet before their NAT is the conntrack original tuple). */
+static __always_inline void record_arrival(struct flowrec *r, const struct packet *p, const void *skb, u8 hook)
 {
-    u32 slot = ARRIVAL_SLOT(ev->hook);
+    u32 slot = ARRIVAL_SLOT(hook);
     struct arrival *a = arrivals.lookup(&slot);
-    u32 mark = ev->mark;
-    struct tuple now = ev->pkt;
-    if (a && a->skb == ev->skb)
-        ev->mark = a->mark; /* else the note was overwritten (preempted): the mark after the chains */
-    if (ev->has_ct)
-        ev->pkt = ev->orig;
-    ev->pos = 0;
-    emit(ev);
-    ev->pos = 1;
-    ev->pkt = now;
-    ev->mark = mark;
+    u32 mark = p->mark;
+    if (a && a->skb == (u64)skb)
+        mark = a->mark; /* else the note was overwritten (preempted): the mark after the chains */
+    record_position(r, hook * 2, p->has_ct ? &p->orig : &p->pkt, p->in_ifindex, p->out_ifindex, mark);
+}
+
+/* An ICMP error about a traced flow (skb->_nfct is the flow's own entry), noted with its sender, type
+ * and code, ICMP_ERRORS_MAX a flow. */
+static __always_inline void note_icmp_error(const struct config *c, const void *skb, const void *state, u64 ctp,
+                                            u8 hook)
+{
+    struct packet p = {};
+    const void *net = 0;
+    u8 proto = 0, family = 0, flow_proto = 0;
+    if (parse_packet(skb, &p.pkt, &proto, &family) != 0 || (proto != 1 && proto != 58))
+        return;
+    READ(net, state, OFF_STATE_NET);
+    if (net)
+        READ(p.key.netns, net, OFF_NET_INUM);
+    READ(flow_proto, (const char *)ctp, OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE + OFF_TUPLE_DST_PROTONUM);
+    read_ct(skb, &p, flow_proto);
+    name_flow(&p, flow_proto, family);
+    if (!matches(c, &p.key))
+        return;
+    struct flowstate *fs = flows.lookup(&p.key);
+    if (!fs || fs->icmp_errors >= ICMP_ERRORS_MAX)
+        return;
+    fs->icmp_errors++;
+    struct note n = {.kind = KIND_ICMP_ERROR, .key = p.key, .hook = hook};
+    copy_address(n.from, p.pkt.saddr);
+    read_icmp(skb, family, &n.icmp_type, &n.icmp_code);
+    send_note(&n);
+}
+
+/* Input, forward and postrouting have no first-position program (a link less per packet each): the
+ * packet entering their chains is the one the previous position left, with this hook's devices. */
+static __always_inline void record_entry(struct flowrec *r, const struct packet *p, u8 hook)
+{
+    struct tuple before = p->pkt;
+    u32 mark = p->mark;
+    u32 n = r->npositions;
+    u32 latest = (n - 1) & 15; /* masked: the verifier sees the bound */
+    if (n > 0 && latest < POSITIONS) {
+        u32 previous = r->order[latest];
+        if (previous < POSITIONS) {
+            before = r->hooks[previous].pkt;
+            mark = r->hooks[previous].mark;
+        }
+    }
+    record_position(r, hook * 2, &before, p->in_ifindex, p->out_ifindex, mark);
 }
 
 static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
@@ -46,69 +86,77 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
     struct config *c = config.lookup(&zero);
     if (!c || !(c->flags & F_READY))
         return 1;
-    u8 hook = 0;
-    READ(hook, state, OFF_STATE_HOOK);
+    /* Direct loads (the context's pointers are typed by BTF): no helper call on the fast path. */
+    u8 hook = *((const u8 *)state + OFF_STATE_HOOK);
+    if (hook > 4) /* NF_INET_POST_ROUTING is the last (and bounds the record's index for the verifier) */
+        return 1;
     if (pos == 0 && (hook == 0 || hook == 3)) { /* before conntrack: see struct arrival */
         note_arrival(skb, hook);
         return 1;
     }
     /* Fast path: a packet of a flow already reported at this position, or not wanted. The link
      * exists in the traced namespace only: no namespace check is needed before it. */
-    u64 nfct = 0;
-    READ(nfct, skb, OFF_SKB_NFCT);
+    u64 nfct = *(const u64 *)((const char *)skb + OFF_SKB_NFCT);
     u64 ctp = nfct & ~7ULL;
     u64 fingerprint = 0;
     u32 bit = 1u << ((hook & 7) * 2 + pos);
     if (ctp) {
-        u8 info = nfct & 7;
-        if (info == 4) /* IP_CT_RELATED_REPLY: an ICMP error about a flow, no answer */
+        struct skipping *skip = skipped.lookup(&zero);
+        if (skip && skip->skb == (u64)skb && skip->nfct == nfct)
             return 1;
+        u8 info = nfct & 7;
+        if (info == 4) { /* IP_CT_RELATED_REPLY: an ICMP error about a flow (its conntrack entry), no answer */
+            if (pos == 1 && (hook == 0 || hook == 3)) /* arrived, or sent by this host: once */
+                note_icmp_error(c, skb, state, ctp, hook);
+            return 1;
+        }
         fingerprint = ct_fingerprint((const char *)ctp);
         struct ctseen *cs = seen_ct.lookup(&ctp);
-        if (cs && cs->fingerprint == fingerprint &&
-            (cs->seen == SEEN_IGNORED || (cs->seen & (info == 3 ? SEEN_REPLY : bit))))
-            return 1;
+        if (cs && cs->fingerprint == fingerprint) {
+            if (cs->seen == SEEN_IGNORED || (cs->seen & (info == 3 ? SEEN_REPLY : SEEN_REPORTED))) {
+                if (skip) {
+                    skip->skb = (u64)skb;
+                    skip->nfct = nfct;
+                }
+                return 1;
+            }
+            if (info != 3 && (cs->seen & bit))
+                return 1;
+        }
     }
-    struct event ev = {};
-    ev.hook = hook;
+    struct packet p = {};
     const void *net = 0, *in = 0, *out = 0;
     READ(net, state, OFF_STATE_NET);
-    READ(ev.pf, state, OFF_STATE_PF);
     READ(in, state, OFF_STATE_IN);
     READ(out, state, OFF_STATE_OUT);
     u32 inum = 0;
     if (net)
         READ(inum, net, OFF_NET_INUM);
     u8 proto = 0, family = 0;
-    if (parse_packet(skb, &ev.pkt, &proto, &family) != 0)
+    if (parse_packet(skb, &p.pkt, &proto, &family) != 0)
         return 1;
-    ev.in_ifindex = ifindex_of(in);
-    ev.out_ifindex = ifindex_of(out);
-    if ((c->flags & F_IIF) && ev.hook <= 2 && c->iif != ev.in_ifindex)
+    p.in_ifindex = ifindex_of(in);
+    p.out_ifindex = ifindex_of(out);
+    if ((c->flags & F_IIF) && hook <= 2 && c->iif != p.in_ifindex)
         return 1;
-    read_ct(skb, &ev, proto);
-    ev.key.netns = inum;
-    name_flow(&ev, proto, family);
-    if (!matches(c, &ev.key)) {
+    read_ct(skb, &p, proto);
+    p.key.netns = inum;
+    name_flow(&p, proto, family);
+    if (!matches(c, &p.key)) {
         if (ctp) {
             struct ctseen ignored = {.fingerprint = fingerprint, .seen = SEEN_IGNORED};
             seen_ct.update(&ctp, &ignored);
         }
         return 1;
     }
-    ev.kind = KIND_HOOK;
-    ev.pos = pos;
-    ev.ts = bpf_ktime_get_ns();
-    ev.cpu = bpf_get_smp_processor_id();
-    ev.skb = (u64)skb;
-    READ(ev.mark, skb, OFF_SKB_MARK);
+    READ(p.mark, skb, OFF_SKB_MARK);
 
-    if (ev.has_ct && ev.ctinfo >= 3) { /* IP_CT_IS_REPLY: the reply direction of a flow */
-        struct flowstate *fs = flows.lookup(&ev.key);
+    if (p.has_ct && p.ctinfo >= 3) { /* IP_CT_IS_REPLY: the reply direction of a flow */
+        struct flowstate *fs = flows.lookup(&p.key);
         if (fs && !(fs->seen & SEEN_REPLY)) {
             fs->seen |= SEEN_REPLY;
-            ev.kind = KIND_REPLY;
-            emit(&ev);
+            struct note n = {.kind = KIND_REPLY, .key = p.key, .hook = hook};
+            send_note(&n);
         }
         if (fs) {
             struct ctseen known = {.fingerprint = fingerprint, .seen = fs->seen};
@@ -117,37 +165,53 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
         return 1;
     }
     struct flowstate fresh = {};
-    struct flowstate *fs = flows.lookup_or_try_init(&ev.key, &fresh);
+    struct flowstate *fs = flows.lookup_or_try_init(&p.key, &fresh);
     if (!fs)
         return 1;
     if (fs->seen & bit)
         return 1;
     u32 first = bit >> 1; /* this hook's first position */
     int arrived = pos == 1 && (hook == 0 || hook == 3) && !(fs->seen & first);
-    fs->seen |= bit | (arrived ? first : 0);
+    int entered = pos == 1 && (hook == 1 || hook == 2 || hook == 4) && !(fs->seen & first);
+    fs->seen |= bit | (arrived || entered ? first : 0);
     if (ctp) {
         struct ctseen known = {.fingerprint = fingerprint, .seen = fs->seen};
         seen_ct.update(&ctp, &known);
     }
+    if (fs->seen & SEEN_REPORTED)
+        return 1; /* a later packet of a flow already sent takes another way: its first packet's record is out */
+    struct flowrec *r = record_of(&p.key);
+    if (!r)
+        return 1;
     if (arrived)
-        emit_arrival(&ev);
-    emit(&ev);
-    if (pos == 1 && ev.hook == 0) { /* prerouting, after its chains: routing comes next on this CPU */
+        record_arrival(r, &p, skb, hook);
+    else if (entered)
+        record_entry(r, &p, hook);
+    record_position(r, hook * 2 + pos, &p.pkt, p.in_ifindex, p.out_ifindex, p.mark);
+    record_ct(r, &p);
+    if (pos == 1 && hook == 0) { /* prerouting, after its chains: routing comes next on this CPU */
         struct routing *cur = routing_packet.lookup(&zero);
         if (cur) {
-            cur->skb = ev.skb;
-            cur->key = ev.key;
-            copy_address(cur->saddr, ev.pkt.saddr);
-            copy_address(cur->daddr, ev.pkt.daddr);
-            cur->iif = ev.in_ifindex;
+            cur->skb = (u64)skb;
+            cur->key = p.key;
+            copy_address(cur->saddr, p.pkt.saddr);
+            copy_address(cur->daddr, p.pkt.daddr);
+            cur->iif = p.in_ifindex;
             cur->armed = 1;
         }
-    } else if (pos == 0 && (ev.hook == 1 || ev.hook == 2)) { /* input or forward: routing is done */
+    } else if (hook == 1 || hook == 2) { /* input or forward (after its chains): routing is done */
         struct routing *cur = routing_packet.lookup(&zero);
-        if (cur && cur->skb == ev.skb)
+        if (cur && cur->skb == (u64)skb)
             cur->armed = 0;
-    } else if (arrived && ev.hook == 3) { /* a new local flow: routed already, by its socket */
-        emit_pending(&ev);
+    } else if (arrived && hook == 3) { /* a new local flow: routed already, by its socket */
+        claim_pending(r);
+    }
+    if (pos == 1 && (hook == 4 || hook == 1)) { /* left, or delivered: the path is complete */
+        finish_record(r, fs, &p.key);
+        if (ctp) { /* the next packets of the flow take the fast path from their first hook on */
+            struct ctseen reported = {.fingerprint = fingerprint, .seen = fs->seen};
+            seen_ct.update(&ctp, &reported);
+        }
     }
     return 1;
 }

@@ -92,7 +92,7 @@ def test_strict_rp_filter_drop_has_its_reason_and_the_simulation_predicts_it(lab
     assert dropped["sim"]["agrees"], dropped["sim"]["differences"]
     assert forwarded["egress"]["dev"] == "r1"
     assert forwarded["sim"]["agrees"] is False
-    assert "verdict: kernel forwarded, simulation blackholed" in forwarded["sim"]["differences"]
+    assert "verdict: kernel forwarded, simulation dropped-rp-filter" in forwarded["sim"]["differences"]
 
 
 def test_a_drop_in_a_prerouting_chain_still_reports_the_hook_it_happened_in(lab):
@@ -114,3 +114,16 @@ def test_a_drop_in_a_prerouting_chain_still_reports_the_hook_it_happened_in(lab)
     assert doc["flow"]["iif"] == "r0" and doc["drop"]["after_hook"] == "prerouting"
     assert doc["tables_tried"] == []  # never routed
     assert doc["sim"]["agrees"], doc["sim"]["differences"]
+
+
+def test_an_icmpv6_error_about_a_forwarded_flow_is_reported_on_it(lab):
+    """The client's datagram to a closed port of the internet's IPv6 address: its port unreachable
+    (ICMPv6 type 1 code 4) comes back through the router, which conntrack relates to the flow."""
+    trace = RunningTrace("--netns", lab.ns("router"), tracelab.CLIENT6, tracelab.INTERNET6, "--proto", "udp",
+                         "--dport", "33434", "--count", "1").started()
+    tracelab.send_udp(lab, "client", tracelab.INTERNET6, 33434)
+    docs, _summary = trace.finish()
+    doc = flow_to(docs, tracelab.INTERNET6, UDP)
+    assert (doc["flow"]["family"], doc["flow"]["dport"], doc["egress"]["dev"]) == (6, 33434, "r2")
+    assert doc["icmp_errors"] == [{"type": 1, "code": 4, "from": tracelab.INTERNET6, "hook": "prerouting"}]
+    assert doc["reply_seen"] is False and doc["reply_drop"] is None

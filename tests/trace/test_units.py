@@ -1,6 +1,8 @@
 """The pieces that need no traffic: BTF reading and its cache, the ctnetlink and nftables-trace parsers,
 kernel symbols, events to JSON and back, the description of a flow from its events."""
 
+import dataclasses
+import json
 import socket
 import struct
 import time
@@ -60,16 +62,23 @@ def test_ctnetlink_parser_reads_both_tuples_and_the_status():
 
 
 def test_events_survive_json():
+    """`-o RUN_DIR` writes them, `--replay` reads them back: a flow's record with its parts included."""
     flow = events.FlowId(1, 1, "192.168.1.169", "8.8.8.8", 7, 0)
     hook = events.HookEvent(1, 0, flow, "postrouting", "last", events.Tuple("123.150.232.74", "8.8.8.8", 7, 0),
                             "br-lan", "ppp0", 0, events.Tuple("192.168.1.169", "8.8.8.8", 7, 0),
                             events.Tuple("8.8.8.8", "123.150.232.74", 7, 0), 0x198)
     fib = events.FibEvent(2, 0, flow, 0xFFFF, 7375, 0, False, "192.168.1.169", "8.8.8.8", "br-lan", 0, "ppp0",
                           "123.150.232.1")
-    for event in (hook, fib):
-        assert events.from_json(events.to_json(event)) == event
+    drop = events.DropEvent(3, 1, flow, "NETFILTER_DROP", 0xFFFFFFFF81A00260, "br-lan", hook.packet, "nf_hook_slow+0x9")
+    record = events.FlowRecord(4, 1, flow, (hook,), (fib,), drop, True)
+    reply_drop = events.ReplyDropEvent(5, 0, flow, "IP_RPFILTER", 0x10, "ppp0", None, (3, 3, "8.8.8.8"))
+    error = events.IcmpErrorEvent(6, 0, flow, 3, 3, "8.8.8.8", "prerouting")
+    for event in (hook, fib, record, reply_drop, error):
+        assert events.from_json(json.loads(json.dumps(events.to_json(event)))) == event
     with pytest.raises(ValueError, match="unknown event kind"):
         events.from_json({"kind": "nope"})
+    with pytest.raises(ValueError, match="not a hook event"):
+        events.from_json({**events.to_json(record), "hooks": [events.to_json(fib)]})
 
 
 def _tuple6(src: str, dst: str, echo_id: int) -> bytes:
@@ -145,34 +154,49 @@ def test_nftrace_packet_headers_name_the_flow():
     assert nftrace.packet_flow(b"\x00" * 8, b"", 3) is None
 
 
-def _forwarded_ping(ts: int) -> list:
+def _forwarded_ping(ts: int, dst: str = "8.8.8.8", echo_id: int = 7) -> list:
     """The events of the MacBook's ping through the seed router (ultimate), as the probes report them."""
-    flow = events.FlowId(1, 1, "192.168.1.169", "8.8.8.8", 7, 0)
-    orig, reply = events.Tuple("192.168.1.169", "8.8.8.8", 7, 0), events.Tuple("8.8.8.8", "123.150.232.74", 7, 0)
+    flow = events.FlowId(1, 1, "192.168.1.169", dst, echo_id, 0)
+    orig, reply = events.Tuple("192.168.1.169", dst, echo_id, 0), events.Tuple(dst, "123.150.232.74", echo_id, 0)
     hooks = [events.HookEvent(ts, 0, flow, hook, position, orig if hook != "postrouting" or position == "first"
-                              else events.Tuple("123.150.232.74", "8.8.8.8", 7, 0), "br-lan",
+                              else events.Tuple("123.150.232.74", dst, echo_id, 0), "br-lan",
                               None if hook == "prerouting" else "ppp0", 0, orig, reply, 0x188)
              for hook in ("prerouting", "forward", "postrouting") for position in ("first", "last")]
-    lookups = [events.FibEvent(ts, 0, flow, 0xFF, table, err, False, "192.168.1.169", "8.8.8.8", "br-lan", 0,
+    lookups = [events.FibEvent(ts, 0, flow, 0xFF, table, err, False, "192.168.1.169", dst, "br-lan", 0,
                                "ppp0" if table == 7375 else None, "123.150.232.1" if table == 7375 else None)
                for table, err in ((255, -11), (7375, 0))]
     return [*hooks[:2], *lookups, *hooks[2:]]
 
 
-def test_flows_described_far_behind_the_kernel_are_not_compared_and_say_so():
+def _described(describer, ts: int, dst: str, echo_id: int) -> dict:
+    flow = flows.TracedFlow(events.FlowId(1, 1, "192.168.1.169", dst, echo_id, 0))
+    for event in _forwarded_ping(ts, dst, echo_id):
+        flow.add(event, 0.0, hooks_traced=True)
+    return describer(flow, reply_wait=1.0)
+
+
+def test_flows_described_far_behind_the_kernel_are_compared_only_from_an_explanation_made_already():
     state = snapshot.load(str(FIXTURES / "ultimate-route.json"))
+    assert not flows.ports_may_matter(state)  # nothing in it reads ports: an echo id changes nothing
     describer = flows.Describer(state)
-    for ts, compared in ((time.monotonic_ns(), True), (time.monotonic_ns() - 10 * 10**9, False)):
-        flow = flows.TracedFlow(events.FlowId(1, 1, "192.168.1.169", "8.8.8.8", 7, 0))
-        for event in _forwarded_ping(ts):
-            flow.add(event, 0.0, hooks_traced=True)
-        doc = describer(flow, reply_wait=1.0)
-        assert (doc["rule"]["priority"], doc["table_id"], doc["dev"]) == (32765, 7375, "ppp0")
-        if compared:
-            assert doc["sim"]["agrees"] is True, doc["sim"]
-        else:
-            assert doc["sim"]["agrees"] is None and "not compared" in doc["sim"]["note"]
+    late = time.monotonic_ns() - 10 * 10**9
+    in_time = _described(describer, time.monotonic_ns(), "8.8.8.8", 7)
+    assert (in_time["rule"]["priority"], in_time["table_id"], in_time["dev"]) == (32765, 7375, "ppp0")
+    assert in_time["sim"]["agrees"] is True, in_time["sim"]
+    same_inputs = _described(describer, late, "8.8.8.8", 8)  # another ping: the same explanation serves
+    assert same_inputs["sim"] == in_time["sim"] and same_inputs["flow"]["icmp_id"] == 8
+    other = _described(describer, late, "8.8.4.4", 9)  # another destination: it would need a new one
+    assert other["sim"]["agrees"] is None and "not compared" in other["sim"]["note"]
+    assert other["rule"]["priority"] == 32765  # the kernel's side is still described
     assert describer.not_compared == 1
+
+
+def test_ports_may_matter_when_anything_could_read_them():
+    state = snapshot.load(str(FIXTURES / "ultimate-route.json"))
+    with_dport = dataclasses.replace(state, netfilter={**state.netfilter, "extra": [{"match": {"dport": 25}}]})
+    assert flows.ports_may_matter(with_dport)
+    rule = dataclasses.replace(state.rules[-1], dport=(53, 53))
+    assert flows.ports_may_matter(dataclasses.replace(state, rules=(*state.rules, rule)))
 
 
 def test_kernel_facts_answer_as_the_btf_does_and_the_next_start_reads_them_back(tmp_path):

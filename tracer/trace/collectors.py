@@ -2,7 +2,8 @@
 this kernel (`can_run()`: None, or the reason in plain words), attaches its probe, produces one
 event type (tracer.trace.events), and registers its own cleanup on the session's Teardown.
 
-    netfilter   BPF netfilter programs at each IPv4 and IPv6 hook, first and last priority → HookEvent, ReplyEvent
+    netfilter   BPF netfilter programs at each IPv4 and IPv6 hook (last priority; prerouting and output
+                first too)                                                          → FlowRecord, notes
     fib         fib:fib_table_lookup raw tracepoint                                 → FibEvent
     fib6        fib6:fib6_table_lookup raw tracepoint                               → FibEvent
     drop        skb:kfree_skb raw tracepoint, reason names from BTF                 → DropEvent
@@ -24,6 +25,10 @@ from tracer.trace import kernel
 from tracer.trace.btf import BtfError, KernelFacts
 
 DISABLE_ENV = "WHYROUTE_TRACE_DISABLE"  # comma-separated collector names, as --without
+
+# Where a first-position program runs: the packet before the chains of input, forward and postrouting
+# is the one the previous hook left (probes/netfilter.c records it from there), so a link less each.
+FIRST_POSITION_HOOKS = ("prerouting", "output")
 
 
 def kernel_release() -> tuple[int, int]:
@@ -76,8 +81,8 @@ class Collector:
 class NetfilterCollector(Collector):
     name = "netfilter"
     part = "netfilter.c"
-    what = ("BPF netfilter programs at every IPv4 and IPv6 hook, first and last priority (verdicts, NAT, marks, "
-            "replies)")
+    what = ("BPF netfilter programs at every IPv4 and IPv6 hook, after its chains (and before them at prerouting "
+            "and output): verdicts, NAT, marks, replies")
     event = "hook"
 
     def _can_run(self, btf: KernelFacts) -> str | None:
@@ -99,8 +104,8 @@ class NetfilterCollector(Collector):
         with netns_mod.entered(netns):
             for family, pf in kernel.NF_FAMILIES.items():
                 for hook in kernel.NF_HOOKS:
-                    for prog, priority, step in ((first, kernel.PRIORITY_FIRST, 1),
-                                                 (last, kernel.PRIORITY_LAST, -1)):
+                    positions = ((first, kernel.PRIORITY_FIRST, 1),) if hook in FIRST_POSITION_HOOKS else ()
+                    for prog, priority, step in (*positions, (last, kernel.PRIORITY_LAST, -1)):
                         fd = kernel.netfilter_link_near(prog.fd, hook, priority, step, pf)
                         undo.callback(os.close, fd)
                         self.attached.append(f"{family} {hook}")

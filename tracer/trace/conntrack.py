@@ -70,13 +70,19 @@ def parse(data: bytes, netns: int, now_ns: int = 0) -> list[ConntrackEvent]:
 
 
 class ConntrackSource:
-    """The open ctnetlink socket of a session: poll() returns the events read since the last call."""
+    """The open ctnetlink socket of a session: poll() returns the events its inbox received since
+    the last call."""
+
+    name = "conntrack"
 
     def __init__(self, sock: socket.socket, netns: int, options):
-        self.sock = sock
+        self.inbox = netlink.Inbox(sock)
         self.netns = netns
         self.options = options
-        self.lost = 0
+
+    @property
+    def lost(self) -> int:
+        return self.inbox.overflows
 
     def _wanted(self, event: ConntrackEvent) -> bool:
         o, f = self.options, event.flow
@@ -84,10 +90,8 @@ class ConntrackSource:
                 and (o.sport is None or o.sport == f.sport) and (o.dport is None or o.dport == f.dport))
 
     def poll(self) -> list[ConntrackEvent]:
-        datagrams, overflows = netlink.receive_all(self.sock)
-        self.lost += overflows
         now = time.monotonic_ns()
-        return [e for data in datagrams for e in parse(data, self.netns, now) if self._wanted(e)]
+        return [e for data in self.inbox.take() for e in parse(data, self.netns, now) if self._wanted(e)]
 
 
 class ConntrackCollector(Collector):

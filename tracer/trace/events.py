@@ -1,6 +1,11 @@
 """What the probes report, as plain frozen dataclasses: one type per kind of event, each made
-from the kernel's struct event (tracer.trace.kernel.RawEvent) or loaded back from its JSON line
-(`-o RUN_DIR` writes them, `--replay` reads them).
+from a ring record of the kernel (tracer.trace.kernel.RawRecord, RawNote) or a netlink message, or
+loaded back from its JSON line (`-o RUN_DIR` writes them, `--replay` reads them).
+
+The kernel assembles a flow's first packet in its flow map and sends one record (`FlowRecord`:
+its hook positions, table lookups and drop, as HookEvent, FibEvent and DropEvent) when the path is
+complete; a later change comes as a note: the first reply (`ReplyEvent`), a reply dropped
+(`ReplyDropEvent`), an ICMP error about the flow (`IcmpErrorEvent`).
 
 Addresses are strings, interfaces are names (resolved with the state collected at trace start),
 a flow is identified by its FlowKey-like `FlowId`: the conntrack original tuple in its namespace.
@@ -106,6 +111,37 @@ class ReplyEvent:
 
 
 @dataclass(frozen=True)
+class ReplyDropEvent:
+    """A reply-direction packet of a flow freed with a drop reason (skb:kfree_skb): the first of the
+    flow's. `icmp`: it was an ICMP error about the flow, (type, code, sender)."""
+
+    ts: int
+    cpu: int
+    flow: FlowId
+    reason: str
+    location: int
+    dev: str | None
+    function: str | None = None
+    icmp: tuple[int, int, str] | None = None
+    kind: str = "reply_drop"
+
+
+@dataclass(frozen=True)
+class IcmpErrorEvent:
+    """An ICMP (ICMPv6) error about a flow (conntrack: IP_CT_RELATED_REPLY), as it arrived at
+    prerouting or was sent at output: its sender, type and code."""
+
+    ts: int
+    cpu: int
+    flow: FlowId
+    type: int
+    code: int
+    src: str
+    hook: str
+    kind: str = "icmp_error"
+
+
+@dataclass(frozen=True)
 class ConntrackEvent:
     """A ctnetlink message about a flow: NEW, UPDATE or DESTROY, with both tuples and the status."""
 
@@ -136,9 +172,29 @@ class NftRuleEvent:
     kind: str = "nftrule"
 
 
-Event = HookEvent | FibEvent | DropEvent | ReplyEvent | ConntrackEvent | NftRuleEvent
-KINDS = {cls.kind: cls for cls in (HookEvent, FibEvent, DropEvent, ReplyEvent, ConntrackEvent, NftRuleEvent)}
+@dataclass(frozen=True)
+class FlowRecord:
+    """A flow's first packet as the kernel's flow map assembled it, in one ring record: the hook
+    positions it reached (in that order), the table lookups of its routing decision, its drop.
+    `complete`: sent when its path ended (left, delivered, dropped); otherwise read from the map
+    when the trace ended."""
+
+    ts: int
+    cpu: int
+    flow: FlowId
+    hooks: tuple[HookEvent, ...]
+    lookups: tuple[FibEvent, ...]
+    drop: DropEvent | None
+    complete: bool
+    kind: str = "record"
+
+
+Event = (HookEvent | FibEvent | DropEvent | ReplyEvent | ReplyDropEvent | IcmpErrorEvent | ConntrackEvent
+         | NftRuleEvent | FlowRecord)
+KINDS = {cls.kind: cls for cls in (HookEvent, FibEvent, DropEvent, ReplyEvent, ReplyDropEvent, IcmpErrorEvent,
+                                   ConntrackEvent, NftRuleEvent, FlowRecord)}
 _NESTED = {"flow": FlowId, "packet": Tuple, "ct_orig": Tuple, "ct_reply": Tuple, "orig": Tuple, "reply": Tuple}
+_NESTED_EVENTS = {"hooks": HookEvent, "lookups": FibEvent}  # a record's parts, each an event's JSON
 
 
 def to_json(event: Event) -> dict:
@@ -157,6 +213,19 @@ def from_json(data: dict) -> Event:
                 raise ValueError(f"{cls.kind} event without {f.name}")
             continue
         value = data[f.name]
-        nested = _NESTED.get(f.name)
-        values[f.name] = nested(**value) if nested and value is not None else value
+        if cls is FlowRecord and f.name in _NESTED_EVENTS:
+            value = tuple(_part(part, _NESTED_EVENTS[f.name]) for part in value)
+        elif cls is FlowRecord and f.name == "drop":
+            value = None if value is None else _part(value, DropEvent)
+        elif (nested := _NESTED.get(f.name)) and value is not None:
+            value = nested(**value)
+        elif f.name == "icmp" and value is not None:
+            value = tuple(value)
+        values[f.name] = value
     return cls(**values)
+
+
+def _part(data, cls) -> Event:
+    if not isinstance(data, dict) or data.get("kind") != cls.kind:
+        raise ValueError(f"a record's part is not a {cls.kind} event: {data!r}")
+    return from_json(data)

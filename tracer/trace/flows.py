@@ -14,6 +14,7 @@ import dataclasses
 import errno
 import functools
 import ipaddress
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +22,18 @@ from tracer.flow import Flow
 from tracer.model import HostState, Route
 from tracer.sim import fib
 from tracer.sim.explain import explain
-from tracer.trace.events import ConntrackEvent, DropEvent, Event, FibEvent, FlowId, HookEvent, ReplyEvent
+from tracer.trace.events import (
+    ConntrackEvent,
+    DropEvent,
+    Event,
+    FibEvent,
+    FlowId,
+    FlowRecord,
+    HookEvent,
+    IcmpErrorEvent,
+    ReplyDropEvent,
+    ReplyEvent,
+)
 from tracer.vocab import protocol_name
 
 PORTED = (6, 17, 132)
@@ -33,6 +45,8 @@ SIM_DROPS = ("dropped", "blackholed", "prohibited", "dropped-rp-filter", "unreac
 # The kernel's drop reason for the simulation's drops that have exactly one.
 SIM_DROP_REASONS = {"dropped-rp-filter": "IP_RPFILTER", "dropped": "NETFILTER_DROP"}
 RP_FILTER_FAILURE = "rp_filter="  # how the simulation's source validation begins its reason
+NETFILTER_DROP = "NETFILTER_DROP"
+LOCAL_TABLE = 255
 
 
 @dataclass
@@ -42,15 +56,26 @@ class TracedFlow:
     lookups: list[FibEvent] = field(default_factory=list)
     drop: DropEvent | None = None
     reply: bool = False
+    reply_at: float | None = None  # monotonic time the first reply was read
+    reply_drop: ReplyDropEvent | None = None
+    icmp_errors: list[IcmpErrorEvent] = field(default_factory=list)
     conntrack: list[ConntrackEvent] = field(default_factory=list)
     complete_at: float | None = None  # monotonic time the first packet left / was dropped, as read
     complete_ts: int | None = None  # the same, as the kernel stamped it (CLOCK_MONOTONIC ns)
     rules: list = field(default_factory=list)  # NftRuleEvent (--rules), matched by the assembler
+    recorded: bool = False  # its FlowRecord was added
 
     def add(self, event: Event, now: float, hooks_traced: bool = False) -> None:
         """`hooks_traced`: the netfilter probe runs, so the flow is complete when its hook events say
         so (its conntrack events may be read before them); otherwise when conntrack confirmed it."""
-        if isinstance(event, HookEvent):
+        if isinstance(event, FlowRecord):
+            if self.recorded:  # read from the ring and again from the map as the trace ended
+                return
+            self.recorded = True
+            for part in (*event.hooks, *event.lookups, *((event.drop,) if event.drop else ())):
+                self.add(part, now, hooks_traced)
+            self._place_chain_drop()
+        elif isinstance(event, HookEvent):
             self.hooks.append(event)
             if event.position == "last" and event.hook in ("postrouting", "input"):
                 self._complete(event, now)
@@ -60,13 +85,38 @@ class TracedFlow:
             self.drop = event
             self._complete(event, now)
         elif isinstance(event, ReplyEvent):
-            self.reply = True
+            self._replied(now)
+        elif isinstance(event, ReplyDropEvent):
+            self.reply_drop = self.reply_drop or event
+        elif isinstance(event, IcmpErrorEvent):
+            self.icmp_errors.append(event)
         elif isinstance(event, ConntrackEvent):
             self.conntrack.append(event)
             if event.status & IPS_SEEN_REPLY:
-                self.reply = True
+                self._replied(now)
             if not hooks_traced and event.type == "new":  # without the netfilter probe: confirmed = left
                 self._complete(event, now)
+
+    def _place_chain_drop(self) -> None:
+        """A drop by a chain of input, forward or postrouting (which have no first-position program):
+        after a hook's last position, NETFILTER_DROP was the next hook's chains — input when the
+        routing decision delivers locally (table local found it), else forward; postrouting after
+        forward or output. The packet entering them is the one the last position left."""
+        if self.drop is None or self.drop.reason != NETFILTER_DROP or not self.hooks:
+            return
+        last = self.hooks[-1]
+        if last.position != "last":
+            return
+        decision = _decision_lookups(self)
+        local = bool(decision) and decision[-1].table_id == LOCAL_TABLE and decision[-1].err == 0
+        following = {"prerouting": ("input" if local else "forward") if decision else None,
+                     "forward": "postrouting", "output": "postrouting"}.get(last.hook)
+        if following and not self.hook(following, "first"):
+            self.hooks.append(dataclasses.replace(last, hook=following, position="first"))
+
+    def _replied(self, now: float) -> None:
+        if not self.reply:
+            self.reply, self.reply_at = True, now
 
     def _complete(self, event: Event, now: float) -> None:
         if self.complete_at is None:
@@ -88,17 +138,33 @@ def _errname(err: int) -> str:
     return "ok" if err == 0 else errno.errorcode.get(-err, str(err))
 
 
-def _lpm(state: HostState, table: int, family: int, dst: str) -> Route | None:
-    address = ipaddress.ip_address(dst)
-    best = None
-    for route in state.routes:
-        if route.table != table or route.family != family:
-            continue
-        if address in ipaddress.ip_network(f"{route.dst}/{route.dst_len}", strict=False):
-            if best is None or route.dst_len > best.dst_len or (
-                    route.dst_len == best.dst_len and route.metric < best.metric):
-                best = route
-    return best
+class Routes:
+    """The longest-prefix match of a table, remembered by (table, family, destination): the routes
+    do not change during a trace (the state collected at start), and new flows repeat destinations."""
+
+    def __init__(self, state: HostState):
+        self.state = state
+        self._found: dict = {}
+
+    def lpm(self, table: int, family: int, dst: str) -> Route | None:
+        key = (table, family, dst)
+        if key not in self._found:
+            if len(self._found) > 65536:
+                self._found.clear()
+            self._found[key] = self._search(table, family, dst)
+        return self._found[key]
+
+    def _search(self, table: int, family: int, dst: str) -> Route | None:
+        address = ipaddress.ip_address(dst)
+        best = None
+        for route in self.state.routes:
+            if route.table != table or route.family != family:
+                continue
+            if address in ipaddress.ip_network(f"{route.dst}/{route.dst_len}", strict=False):
+                if best is None or route.dst_len > best.dst_len or (
+                        route.dst_len == best.dst_len and route.metric < best.metric):
+                    best = route
+        return best
 
 
 def _decision_lookups(flow: TracedFlow) -> list[FibEvent]:
@@ -242,8 +308,33 @@ class Describer:
         self.compare_lag = compare_lag
         self.not_compared = 0
         self._rules: dict = {}
+        self.routes = Routes(state)
         self._rules_use_ports = {family: any(r.family == family and (r.sport or r.dport) for r in state.rules)
                                  for family in (4, 6)}
+        self._simulated: dict = {}
+        self._ports_matter = ports_may_matter(state)
+        self._tracked = {(entry.proto, entry.orig_src, entry.orig_dst) for entry in state.conntrack}
+
+    def _sim_key(self, doc: dict) -> tuple:
+        """What the simulation of this flow reads (sim_flow); the ports only when they may matter."""
+        f = doc["flow"]
+        ports = self._ports_matter or (f["proto"], f["src"], f["dst"]) in self._tracked
+        return (doc["origin"] == "local-out", f["src"], f["dst"], f["iif"], f["proto"], f["mark"],
+                (f["sport"], f["dport"]) if ports else None)
+
+    def sim(self, doc: dict, in_time: bool) -> dict | None:
+        """`sim` for the flow: from the explanation of a flow whose simulation reads the same inputs if
+        there was one; otherwise a new explanation if `in_time`, else None (not compared, counted)."""
+        key = self._sim_key(doc)
+        simulated = self._simulated.get(key)
+        if simulated is None:
+            if not in_time:
+                self.not_compared += 1
+                return None
+            if len(self._simulated) >= 4096:
+                self._simulated.clear()
+            simulated = self._simulated[key] = simulate(self.state, doc)
+        return compare(doc, self.state, simulated)
 
     def deciding_rule(self, query, tables: list[int]):
         key = (query if self._rules_use_ports.get(query.family) else
@@ -257,10 +348,9 @@ class Describer:
     def __call__(self, flow: TracedFlow, reply_wait: float) -> dict:
         """The flow's document; compared unless it is described more than `compare_lag` seconds
         later than it could have been (its first packet's fate, then its reply or `reply_wait`)."""
-        compared = self.compare_lag is None or flow.complete_ts is None or (
+        in_time = self.compare_lag is None or flow.complete_ts is None or (
             time.monotonic() - flow.complete_ts / 1e9 - (0 if flow.reply else reply_wait) <= self.compare_lag)
-        self.not_compared += not compared
-        return describe(flow, self.state, self, compared)
+        return describe(flow, self.state, self, in_time)
 
 
 def describe(flow: TracedFlow, state: HostState, describer: Describer | None = None, compared: bool = True) -> dict:
@@ -300,7 +390,8 @@ def describe(flow: TracedFlow, state: HostState, describer: Describer | None = N
     doc["table_id"] = final.table_id if final else None
     doc["table"] = state.table_names.get(final.table_id, str(final.table_id)) if final else None
     # The route that answered: a unicast one, or an unreachable/prohibit/blackhole one (not a miss).
-    route = _lpm(state, final.table_id, fid.family, final.dst) if final and final.err != -errno.EAGAIN else None
+    routes = describer.routes if describer else Routes(state)
+    route = routes.lpm(final.table_id, fid.family, final.dst) if final and final.err != -errno.EAGAIN else None
     doc["route"] = fib.route_text(state, route) if route else None
     doc["route_error"] = _errname(final.err) if final and final.err else None
     doc["gateway"] = final.gateway if final else None
@@ -316,11 +407,45 @@ def describe(flow: TracedFlow, state: HostState, describer: Describer | None = N
                     "function": flow.drop.function, "dev": flow.drop.dev,
                     "after_hook": flow.hooks[-1].hook if flow.hooks else None} if flow.drop else None)
     doc["reply_seen"] = flow.reply
-    doc["sim"] = compare(doc, state) if compared else {
+    doc["reply_drop"] = _reply_drop(flow.reply_drop)
+    doc["icmp_errors"] = [{"type": e.type, "code": e.code, "from": e.src, "hook": e.hook} for e in flow.icmp_errors]
+    sim = describer.sim(doc, compared) if describer else compare(doc, state) if compared else None
+    doc["sim"] = sim or {
         "agrees": None, "differences": [], "verdict": None, "rule": None, "findings": [],
         "note": f"not compared: why-route fell more than {COMPARE_LAG_SECONDS:g} s behind the kernel (too many new "
                 "flows a second for the comparison, a millisecond or more each)"}
     return doc
+
+
+def _reply_drop(event: ReplyDropEvent | None) -> dict | None:
+    if event is None:
+        return None
+    found = {"reason": event.reason, "location": f"{event.location:#x}", "function": event.function, "dev": event.dev,
+             "icmp_error": None}
+    if event.icmp:
+        icmp_type, code, sender = event.icmp
+        found["icmp_error"] = {"type": icmp_type, "code": code, "from": sender}
+    return found
+
+
+# What in a state could make two flows that differ only in their ports take different decisions in
+# the simulation: port matches, hashes over them, chance and rate (limit, quota, numgen, statistic),
+# user space (queue), sockets. Looked for as words anywhere in the netfilter state (nft JSON, iptables
+# text): a mention of one, wherever it is, counts.
+PORT_SENSITIVE_WORDS = ("port", "hash", "random", "numgen", "statistic", "limit", "quota", "queue", "meter",
+                        "socket", "osf", "nth", "connlimit", "recent", "string", "u32", "bpf")
+
+
+def ports_may_matter(state: HostState) -> bool:
+    """Whether the simulation of a flow may read its ports: an ip rule with ports, a multipath route
+    (its hash may include them), or a port-sensitive word in the netfilter state. False only when
+    none of these is anywhere: then flows that differ only in their ports have the same explanation."""
+    if any(rule.sport or rule.dport for rule in state.rules):
+        return True
+    if any(len(route.nexthops) > 1 for route in state.routes):
+        return True
+    text = json.dumps(state.netfilter).lower()
+    return any(word in text for word in PORT_SENSITIVE_WORDS)
 
 
 def sim_flow(doc: dict) -> Flow:
@@ -330,16 +455,35 @@ def sim_flow(doc: dict) -> Flow:
                 sport=f["sport"], dport=f["dport"], mark=f["mark"])
 
 
-def compare(doc: dict, state: HostState) -> dict:
-    """`sim`: whether why-route's explanation of this flow (on the state at trace start) says what the
-    kernel did, and every difference, one sentence each."""
-    if doc["origin"] == "bridged":
-        return {"agrees": None, "differences": [], "verdict": None, "rule": None, "findings": [],
-                "note": "bridged by br-netfilter, not routed: the simulation covers routed flows"}
+@dataclass(frozen=True)
+class Simulated:
+    """why-route's explanation of a flow and the rules engine's findings for it, or why there is none."""
+
+    explanation: object | None
+    findings: tuple[tuple[str, str, str], ...] = ()  # (id, severity, title)
+    error: str | None = None
+
+
+def simulate(state: HostState, doc: dict) -> Simulated:
     try:
         explanation = explain(state, sim_flow(doc))
     except Exception as error:  # noqa: BLE001 - a flow the simulator cannot take is reported, not fatal
-        return {"agrees": False, "differences": [f"the simulation could not explain this flow: {error}"]}
+        return Simulated(None, error=str(error))
+    from tracer.checks.engine import flow_findings
+
+    return Simulated(explanation, tuple((f.id, f.severity, f.title) for f in flow_findings(explanation)))
+
+
+def compare(doc: dict, state: HostState, simulated: Simulated | None = None) -> dict:
+    """`sim`: whether why-route's explanation of this flow (on the state at trace start) says what the
+    kernel did, and every difference, one sentence each. `simulated`: that explanation, if made already."""
+    if doc["origin"] == "bridged":
+        return {"agrees": None, "differences": [], "verdict": None, "rule": None, "findings": [],
+                "note": "bridged by br-netfilter, not routed: the simulation covers routed flows"}
+    simulated = simulated or simulate(state, doc)
+    if simulated.error is not None:
+        return {"agrees": False, "differences": [f"the simulation could not explain this flow: {simulated.error}"]}
+    explanation = simulated.explanation
     differences = []
 
     def differ(what: str, kernel, sim) -> None:
@@ -386,12 +530,9 @@ def compare(doc: dict, state: HostState) -> dict:
     nat_types = {s.rewrite.field: s.rewrite.type for s in explanation.nat}
     for entry in doc["nat"]:
         entry["rule_type"] = nat_types.get(entry["field"])  # snat | masquerade | dnat | redirect, per the ruleset
-    from tracer.checks.engine import flow_findings
-
     return {"agrees": not differences, "differences": differences, "verdict": sim_verdict,
             "rule": decision.rule.priority if decision and decision.rule else None,
-            "findings": [{"id": f.id, "severity": f.severity, "title": f.title}
-                         for f in flow_findings(explanation)]}
+            "findings": [{"id": i, "severity": severity, "title": title} for i, severity, title in simulated.findings]}
 
 
 def _sim_drop_reason(explanation) -> str | None:
@@ -437,6 +578,13 @@ def text_line(doc: dict) -> str:
                 r = deciding[0]
                 parts.append(f"by {r['table']} {r['chain']} #{r['handle']}: {r['rule']}")
     parts.append("reply seen" if doc["reply_seen"] else "no reply")
+    for error in doc.get("icmp_errors", ()):
+        parts.append(f"ICMP error type {error['type']} code {error['code']} from {error['from']}")
+    if doc.get("reply_drop"):
+        drop = doc["reply_drop"]
+        what = "ICMP error" if drop["icmp_error"] else "reply"
+        where = f" (in {drop['function']})" if drop.get("function") else ""
+        parts.append(f"{what} DROPPED {drop['reason']}{where}")
     sim = doc["sim"]
     if sim["agrees"] is None:
         parts.append(f"sim: {sim.get('note', 'not compared')}")

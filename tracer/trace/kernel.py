@@ -1,6 +1,6 @@
 """The BPF side of a trace: compile probes/*.c with BCC, with struct offsets from the running
 kernel's BTF as constants; fill the filter (`Config`, the mirror of probes/common.h's struct
-config); create BPF netfilter links with the bpf(2) syscall; turn struct event into events.
+config); create BPF netfilter links with the bpf(2) syscall; read the ring of flow records.
 
 BCC compiles against the installed kernel headers only for its own helper definitions: no probe
 reads a kernel struct through a header (Debian's 6.1 headers do not match newer kernels), and
@@ -15,7 +15,9 @@ import errno
 import functools
 import glob
 import ipaddress
+import mmap
 import os
+import struct
 from pathlib import Path
 
 from tracer.errors import EnvironmentProblem
@@ -43,8 +45,9 @@ OFFSETS = (
     ("OFF_DEV_ND_NET", "net_device", "nd_net"),
     ("OFF_DEV_IFINDEX", "net_device", "ifindex"),
     ("OFF_NET_INUM", "net", "ns.inum"),
+    ("OFF_TASK_NSPROXY", "task_struct", "nsproxy"),
+    ("OFF_NSPROXY_NET", "nsproxy", "net_ns"),
     ("OFF_STATE_HOOK", "nf_hook_state", "hook"),
-    ("OFF_STATE_PF", "nf_hook_state", "pf"),
     ("OFF_STATE_IN", "nf_hook_state", "in"),
     ("OFF_STATE_OUT", "nf_hook_state", "out"),
     ("OFF_STATE_NET", "nf_hook_state", "net"),
@@ -55,6 +58,7 @@ OFFSETS = (
     ("OFF_TUPLE_SRC_U", "nf_conntrack_tuple", "src.u"),
     ("OFF_TUPLE_DST_U3", "nf_conntrack_tuple", "dst.u3"),
     ("OFF_TUPLE_DST_U", "nf_conntrack_tuple", "dst.u"),
+    ("OFF_TUPLE_DST_PROTONUM", "nf_conntrack_tuple", "dst.protonum"),
     ("OFF_TB_ID", "fib_table", "tb_id"),
     ("OFF_FL4_SADDR", "flowi4", "saddr"),
     ("OFF_FL4_DADDR", "flowi4", "daddr"),
@@ -111,15 +115,82 @@ class _Tuple(ctypes.Structure):
     _fields_ = [("saddr", _Address), ("daddr", _Address), ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16)]
 
 
-class RawEvent(ctypes.Structure):
-    _fields_ = [("ts", ctypes.c_uint64), ("skb", ctypes.c_uint64), ("ptr", ctypes.c_uint64),
-                ("kind", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("key", _Key), ("pkt", _Tuple),
-                ("orig", _Tuple), ("reply", _Tuple), ("in_ifindex", ctypes.c_uint32),
-                ("out_ifindex", ctypes.c_uint32), ("mark", ctypes.c_uint32), ("ct_status", ctypes.c_uint32),
-                ("table", ctypes.c_uint32), ("err", ctypes.c_int32), ("gw", _Address),
-                ("reason", ctypes.c_uint32), ("hook", ctypes.c_uint8), ("pos", ctypes.c_uint8),
-                ("pf", ctypes.c_uint8), ("ctinfo", ctypes.c_uint8), ("has_ct", ctypes.c_uint8),
-                ("gw_family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 2)]
+class _HookPosition(ctypes.Structure):
+    _fields_ = [("pkt", _Tuple), ("in_ifindex", ctypes.c_uint32), ("out_ifindex", ctypes.c_uint32),
+                ("mark", ctypes.c_uint32)]
+
+
+class _Lookup(ctypes.Structure):
+    _fields_ = [("flowi", ctypes.c_uint64), ("table", ctypes.c_uint32), ("err", ctypes.c_int32),
+                ("in_ifindex", ctypes.c_uint32), ("out_ifindex", ctypes.c_uint32), ("mark", ctypes.c_uint32),
+                ("cpu", ctypes.c_uint32), ("saddr", _Address), ("daddr", _Address), ("gw", _Address),
+                ("gw_family", ctypes.c_uint8), ("reverse", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 6)]
+
+
+POSITIONS, LOOKUPS_MAX = 10, 8
+KIND_FLOW, KIND_REPLY, KIND_REPLY_DROP, KIND_ICMP_ERROR = 1, 4, 5, 6
+
+
+class RawRecord(ctypes.Structure):
+    """struct flowrec: a flow's first packet, every hook position and table lookup of it."""
+
+    _fields_ = [("ts", ctypes.c_uint64), ("location", ctypes.c_uint64), ("kind", ctypes.c_uint32),
+                ("cpu", ctypes.c_uint32), ("key", _Key), ("seen", ctypes.c_uint32), ("ct_status", ctypes.c_uint32),
+                ("orig", _Tuple), ("reply", _Tuple), ("reason", ctypes.c_uint32), ("drop_ifindex", ctypes.c_uint32),
+                ("has_ct", ctypes.c_uint8), ("nlookups", ctypes.c_uint8), ("complete", ctypes.c_uint8),
+                ("npositions", ctypes.c_uint8), ("order", ctypes.c_uint8 * POSITIONS), ("pad", ctypes.c_uint8 * 2),
+                ("hooks", _HookPosition * POSITIONS), ("lookups", _Lookup * LOOKUPS_MAX)]
+
+
+class RawNote(ctypes.Structure):
+    """struct note: a change about a flow (its first reply, a reply dropped, an ICMP error about it)."""
+
+    _fields_ = [("ts", ctypes.c_uint64), ("location", ctypes.c_uint64), ("kind", ctypes.c_uint32),
+                ("cpu", ctypes.c_uint32), ("key", _Key), ("hook", ctypes.c_uint32), ("reason", ctypes.c_uint32),
+                ("ifindex", ctypes.c_uint32), ("from_", _Address), ("icmp_type", ctypes.c_uint8),
+                ("icmp_code", ctypes.c_uint8), ("icmp_error", ctypes.c_uint8), ("pad", ctypes.c_uint8)]
+
+
+KIND_OFFSET = RawRecord.kind.offset  # the same in both
+
+
+class Ring:
+    """The BPF ring buffer read through its own mmap (as libbpf's consumer does): each read() copies
+    out every committed record at once, with no callback per record (BCC's reader calls back into
+    Python for each, which needs the GIL each time). x86-64 loads and stores are ordered enough for
+    the producer/consumer positions (libbpf uses plain ones there too)."""
+
+    BUSY, DISCARD, HEADER = 1 << 31, 1 << 30, 8
+
+    def __init__(self, map_fd: int, size: int):
+        page = mmap.PAGESIZE
+        self.size, self.page = size, page
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+
+    def read(self) -> list[bytes]:
+        """Every record committed since the last read, in order (stops at one still being written)."""
+        (consumer,) = _U64.unpack_from(self._consumer, 0)
+        (producer,) = _U64.unpack_from(self._data, 0)
+        records, data, mask, base = [], self._data, self.size - 1, self.page
+        while consumer < producer:
+            at = base + (consumer & mask)
+            (length,) = _U32.unpack_from(data, at)
+            if length & self.BUSY:
+                break
+            size = length & ~(self.BUSY | self.DISCARD)
+            if not length & self.DISCARD:
+                records.append(data[at + self.HEADER:at + self.HEADER + size])  # mapped twice: never wraps
+            consumer += (self.HEADER + size + 7) & ~7
+        _U64.pack_into(self._consumer, 0, consumer)
+        return records
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._data.close()
+
+
+_U64, _U32 = struct.Struct("=Q"), struct.Struct("=I")
 
 
 def address_bytes(text: str) -> _Address:

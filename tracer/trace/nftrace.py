@@ -137,17 +137,21 @@ class RuleTexts:
 class NftTraceSource:
     """The NFNLGRP_NFTRACE socket of a session (and the `nft -i` process owning the marking table)."""
 
+    name = "rules"
+
     def __init__(self, owner: subprocess.Popen, sock, netns: int, hooks: dict, texts: RuleTexts):
         self.owner, self.sock, self.netns, self.hooks, self.texts = owner, sock, netns, hooks, texts
-        self.lost = 0
+        self.inbox = netlink.Inbox(sock)
         self._packets: dict[bytes, FlowId] = {}
         self._last_hook: dict[bytes, str] = {}
 
+    @property
+    def lost(self) -> int:
+        return self.inbox.overflows
+
     def poll(self) -> list[NftRuleEvent]:
-        datagrams, overflows = netlink.receive_all(self.sock)
-        self.lost += overflows
         events = []
-        for data in datagrams:
+        for data in self.inbox.take():
             for subsystem, message, _flags, family, attrs in netlink.messages(data):
                 if subsystem == NFNL_SUBSYS_NFTABLES and message == NFT_MSG_TRACE:
                     event = self._event(FAMILIES.get(family, str(family)), attrs)

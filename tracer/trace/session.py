@@ -11,10 +11,14 @@ the kernel (BPF links and programs die with their last fd, ctnetlink sockets wit
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
+import gc
 import json
 import os
+import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -37,8 +41,11 @@ from tracer.trace.events import (
     Event,
     FibEvent,
     FlowId,
+    FlowRecord,
     HookEvent,
+    IcmpErrorEvent,
     NftRuleEvent,
+    ReplyDropEvent,
     ReplyEvent,
     Tuple,
     from_json,
@@ -50,6 +57,8 @@ from tracer.vocab import family_of, protocol_name
 
 POLL_SECONDS = 0.02
 RING_POLL_SECONDS = 0.005  # the ring is read this often (its programs never wake user space up)
+REPLY_GRACE_SECONDS = 0.05  # an answered flow waits this long for its reply's fate (dropped?)
+BATCH = 2000  # ring records decoded and described between two polls of the sources
 GATEWAY_FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}  # fib_nh_common.nhc_gw_family → address family
 
 
@@ -75,6 +84,8 @@ class Summary:
     flows: int = 0
     events: int = 0
     lost: int = 0
+    lost_by: dict[str, int] = field(default_factory=dict)  # the ring's failed reservations; each socket's ENOBUFS
+    deferred: int = 0  # complete records the ring refused, read from the flow map at the end instead
     probes: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
@@ -83,7 +94,8 @@ class Summary:
 
     def to_json(self) -> dict:
         return {"type": "summary", "flows": self.flows, "events": self.events, "lost": self.lost,
-                "probes": self.probes, "unavailable": self.unavailable, "duration": round(self.duration, 3),
+                "lost_by": self.lost_by, "deferred": self.deferred, "probes": self.probes,
+                "unavailable": self.unavailable, "duration": round(self.duration, 3),
                 "first_event_after": None if self.first_event_after is None else round(self.first_event_after, 3),
                 "not_compared": self.not_compared}
 
@@ -122,7 +134,8 @@ def _config(options: TraceOptions, state: HostState, inode: int) -> kernel.Confi
 
 
 class Decoder:
-    """struct event → events.*, interfaces named from the state collected at start."""
+    """Ring records (bytes of struct flowrec / struct note) → events: one FlowRecord per flow, a
+    ReplyEvent per note; interfaces named from the state collected at start."""
 
     def __init__(self, state: HostState, drop_reasons: dict[int, str]):
         self.names = {link.index: link.name for link in state.links}
@@ -136,29 +149,61 @@ class Decoder:
     def _tuple(t, family: int) -> Tuple:
         return Tuple(kernel.address_text(t.saddr, family), kernel.address_text(t.daddr, family), t.sport, t.dport)
 
-    def decode(self, raw: kernel.RawEvent) -> Event | None:
-        k = raw.key
+    @staticmethod
+    def _flow(k) -> FlowId:
         family = k.family
-        fid = FlowId(k.netns, k.proto, kernel.address_text(k.saddr, family), kernel.address_text(k.daddr, family),
-                     k.sport, k.dport)
-        if raw.kind == 1:
-            return HookEvent(raw.ts, raw.cpu, fid, HOOKS[raw.hook], POSITIONS[raw.pos], self._tuple(raw.pkt, family),
-                             self._dev(raw.in_ifindex), self._dev(raw.out_ifindex), raw.mark,
-                             self._tuple(raw.orig, family) if raw.has_ct else None,
-                             self._tuple(raw.reply, family) if raw.has_ct else None, raw.ct_status)
-        if raw.kind == 2:
-            gateway = GATEWAY_FAMILIES.get(raw.gw_family)
-            return FibEvent(raw.ts, raw.cpu, fid, raw.ptr, raw.table, raw.err, bool(raw.pos),
-                            kernel.address_text(raw.pkt.saddr, family), kernel.address_text(raw.pkt.daddr, family),
-                            self._dev(raw.in_ifindex), raw.mark, self._dev(raw.out_ifindex),
-                            kernel.address_text(raw.gw, gateway) if gateway else None)
-        if raw.kind == 3:
-            reason = self.reasons.get(raw.reason, str(raw.reason)).removeprefix("SKB_DROP_REASON_")
-            return DropEvent(raw.ts, raw.cpu, fid, reason, raw.ptr, self._dev(raw.in_ifindex),
-                             self._tuple(raw.pkt, family), self.symbols.name(raw.ptr))
-        if raw.kind == 4:
-            return ReplyEvent(raw.ts, raw.cpu, fid, HOOKS[raw.hook])
+        return FlowId(k.netns, k.proto, kernel.address_text(k.saddr, family), kernel.address_text(k.daddr, family),
+                      k.sport, k.dport)
+
+    def decode(self, raw: bytes) -> Event | None:
+        (kind,) = _KIND.unpack_from(raw, kernel.KIND_OFFSET)
+        if kind == kernel.KIND_FLOW:
+            return self.record(kernel.RawRecord.from_buffer_copy(raw))
+        note = kernel.RawNote.from_buffer_copy(raw)
+        fid = self._flow(note.key)
+        if kind == kernel.KIND_REPLY:
+            return ReplyEvent(note.ts, note.cpu, fid, HOOKS[note.hook])
+        sender = kernel.address_text(note.from_, note.key.family)
+        if kind == kernel.KIND_ICMP_ERROR:
+            return IcmpErrorEvent(note.ts, note.cpu, fid, note.icmp_type, note.icmp_code, sender, HOOKS[note.hook])
+        if kind == kernel.KIND_REPLY_DROP:
+            return ReplyDropEvent(note.ts, note.cpu, fid, self._reason(note.reason), note.location,
+                                  self._dev(note.ifindex), self.symbols.name(note.location),
+                                  (note.icmp_type, note.icmp_code, sender) if note.icmp_error else None)
         return None
+
+    def _reason(self, number: int) -> str:
+        return self.reasons.get(number, str(number)).removeprefix("SKB_DROP_REASON_")
+
+    def record(self, r: kernel.RawRecord) -> FlowRecord:
+        fid = self._flow(r.key)
+        family = r.key.family
+        ct_orig = self._tuple(r.orig, family) if r.has_ct else None
+        ct_reply = self._tuple(r.reply, family) if r.has_ct else None
+        hooks = []
+        for index in r.order[:r.npositions]:
+            h = r.hooks[index]
+            hooks.append(HookEvent(r.ts, r.cpu, fid, HOOKS[index >> 1], POSITIONS[index & 1],
+                                   self._tuple(h.pkt, family), self._dev(h.in_ifindex), self._dev(h.out_ifindex),
+                                   h.mark, ct_orig, ct_reply, r.ct_status))
+        lookups = []
+        for lookup in r.lookups[:r.nlookups]:
+            gateway = GATEWAY_FAMILIES.get(lookup.gw_family)
+            lookups.append(FibEvent(r.ts, lookup.cpu, fid, lookup.flowi, lookup.table, lookup.err,
+                                    bool(lookup.reverse), kernel.address_text(lookup.saddr, family),
+                                    kernel.address_text(lookup.daddr, family), self._dev(lookup.in_ifindex),
+                                    lookup.mark, self._dev(lookup.out_ifindex),
+                                    kernel.address_text(lookup.gw, gateway) if gateway else None))
+        drop = None
+        if r.reason:
+            reason = self._reason(r.reason)
+            packet = hooks[-1].packet if hooks else Tuple(fid.src, fid.dst, fid.sport, fid.dport)
+            drop = DropEvent(r.ts, r.cpu, fid, reason, r.location, self._dev(r.drop_ifindex), packet,
+                             self.symbols.name(r.location))
+        return FlowRecord(r.ts, r.cpu, fid, tuple(hooks), tuple(lookups), drop, bool(r.complete))
+
+
+_KIND = struct.Struct("=I")
 
 
 class Assembler:
@@ -170,6 +215,9 @@ class Assembler:
         self.reply_wait = reply_wait
         self.flows: dict[FlowId, TracedFlow] = {}
         self.done: set[FlowId] = set()
+        # Complete flows, in the order they completed: waiting for their reply, or answered (ready).
+        self._waiting: dict[FlowId, TracedFlow] = {}
+        self._answered: dict[FlowId, TracedFlow] = {}
         self.rule_events: list[NftRuleEvent] = []
         self.describe = Describer(state, compare_lag)
         self.hooks_traced = False  # set once the netfilter probe is attached (TracedFlow.add)
@@ -180,11 +228,23 @@ class Assembler:
             if len(self.rule_events) > 100_000:
                 del self.rule_events[:10_000]
             return
-        if event.flow in self.done:
+        fid = event.flow
+        if fid in self.done:
             return
-        if isinstance(event, ConntrackEvent) and event.type != "new" and event.flow not in self.flows:
-            return  # an update or the end of a flow that began before the trace: not a new flow
-        self.flows.setdefault(event.flow, TracedFlow(event.flow)).add(event, now, self.hooks_traced)
+        flow = self.flows.get(fid)
+        if flow is None:
+            if isinstance(event, ConntrackEvent) and event.type != "new":
+                return  # an update or the end of a flow that began before the trace: not a new flow
+            flow = self.flows[fid] = TracedFlow(fid)
+        was_complete = flow.complete_at is not None
+        flow.add(event, now, self.hooks_traced)
+        if flow.complete_at is None:
+            return
+        if flow.reply:
+            self._waiting.pop(fid, None)
+            self._answered[fid] = flow
+        elif not was_complete:
+            self._waiting[fid] = flow
 
     def _rules_of(self, flow: TracedFlow) -> list[NftRuleEvent]:
         tuples = {(flow.id.src, flow.id.dst, flow.id.sport, flow.id.dport)}
@@ -197,14 +257,26 @@ class Assembler:
         return found
 
     def ready(self, now: float, *, final: bool = False) -> Iterator[dict]:
-        for fid, flow in list(self.flows.items()):
-            if not flow.original:
+        """The documents of the flows that are ready (every flow left, with `final`)."""
+        if final:
+            due = list(self.flows)
+        else:
+            due = []
+            for fid, flow in self._answered.items():  # in reply order; a reply's drop may follow it
+                if now - flow.reply_at < REPLY_GRACE_SECONDS:
+                    break
+                due.append(fid)
+            for fid, flow in self._waiting.items():  # in completion order: the first not due ends it
+                if now - flow.complete_at < self.reply_wait:
+                    break
+                due.append(fid)
+        for fid in due:
+            self._answered.pop(fid, None)
+            self._waiting.pop(fid, None)
+            flow = self.flows[fid]
+            if not flow.original:  # the reply direction of a flow (see TracedFlow.original)
                 if final:
                     del self.flows[fid]
-                continue
-            if flow.complete_at is None and not final:
-                continue
-            if not final and not flow.reply and now - flow.complete_at < self.reply_wait:
                 continue
             del self.flows[fid]
             self.done.add(fid)
@@ -280,16 +352,16 @@ class Session:
             facts.save()  # the next start reads these answers instead of parsing the BTF
             assembler = Assembler(state, options.reply_wait)
             pending: list[Event] = []
-            bpf = reader = None
+            bpf = ring = None
             if bpf_parts:
                 if "error" in compiled:
                     raise compiled["error"]
                 bpf = compiled["bpf"]
                 undo.callback(bpf.cleanup)
                 bpf["config"][ctypes.c_int(0)] = _config(options, state, inode)
-                reader = RingReader(bpf, decoder)
-                undo.callback(reader.stop)
-                reader.start()
+                events = bpf["events"]
+                ring = kernel.Ring(events.map_fd, events.max_entries)
+                undo.callback(ring.close)
             sources = []
             for collector in usable:
                 try:
@@ -301,6 +373,9 @@ class Session:
                     self.summary.unavailable[collector.name] = str(error)
                     continue
                 self.summary.probes.append(collector.name)
+            drainer = Drainer(ring, [source.inbox for source in sources])
+            undo.callback(drainer.stop)
+            drainer.start()
             assembler.hooks_traced = "netfilter" in self.summary.probes
             for routing in ("fib", "fib6"):
                 if "netfilter" not in self.summary.probes and routing in self.summary.probes:
@@ -309,29 +384,44 @@ class Session:
                     self.summary.unavailable[routing] = "needs the netfilter probe, which could not attach"
             deadline = time.monotonic() + options.duration if options.duration else None
             try:
-                if on_start:  # inside: a Ctrl-C right after the start line still gets its summary
-                    on_start(collectors, self.summary)
-                while not self._enough():
-                    if reader is not None:
-                        pending.extend(reader.take())
-                    for source in sources:
-                        pending.extend(source.poll())
-                    now = time.monotonic()
-                    self._add(pending, assembler, now, events_file)
-                    for doc in assembler.ready(now):
-                        self.summary.flows += 1
-                        emit(doc)
-                        if self._enough():
+                with StopRequests() as stops, _collector_paused():
+                    if on_start:  # inside: a Ctrl-C right after the start line still gets its summary
+                        on_start(collectors, self.summary)
+                    while not self._enough() and stops.signum is None:
+                        for source in sources:
+                            pending.extend(source.poll())
+                        # A batch at a time: the sources are polled between batches however long the backlog.
+                        raw = drainer.take(BATCH)
+                        pending.extend(event for event in map(decoder.decode, raw) if event is not None)
+                        now = time.monotonic()
+                        self._add(pending, assembler, now, events_file)
+                        for doc in assembler.ready(now):
+                            self.summary.flows += 1
+                            emit(doc)
+                            if self._enough() or stops.signum is not None:
+                                break
+                        if deadline and now >= deadline:
                             break
-                    if deadline and now >= deadline:
-                        break
-                    time.sleep(POLL_SECONDS)
+                        if len(raw) < BATCH:
+                            time.sleep(POLL_SECONDS)
+                self.interrupted = stops.exception()
             except (KeyboardInterrupt, Terminated) as stop:
-                self.interrupted = stop  # Ctrl-C or SIGTERM: what is complete is still printed
-            if reader is not None:  # what the kernel handed over until now is kept
-                reader.stop()
-                self._add(reader.take(), assembler, time.monotonic(), events_file)
-            self.summary.lost += _lost(bpf) + sum(source.lost for source in sources)
+                self.interrupted = stop  # a second signal: what is complete is still printed
+            # What the kernel handed over until now is kept, and the flows still on their way.
+            if bpf is not None:
+                bpf["config"][ctypes.c_int(0)] = kernel.Config()  # not ready: the probes stop recording
+            drainer.stop()
+            for source in sources:
+                pending.extend(source.poll())
+            pending.extend(event for event in map(decoder.decode, drainer.take(len(drainer.records)))
+                           if event is not None)
+            left = _unfinished(bpf, decoder) if bpf is not None else []
+            pending.extend(left)
+            self._add(pending, assembler, time.monotonic(), events_file)
+            self.summary.deferred = sum(record.complete for record in left)
+            self.summary.lost_by = {**_lost(bpf, self.summary.deferred),
+                                    **{source.name: source.lost for source in sources}}
+            self.summary.lost = sum(self.summary.lost_by.values())
         # Detached: the rest is printing.
         for doc in assembler.ready(time.monotonic(), final=True):
             if self._enough():
@@ -361,49 +451,112 @@ class Session:
             events_file.write(json.dumps(to_json(event)) + "\n")
 
 
-class RingReader:
-    """Drains the BPF ring buffer in a thread of its own, into memory: the main loop may fall behind
-    describing flows (each is compared with the simulation) when many start at once, and the ring
-    must not overflow meanwhile (the kernel would lose their events)."""
+@contextlib.contextmanager
+def _collector_paused():
+    """No cyclic garbage collection while tracing: a full collection over a backlog of flows holds
+    the interpreter for up to a second, and the drain thread with it, long enough for the kernel's
+    ring to fill under tens of thousands of new flows a second. What is made here is freed by
+    reference counting (a flow's objects form no cycles); collection resumes afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
-    def __init__(self, bpf, decoder: Decoder):
-        self.bpf, self.decoder = bpf, decoder
-        self.events: collections.deque[Event] = collections.deque()
+
+class StopRequests:
+    """Ctrl-C, SIGTERM and SIGHUP while the main loop runs: the first is noted (`signum`), for the loop
+    to stop where nothing is half moved from the kernel's buffers to the flows (then what is complete
+    is printed); a second one raises KeyboardInterrupt or Terminated at once (a pipe nobody reads
+    would block the printing forever)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is not None:
+            raise self.exception()
+        self.signum = signum
+
+    def exception(self) -> BaseException | None:
+        if self.signum is None:
+            return None
+        return KeyboardInterrupt() if self.signum == signal.SIGINT else Terminated(self.signum)
+
+    def __enter__(self) -> StopRequests:
+        try:
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:
+            pass  # not the main thread: the signals keep their handlers (and raise wherever they arrive)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class Drainer:
+    """Copies what the kernel hands over — the ring's records, the netlink sockets' datagrams — into
+    memory, in a thread of its own every few milliseconds, whatever the main loop is doing (describing
+    a backlog of flows, or blocked writing them to a slow reader): neither the ring nor a socket's
+    buffer may overflow meanwhile (the kernel would lose their events)."""
+
+    def __init__(self, ring: kernel.Ring | None, inboxes: list):
+        self.ring, self.inboxes = ring, inboxes
+        self.records: collections.deque[bytes] = collections.deque()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._drain, name="ring-reader", daemon=True)
-        bpf["events"].open_ring_buffer(self._on_event)
+        self._thread = threading.Thread(target=self._run, name="drainer", daemon=True)
 
-    def _on_event(self, _ctx, data, size) -> None:
-        event = self.decoder.decode(kernel.RawEvent.from_buffer_copy(ctypes.string_at(data, size)))
-        if event is not None:
-            self.events.append(event)
+    def drain(self) -> None:
+        if self.ring is not None:
+            self.records.extend(self.ring.read())
+        for inbox in self.inboxes:
+            inbox.drain()
 
-    def _drain(self) -> None:
+    def _run(self) -> None:
         while not self._stopping.is_set():
-            self.bpf.ring_buffer_consume()
+            self.drain()
             self._stopping.wait(RING_POLL_SECONDS)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread, then read what is left in the ring (idempotent)."""
+        """Stop the thread, then read what is left (idempotent)."""
         if self._thread.is_alive():
             self._stopping.set()
             self._thread.join()
-            self.bpf.ring_buffer_consume()
+        self.drain()
 
-    def take(self) -> list[Event]:
+    def take(self, most: int) -> list[bytes]:
         taken = []
-        while self.events:
-            taken.append(self.events.popleft())
+        while self.records and len(taken) < most:
+            taken.append(self.records.popleft())
         return taken
 
 
-def _lost(bpf) -> int:
+def _unfinished(bpf, decoder: Decoder) -> list[FlowRecord]:
+    """The records still in the kernel's map when the trace ends: flows whose first packet's path did
+    not end while traced (queued, stolen, or the trace stopped in between), and complete ones the
+    ring refused at the time."""
+    return [decoder.record(kernel.RawRecord.from_buffer_copy(bytes(value)))
+            for _key, value in bpf["records"].items()]
+
+
+def _lost(bpf, recovered: int) -> dict[str, int]:
+    """What the probes counted as lost: notes the ring refused, and the records it refused that were
+    not found in the flow map at the end (`recovered` were: complete, read there); records the flow
+    map refused."""
     if bpf is None:
-        return 0
-    return int(bpf["lost"][ctypes.c_int(0)].value)
+        return {}
+    notes, refused, deferred = (int(bpf["lost"][ctypes.c_int(index)].value) for index in range(3))
+    return {"ring": notes + max(0, deferred - recovered), "flow_map": refused}
 
 
 def replay(run_dir: str, reply_wait: float = 0.0) -> Iterator[dict]:
