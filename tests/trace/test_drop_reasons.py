@@ -87,6 +87,13 @@ def test_each_drop_is_named_as_the_kernel_names_it(lab):
     docs, _summary = trace.finish()
     observed = {d["flow"]["dst"]: d["drop"]["reason"] if d["drop"] else None for d in docs}
     assert observed == expected, trace.stderr
+    # the trace's own comparison reads the same typed reason
+    disagreements = [(d["flow"]["dst"], d["sim"]["differences"]) for d in docs if not d["sim"]["agrees"]]
+    assert disagreements == [], str(disagreements)
+    # the unreachable rule decided: the kernel looked up table local only, then the rule refused
+    refused = next(d for d in docs if d["flow"]["dst"] == "100.64.12.1")
+    assert (refused["rule"]["priority"], refused["table_id"], refused["tables_tried"][-1]["result"]) == \
+        (100, None, "EAGAIN")
     for src, dst in pings:
         simulated = _simulated(lab, src, dst)
         assert simulated["drop_reason"] == observed[dst], (dst, simulated["verdict"], simulated["verdict_reason"])
@@ -104,3 +111,18 @@ def test_a_local_flow_whose_lookup_fails_has_no_packet_to_drop(lab):
     result = why_route("explain", "100.64.12.1", "--proto", "icmp", "--netns", lab.ns("router"), "--json")
     simulated = json.loads(result.stdout)
     assert (simulated["origin"], simulated["verdict"], simulated["drop_reason"]) == ("local-out", "unreachable", None)
+
+
+def test_martians_before_6_13_are_expected_without_a_reason():
+    """Kernels before 6.13 returned errnos from the input route: its martians were NOT_SPECIFIED."""
+    from types import SimpleNamespace
+
+    from tracer.trace.flows import _expected_drop_reason
+
+    def dropped(reason, kernel):
+        return SimpleNamespace(drop_reason=reason, state=SimpleNamespace(provenance=SimpleNamespace(kernel=kernel)))
+
+    assert _expected_drop_reason(dropped("IP_LOCAL_SOURCE", "6.1.0-18-amd64")) == "NOT_SPECIFIED"
+    assert _expected_drop_reason(dropped("IP_LOCAL_SOURCE", "6.18.0")) == "IP_LOCAL_SOURCE"
+    assert _expected_drop_reason(dropped("IP_RPFILTER", "6.1.0-18-amd64")) == "IP_RPFILTER"
+    assert _expected_drop_reason(dropped("IP_LOCALNET", None)) == "IP_LOCALNET"

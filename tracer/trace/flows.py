@@ -22,6 +22,7 @@ from tracer.flow import Flow
 from tracer.model import HostState, Route
 from tracer.sim import fib
 from tracer.sim.explain import explain
+from tracer.sim.explanation import NETFILTER_DROP
 from tracer.trace.events import (
     ConntrackEvent,
     DropEvent,
@@ -41,11 +42,9 @@ ICMP_PROTOCOLS = (1, 58)  # their echo id is the flow's sport
 LOOPBACK = "lo"  # the input interface of a socket's route lookup
 IPS_SEEN_REPLY = 1 << 1
 COMPARE_LAG_SECONDS = 2.0  # a flow described later than this after it completed is not compared
-SIM_DROPS = ("dropped", "blackholed", "prohibited", "dropped-rp-filter", "unreachable")
-# The kernel's drop reason for the simulation's drops that have exactly one.
-SIM_DROP_REASONS = {"dropped-rp-filter": "IP_RPFILTER", "dropped": "NETFILTER_DROP"}
-RP_FILTER_FAILURE = "rp_filter="  # how the simulation's source validation begins its reason
-NETFILTER_DROP = "NETFILTER_DROP"
+# Before 6.13 the input route returned errnos: of its martian drops only rp_filter had a reason.
+MARTIAN_DROP_REASONS = ("IP_INVALID_SOURCE", "IP_LOCAL_SOURCE", "IP_INVALID_DEST", "IP_LOCALNET")
+NAMED_MARTIANS_SINCE = (6, 13)
 LOCAL_TABLE = 255
 
 
@@ -177,34 +176,43 @@ def _decision_lookups(flow: TracedFlow) -> list[FibEvent]:
     return [e for e in decisive if e.cpu == last.cpu and e.flowi == last.flowi]
 
 
-def deciding_rule(state: HostState, query, tables: list[int]):
+def deciding_rule(state: HostState, query, tables: list[int], went_on: bool = False):
     """The rule whose lookup is the kernel's last table lookup, and the walk that led there.
 
     The simulator's rule walk lists the rules that match, in order; each consumes the kernel's next
     lookup when it names the same table (a rule whose table does not exist yields no lookup). When
     the kernel went on past the rule where the simulation stops (the host changed since the start),
-    the walk resumes after that rule. Returns (rule, text, walk) — (None, None, walk) when no rule
-    accounts for the lookups."""
+    the walk resumes after that rule. `went_on`: the last lookup found nothing (EAGAIN), so a rule
+    after it whose action needs no table (unreachable, blackhole, prohibit) decided, if one
+    matches. Returns (rule, text, walk) — (None, None, walk) when no rule accounts for the lookups."""
     walk: list[dict] = []
     if not tables:
         return None, None, walk
     existing = {route.table for route in state.routes if route.family == query.family}
     i = 0
     rules = state.rules
+    last_lookup = None  # (rule, text, its walk entry) of the kernel's last lookup, when it went on
     for _attempt in range(8):
         result = fib.lookup_rules(dataclasses.replace(state, rules=rules), query, full_trace=True)
         last = None
         for step in result.steps:
             rule, last = step.rule, step.rule
-            if not step.matched or rule.action != "lookup":
+            if not step.matched:
+                continue
+            if rule.action in fib.RULE_ACTION_ERRORS and i == len(tables) and went_on:
+                walk.append({"priority": rule.priority, "table": None, "result": f"decided: {rule.action}"})
+                return rule, step.text, walk
+            if rule.action != "lookup":
                 continue
             name = state.table_names.get(rule.table, str(rule.table))
             if i < len(tables) and tables[i] == rule.table:
                 decided = i == len(tables) - 1
                 walk.append({"priority": rule.priority, "table": name,
-                             "result": "decided" if decided else "looked up, went on"})
-                if decided:
+                             "result": "decided" if decided and not went_on else "looked up, went on"})
+                if decided and not went_on:
                     return rule, step.text, walk
+                if decided:
+                    last_lookup = (rule, step.text, walk[-1])
                 i += 1
             else:
                 walk.append({"priority": rule.priority, "table": name,
@@ -213,6 +221,10 @@ def deciding_rule(state: HostState, query, tables: list[int]):
         if last is None:
             break
         rules = tuple(r for r in rules if r.family != query.family or r.priority > last.priority)
+    if last_lookup:  # nothing after it decided: its lookup's answer (no route) stands
+        rule, text, entry = last_lookup
+        entry["result"] = "decided"
+        return rule, text, walk
     return None, None, walk
 
 
@@ -336,12 +348,12 @@ class Describer:
             simulated = self._simulated[key] = simulate(self.state, doc)
         return compare(doc, self.state, simulated)
 
-    def deciding_rule(self, query, tables: list[int]):
+    def deciding_rule(self, query, tables: list[int], went_on: bool = False):
         key = (query if self._rules_use_ports.get(query.family) else
-               dataclasses.replace(query, sport=None, dport=None), tuple(tables))
+               dataclasses.replace(query, sport=None, dport=None), tuple(tables), went_on)
         found = self._rules.get(key)
         if found is None:
-            found = self._rules[key] = deciding_rule(self.state, query, tables)
+            found = self._rules[key] = deciding_rule(self.state, query, tables, went_on)
         rule, text, walk = found
         return rule, text, [dict(step) for step in walk]
 
@@ -384,7 +396,9 @@ def describe(flow: TracedFlow, state: HostState, describer: Describer | None = N
         query = RouteQuery(family=fid.family, dst=dst, src=fid.src, iif=iif, mark=mark,
                            proto=fid.proto, sport=fid.sport if ports else None, dport=fid.dport if ports else None)
         derive = describer.deciding_rule if describer else functools.partial(deciding_rule, state)
-        rule, rule_text, walk = derive(query, [e.table_id for e in decision])
+        rule, rule_text, walk = derive(query, [e.table_id for e in decision], final.err == -errno.EAGAIN)
+        if rule is not None and rule.action != "lookup":
+            final = None  # the rule itself refused the packet: no table decided
     doc["rule"] = {"priority": rule.priority, "text": rule_text} if rule else None
     doc["rules_matched"] = walk
     doc["table_id"] = final.table_id if final else None
@@ -516,13 +530,13 @@ def compare(doc: dict, state: HostState, simulated: Simulated | None = None) -> 
             differences.append("verdict: kernel let the first packet through, simulation drops it")
     elif kernel_verdict != "unknown":
         # The kernel frees the packet in every one of these cases; the simulation says which.
-        same = kernel_verdict == "dropped" and sim_verdict in SIM_DROPS
+        same = kernel_verdict == "dropped" and explanation.drop_reason is not None
         if not same:
             differ("verdict", kernel_verdict, sim_verdict)
         elif doc["drop"]:
-            reason, expected = doc["drop"]["reason"], _sim_drop_reason(explanation)
-            if (expected or reason in SIM_DROP_REASONS.values()) and reason != expected:
-                differences.append(f"drop: kernel {reason}, simulation {sim_verdict} "
+            reason, expected = doc["drop"]["reason"], _expected_drop_reason(explanation)
+            if reason != expected:
+                differences.append(f"drop: kernel {reason}, simulation {expected}: {sim_verdict} "
                                    f"({explanation.verdict_reason})")
     if doc["egress"] and explanation.egress:
         differ("leaves via", doc["egress"]["dev"], explanation.egress.dev)
@@ -535,15 +549,21 @@ def compare(doc: dict, state: HostState, simulated: Simulated | None = None) -> 
             "findings": [{"id": i, "severity": severity, "title": title} for i, severity, title in simulated.findings]}
 
 
-def _sim_drop_reason(explanation) -> str | None:
-    """The kernel drop reason the simulation's verdict implies, when it implies one. The simulation
-    reports a failed source validation as the routing error (EINVAL since 6.13, verdict
-    `blackholed`) with an `rp_filter=…` reason: that is IP_RPFILTER."""
-    decision = explanation.decision
-    failure = decision.result.error_reason if decision and decision.result.error else None
-    if failure and failure.startswith(RP_FILTER_FAILURE):
-        return "IP_RPFILTER"
-    return SIM_DROP_REASONS.get(explanation.verdict)
+def _expected_drop_reason(explanation) -> str:
+    """The drop reason skb:kfree_skb gives on the traced host's kernel for the simulation's drop."""
+    reason = explanation.drop_reason
+    if reason in MARTIAN_DROP_REASONS and _release(explanation.state.provenance.kernel) < NAMED_MARTIANS_SINCE:
+        return "NOT_SPECIFIED"
+    return reason
+
+
+def _release(kernel: str | None) -> tuple[int, int]:
+    """(major, minor) of a release string such as 6.1.0-18-amd64; unknown: as new as can be."""
+    parts = (kernel or "").split(".")
+    try:
+        return int(parts[0]), int(parts[1].split("-")[0])
+    except (IndexError, ValueError):
+        return (99, 0)
 
 
 def text_line(doc: dict) -> str:
@@ -556,7 +576,8 @@ def text_line(doc: dict) -> str:
     if doc["tables_tried"]:
         tried = ", ".join(f"{t['table']} {t['result']}" for t in doc["tables_tried"])
         rule = f"rule {doc['rule']['priority']}" if doc["rule"] else "rule ?"
-        parts.append(f"{rule} table {doc['table']} ({doc['table_id']}) [tried: {tried}]")
+        table = f"table {doc['table']} ({doc['table_id']})" if doc["table_id"] is not None else "(no table)"
+        parts.append(f"{rule} {table} [tried: {tried}]")
         skipped = [f"rule {r['priority']} → {r['table']}: {r['result']}" for r in doc.get("rules_matched", ())
                    if r["result"].startswith("no such table")]
         if skipped:
