@@ -1,0 +1,57 @@
+"""`why-route capture` and `why-route trace -o` into one run directory, at the same time, on the seed
+router (variant ultimate) while the MacBook downloads: the post-mortem reads the captures, the
+trace's replay reads its events, and both name the same connection the same way."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.helpers.cli import REPO_ROOT, why_route_argv
+from tests.lab.lab_helpers import new_prefix
+from tests.postmortem import pmlab
+from tests.trace.trace_helpers import RunningTrace
+from tracer.lab import builder
+
+TCP = 6
+
+
+@pytest.fixture(scope="module")
+def lab(kernel_lab):
+    state = builder.up(variant="ultimate", prefix=new_prefix("p"))
+    try:
+        pmlab.offloads_off(state)
+        yield state
+    finally:
+        builder.down(state.prefix)
+
+
+def test_capture_and_trace_share_a_run_directory(lab, tmp_path):
+    run = tmp_path / "run"
+    trace = RunningTrace("--netns", lab.ns("route"), "192.168.1.169", "8.8.8.8", "--proto", "tcp", "--count", "1",
+                         "-o", str(run)).started()
+    try:
+        client = pmlab.transfer(lab, run, server="send", client="download", size=300_000)
+        traced, summary = trace.finish()
+    finally:
+        trace.kill()  # (a failed transfer leaves none running)
+    assert client["error"] is None and summary["lost"] == 0
+    assert {"capture.pcapng", "conntrack.events", "capture.json", "snapshot.json", "events.jsonl",
+            "summary.json"} <= {p.name for p in run.iterdir()}
+
+    conn = pmlab.the_connection(pmlab.postmortem(run), client)
+    assert conn["verdict"] == "ok", conn["reasons"]
+    replay = subprocess.run([*why_route_argv(), "trace", "--replay", str(run), "--json"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert replay.returncode == 0, replay.stderr
+    replayed = [json.loads(line) for line in replay.stdout.splitlines()]
+    flows = [d for d in replayed if d["type"] == "flow" and d["flow"]["proto"] == TCP]
+    assert [d["flow"] for d in flows] == [d["flow"] for d in traced]
+    (flow,) = flows
+    lan, wan = conn["flow"]["lan"], conn["flow"]["wan"]
+    assert (flow["flow"]["src"], flow["flow"]["sport"], flow["flow"]["dst"], flow["flow"]["dport"]) == \
+        (lan["src"], lan["sport"], lan["dst"], lan["dport"])
+    # what the trace saw leave is the post-mortem's WAN side, through the SNAT both report
+    assert (flow["egress"]["dev"], flow["egress"]["src"], flow["egress"]["sport"]) == \
+        (conn["interfaces"]["out"], wan["src"], wan["sport"])
+    assert flow["sim"]["agrees"], flow["sim"]["differences"]
