@@ -611,13 +611,27 @@ static __always_inline int own_socket_lookup(void)
     return *(const u32 *)(net + OFF_NET_INUM) == c->netns;
 }
 
-static __always_inline struct routing *armed_routing(u8 family, u32 iif)
+/* fib probes: whether this table lookup is one to report — the routing decision of the packet armed
+ * on this CPU (`*cur` set; of its family and for a packet of its input device), or a socket's lookup
+ * (iif lo) in the traced namespace (`*cur` 0) — with its input interface in `*iif`. Most lookups are
+ * neither: both are ruled out before the flowi is read, without a helper call. */
+static __always_inline int lookup_wanted(u8 family, const void *iif_field, struct routing **cur, u32 *iif)
 {
     int zero = 0;
-    struct routing *cur = routing_packet.lookup(&zero);
-    if (cur && cur->armed && cur->key.family == family && iif == cur->iif)
-        return cur;
-    return 0;
+    struct routing *armed = routing_packet.lookup(&zero);
+    if (armed && !(armed->armed && armed->key.family == family))
+        armed = 0;
+    int own = -1; /* own_socket_lookup(), once asked */
+    if (!armed) {
+        own = own_socket_lookup();
+        if (!own)
+            return 0;
+    }
+    READ(*iif, iif_field, 0);
+    *cur = armed && *iif == armed->iif ? armed : 0;
+    if (*cur)
+        return 1;
+    return *iif == LOOPBACK_IFINDEX && (own >= 0 ? own : own_socket_lookup());
 }
 
 /* fib probes: `l` is one table lookup (addresses, table, result, nexthop). The armed packet's goes

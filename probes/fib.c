@@ -9,9 +9,8 @@ RAW_TRACEPOINT_PROBE(fib_table_lookup)
     const void *flp = (const void *)ctx->args[1];
     const void *nhc = (const void *)ctx->args[2];
     u32 iif = 0;
-    READ(iif, flp, OFF_FL4_IIF);
-    struct routing *cur = armed_routing(4, iif);
-    if (!cur && (iif != LOOPBACK_IFINDEX || !own_socket_lookup()))
+    struct routing *cur = 0;
+    if (!lookup_wanted(4, (const char *)flp + OFF_FL4_IIF, &cur, &iif))
         return 0; /* the lookup of a packet that is not traced (the common case: keep it short) */
     struct lookup l = {.in_ifindex = iif, .flowi = (u64)flp};
     READ(l.daddr[0], flp, OFF_FL4_DADDR);

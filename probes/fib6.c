@@ -20,9 +20,8 @@ RAW_TRACEPOINT_PROBE(fib6_table_lookup)
     const void *table = (const void *)ctx->args[2];
     const void *flp = (const void *)ctx->args[3];
     u32 iif = 0;
-    READ(iif, flp, OFF_FL6_IIF);
-    struct routing *cur = armed_routing(6, iif);
-    if (!cur && (iif != LOOPBACK_IFINDEX || !own_socket_lookup()))
+    struct routing *cur = 0;
+    if (!lookup_wanted(6, (const char *)flp + OFF_FL6_IIF, &cur, &iif))
         return 0;
     struct lookup l = {.in_ifindex = iif, .flowi = (u64)flp};
     READ(l.daddr, flp, OFF_FL6_DADDR);
