@@ -264,6 +264,30 @@ def test_a_resend_exactly_one_handshake_rtt_after_the_highest_is_a_retransmissio
     assert oracle.disagreements(str(path)) == []
 
 
+
+def test_retransmissions_the_receiver_reports_twice_do_not_make_a_connection_slow(tmp_path):
+    # A sender that re-sends data already delivered (its timer fired while the ACKs were late):
+    # the receiver D-SACKs each copy (RFC 2883: a SACK block below its ACK). tshark counts them,
+    # and so does the JSON, but they were not lost: the verdict stays ok.
+    out, add = _packets()
+    for i in range(10):
+        add(T0 + 0.012 + i * 0.001, True, "PA", 1001 + i * MSS, 5001, b"y" * MSS)
+    add(T0 + 0.025, False, "A", 5001, 1001 + 10 * MSS)
+    for i in range(4):
+        seq = 1001 + (6 + i) * MSS
+        add(T0 + 0.030 + i * 0.001, True, "PA", seq, 5001, b"y" * MSS)  # again: already delivered
+        add(T0 + 0.0305 + i * 0.001, False, "A", 5001, 1001 + 10 * MSS,
+            options=[("NOP", None), ("NOP", None), ("SAck", (seq, seq + MSS))])
+    path = tmp_path / "dsack.pcap"
+    wrpcap(str(path), out)
+    conn = _postmortem(path)
+    retransmissions = conn["retransmissions"]["dsack.pcap"]
+    assert (retransmissions["to_server"], retransmissions["dsacks"]["to_server"]) == (4, 4)
+    assert oracle.disagreements(str(path)) == []
+    assert conn["verdict"] == "ok", conn["reasons"]
+    assert conn["retransmissions"]["where"]["to_server"]["beyond_router"] == 0
+
+
 # ---------------------------------------------------------------- a real capture
 
 DROP = """

@@ -120,7 +120,7 @@ class Half:
         "syn_time", "first_syn", "syn_number", "syns", "fin", "rst", "progress", "wl_time", "wl_since",
         "first", "last", "ev_retrans", "ev_zero", "ev_dup", "big", "big_first", "max_len", "retrans_max",
         "same_seq", "last_retrans_seq", "isn", "ev_data", "zw_since", "zw_time", "ts_rtt", "ts_base", "ts_newest",
-        "ts_pending", "sacked", "sack_high", "sack_holes", "sacked_retrans",
+        "ts_pending", "sacked", "sack_high", "sack_holes", "sacked_retrans", "dsacks",
     )
 
     def __init__(self):
@@ -174,6 +174,7 @@ class Half:
         self.sack_high = -1  # the highest SACKed sequence number
         self.sack_holes = 0  # gaps the peer signalled: a SACK block above all acknowledged and SACKed data
         self.sacked_retrans = 0  # retransmissions of data the peer had SACKed: not lost
+        self.dsacks = 0  # D-SACKs (RFC 2883): the peer received a segment of this direction twice
 
     def zero_window_time(self, end: float) -> float:
         return self.zw_time + (end - self.zw_since if self.zw_since is not None else 0.0)
@@ -187,7 +188,12 @@ class Half:
         return self.rtt.seen
 
     def sack(self, acked: int, blocks) -> None:
-        """The peer's SACK blocks ((start, end), relative) with its cumulative ACK `acked`."""
+        """The peer's SACK blocks ((start, end), relative) with its cumulative ACK `acked`. A first
+        block at or below the ACK, or inside the second block, is a D-SACK (RFC 2883): a duplicate."""
+        if blocks:
+            start, end = blocks[0]
+            if end <= acked or (len(blocks) > 1 and blocks[1][0] <= start and end <= blocks[1][1]):
+                self.dsacks += 1
         for start, end in blocks:
             if end <= start:
                 continue
@@ -204,6 +210,12 @@ class Half:
             kept.append(merged)
             kept.sort()
             self.sacked = [r for r in kept if r[1] > acked][-MAX_SACKED:]
+
+    @property
+    def spurious_retransmissions(self) -> int:
+        """Retransmissions the peer shows it did not need: of data it had SACKed, or that it
+        reported receiving twice (a segment delayed, not lost, re-sent by a timer or RACK)."""
+        return min(self.retransmissions, max(self.sacked_retrans, self.dsacks))
 
     def was_sacked(self, start: int, end: int) -> bool:
         return any(r[0] <= start and end <= r[1] for r in self.sacked)
