@@ -5,28 +5,15 @@ trace's replay reads its events, and both name the same connection the same way.
 import json
 import subprocess
 
-import pytest
-
 from tests.helpers.cli import REPO_ROOT, why_route_argv
-from tests.lab.lab_helpers import new_prefix
 from tests.postmortem import pmlab
+from tests.postmortem.test_lab_cases import lab  # noqa: F401  (the fixture: the seed lab, offloads off)
 from tests.trace.trace_helpers import RunningTrace
-from tracer.lab import builder
 
 TCP = 6
 
 
-@pytest.fixture(scope="module")
-def lab(kernel_lab):
-    state = builder.up(variant="ultimate", prefix=new_prefix("p"))
-    try:
-        pmlab.offloads_off(state)
-        yield state
-    finally:
-        builder.down(state.prefix)
-
-
-def test_capture_and_trace_share_a_run_directory(lab, tmp_path):
+def test_capture_and_trace_share_a_run_directory(lab, tmp_path):  # noqa: F811
     run = tmp_path / "run"
     trace = RunningTrace("--netns", lab.ns("route"), "192.168.1.169", "8.8.8.8", "--proto", "tcp", "--count", "1",
                          "-o", str(run)).started()
