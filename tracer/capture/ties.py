@@ -105,8 +105,9 @@ def random_drop_rules(state, hooks=("prerouting", "forward", "postrouting", "inp
     return out
 
 
-def path_drop_rules(explanation: Explanation | None) -> list[dict]:
-    """Rules on the flow's own path (its hook traversals) that drop or reject it, or may."""
+def path_drop_rules(explanation: Explanation | None, *, certain: bool = False) -> list[dict]:
+    """Rules on the flow's own path (its hook traversals) that drop or reject it, or may (not when
+    `certain`: only those whose every selector matched)."""
     if explanation is None:
         return []
     out, seen = [], set()
@@ -116,7 +117,8 @@ def path_drop_rules(explanation: Explanation | None) -> list[dict]:
         for visit in step.traversal.chains:
             for rv in visit.steps:
                 key = (visit.family, visit.table, visit.chain, rv.handle)
-                if rv.verdict in ("drop", "reject") and rv.matched is not False and key not in seen:
+                if rv.verdict in ("drop", "reject") and rv.matched is not False and key not in seen and (
+                        rv.matched or not certain):
                     seen.add(key)
                     out.append({"kind": f"{visit.source} rule", "family": visit.family, "table": visit.table,
                                 "chain": visit.chain, "hook": visit.hook,
@@ -138,7 +140,7 @@ def reverse_path_drop(state, client: tuple, server: tuple, arrival: str, client_
         return None
     reply = fib.route_input(state, RouteQuery(family=AF_INET, dst=client[0], src=server[0], iif=arrival,
                                               proto=IPPROTO["tcp"], sport=server[1], dport=client[1]))
-    if reply.error is None or not (reply.error_reason or "").startswith("rp_filter="):
+    if reply.drop_reason != "IP_RPFILTER":
         return None
     key = f"net.ipv4.conf.{arrival}.rp_filter"
     own, every = state.conf(AF_INET, arrival, "rp_filter"), state.conf(AF_INET, "all", "rp_filter")

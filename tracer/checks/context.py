@@ -458,9 +458,8 @@ class CheckContext:
 
     @staticmethod
     def rp_filter_drop(result) -> bool:
-        """Whether a FibResult is a reverse-path drop: EXDEV when forwarding, EINVAL
-        (martian source) for local delivery."""
-        return result.error == "EXDEV" or (result.error == "EINVAL" and "rp_filter" in (result.error_reason or ""))
+        """Whether a FibResult is a reverse-path drop (forwarded or delivered locally)."""
+        return result.drop_reason == "IP_RPFILTER"
 
     def flow_from_explanation(self, explanation: Explanation) -> FlowPath | None:
         """The FlowPath of an explained forwarded flow (None for local flows): the

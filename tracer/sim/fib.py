@@ -37,7 +37,7 @@ from tracer.model import (
 from tracer.vocab import AF_INET, AF_INET6, PORT_PROTOCOLS, addr_int, bits, int_addr
 
 __all__ = ["RuleStep", "FibResult", "FibIndex", "lookup_rules", "route_input",
-           "route_output", "route", "index_for"]
+           "route_output", "route", "index_for", "longest_match"]
 
 LOOPBACK = "lo"
 # Kernel errno per route type (fib_props[] in net/ipv4/fib_semantics.c); EAGAIN = throw.
@@ -435,6 +435,20 @@ def rule_text(state: HostState, rule: Rule) -> str:
     if rule.suppress_ifgroup >= 0:
         parts.append(f"suppress_ifgroup {rule.suppress_ifgroup}")
     return " ".join(parts)
+
+
+def longest_match(state: HostState, family: int, table: int, dst: str) -> Route | None:
+    """The route of `table` with the longest prefix covering `dst`, the first alias in kernel order
+    (what answered a lookup the kernel reports by table and destination)."""
+    tb = index_for(state).table(family, table)
+    if tb is None:
+        return None
+    address, masks = addr_int(family, dst), _MASKS[family]
+    for plen in tb.lengths:
+        routes = tb.by_len[plen].get(address & masks[plen])
+        if routes:
+            return routes[0]
+    return None
 
 
 def route_text(state: HostState, route: Route) -> str:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
-import ipaddress
 import json
 import time
 from dataclasses import dataclass, field
 
 from tracer.flow import Flow
-from tracer.model import HostState, Route
+from tracer.model import TABLE_LOCAL, HostState
 from tracer.sim import fib
 from tracer.sim.explain import explain
 from tracer.sim.explanation import NETFILTER_DROP
@@ -45,7 +44,6 @@ COMPARE_LAG_SECONDS = 2.0  # a flow described later than this after it completed
 # Before 6.13 the input route returned errnos: of its martian drops only rp_filter had a reason.
 MARTIAN_DROP_REASONS = ("IP_INVALID_SOURCE", "IP_LOCAL_SOURCE", "IP_INVALID_DEST", "IP_LOCALNET")
 NAMED_MARTIANS_SINCE = (6, 13)
-LOCAL_TABLE = 255
 
 
 @dataclass
@@ -107,7 +105,7 @@ class TracedFlow:
         if last.position != "last":
             return
         decision = _decision_lookups(self)
-        local = bool(decision) and decision[-1].table_id == LOCAL_TABLE and decision[-1].err == 0
+        local = bool(decision) and decision[-1].table_id == TABLE_LOCAL and decision[-1].err == 0
         following = {"prerouting": ("input" if local else "forward") if decision else None,
                      "forward": "postrouting", "output": "postrouting"}.get(last.hook)
         if following and not self.hook(following, "first"):
@@ -135,35 +133,6 @@ class TracedFlow:
 
 def _errname(err: int) -> str:
     return "ok" if err == 0 else errno.errorcode.get(-err, str(err))
-
-
-class Routes:
-    """The longest-prefix match of a table, remembered by (table, family, destination): the routes
-    do not change during a trace (the state collected at start), and new flows repeat destinations."""
-
-    def __init__(self, state: HostState):
-        self.state = state
-        self._found: dict = {}
-
-    def lpm(self, table: int, family: int, dst: str) -> Route | None:
-        key = (table, family, dst)
-        if key not in self._found:
-            if len(self._found) > 65536:
-                self._found.clear()
-            self._found[key] = self._search(table, family, dst)
-        return self._found[key]
-
-    def _search(self, table: int, family: int, dst: str) -> Route | None:
-        address = ipaddress.ip_address(dst)
-        best = None
-        for route in self.state.routes:
-            if route.table != table or route.family != family:
-                continue
-            if address in ipaddress.ip_network(f"{route.dst}/{route.dst_len}", strict=False):
-                if best is None or route.dst_len > best.dst_len or (
-                        route.dst_len == best.dst_len and route.metric < best.metric):
-                    best = route
-        return best
 
 
 def _decision_lookups(flow: TracedFlow) -> list[FibEvent]:
@@ -320,7 +289,6 @@ class Describer:
         self.compare_lag = compare_lag
         self.not_compared = 0
         self._rules: dict = {}
-        self.routes = Routes(state)
         self._rules_use_ports = {family: any(r.family == family and (r.sport or r.dport) for r in state.rules)
                                  for family in (4, 6)}
         self._simulated: dict = {}
@@ -404,8 +372,8 @@ def describe(flow: TracedFlow, state: HostState, describer: Describer | None = N
     doc["table_id"] = final.table_id if final else None
     doc["table"] = state.table_names.get(final.table_id, str(final.table_id)) if final else None
     # The route that answered: a unicast one, or an unreachable/prohibit/blackhole one (not a miss).
-    routes = describer.routes if describer else Routes(state)
-    route = routes.lpm(final.table_id, fid.family, final.dst) if final and final.err != -errno.EAGAIN else None
+    answered = final is not None and final.err != -errno.EAGAIN
+    route = fib.longest_match(state, fid.family, final.table_id, final.dst) if answered else None
     doc["route"] = fib.route_text(state, route) if route else None
     doc["route_error"] = _errname(final.err) if final and final.err else None
     doc["gateway"] = final.gateway if final else None

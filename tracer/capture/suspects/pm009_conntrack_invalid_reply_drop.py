@@ -74,8 +74,7 @@ class ConntrackInvalidReplyDrop(Suspect):
         let_through = {_key(r) for r in ties.path_drop_rules(tracked)}
         invalid = [{**r, "why": "drops the reply as ct state invalid: conntrack has no entry for a connection "
                                 "whose request never crossed the router"}
-                   for r in ties.path_drop_rules(untracked)
-                   if r["why"] == "drops this flow" and _key(r) not in let_through]
+                   for r in ties.path_drop_rules(untracked, certain=True) if _key(r) not in let_through]
         if not invalid or tracked.verdict == "dropped":
             return None
         towards = _device(tracked)
