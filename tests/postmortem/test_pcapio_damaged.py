@@ -47,9 +47,10 @@ def test_random_damage_never_breaks_the_analysis(tmp_path):
     with pcapio.PcapngWriter(str(pcapng)) as out:
         out.add_interface("eth0", 1)
         out.add_interface("raw0", 101)
-        for number, t, _iface, buf, off, caplen, origlen in pcapio.read(str(pcap)).packets():
+        source = pcapio.read(str(pcap))
+        for number, t, _iface, buf, off, caplen, origlen in source.packets():
             raw = number % 2  # every other packet without its Ethernet header, on a raw-IP interface
-            out.packet(raw, t, bytes(buf[off + 14 * raw:off + caplen]), origlen)
+            out.packet(raw, t, bytes(buf[off + 14 * raw:off + caplen]), origlen, epoch=source.epoch)
     rng = random.Random(7)
     analysed = 0
     for source in (pcap, pcapng):

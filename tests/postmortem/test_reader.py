@@ -20,7 +20,7 @@ def test_pcapng_written_with_interfaces_and_comments_reads_back_in_tshark(tmp_pa
     got = list(cap.packets())
     assert len(got) == len(frames)
     assert [i.name for i in cap.interfaces] == ["br-lan", "ppp0"]
-    assert abs(got[0][1] - frames[0][0]) < 1e-6
+    assert cap.epoch == 1_700_000_000 and abs(cap.epoch + got[0][1] - frames[0][0]) < 1e-6
     out = subprocess.run(["tshark", "-r", path, "-T", "fields", "-e", "frame.interface_name", "-e", "frame.comment"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0] == "br-lan\tfirst" and out[1] == "ppp0\t" and len(out) == len(frames)
@@ -30,13 +30,18 @@ def test_pcap_nanoseconds_and_a_truncated_last_packet(tmp_path):
     path = tmp_path / "n.pcap"
     frames = synth.transfer(1, 1_700_000_000.123456789, 5, __import__("random").Random(1))
     body = b""
+    stamps = []
     for t, frame, origlen in frames:
         ns = int(round(t * 1e9))
+        stamps.append(ns)
         body += struct.pack("<IIII", ns // 10**9, ns % 10**9, len(frame), origlen) + frame
     path.write_bytes(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1) + body[:-10])
-    got = list(pcapio.read(str(path)).packets())
+    cap = pcapio.read(str(path))
+    got = list(cap.packets())
     assert len(got) == len(frames) - 1
-    assert abs(got[0][1] - frames[0][0]) < 1e-6
+    # times since the first packet's second keep the nanoseconds (as seconds since 1970 they would not)
+    assert cap.epoch == 1_700_000_000
+    assert [round(t * 1e9) for _n, t, *_ in got] == [ns - cap.epoch * 10 ** 9 for ns in stamps[:-1]]
     analysis = tcp.analyse(pcapio.read(str(path)))
     assert len(analysis.sides) == 1 and analysis.sides[0].client == ("10.1.0.1", 20001)
 

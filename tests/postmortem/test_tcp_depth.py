@@ -29,6 +29,7 @@ from scapy.all import (
 
 from tests.helpers.cli import why_route
 from tests.postmortem import oracle
+from tracer.capture import pcapio
 
 T0 = 1_700_000_000.0
 MSS = 1000
@@ -286,6 +287,40 @@ def test_retransmissions_the_receiver_reports_twice_do_not_make_a_connection_slo
     assert oracle.disagreements(str(path)) == []
     assert conn["verdict"] == "ok", conn["reasons"]
     assert conn["retransmissions"]["where"]["to_server"]["beyond_router"] == 0
+
+
+@pytest.mark.parametrize("after_highest_ns,kind", [(999_999, "out_of_order"), (1_000_000, "to_server"),
+                                                    (-1, "to_server")],
+                         ids=["1-ns-inside-the-rtt", "exactly-the-rtt", "1-ns-before-the-highest"])
+def test_nanosecond_stamps_decide_out_of_order_as_tshark_does(tmp_path, after_highest_ns, kind):
+    # dumpcap writes nanosecond stamps. As float seconds since 1970 they are exact only to 256 ns;
+    # tshark compares the intervals in whole nanoseconds: a resend 1 ns inside the handshake RTT
+    # after the highest segment is out of order, one exactly the RTT after it is retransmitted, and
+    # one stamped before the highest is retransmitted (the interval is unsigned).
+    epoch, rtt = 1_764_650_000, 1_000_000  # (ns)
+    frames = []
+
+    def add(ns, to_server, flags, seq, ack, payload=b""):
+        frames.append((ns, bytes(_ether() / _ip(False, to_server, False) / _tcp(to_server, flags, seq, ack, ())
+                                 / (Raw(payload) if payload else b""))))
+
+    start = 123_456_789
+    add(start, True, "S", 1000, 0)
+    add(start + 500_000, False, "SA", 5000, 1001)
+    add(start + rtt, True, "A", 1001, 5001)
+    add(start + 4_000_000, True, "PA", 1001, 5001, b"y" * MSS)
+    add(start + 5_000_000, True, "PA", 1001 + MSS, 5001, b"y" * MSS)  # the highest
+    add(start + 5_000_000 + after_highest_ns, True, "PA", 1001, 5001, b"y" * MSS)
+    add(start + 10_000_000, False, "A", 5001, 1001 + 2 * MSS)
+    path = tmp_path / "ns.pcapng"
+    with pcapio.PcapngWriter(str(path)) as out:
+        out.add_interface("eth0", 1, per_second=10 ** 9)
+        for ns, frame in sorted(frames):
+            out.packet(0, ns / 1e9, frame, epoch=epoch)
+    counts = _postmortem(path)["retransmissions"]["eth0"]
+    assert {k: counts[k] for k in ("to_server", "out_of_order")} == {
+        "to_server": int(kind == "to_server"), "out_of_order": int(kind == "out_of_order")}
+    assert oracle.disagreements(str(path)) == []
 
 
 # ---------------------------------------------------------------- a real capture

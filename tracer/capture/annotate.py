@@ -64,10 +64,11 @@ def write(report: Report, path: str) -> int:
         for number, ts, iface, buf, off, caplen, origlen in capture.packets():
             while declared <= iface and declared < len(capture.interfaces):
                 i = capture.interfaces[declared]
-                out.add_interface(i.name, i.linktype, i.description)
+                out.add_interface(i.name, i.linktype, i.description, per_second=i.per_second)
                 declared += 1
             text = notes.get(number)
             if text:
                 written += 1
-            out.packet(iface, ts, buf[off:off + caplen], origlen, "\n".join(text) if text else None)
+            out.packet(iface, ts, buf[off:off + caplen], origlen, "\n".join(text) if text else None,
+                       epoch=capture.epoch)
     return written

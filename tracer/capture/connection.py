@@ -71,6 +71,7 @@ class Connection:
     names: list[str]  # interface name of each side
     pairing: str  # conntrack | explanation | same tuple | sequence numbers | one side
     capture_end: float
+    epoch: int = 0  # the capture's: times are seconds since this whole second
     icmp: list[tuple[Icmp, str]] = field(default_factory=list)  # (message, interface name)
     # filled in by the post-mortem
     verdict: str = "ok"
@@ -196,7 +197,7 @@ class Connection:
 
 
 def pair(sides: list[Side], names: list[str], capture_end: float, icmp: list[Icmp], *, conntrack=None,
-         predict=None) -> list[Connection]:
+         predict=None, epoch: int = 0) -> list[Connection]:
     """Group sides into connections. `conntrack`: conntrack_mapping(); `predict(side, name)`: the
     tuple the explanation says this side has on another interface, as (interface, tuple) or None."""
     index = {id(s): i for i, s in enumerate(sides)}
@@ -261,9 +262,10 @@ def pair(sides: list[Side], names: list[str], capture_end: float, icmp: list[Icm
         for s in members:
             if s.iface not in per_iface or s.packets > per_iface[s.iface].packets:
                 per_iface[s.iface] = s
-        chosen = sorted(per_iface.values(), key=lambda s: (s.h[0].first_syn or s.first, s.first))
+        chosen = sorted(per_iface.values(),
+                        key=lambda s: (s.first if s.h[0].first_syn is None else s.h[0].first_syn, s.first))
         how = (method[root] or "same tuple") if len(chosen) > 1 else "one side"
-        conn = Connection(chosen, [names[s.iface] for s in chosen], how, capture_end)
+        conn = Connection(chosen, [names[s.iface] for s in chosen], how, capture_end, epoch)
         seen = set()
         for s in chosen:
             for m in icmp_by_inner.get(s.tuple, ()):

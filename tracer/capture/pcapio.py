@@ -3,7 +3,10 @@
 `read(path)` returns a `Capture`: its interfaces (known after the header for
 pcap; pcapng interface blocks may come later, so `interfaces` grows while
 iterating) and `packets()`, a generator of `(number, time, iface, buf, off,
-caplen, origlen)` where the frame is `buf[off:off+caplen]`. The buffer is the
+caplen, origlen)` where the frame is `buf[off:off+caplen]`. Times are float
+seconds since `Capture.epoch`, the first packet's whole second: seconds since
+1970 as floats are exact only to about 0.24 µs (and nanosecond stamps as
+float64 to 256 ns), while tshark compares intervals to the nanosecond. The buffer is the
 file mapped into memory: nothing is copied per packet, and memory does not
 grow with the file. `batches()` gives the same packets as columns (numpy
 arrays of up to BATCH packets) for the vectorised analysis: per packet only
@@ -25,9 +28,9 @@ from itertools import repeat
 
 from tracer.errors import UsageError
 
-PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+PCAP_MAGICS = {  # byte order, stamp units per second
+    b"\xd4\xc3\xb2\xa1": ("<", 10 ** 6), b"\xa1\xb2\xc3\xd4": (">", 10 ** 6),
+    b"\x4d\x3c\xb2\xa1": ("<", 10 ** 9), b"\xa1\xb2\x3c\x4d": (">", 10 ** 9),
 }
 PCAPNG_SHB = 0x0A0D0D0A
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
@@ -43,7 +46,7 @@ class Interface:
     name: str
     linktype: int
     description: str = ""
-    tsresol: float = 1e-6
+    per_second: int = 10 ** 6  # timestamp units per second (if_tsresol)
     # from interface statistics blocks (pcapng), when present
     received: int | None = None
     dropped: int | None = None  # by the interface/kernel
@@ -55,6 +58,7 @@ class Capture:
     path: str
     format: str  # "pcap" | "pcapng"
     interfaces: list[Interface] = field(default_factory=list)
+    epoch: int = 0  # the whole second (since 1970) that packet times count from
     _map: mmap.mmap | bytes | None = field(default=None, repr=False)
 
     def packets(self):
@@ -80,7 +84,7 @@ class Batch:
     offset: object  # int64: where each frame starts in `data`
     caplen: object  # int64
     iface: object  # int64, an index into Capture.interfaces
-    time: object  # float64, seconds since the epoch
+    time: object  # float64, seconds since Capture.epoch
     data: object  # the mapped file
     u8: object  # the same bytes as a numpy uint8 array
 
@@ -108,20 +112,22 @@ def read(path: str) -> Capture:
         os.close(fd)
     head = bytes(data[:4])
     if head in PCAP_MAGICS:
-        order, resolution = PCAP_MAGICS[head]
+        order, per_second = PCAP_MAGICS[head]
         if len(data) < 24:
             raise UsageError(f"{path}: truncated pcap header")
         linktype = struct.unpack_from(order + "I", data, 20)[0] & 0x0FFFFFFF
         name = os.path.basename(path)
-        return Capture(path, "pcap", [Interface(name, linktype, tsresol=resolution)], data)
+        epoch = struct.unpack_from(order + "I", data, 24)[0] if len(data) >= 28 else 0
+        return Capture(path, "pcap", [Interface(name, linktype, per_second=per_second)], epoch, data)
     if len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB:
-        return Capture(path, "pcapng", [], data)
+        return Capture(path, "pcapng", [], _pcapng_epoch(data), data)
     raise UsageError(f"{path} is not a pcap or pcapng file")
 
 
 def _pcap_packets(cap: Capture):
     data = cap._map
-    order, resolution = PCAP_MAGICS[bytes(data[:4])]
+    order, per_second = PCAP_MAGICS[bytes(data[:4])]
+    epoch = cap.epoch
     header = struct.Struct(order + "IIII").unpack_from
     end = len(data)
     off, number = 24, 0
@@ -131,7 +137,7 @@ def _pcap_packets(cap: Capture):
         if off + caplen > end:
             break  # truncated last packet (a capture still being written)
         number += 1
-        yield number, sec + frac * resolution, 0, data, off, caplen, origlen
+        yield number, (sec - epoch) + frac / per_second, 0, data, off, caplen, origlen
         off += caplen
 
 
@@ -140,7 +146,7 @@ def _pcap_batches(cap: Capture, size: int):
 
     data = cap._map
     u8 = np.frombuffer(data, np.uint8)
-    order, resolution = PCAP_MAGICS[bytes(data[:4])]
+    order, per_second = PCAP_MAGICS[bytes(data[:4])]
     caplen_of = struct.Struct(order + "8xI").unpack_from  # a record header's caplen
     end = len(data)
     last_header = end - 16
@@ -160,8 +166,8 @@ def _pcap_batches(cap: Capture, size: int):
             return
         record = np.frombuffer(starts, np.int64)
         seconds, fraction, caplen = _words(u8, record, 3, order == "<").T
-        yield Batch(first, record + 16, caplen, np.zeros(len(starts), np.int64), seconds + fraction * resolution,
-                    data, u8)
+        yield Batch(first, record + 16, caplen, np.zeros(len(starts), np.int64),
+                    (seconds - cap.epoch) + fraction / per_second, data, u8)
         first += len(starts)
         if truncated or len(starts) < size:
             return
@@ -194,8 +200,9 @@ def _pcapng_batches(cap: Capture, size: int):
         if len(unknown):
             raise UsageError(f"{cap.path}: packet {first + unknown[0]} names interface {local[unknown[0]]}, which "
                              f"the file does not describe (a damaged capture)")
-        resolutions = np.array([i.tsresol for i in cap.interfaces[base:]])
-        times = stamp.astype(np.float64) * resolutions[local]
+        per_second = np.array([i.per_second for i in cap.interfaces[base:]], np.int64)[local]
+        # exact in integers, then one rounding (a simple block's stamp 0 is 1970, as in packets())
+        times = (stamp.astype(np.int64) - cap.epoch * per_second) / per_second
         ifaces = local + base
         batch = Batch(first, offsets, caplens, ifaces, times, data, u8)
         first += len(epbs)
@@ -246,7 +253,7 @@ def _pcapng_block(cap: Capture, data, off: int, btype: int, blen: int, order: st
             elif code == IF_DESCRIPTION:
                 intf.description = value.rstrip(b"\0").decode("utf-8", "replace")
             elif code == IF_TSRESOL:
-                intf.tsresol = _tsresol(value)
+                intf.per_second = _per_second(value)
         interfaces.append(intf)
     elif btype == ISB:
         iface = struct.unpack_from(order + "I", data, off + 8)[0]
@@ -273,9 +280,41 @@ def _options(data, off: int, end: int, order: str):
         off += 4 + ((length + 3) & ~3)
 
 
-def _tsresol(raw: bytes) -> float:
-    value = raw[0]
-    return 2.0 ** -(value & 0x7F) if value & 0x80 else 10.0 ** -value
+def _per_second(if_tsresol: bytes) -> int:
+    value = if_tsresol[0]
+    return 2 ** (value & 0x7F) if value & 0x80 else 10 ** value
+
+
+def _if_tsresol(per_second: int) -> bytes:
+    decimals = len(str(per_second)) - 1
+    if per_second == 10 ** decimals:
+        return bytes([decimals])
+    return bytes([0x80 | (per_second.bit_length() - 1)])
+
+
+def _pcapng_epoch(data) -> int:
+    """The whole second of the file's first packet block with a timestamp (0 if none)."""
+    off, end, order = 0, len(data), "<"
+    per_second: list[int] = []
+    while off + 12 <= end:
+        btype, blen = struct.unpack_from(order + "II", data, off)
+        if btype == PCAPNG_SHB and off + 12 <= end:
+            order = "<" if struct.unpack_from("<I", data, off + 8)[0] == BYTE_ORDER_MAGIC else ">"
+            btype, blen = struct.unpack_from(order + "II", data, off)
+            per_second = []
+        if blen < 12 or off + blen > end:
+            return 0
+        if btype == IDB:
+            units = 10 ** 6
+            for code, value in _options(data, off + 16, off + blen - 4, order):
+                if code == IF_TSRESOL:
+                    units = _per_second(value)
+            per_second.append(units)
+        elif btype == EPB and blen >= 32:
+            iface, hi, lo = struct.unpack_from(order + "III", data, off + 8)
+            return ((hi << 32) | lo) // per_second[iface] if iface < len(per_second) else 0
+        off += blen
+    return 0
 
 
 def _pcapng_packets(cap: Capture):
@@ -284,7 +323,8 @@ def _pcapng_packets(cap: Capture):
     off, number, order = 0, 0, "<"
     interfaces = cap.interfaces
     base = 0  # index of this section's first interface in `interfaces`
-    resolutions: list[float] = []
+    per_second: list[int] = []
+    epoch = cap.epoch
     block = struct.Struct("<II").unpack_from
     epb = struct.Struct("<IIIII").unpack_from
     while off + 12 <= end:
@@ -296,21 +336,23 @@ def _pcapng_packets(cap: Capture):
             epb = struct.Struct(order + "IIIII").unpack_from
             btype, blen = block(data, off)
             base = len(interfaces)
-            resolutions = []
+            per_second = []
         if blen < 12 or off + blen > end:
             break  # truncated (still being written)
         if btype == EPB:
             iface, hi, lo, caplen, origlen = epb(data, off + 8)
             number += 1
-            yield (number, ((hi << 32) | lo) * resolutions[iface], base + iface, data, off + 28, caplen, origlen)
+            units = per_second[iface]
+            yield (number, (((hi << 32) | lo) - epoch * units) / units, base + iface, data, off + 28, caplen,
+                   origlen)
         elif btype == SPB:
             origlen = struct.unpack_from(order + "I", data, off + 8)[0]
             number += 1
-            yield number, 0.0, base, data, off + 12, min(origlen, blen - 16), origlen
+            yield number, float(-epoch), base, data, off + 12, min(origlen, blen - 16), origlen  # no stamp: 1970
         else:
             _pcapng_block(cap, data, off, btype, blen, order, base)
             if btype == IDB:
-                resolutions.append(interfaces[-1].tsresol)
+                per_second.append(interfaces[-1].per_second)
         off += blen
 
 
@@ -326,24 +368,32 @@ def _block(btype: int, body: bytes) -> bytes:
 
 
 class PcapngWriter:
-    """pcapng out: `add_interface(...)` then `packet(...)`; timestamps in microseconds."""
+    """pcapng out: `add_interface(...)` then `packet(...)`; timestamps in microseconds unless an
+    interface asks for finer ones."""
 
     def __init__(self, path: str):
         self._file = open(path, "wb")  # closed by close()
         shb = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) + _option(0, b"")
         self._file.write(_block(PCAPNG_SHB, shb))
+        self._per_second: list[int] = []
         self.count = 0
 
-    def add_interface(self, name: str, linktype: int, description: str = "", snaplen: int = 0) -> None:
+    def add_interface(self, name: str, linktype: int, description: str = "", snaplen: int = 0,
+                      per_second: int = 10 ** 6) -> None:
+        """`per_second`: timestamp units per second, a power of 10 or of 2."""
         options = _option(IF_NAME, name.encode())
         if description:
             options += _option(IF_DESCRIPTION, description.encode())
-        options += _option(IF_TSRESOL, b"\x06") + _option(0, b"")
+        options += _option(IF_TSRESOL, _if_tsresol(per_second)) + _option(0, b"")
         self._file.write(_block(IDB, struct.pack("<HHI", linktype, 0, snaplen) + options))
+        self._per_second.append(per_second)
 
-    def packet(self, iface: int, time: float, frame, origlen: int | None = None, comment: str | None = None) -> None:
+    def packet(self, iface: int, time: float, frame, origlen: int | None = None, comment: str | None = None,
+               epoch: int = 0) -> None:
+        """`time`: seconds since `epoch` (a whole second since 1970), as a Capture's packets give them."""
         frame = bytes(frame)
-        ts = int(round(time * 1e6))
+        units = self._per_second[iface]
+        ts = epoch * units + int(round(time * units))
         body = struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(frame), origlen or len(frame))
         body += frame + b"\0" * (-len(frame) % 4)
         if comment:
@@ -353,7 +403,7 @@ class PcapngWriter:
 
     def statistics(self, iface: int, time: float, received: int | None, dropped: int | None,
                    os_dropped: int | None = None) -> None:
-        ts = int(round(time * 1e6))
+        ts = int(round(time * self._per_second[iface]))  # (seconds since 1970)
         options = b""
         for code, value in ((ISB_IFRECV, received), (ISB_IFDROP, dropped), (ISB_OSDROP, os_dropped)):
             if value is not None:

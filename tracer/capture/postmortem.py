@@ -233,7 +233,7 @@ def run(source: str, snapshot: str | None = None, flow: str | None = None) -> Re
             mapping = conntrack_mapping(f)
     ctx = Context(state)
     connections = pair(analysis.sides, names, analysis.last or 0.0, analysis.icmp, conntrack=mapping,
-                       predict=ctx.predict if state is not None else None)
+                       predict=ctx.predict if state is not None else None, epoch=capture.epoch)
     if flow:
         parts = parse_flow(flow)
         connections = [c for c in connections if _flow_matches(parts, c)]
@@ -301,7 +301,7 @@ def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
         "flow": {"lan": _tuple(conn.lan), "wan": _tuple(conn.wan) if conn.paired else None,
                  "pairing": conn.pairing},
         "interfaces": {"in": conn.names[0], "out": conn.name_of(conn.last) if conn.paired else None},
-        "start": round(conn.start, 6),
+        "start": round(conn.epoch + conn.start, 6),  # seconds since 1970
         "duration": round(conn.end - conn.start, 6),
         "bytes": {"to_server": _unique(first.h[0]), "to_client": _unique(first.h[1]),
                   "sent_to_server": first.h[0].payload, "sent_to_client": first.h[1].payload},

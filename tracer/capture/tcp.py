@@ -37,9 +37,10 @@ from tracer.capture import pcapio
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 EVIDENCE = 20
-# Seconds since the epoch as floats are exact to about 0.24 µs: two equal intervals between
-# microsecond stamps can compute 0.3 µs apart. Comparisons of intervals allow this much.
-STAMP_SLACK = 0.5e-6
+# tshark compares intervals between stamps exactly, in nanoseconds; packet times here are floats
+# since the capture's first second (pcapio), exact to far below a nanosecond for days of capture.
+# Half a nanosecond between two intervals is then the difference of their whole nanoseconds.
+STAMP_SLACK = 0.5e-9
 MAX_GAPS = 256
 RTT_SAMPLES = 2048
 MAX_SACKED = 32
@@ -341,7 +342,7 @@ class Side:
                 h.spurious += 1
             elif seglen > 1 and s == nxt - 1:
                 pass  # new data after a zero-window probe's byte
-            elif ts - r.lastacktime < 0.02 and r.dupacknum >= 2 and r.lastack == s:
+            elif ts - r.lastacktime < 0.02 - STAMP_SLACK and r.dupacknum >= 2 and r.lastack == s:
                 kind = "fast"
                 h.fast += 1
             # Wireshark's time since the highest segment is unsigned: one stamped a hair before it
