@@ -323,6 +323,50 @@ def test_nanosecond_stamps_decide_out_of_order_as_tshark_does(tmp_path, after_hi
     assert oracle.disagreements(str(path)) == []
 
 
+def _late_upload(ids: str):
+    """A 20-segment upload, the handshake RTT 0.15 ms; segments 5, 8, 11 and 14 arrive 5.5 ms late,
+    after those sent behind them. The client numbers its packets in sending order, as Linux does:
+    `ids` "sending order" (they are late originals), "re-sent" (they are re-sends, numbered when
+    re-sent: the originals were lost) or "zero" (IDs say nothing, as some systems send)."""
+    late = {4, 7, 10, 13}
+    sends = [(T0, T0, True, "S", 1000, 0, b""), (T0 + 0.0001, T0 + 0.0001, False, "SA", 5000, 1001, b""),
+             (T0 + 0.00015, T0 + 0.00015, True, "A", 1001, 5001, b"")]  # (sent, arrived, to server, …)
+    for i in range(20):
+        sent = T0 + 0.003 + i * 0.001
+        arrived = sent + (0.0055 if i in late else 0)
+        sends.append((arrived if ids == "re-sent" and i in late else sent, arrived, True, "PA", 1001 + i * MSS, 5001,
+                      b"y" * MSS))
+    sends.append((T0 + 0.040, T0 + 0.040, False, "A", 5001, 1001 + 20 * MSS, b""))
+    out, ident = [], 100
+    for _sent, arrived, to_server, flags, seq, ack, payload in sorted(sends):
+        src, dst = (C4, S4) if to_server else (S4, C4)
+        number = 0 if ids == "zero" or not to_server else ident
+        ident += to_server
+        packet = (_ether() / IP(src=src, dst=dst, id=number, flags="DF") / _tcp(to_server, flags, seq, ack)
+                  / (Raw(payload) if payload else b""))
+        packet.time = arrived
+        out.append(packet)
+    out.sort(key=lambda p: p.time)
+    return out
+
+
+@pytest.mark.parametrize("ids,reordered,verdict", [("sending order", 4, "ok"), ("re-sent", 0, "slow"),
+                                                   ("zero", 0, "slow")])
+def test_late_originals_told_from_retransmissions_by_their_ip_ids(tmp_path, ids, reordered, verdict):
+    # tshark calls each late segment a retransmission (it came more than the RTT after the highest
+    # segment);
+    # the counts say so too, and `reordered` says which of them were originals arriving late.
+    path = tmp_path / "late.pcap"
+    wrpcap(str(path), _late_upload(ids))
+    conn = _postmortem(path)
+    counts = conn["retransmissions"]["late.pcap"]
+    assert (counts["to_server"], counts["reordered"]["to_server"]) == (4, reordered)
+    assert conn["verdict"] == verdict, conn["reasons"]
+    lost = conn["retransmissions"]["where"]["to_server"]
+    assert lost["beyond_router"] + lost["before_router"] == (0 if reordered else 4)
+    assert oracle.disagreements(str(path)) == []
+
+
 # ---------------------------------------------------------------- a real capture
 
 DROP = """

@@ -66,6 +66,7 @@ class Segments:
     tsval: object = None  # the timestamp option (RFC 7323), -1 without one
     tsecr: object = None
     sack: dict | None = None  # row -> its SACK blocks [(left, right), …] (at most MAX_SACK_BLOCKS)
+    ip_id: object = None  # IPv4's identification field, -1 for IPv6
 
 
 class Addresses:
@@ -181,6 +182,7 @@ def decode(batch, linktypes: list[int], addresses: Addresses, reassembly: Reasse
     frag = words[:, 3].astype(np.int64)
     proto4 = header[:, 9]
     ip_len4 = words[:, 1].astype(np.int64)
+    ident4 = words[:, 2].astype(np.int64)
     whole = (frag & 0x3FFF) == 0
     tcp4 = (proto4 == 6) & whole
     icmp4 = (proto4 == 1) & ((frag & 0x1FFF) == 0)
@@ -219,16 +221,17 @@ def decode(batch, linktypes: list[int], addresses: Addresses, reassembly: Reasse
     l4 = _joined(at[tcp4] + ihl[tcp4], l4_6[tcp6])
     payload_end = _joined(at[tcp4] + ip_len4[tcp4], at6[tcp6] + 40 + plen[tcp6])
     ip_len = _joined(ip_len4[tcp4], plen[tcp6] + 40)
+    ip_id = _joined(ident4[tcp4], np.full(int(tcp6.sum()), -1, np.int64))
     src = _joined(longs[tcp4, 3].astype(np.int64), addresses.v6_ids(u8, at6[tcp6] + 8))
     dst = _joined(longs[tcp4, 4].astype(np.int64), addresses.v6_ids(u8, at6[tcp6] + 24))
     if len(v6):
         order = np.argsort(rows, kind="stable")
-        rows, l4, payload_end, ip_len, src, dst = (rows[order], l4[order], payload_end[order], ip_len[order],
-                                                   src[order], dst[order])
+        rows, l4, payload_end, ip_len, ip_id, src, dst = (rows[order], l4[order], payload_end[order], ip_len[order],
+                                                          ip_id[order], src[order], dst[order])
     keep = l4 + 20 <= end[rows]
     if not keep.all():
-        rows, l4, payload_end, ip_len, src, dst = rows[keep], l4[keep], payload_end[keep], ip_len[keep], src[keep], \
-            dst[keep]
+        rows, l4, payload_end, ip_len, ip_id, src, dst = (rows[keep], l4[keep], payload_end[keep], ip_len[keep],
+                                                          ip_id[keep], src[keep], dst[keep])
     header = _rows(u8, l4, 16)
     words, longs = header.view(">u2"), header.view(">u4")
     thl = (header[:, 12] >> 4).astype(np.int64) * 4
@@ -239,6 +242,7 @@ def decode(batch, linktypes: list[int], addresses: Addresses, reassembly: Reasse
                         seglen, ip_len, l4, np.minimum(thl, end[rows] - l4), {})
 
     segments.tsval, segments.tsecr, segments.sack = _options(u8, segments.l4, segments.thl)
+    segments.ip_id = ip_id
 
     fragments = [(int(r), 4, int(a)) for r, a in zip(v4[frag4], at[frag4], strict=True)]
     frag6 = fragment6 & (nh == 6)
@@ -314,6 +318,7 @@ def _with_reassembled(segments: Segments, fragments, batch, l3, end, addresses: 
                 start + ihl, total - ihl
             src, dst = int.from_bytes(data[start + 12:start + 16], "big"), \
                 int.from_bytes(data[start + 16:start + 20], "big")
+            ident = key[2]
         else:
             if at + 8 > stop:
                 continue
@@ -324,6 +329,7 @@ def _with_reassembled(segments: Segments, fragments, batch, l3, end, addresses: 
             length = ((data[start + 4] << 8) | data[start + 5]) + 40 - ihl
             src = addresses.v6_id(bytes(data[start + 8:start + 24]))
             dst = addresses.v6_id(bytes(data[start + 24:start + 40]))
+            ident = -1
         done = reassembly.add(key, offset, length, more, bytes(data[payload_at:stop]) if offset == 0 else None)
         if done is None or len(done[0]) < 20:
             continue
@@ -332,14 +338,14 @@ def _with_reassembled(segments: Segments, fragments, batch, l3, end, addresses: 
         added.append((row, src, dst, int.from_bytes(head[0:2], "big"), int.from_bytes(head[2:4], "big"),
                       int.from_bytes(head[4:8], "big"), int.from_bytes(head[8:12], "big"), head[13],
                       int.from_bytes(head[14:16], "big"), max(0, payload - thl), payload + ihl, min(thl, len(head)),
-                      head))
+                      head, ident))
     if not added:
         return segments
     columns = ("number", "time", "iface", "src", "dst", "sport", "dport", "seq", "ack", "flags", "win", "seglen",
-               "ip_len", "l4", "thl", "tsval", "tsecr")
+               "ip_len", "l4", "thl", "tsval", "tsecr", "ip_id")
     rows = np.array([a[0] for a in added], np.int64)
     new = {"number": batch.first + rows, "time": batch.time[rows], "iface": batch.iface[rows],
-           "l4": np.zeros(len(rows), np.int64)}
+           "l4": np.zeros(len(rows), np.int64), "ip_id": np.array([a[13] for a in added], np.int64)}
     for i, name in enumerate(("src", "dst", "sport", "dport", "seq", "ack", "flags", "win", "seglen", "ip_len", "thl")):
         new[name] = np.array([a[1 + i] for a in added], np.int64)
     # the options, from the reassembled headers laid end to end

@@ -42,6 +42,15 @@ EVIDENCE = 20
 # Half a nanosecond between two intervals is then the difference of their whole nanoseconds.
 STAMP_SLACK = 0.5e-9
 MAX_GAPS = 256
+# IP IDs: Linux numbers a TCP socket's packets in sending order (per socket, IPv4), so a segment
+# below the highest sequence number whose ID is older than the highest segment's is an original
+# that arrived late (reordered), not a retransmission. Trusted once a direction's IDs have gone up
+# by 1 … ID_STEP_MAX (a segmentation offload's burst, or packets the capture missed) from packet
+# to packet at least ID_TRUST times, and otherwise at most one time in ID_TRUST — not counting
+# steps back by up to ID_BACK_MAX (reordering itself). Random IDs rarely step either way, zero ones never.
+ID_STEP_MAX = 64
+ID_BACK_MAX = 1024
+ID_TRUST = 8
 RTT_SAMPLES = 2048
 MAX_SACKED = 32
 MAX_TS_PENDING = 1024
@@ -121,7 +130,8 @@ class Half:
         "syn_time", "first_syn", "syn_number", "syns", "fin", "rst", "progress", "wl_time", "wl_since",
         "first", "last", "ev_retrans", "ev_zero", "ev_dup", "big", "big_first", "max_len", "retrans_max",
         "same_seq", "last_retrans_seq", "isn", "ev_data", "zw_since", "zw_time", "ts_rtt", "ts_base", "ts_newest",
-        "ts_pending", "sacked", "sack_high", "sack_holes", "sacked_retrans", "dsacks",
+        "ts_pending", "sacked", "sack_high", "sack_holes", "sacked_retrans", "dsacks", "last_id", "high_id",
+        "id_up", "id_other", "late",
     )
 
     def __init__(self):
@@ -176,6 +186,10 @@ class Half:
         self.sack_holes = 0  # gaps the peer signalled: a SACK block above all acknowledged and SACKed data
         self.sacked_retrans = 0  # retransmissions of data the peer had SACKed: not lost
         self.dsacks = 0  # D-SACKs (RFC 2883): the peer received a segment of this direction twice
+        self.last_id = -1  # the IP ID of this direction's last packet (-1: none, IPv6)
+        self.high_id = -1  # … of the segment that reached the highest sequence number
+        self.id_up = self.id_other = 0  # ID steps: up by 1 … ID_STEP_MAX; neither that nor back a little
+        self.late = 0  # "retransmissions" that are originals arriving late (their IP ID is older)
 
     def zero_window_time(self, end: float) -> float:
         return self.zw_time + (end - self.zw_since if self.zw_since is not None else 0.0)
@@ -214,9 +228,15 @@ class Half:
 
     @property
     def spurious_retransmissions(self) -> int:
-        """Retransmissions the peer shows it did not need: of data it had SACKed, or that it
-        reported receiving twice (a segment delayed, not lost, re-sent by a timer or RACK)."""
-        return min(self.retransmissions, max(self.sacked_retrans, self.dsacks))
+        """Retransmissions the peer shows it did not need — of data it had SACKed, or that it
+        reported receiving twice (a segment delayed, not lost, re-sent by a timer or RACK) — and
+        originals that arrived late, which tshark counts as retransmissions too."""
+        return min(self.retransmissions, max(self.sacked_retrans, self.dsacks) + self.late)
+
+    @property
+    def ids_in_order(self) -> bool:
+        """Whether this direction's IP IDs count its packets in sending order."""
+        return self.id_up >= ID_TRUST and self.id_other * ID_TRUST <= self.id_up
 
     def was_sacked(self, start: int, end: int) -> bool:
         return any(r[0] <= start and end <= r[1] for r in self.sacked)
@@ -273,11 +293,15 @@ class Side:
         return out
 
     def segment(self, d: int, number: int, ts: float, seq: int, ack: int, flags: int, win: int, seglen: int,
-                ip_len: int, buf, toff: int, thl: int, sack=()) -> None:
-        """One segment from direction d; `sack`: its SACK blocks as sequence numbers ((left, right), …)."""
+                ip_len: int, buf, toff: int, thl: int, sack=(), ip_id: int = -1) -> None:
+        """One segment from direction d; `sack`: its SACK blocks as sequence numbers ((left, right), …);
+        `ip_id`: IPv4's identification (-1 for IPv6)."""
         h = self.h[d]
         r = self.h[1 - d]
         h.packets += 1
+        if ip_id >= 0 and h.last_id >= 0:
+            _id_step(h, ip_id)
+        h.last_id = ip_id
         h.last = ts
         if h.first is None:
             h.first = ts
@@ -356,18 +380,25 @@ class Side:
                 kind = "retrans"
                 h.retrans += 1
         if kind is not None:
+            late = (kind != "ooo" and ip_id >= 0 and h.high_id >= 0 and 0 < (h.high_id - ip_id) & 0xFFFF < 0x8000
+                    and h.ids_in_order)
             filled = False
-            for gap in h.gaps:
-                if gap[0] <= s < gap[1]:  # a repair of this hole (a hole may take several segments)
-                    if gap[4] is None:
+            for i, gap in enumerate(h.gaps):
+                if gap[0] <= s < gap[1]:
+                    if late:  # the hole was reordering, not loss: what this original covers is no hole
+                        _close_hole(h.gaps, i, s, s + seglen)
+                        break
+                    if gap[4] is None:  # a repair of this hole (a hole may take several segments)
                         gap[4] = number
                     filled = True
                     h.filled += 1
                     break
-            sacked = bool(kind != "ooo" and seglen and not filled and h.was_sacked(s, s + seglen))
+            if late:
+                h.late += 1
+            sacked = bool(kind != "ooo" and seglen and not filled and not late and h.was_sacked(s, s + seglen))
             if sacked:
                 h.sacked_retrans += 1  # the peer had it: not lost
-            if kind != "ooo":
+            if kind != "ooo" and not late:
                 if s == h.last_retrans_seq:
                     h.same_seq += 1
                     if h.same_seq + 1 > h.retrans_max:
@@ -377,13 +408,14 @@ class Side:
                     h.same_seq = 1
                     if h.retrans_max < 2:
                         h.retrans_max = 2
-            if not sacked and len(h.ev_retrans) < EVIDENCE:  # loss evidence: SACKed data had arrived
+            if not sacked and not late and len(h.ev_retrans) < EVIDENCE:  # loss evidence: SACKed data had arrived
                 h.ev_retrans.append((number, ts, s, seglen, ip_len, kind, filled))
             if h.timed_end >= 0 and s < h.timed_end:
                 h.timed_end = -1  # Karn: no RTT sample from a retransmitted segment
         if (nxt < 0 or end > nxt) and not zwp:
             h.nextseq = end
             h.nextseqtime = ts
+            h.high_id = ip_id
             if seglen and h.timed_end < 0:
                 h.timed_end = end
                 h.timed_ts = ts
@@ -590,7 +622,7 @@ class _Batch:
         self.seg, self.data, self.groups, self.starts, self.stops = seg, data, groups, starts, stops
         self.order, self.one_by_one = order, one_by_one
         cols = {name: getattr(seg, name)[order] for name in ("number", "time", "seq", "ack", "flags", "win",
-                                                               "seglen", "ip_len", "tsval", "tsecr")}
+                                                               "seglen", "ip_len", "tsval", "tsecr", "ip_id")}
         self.cols = cols
         self.extra, self.sack = {}, {}
         if seg.extra or seg.sack:
@@ -664,6 +696,15 @@ class _Batch:
         m = np.arange(len(by_lane))
         lane_start = first_of_lane[lanes] if len(lanes) else lanes
         is_data = seglen[by_lane] > 0
+        # IP ID steps from each packet's predecessor in its lane (within the batch)
+        ids = cols["ip_id"][by_lane]
+        prev_ids = np.concatenate([[-1], ids[:-1]]) if len(m) else ids
+        step = (ids - prev_ids) & 0xFFFF
+        known = (m > lane_start) & (ids >= 0) & (prev_ids >= 0)
+        up = (step > 0) & (step <= ID_STEP_MAX)
+        back = (step > 0) & (0x10000 - step <= ID_BACK_MAX)
+        self.id_ups = np.concatenate([[0], np.cumsum(known & up)])
+        self.id_others = np.concatenate([[0], np.cumsum(known & ~up & ~back)])
         self.by_lane = by_lane.tolist()
         # (the arrays read at a few positions per run stay arrays, read with .item())
         self.sums = np.concatenate([[0], np.cumsum(seglen[by_lane])])
@@ -834,7 +875,7 @@ class _Batch:
         side.segment(self.d.item(k), cols["number"].item(k), cols["time"].item(k), cols["seq"].item(k),
                      cols["ack"].item(k), cols["flags"].item(k), cols["win"].item(k), cols["seglen"].item(k),
                      cols["ip_len"].item(k), buf, self.seg.l4.item(row) if toff is None else toff,
-                     self.seg.thl.item(row), self.sack.get(k, ()))
+                     self.seg.thl.item(row), self.sack.get(k, ()), cols["ip_id"].item(k))
 
     def _runs(self, g: int, side: Side, static: list[int]) -> list[int]:
         """Group g's stretch: the runs of fast segments between the others; returns the others."""
@@ -890,6 +931,7 @@ class _Batch:
             h, peer = side.h[dd], side.h[1 - dd]
             last = by_lane[m1 - 1]
             h.packets += m1 - m0
+            self._id_steps(h, m0, m1, lo)
             h.last = ts(last)
             count = counts(m1) - counts(m0)
             if count:
@@ -897,7 +939,9 @@ class _Batch:
                 h.payload += size
                 h.data_packets += count
                 h.nextseq += size
-                h.nextseqtime = ts(by_lane[self.last_data.item(m1 - 1)])
+                highest = by_lane[self.last_data.item(m1 - 1)]
+                h.nextseqtime = ts(highest)
+                h.high_id = self.cols["ip_id"].item(highest)
                 data_rows = self.data_rows
                 dlo, dhi = self.data_bounds[2 * g + dd], self.data_bounds[2 * g + dd + 1]
                 n0, n1 = bisect_left(data_rows, start, dlo, dhi), bisect_left(data_rows, stop, dlo, dhi)
@@ -939,6 +983,19 @@ class _Batch:
         for dd in (0, 1):
             self._timer(g, side.h[dd], dd, start, stop)
 
+    def _id_steps(self, h: Half, m0: int, m1: int, lane_first: int) -> None:
+        """The IP ID steps of lane positions m0 … m1-1, as Side.segment counts them one by one."""
+        ids = self.cols["ip_id"]
+        k0 = m0
+        if m0 == lane_first:  # its predecessor came in an earlier batch (or there is none)
+            first = ids.item(self.by_lane[m0])
+            if first >= 0 and h.last_id >= 0:
+                _id_step(h, first)
+            k0 = m0 + 1
+        h.id_up += self.id_ups.item(m1) - self.id_ups.item(k0)
+        h.id_other += self.id_others.item(m1) - self.id_others.item(k0)
+        h.last_id = ids.item(self.by_lane[m1 - 1])
+
     def _evidence(self, h: Half, lane: int, n0: int, n1: int, start: int, stop: int) -> None:
         """The first data segments and the first large ones of a run (data rows n0 … n1-1 of `lane`),
         while the half keeps fewer than EVIDENCE of each."""
@@ -978,6 +1035,22 @@ class _Batch:
             Side._rtt_sample(h, ts(by_lane[m]) - since)
             end, at = -1, by_lane[m] + 1
         h.timed_end, h.timed_ts = end, since
+
+
+def _id_step(h: Half, ip_id: int) -> None:
+    step = (ip_id - h.last_id) & 0xFFFF
+    if 0 < step <= ID_STEP_MAX:
+        h.id_up += 1
+    elif not 0 < 0x10000 - step <= ID_BACK_MAX:
+        h.id_other += 1
+
+
+def _close_hole(gaps: list[list], i: int, start: int, end: int) -> None:
+    """Hole i no longer holds [start, end): trimmed, split in two, or gone."""
+    gap = gaps[i]
+    rest = [part for part in ([gap[0], min(gap[1], start)], [max(gap[0], end), gap[1]]) if part[0] < part[1]]
+    gaps[i:i + 1] = [[lo, hi, *gap[2:]] for lo, hi in rest]
+    del gaps[MAX_GAPS:]
 
 
 def _stable_order(keys, bound: int):
