@@ -10,6 +10,8 @@
 #define KIND_REPLY      4
 #define KIND_REPLY_DROP 5
 #define KIND_ICMP_ERROR 6
+#define KIND_PATH_CHANGE 7
+#define KIND_LATER_DROP 8
 
 #define F_NETNS (1 << 0)
 #define F_SRC   (1 << 1)
@@ -23,6 +25,8 @@
  * before that, and an all-zero filter would let everything through. */
 #define F_READY (1u << 31)
 
+#define SEEN_LATER_DROP (1u << 26)
+#define SEEN_PATH_CHANGE (1u << 27)
 #define SEEN_REPLY_DROP (1u << 28)
 #define SEEN_REPORTED (1u << 29)
 #define SEEN_DROP  (1u << 30)
@@ -116,8 +120,10 @@ struct flowrec {
 };
 
 /* A change about a flow already reported: its first reply-direction packet (KIND_REPLY), a reply
- * dropped (KIND_REPLY_DROP: reason, location, ifindex) or an ICMP error about it (KIND_ICMP_ERROR:
- * the error's sender in `from`, its type and code). */
+ * dropped (KIND_REPLY_DROP: reason, location, ifindex), an ICMP error about it (KIND_ICMP_ERROR:
+ * the error's sender in `from`, its type and code), the first of its later packets to leave by
+ * another device than its first packet (KIND_PATH_CHANGE: that device in ifindex, its mark), or the
+ * first of its later packets dropped (KIND_LATER_DROP: as KIND_REPLY_DROP). */
 struct note {
     u64 ts;
     u64 location;
@@ -132,6 +138,7 @@ struct note {
     u8 icmp_code;
     u8 icmp_error; /* KIND_REPLY_DROP: the dropped packet was an ICMP error about the flow */
     u8 pad;
+    u32 mark;
 };
 #define ICMP_ERRORS_MAX 4 /* noted per flow */
 
@@ -182,7 +189,7 @@ struct arrival {
 struct ctseen {
     u64 fingerprint;
     u32 seen; /* as flowstate.seen; IGNORED: the filter does not want this flow */
-    u32 pad;
+    u32 out_ifindex; /* the device the flow's first packet left by (reported, forwarded or local) */
 };
 #define SEEN_IGNORED 0xFFFFFFFFu
 
@@ -191,6 +198,8 @@ struct ctseen {
 struct skipping {
     u64 skb;
     u64 nfct;
+    u32 out_ifindex; /* where its flow's first packet left: postrouting checks this one leaves there too */
+    u32 pad;
 };
 
 BPF_ARRAY(config, struct config, 1);

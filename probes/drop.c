@@ -15,16 +15,16 @@ static __always_inline void record_dropped_arrival(struct flowrec *r, struct flo
     record_position(r, hook * 2, pkt, hook == 0 ? ifindex : 0, hook == 0 ? 0 : ifindex, a->mark);
 }
 
-/* A reply-direction packet of a traced flow dropped (the first such drop of the flow), or an ICMP
- * error about it: a note. */
-static __always_inline void note_reply_drop(const struct packet *p, const void *skb, const void *dev, u32 reason,
-                                            u64 location)
+/* A packet of a traced flow dropped after its first one was reported — a reply-direction packet (or
+ * an ICMP error about the flow: KIND_REPLY_DROP, flag SEEN_REPLY_DROP), or one of the flow's own
+ * (KIND_LATER_DROP, SEEN_LATER_DROP): the first such drop of the flow, as a note. */
+static __always_inline void note_drop(struct flowstate *fs, u32 kind, u32 flag, const struct packet *p,
+                                      const void *skb, const void *dev, u32 reason, u64 location)
 {
-    struct flowstate *fs = flows.lookup(&p->key);
-    if (!fs || (fs->seen & SEEN_REPLY_DROP))
+    if (!fs || (fs->seen & flag))
         return;
-    fs->seen |= SEEN_REPLY_DROP;
-    struct note n = {.kind = KIND_REPLY_DROP, .key = p->key, .reason = reason, .location = location,
+    fs->seen |= flag;
+    struct note n = {.kind = kind, .key = p->key, .reason = reason, .location = location,
                      .ifindex = ifindex_of(dev)};
     if (p->ctinfo == 4) { /* an ICMP error: its sender, type and code too */
         copy_address(n.from, p->pkt.saddr);
@@ -64,11 +64,15 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
     if (!matches(c, &p.key))
         return 0;
     if (reply) {
-        note_reply_drop(&p, skb, dev, reason, ctx->args[1]);
+        note_drop(flows.lookup(&p.key), KIND_REPLY_DROP, SEEN_REPLY_DROP, &p, skb, dev, reason, ctx->args[1]);
         return 0;
     }
     struct flowstate fresh = {};
     struct flowstate *fs = flows.lookup_or_try_init(&p.key, &fresh);
+    if (fs && (fs->seen & SEEN_REPORTED) && !(fs->seen & SEEN_DROP)) { /* its first packet went through */
+        note_drop(fs, KIND_LATER_DROP, SEEN_LATER_DROP, &p, skb, dev, reason, ctx->args[1]);
+        return 0;
+    }
     if (!fs || (fs->seen & (SEEN_DROP | SEEN_REPORTED)))
         return 0;
     fs->seen |= SEEN_DROP;

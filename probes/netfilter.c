@@ -78,6 +78,46 @@ static __always_inline void record_entry(struct flowrec *r, const struct packet 
     record_position(r, hook * 2, &before, p->in_ifindex, p->out_ifindex, mark);
 }
 
+/* A later packet of a reported flow leaving by another device than its first packet (the first such,
+ * noted once a flow): its flow is named from the packet, as the slow path does. */
+static __always_inline void note_path_change(const struct config *c, const void *skb, const void *state, u64 ctp,
+                                             u32 ifindex)
+{
+    struct packet p = {};
+    const void *net = 0;
+    u8 proto = 0, family = 0;
+    if (parse_packet(skb, &p.pkt, &proto, &family) != 0)
+        return;
+    READ(net, state, OFF_STATE_NET);
+    if (net)
+        READ(p.key.netns, net, OFF_NET_INUM);
+    read_ct(skb, &p, proto);
+    name_flow(&p, proto, family);
+    struct ctseen *cs = seen_ct.lookup(&ctp);
+    if (cs)
+        cs->out_ifindex = 0; /* checked no more */
+    struct flowstate *fs = flows.lookup(&p.key);
+    if (!matches(c, &p.key) || !fs || (fs->seen & SEEN_PATH_CHANGE))
+        return;
+    fs->seen |= SEEN_PATH_CHANGE;
+    struct note n = {.kind = KIND_PATH_CHANGE, .key = p.key, .hook = 4, .ifindex = ifindex};
+    READ(n.mark, skb, OFF_SKB_MARK);
+    send_note(&n);
+}
+
+/* Postrouting, after its chains, for a packet on the fast path: does it leave where its flow's first
+ * packet left? Two direct loads when it does. */
+static __always_inline void check_egress(const struct config *c, const void *skb, const void *state,
+                                         struct skipping *skip)
+{
+    const char *out = *(const char *const *)((const char *)state + OFF_STATE_OUT);
+    u32 ifindex = out ? *(const u32 *)(out + OFF_DEV_IFINDEX) : 0;
+    if (ifindex == skip->out_ifindex)
+        return;
+    skip->out_ifindex = 0;
+    note_path_change(c, skb, state, skip->nfct & ~7ULL, ifindex);
+}
+
 static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
 {
     const void *skb = ctx->skb;
@@ -99,11 +139,15 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
     u64 nfct = *(const u64 *)((const char *)skb + OFF_SKB_NFCT);
     u64 ctp = nfct & ~7ULL;
     u64 fingerprint = 0;
+    struct ctseen *cs = 0;
     u32 bit = 1u << ((hook & 7) * 2 + pos);
     if (ctp) {
         struct skipping *skip = skipped.lookup(&zero);
-        if (skip && skip->skb == (u64)skb && skip->nfct == nfct)
+        if (skip && skip->skb == (u64)skb && skip->nfct == nfct) {
+            if (hook == 4 && pos == 1 && skip->out_ifindex)
+                check_egress(c, skb, state, skip);
             return 1;
+        }
         u8 info = nfct & 7;
         if (info == 4) { /* IP_CT_RELATED_REPLY: an ICMP error about a flow (its conntrack entry), no answer */
             if (pos == 1 && (hook == 0 || hook == 3)) /* arrived, or sent by this host: once */
@@ -111,12 +155,15 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
             return 1;
         }
         fingerprint = ct_fingerprint((const char *)ctp);
-        struct ctseen *cs = seen_ct.lookup(&ctp);
+        cs = seen_ct.lookup(&ctp);
         if (cs && cs->fingerprint == fingerprint) {
             if (cs->seen == SEEN_IGNORED || (cs->seen & (info == 3 ? SEEN_REPLY : SEEN_REPORTED))) {
                 if (skip) {
                     skip->skb = (u64)skb;
                     skip->nfct = nfct;
+                    skip->out_ifindex = info == 3 || cs->seen == SEEN_IGNORED ? 0 : cs->out_ifindex;
+                    if (hook == 4 && pos == 1 && skip->out_ifindex)
+                        check_egress(c, skb, state, skip);
                 }
                 return 1;
             }
@@ -159,7 +206,8 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
             send_note(&n);
         }
         if (fs) {
-            struct ctseen known = {.fingerprint = fingerprint, .seen = fs->seen};
+            struct ctseen known = {.fingerprint = fingerprint, .seen = fs->seen,
+                                   .out_ifindex = cs && cs->fingerprint == fingerprint ? cs->out_ifindex : 0};
             seen_ct.update(&ctp, &known);
         }
         return 1;
@@ -209,7 +257,8 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
     if (pos == 1 && (hook == 4 || hook == 1)) { /* left, or delivered: the path is complete */
         finish_record(r, fs, &p.key);
         if (ctp) { /* the next packets of the flow take the fast path from their first hook on */
-            struct ctseen reported = {.fingerprint = fingerprint, .seen = fs->seen};
+            struct ctseen reported = {.fingerprint = fingerprint, .seen = fs->seen,
+                                      .out_ifindex = hook == 4 ? p.out_ifindex : 0};
             seen_ct.update(&ctp, &reported);
         }
     }

@@ -696,15 +696,16 @@ class _Batch:
         m = np.arange(len(by_lane))
         lane_start = first_of_lane[lanes] if len(lanes) else lanes
         is_data = seglen[by_lane] > 0
-        # IP ID steps from each packet's predecessor in its lane (within the batch)
+        # IP ID steps from each packet's predecessor in its lane (within the batch): running counts
+        # of the steps up (low 32 bits) and of the others (high bits), as _id_step counts them
         ids = cols["ip_id"][by_lane]
-        prev_ids = np.concatenate([[-1], ids[:-1]]) if len(m) else ids
-        step = (ids - prev_ids) & 0xFFFF
-        known = (m > lane_start) & (ids >= 0) & (prev_ids >= 0)
-        up = (step > 0) & (step <= ID_STEP_MAX)
-        back = (step > 0) & (0x10000 - step <= ID_BACK_MAX)
-        self.id_ups = np.concatenate([[0], np.cumsum(known & up)])
-        self.id_others = np.concatenate([[0], np.cumsum(known & ~up & ~back)])
+        previous = np.roll(ids, 1)
+        step = (ids - previous) & 0xFFFF
+        known = (m > lane_start) & (ids >= 0) & (previous >= 0)
+        up = known & (step > 0) & (step <= ID_STEP_MAX)
+        other = known & ((step == 0) | ((step > ID_STEP_MAX) & (step < 0x10000 - ID_BACK_MAX)))
+        self.lane_ids = ids
+        self.id_steps = np.concatenate([[0], np.cumsum(up + (other.astype(np.int64) << 32))])
         self.by_lane = by_lane.tolist()
         # (the arrays read at a few positions per run stay arrays, read with .item())
         self.sums = np.concatenate([[0], np.cumsum(seglen[by_lane])])
@@ -923,6 +924,7 @@ class _Batch:
             return
         ts, by_lane, bounds = self.ts.item, self.by_lane, self.lane_bounds
         counts, sums, dups = self.counts.item, self.sums.item, self.dups.item
+        lane_id, id_steps = self.lane_ids.item, self.id_steps.item
         for dd in (0, 1):
             lo, hi = bounds[2 * g + dd], bounds[2 * g + dd + 1]
             m0, m1 = bisect_left(by_lane, start, lo, hi), bisect_left(by_lane, stop, lo, hi)
@@ -931,7 +933,16 @@ class _Batch:
             h, peer = side.h[dd], side.h[1 - dd]
             last = by_lane[m1 - 1]
             h.packets += m1 - m0
-            self._id_steps(h, m0, m1, lo)
+            # the IP ID steps, as Side.segment counts them one by one
+            k0 = m0
+            if m0 == lo:  # its predecessor came in an earlier batch (or there is none)
+                if h.last_id >= 0 and lane_id(m0) >= 0:
+                    _id_step(h, lane_id(m0))
+                k0 = m0 + 1
+            steps = id_steps(m1) - id_steps(k0)
+            h.id_up += steps & 0xFFFFFFFF
+            h.id_other += steps >> 32
+            h.last_id = lane_id(m1 - 1)
             h.last = ts(last)
             count = counts(m1) - counts(m0)
             if count:
@@ -939,9 +950,9 @@ class _Batch:
                 h.payload += size
                 h.data_packets += count
                 h.nextseq += size
-                highest = by_lane[self.last_data.item(m1 - 1)]
-                h.nextseqtime = ts(highest)
-                h.high_id = self.cols["ip_id"].item(highest)
+                highest = self.last_data.item(m1 - 1)
+                h.nextseqtime = ts(by_lane[highest])
+                h.high_id = lane_id(highest)
                 data_rows = self.data_rows
                 dlo, dhi = self.data_bounds[2 * g + dd], self.data_bounds[2 * g + dd + 1]
                 n0, n1 = bisect_left(data_rows, start, dlo, dhi), bisect_left(data_rows, stop, dlo, dhi)
@@ -982,19 +993,6 @@ class _Batch:
                     side.first_rtt = side.ack_time - side.syn_for_rtt
         for dd in (0, 1):
             self._timer(g, side.h[dd], dd, start, stop)
-
-    def _id_steps(self, h: Half, m0: int, m1: int, lane_first: int) -> None:
-        """The IP ID steps of lane positions m0 … m1-1, as Side.segment counts them one by one."""
-        ids = self.cols["ip_id"]
-        k0 = m0
-        if m0 == lane_first:  # its predecessor came in an earlier batch (or there is none)
-            first = ids.item(self.by_lane[m0])
-            if first >= 0 and h.last_id >= 0:
-                _id_step(h, first)
-            k0 = m0 + 1
-        h.id_up += self.id_ups.item(m1) - self.id_ups.item(k0)
-        h.id_other += self.id_others.item(m1) - self.id_others.item(k0)
-        h.last_id = ids.item(self.by_lane[m1 - 1])
 
     def _evidence(self, h: Half, lane: int, n0: int, n1: int, start: int, stop: int) -> None:
         """The first data segments and the first large ones of a run (data rows n0 … n1-1 of `lane`),

@@ -142,6 +142,35 @@ class IcmpErrorEvent:
 
 
 @dataclass(frozen=True)
+class PathChangeEvent:
+    """The first later packet of a flow (its original direction) to leave by another device than its
+    first packet did (postrouting, after its chains): that device and the packet's mark."""
+
+    ts: int
+    cpu: int
+    flow: FlowId
+    dev: str | None
+    mark: int
+    kind: str = "path_change"
+
+
+@dataclass(frozen=True)
+class LaterDropEvent:
+    """A later packet of a flow (its original direction, after the first went through) freed with a
+    drop reason: the first of the flow's. `dev`: the packet's device then (the output device once
+    routed)."""
+
+    ts: int
+    cpu: int
+    flow: FlowId
+    reason: str
+    location: int
+    dev: str | None
+    function: str | None = None
+    kind: str = "later_drop"
+
+
+@dataclass(frozen=True)
 class ConntrackEvent:
     """A ctnetlink message about a flow: NEW, UPDATE or DESTROY, with both tuples and the status."""
 
@@ -189,10 +218,10 @@ class FlowRecord:
     kind: str = "record"
 
 
-Event = (HookEvent | FibEvent | DropEvent | ReplyEvent | ReplyDropEvent | IcmpErrorEvent | ConntrackEvent
-         | NftRuleEvent | FlowRecord)
+Event = (HookEvent | FibEvent | DropEvent | ReplyEvent | ReplyDropEvent | IcmpErrorEvent | PathChangeEvent
+         | LaterDropEvent | ConntrackEvent | NftRuleEvent | FlowRecord)
 KINDS = {cls.kind: cls for cls in (HookEvent, FibEvent, DropEvent, ReplyEvent, ReplyDropEvent, IcmpErrorEvent,
-                                   ConntrackEvent, NftRuleEvent, FlowRecord)}
+                                   PathChangeEvent, LaterDropEvent, ConntrackEvent, NftRuleEvent, FlowRecord)}
 _NESTED = {"flow": FlowId, "packet": Tuple, "ct_orig": Tuple, "ct_reply": Tuple, "orig": Tuple, "reply": Tuple}
 _NESTED_EVENTS = {"hooks": HookEvent, "lookups": FibEvent}  # a record's parts, each an event's JSON
 

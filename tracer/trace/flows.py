@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from tracer.flow import Flow
 from tracer.model import TABLE_LOCAL, HostState
 from tracer.sim import fib
-from tracer.sim.explain import explain
+from tracer.sim.explain import PacketVariant, explain
 from tracer.sim.explanation import NETFILTER_DROP
 from tracer.trace.events import (
     ConntrackEvent,
@@ -31,6 +31,8 @@ from tracer.trace.events import (
     FlowRecord,
     HookEvent,
     IcmpErrorEvent,
+    LaterDropEvent,
+    PathChangeEvent,
     ReplyDropEvent,
     ReplyEvent,
 )
@@ -56,6 +58,8 @@ class TracedFlow:
     reply_at: float | None = None  # monotonic time the first reply was read
     reply_drop: ReplyDropEvent | None = None
     icmp_errors: list[IcmpErrorEvent] = field(default_factory=list)
+    path_change: PathChangeEvent | None = None  # a later packet left by another device
+    later_drop: LaterDropEvent | None = None  # a later packet was dropped
     conntrack: list[ConntrackEvent] = field(default_factory=list)
     complete_at: float | None = None  # monotonic time the first packet left / was dropped, as read
     complete_ts: int | None = None  # the same, as the kernel stamped it (CLOCK_MONOTONIC ns)
@@ -87,6 +91,10 @@ class TracedFlow:
             self.reply_drop = self.reply_drop or event
         elif isinstance(event, IcmpErrorEvent):
             self.icmp_errors.append(event)
+        elif isinstance(event, PathChangeEvent):
+            self.path_change = self.path_change or event
+        elif isinstance(event, LaterDropEvent):
+            self.later_drop = self.later_drop or event
         elif isinstance(event, ConntrackEvent):
             self.conntrack.append(event)
             if event.status & IPS_SEEN_REPLY:
@@ -391,12 +399,36 @@ def describe(flow: TracedFlow, state: HostState, describer: Describer | None = N
     doc["reply_seen"] = flow.reply
     doc["reply_drop"] = _reply_drop(flow.reply_drop)
     doc["icmp_errors"] = [{"type": e.type, "code": e.code, "from": e.src, "hook": e.hook} for e in flow.icmp_errors]
+    doc["path_change"] = _path_change(flow.path_change)
+    doc["later_drop"] = _later_drop(flow.later_drop)
     sim = describer.sim(doc, compared) if describer else compare(doc, state) if compared else None
     doc["sim"] = sim or {
         "agrees": None, "differences": [], "verdict": None, "rule": None, "findings": [],
         "note": f"not compared: why-route fell more than {COMPARE_LAG_SECONDS:g} s behind the kernel (too many new "
                 "flows a second for the comparison, a millisecond or more each)"}
     return doc
+
+
+def _path_change(event: PathChangeEvent | None) -> dict | None:
+    return None if event is None else {"dev": event.dev, "mark": event.mark}
+
+
+def _later_drop(event: LaterDropEvent | None) -> dict | None:
+    return None if event is None else {"reason": event.reason, "location": f"{event.location:#x}",
+                                       "function": event.function, "dev": event.dev}
+
+
+def later_doc(event: PathChangeEvent | LaterDropEvent, first_dev: str | None) -> dict:
+    """What a later packet of a flow already printed did: left by another device than the flow's
+    first packet (`path_change`), or was dropped (`later_drop`)."""
+    fid = event.flow
+    ports = fid.proto in PORTED
+    return {"type": "later",
+            "flow": {"family": fid.family, "proto": fid.proto, "src": fid.src, "dst": fid.dst,
+                     "sport": fid.sport if ports else None, "dport": fid.dport if ports else None},
+            "first_dev": first_dev,
+            "path_change": _path_change(event) if isinstance(event, PathChangeEvent) else None,
+            "later_drop": _later_drop(event) if isinstance(event, LaterDropEvent) else None}
 
 
 def _reply_drop(event: ReplyDropEvent | None) -> dict | None:
@@ -509,12 +541,30 @@ def compare(doc: dict, state: HostState, simulated: Simulated | None = None) -> 
     if doc["egress"] and explanation.egress:
         differ("leaves via", doc["egress"]["dev"], explanation.egress.dev)
         differ("source on the wire", doc["egress"]["src"], explanation.egress.src)
+    if doc.get("path_change") or doc.get("later_drop"):
+        later = _later_egress(state, doc)
+        if doc.get("path_change"):
+            differ("later packets leave via", doc["path_change"]["dev"], later)
+        else:
+            drop = doc["later_drop"]
+            differences.append(f"later packets: kernel dropped one ({drop['reason']}"
+                               f"{', in ' + drop['function'] if drop.get('function') else ''}, leaving "
+                               f"{drop['dev']}), simulation {'leaves via ' + later if later else 'does not drop them'}")
     nat_types = {s.rewrite.field: s.rewrite.type for s in explanation.nat}
     for entry in doc["nat"]:
         entry["rule_type"] = nat_types.get(entry["field"])  # snat | masquerade | dnat | redirect, per the ruleset
     return {"agrees": not differences, "differences": differences, "verdict": sim_verdict,
             "rule": decision.rule.priority if decision and decision.rule else None,
             "findings": [{"id": i, "severity": severity, "title": title} for i, severity, title in simulated.findings]}
+
+
+def _later_egress(state: HostState, doc: dict) -> str | None:
+    """The device the simulation sends the flow's later (established) packets by."""
+    try:
+        later = explain(state, sim_flow(doc), PacketVariant(ct_state="established"))
+    except Exception:  # noqa: BLE001 - as in simulate(): a flow the simulator cannot take
+        return None
+    return later.egress.dev if later.egress else None
 
 
 def _expected_drop_reason(explanation) -> str:
@@ -534,9 +584,26 @@ def _release(kernel: str | None) -> tuple[int, int]:
         return (99, 0)
 
 
+def _later_text(doc: dict) -> list[str]:
+    parts = []
+    if doc.get("path_change"):
+        later = doc["path_change"]
+        parts.append(f"LATER PACKETS out {later['dev']} (mark {later['mark']:#x})")
+    if doc.get("later_drop"):
+        drop = doc["later_drop"]
+        where = f", in {drop['function']}" if drop.get("function") else ""
+        parts.append(f"A LATER PACKET DROPPED {drop['reason']} (leaving {drop['dev']}{where})")
+    return parts
+
+
 def text_line(doc: dict) -> str:
-    """One line per flow for the terminal."""
+    """One line per flow for the terminal (and one for a flow's later packets leaving elsewhere)."""
     f = doc["flow"]
+    if doc["type"] == "later":
+        ends = (f"{f['src']}:{f['sport']} → {f['dst']}:{f['dport']}" if f["sport"] is not None
+                else f"{f['src']} → {f['dst']}")
+        return "  ".join([f"{protocol_name(f['proto'])} {ends}", *_later_text(doc),
+                          f"(its first packet out {doc['first_dev']})"])
     proto = protocol_name(f["proto"])
     ends = (f"{f['src']}:{f['sport']} → {f['dst']}:{f['dport']}" if f["sport"] is not None
             else f"{f['src']} → {f['dst']}")
@@ -569,6 +636,7 @@ def text_line(doc: dict) -> str:
     parts.append("reply seen" if doc["reply_seen"] else "no reply")
     for error in doc.get("icmp_errors", ()):
         parts.append(f"ICMP error type {error['type']} code {error['code']} from {error['from']}")
+    parts.extend(_later_text(doc))
     if doc.get("reply_drop"):
         drop = doc["reply_drop"]
         what = "ICMP error" if drop["icmp_error"] else "reply"

@@ -128,7 +128,7 @@ class _Lookup(ctypes.Structure):
 
 
 POSITIONS, LOOKUPS_MAX = 10, 8
-KIND_FLOW, KIND_REPLY, KIND_REPLY_DROP, KIND_ICMP_ERROR = 1, 4, 5, 6
+KIND_FLOW, KIND_REPLY, KIND_REPLY_DROP, KIND_ICMP_ERROR, KIND_PATH_CHANGE, KIND_LATER_DROP = 1, 4, 5, 6, 7, 8
 
 
 class RawRecord(ctypes.Structure):
@@ -143,12 +143,14 @@ class RawRecord(ctypes.Structure):
 
 
 class RawNote(ctypes.Structure):
-    """struct note: a change about a flow (its first reply, a reply dropped, an ICMP error about it)."""
+    """struct note: a change about a flow (its first reply, a reply dropped, an ICMP error about it,
+    a later packet leaving by another device, or dropped)."""
 
     _fields_ = [("ts", ctypes.c_uint64), ("location", ctypes.c_uint64), ("kind", ctypes.c_uint32),
                 ("cpu", ctypes.c_uint32), ("key", _Key), ("hook", ctypes.c_uint32), ("reason", ctypes.c_uint32),
                 ("ifindex", ctypes.c_uint32), ("from_", _Address), ("icmp_type", ctypes.c_uint8),
-                ("icmp_code", ctypes.c_uint8), ("icmp_error", ctypes.c_uint8), ("pad", ctypes.c_uint8)]
+                ("icmp_code", ctypes.c_uint8), ("icmp_error", ctypes.c_uint8), ("pad", ctypes.c_uint8),
+                ("mark", ctypes.c_uint32)]
 
 
 KIND_OFFSET = RawRecord.kind.offset  # the same in both

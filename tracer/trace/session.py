@@ -44,14 +44,16 @@ from tracer.trace.events import (
     FlowRecord,
     HookEvent,
     IcmpErrorEvent,
+    LaterDropEvent,
     NftRuleEvent,
+    PathChangeEvent,
     ReplyDropEvent,
     ReplyEvent,
     Tuple,
     from_json,
     to_json,
 )
-from tracer.trace.flows import COMPARE_LAG_SECONDS, Describer, TracedFlow
+from tracer.trace.flows import COMPARE_LAG_SECONDS, Describer, TracedFlow, later_doc
 from tracer.trace.nftrace import NftraceCollector
 from tracer.vocab import family_of, protocol_name
 
@@ -170,6 +172,11 @@ class Decoder:
             return ReplyDropEvent(note.ts, note.cpu, fid, self._reason(note.reason), note.location,
                                   self._dev(note.ifindex), self.symbols.name(note.location),
                                   (note.icmp_type, note.icmp_code, sender) if note.icmp_error else None)
+        if kind == kernel.KIND_PATH_CHANGE:
+            return PathChangeEvent(note.ts, note.cpu, fid, self._dev(note.ifindex), note.mark)
+        if kind == kernel.KIND_LATER_DROP:
+            return LaterDropEvent(note.ts, note.cpu, fid, self._reason(note.reason), note.location,
+                                  self._dev(note.ifindex), self.symbols.name(note.location))
         return None
 
     def _reason(self, number: int) -> str:
@@ -214,7 +221,8 @@ class Assembler:
         self.state = state
         self.reply_wait = reply_wait
         self.flows: dict[FlowId, TracedFlow] = {}
-        self.done: set[FlowId] = set()
+        self.done: dict[FlowId, str | None] = {}  # printed flows: where their first packet left
+        self._later: list[dict] = []  # path_change documents of printed flows
         # Complete flows, in the order they completed: waiting for their reply, or answered (ready).
         self._waiting: dict[FlowId, TracedFlow] = {}
         self._answered: dict[FlowId, TracedFlow] = {}
@@ -230,6 +238,8 @@ class Assembler:
             return
         fid = event.flow
         if fid in self.done:
+            if isinstance(event, PathChangeEvent | LaterDropEvent):
+                self._later.append(later_doc(event, self.done[fid]))
             return
         flow = self.flows.get(fid)
         if flow is None:
@@ -258,6 +268,8 @@ class Assembler:
 
     def ready(self, now: float, *, final: bool = False) -> Iterator[dict]:
         """The documents of the flows that are ready (every flow left, with `final`)."""
+        yield from self._later
+        self._later.clear()
         if final:
             due = list(self.flows)
         else:
@@ -279,9 +291,10 @@ class Assembler:
                     del self.flows[fid]
                 continue
             del self.flows[fid]
-            self.done.add(fid)
             flow.rules = self._rules_of(flow)
-            yield self.describe(flow, self.reply_wait)
+            doc = self.describe(flow, self.reply_wait)
+            self.done[fid] = doc["egress"]["dev"] if doc["egress"] else None
+            yield doc
 
 
 def check(options: TraceOptions, *, try_fentry: bool = False) -> tuple[list[collectors_mod.Collector],
@@ -396,7 +409,7 @@ class Session:
                         now = time.monotonic()
                         self._add(pending, assembler, now, events_file)
                         for doc in assembler.ready(now):
-                            self.summary.flows += 1
+                            self.summary.flows += doc["type"] == "flow"
                             emit(doc)
                             if self._enough() or stops.signum is not None:
                                 break
@@ -426,7 +439,7 @@ class Session:
         for doc in assembler.ready(time.monotonic(), final=True):
             if self._enough():
                 break
-            self.summary.flows += 1
+            self.summary.flows += doc["type"] == "flow"
             emit(doc)
         self.summary.not_compared = assembler.describe.not_compared
         self.summary.duration = time.monotonic() - self.started
