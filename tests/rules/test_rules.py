@@ -71,6 +71,10 @@ EXPECT = {
               "net.bridge.bridge-nf-call-iptables = 0", "sysctl -w net.bridge.bridge-nf-call-iptables=1",
               "ip link set br-lan type bridge nf_call_iptables 1",
               "iptables -t nat -I POSTROUTING -s 192.168.1.0/24 -d 192.168.1.245 -o br-lan -j MASQUERADE"],
+    "WR034": ["192.168.1.169 → 8.8.8.8", "leaves by eth0.2 (mark 0x1, rule 100: from all fwmark 0x1 lookup main)",
+              "its later packets by ppp0 (mark 0x0", "NAT drops its packets routed to ppp0",
+              "iptables -t mangle -I PREROUTING 1 -j CONNMARK --restore-mark",
+              "iptables -t mangle -A PREROUTING -j CONNMARK --save-mark"],
 }
 IDS = [c.id for c in engine.catalogue()]
 

@@ -14,7 +14,10 @@ import contextlib
 import json
 import subprocess
 
+from tests.rules.fixtures.make_fixtures import MARK_NEW_FOR_MAIN
 from tests.trace.trace_helpers import RunningTrace
+from tracer.checks import engine
+from tracer.collect.live import collect_state
 
 UDP = 17
 PORT = 5353
@@ -136,3 +139,29 @@ def test_later_packets_leaving_where_the_first_did_report_nothing(trace_lab):
     (doc,) = docs
     assert doc["egress"]["dev"] == "ppp0" and doc["reply_seen"]
     assert doc["path_change"] is None and doc["later_drop"] is None
+
+
+def test_the_fix_of_wr034_keeps_later_packets_on_the_first_uplink(own_lab):
+    # The kernel judges the rules engine's fix: before it, NAT drops a later packet; after it, none.
+    lab = own_lab("ultimate")
+    for command in MARK_NEW_FOR_MAIN:
+        lab.run("route", ["sh", "-c", command])
+    (finding,) = [f for f in engine.run(collect_state(lab.ns("route"))) if f.id == "WR034"]
+    with _echo_on(lab, "internet1"):
+        before = _traced_flow(lab, 40009)
+        for command in finding.fix:
+            lab.run("route", ["sh", "-c", command])
+        after = _traced_flow(lab, 40010)
+    assert before["egress"]["dev"] == "eth0.2" and before["later_drop"]["reason"] == "NETFILTER_DROP"
+    assert (after["egress"]["dev"], after["reply_seen"], after["path_change"], after["later_drop"]) == (
+        "eth0.2", True, None, None)
+    assert not [f for f in engine.run(collect_state(lab.ns("route"))) if f.id == "WR034"]
+
+
+def _traced_flow(lab, sport: int) -> dict:
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "udp", "--sport", str(sport), "--count",
+                         "1").started()
+    _send(lab, sport, [0.01, 0.01])
+    docs, _summary = trace.finish()
+    (doc,) = docs
+    return doc

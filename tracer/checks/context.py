@@ -25,7 +25,7 @@ from tracer.model import (
     Route,
 )
 from tracer.sim import fib
-from tracer.sim.explain import PacketVariant, explain, ruleset_of
+from tracer.sim.explain import PacketVariant, explain, later_packet_of, ruleset_of
 from tracer.sim.explanation import Explanation
 from tracer.vocab import AF_INET, TCP, addr_int, bits, family_of
 
@@ -443,6 +443,16 @@ class CheckContext:
                 cache.clear()
             flow = Flow(dst=dst, src=src, iif=iif, proto=proto, sport=sport, dport=dport, mark=mark)
             cache[key] = FlowPath(explain(self.state, flow, REPLY if reply else NEW_CONNECTION), why)
+        return cache[key]
+
+    def later_packets(self, first: FlowPath) -> FlowPath:
+        """A later packet of the connection whose first packet `first` is (established, with the
+        ct mark its first packet left), as the explanation walks it."""
+        key = ("later", first.flow)
+        cache = self.__dict__.setdefault("_flow_cache", {})
+        if key not in cache:
+            variant = later_packet_of(first.explanation, NEW_CONNECTION.length)
+            cache[key] = FlowPath(explain(self.state, first.flow, variant), first.why)
         return cache[key]
 
     def flow_outcomes(self, src: str, dst: str, iif: str | None, *, why: str = "", proto: int = TCP,

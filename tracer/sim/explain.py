@@ -67,6 +67,9 @@ class PacketVariant:
     # A forwarded packet's walk ends after the forward hook (postrouting, NAT and egress left out):
     # for a check that asks only where the packet is routed and whether forward accepts it.
     through_forward_only: bool = False
+    # A later packet's connection mark (ct mark) when no conntrack entry is read: what the
+    # connection's first packet left there (later_packet_of).
+    ct_mark: int = 0
 
 
 # ----------------------------------------------------------------- host facts
@@ -362,13 +365,21 @@ class _Walk:
             tcp_flags=_tcp_flags(self.variant, self.conntrack) if proto == TCP else None,
             length=self.variant.length,
             # the entry's ct mark: what CONNMARK --restore-mark (mwan3's uplink pinning) reads
-            ct_mark=self.conntrack.mark if self.conntrack else 0,
+            ct_mark=self.conntrack.mark if self.conntrack else self.variant.ct_mark,
         )
 
     def with_oif(self, packet: PacketView, oif: str | None) -> PacketView:
         link = self.state.link(oif)
         # PacketView's fields are all init fields: built directly, twice as fast as replace()
         return PacketView(**{**packet.__dict__, "oif": oif, "oifkind": link.kind if link else None})
+
+
+def later_packet_of(first: Explanation, length: int | None = None) -> PacketVariant:
+    """A later packet of the connection whose first packet `first` explains: established, with the
+    ct mark the first packet's chains left in the connection (CONNMARK --save-mark, ct mark set)."""
+    hooks = first.hook_steps
+    ct_mark = hooks[-1].traversal.packet.ct_mark if hooks else 0
+    return PacketVariant(ct_state="established", length=length, conntrack=False, ct_mark=ct_mark)
 
 
 def _icmp_echo(family: int, request: bool) -> int:

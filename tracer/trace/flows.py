@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from tracer.flow import Flow
 from tracer.model import TABLE_LOCAL, HostState
 from tracer.sim import fib
-from tracer.sim.explain import PacketVariant, explain
+from tracer.sim.explain import explain, later_packet_of
 from tracer.sim.explanation import NETFILTER_DROP
 from tracer.trace.events import (
     ConntrackEvent,
@@ -542,7 +542,7 @@ def compare(doc: dict, state: HostState, simulated: Simulated | None = None) -> 
         differ("leaves via", doc["egress"]["dev"], explanation.egress.dev)
         differ("source on the wire", doc["egress"]["src"], explanation.egress.src)
     if doc.get("path_change") or doc.get("later_drop"):
-        later = _later_egress(state, doc)
+        later = _later_egress(state, doc, explanation)
         if doc.get("path_change"):
             differ("later packets leave via", doc["path_change"]["dev"], later)
         else:
@@ -558,10 +558,11 @@ def compare(doc: dict, state: HostState, simulated: Simulated | None = None) -> 
             "findings": [{"id": i, "severity": severity, "title": title} for i, severity, title in simulated.findings]}
 
 
-def _later_egress(state: HostState, doc: dict) -> str | None:
-    """The device the simulation sends the flow's later (established) packets by."""
+def _later_egress(state: HostState, doc: dict, first) -> str | None:
+    """The device the simulation sends the flow's later (established) packets by, `first` the
+    explanation of its first packet."""
     try:
-        later = explain(state, sim_flow(doc), PacketVariant(ct_state="established"))
+        later = explain(state, sim_flow(doc), later_packet_of(first))
     except Exception:  # noqa: BLE001 - as in simulate(): a flow the simulator cannot take
         return None
     return later.egress.dev if later.egress else None
