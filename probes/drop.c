@@ -63,14 +63,12 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
     name_flow(&p, proto, family);
     if (!matches(c, &p.key))
         return 0;
-    if (reply) {
-        note_drop(flows.lookup(&p.key), KIND_REPLY_DROP, SEEN_REPLY_DROP, &p, skb, dev, reason, ctx->args[1]);
-        return 0;
-    }
     struct flowstate fresh = {};
-    struct flowstate *fs = flows.lookup_or_try_init(&p.key, &fresh);
-    if (fs && (fs->seen & SEEN_REPORTED) && !(fs->seen & SEEN_DROP)) { /* its first packet went through */
-        note_drop(fs, KIND_LATER_DROP, SEEN_LATER_DROP, &p, skb, dev, reason, ctx->args[1]);
+    struct flowstate *fs = reply ? flows.lookup(&p.key) : flows.lookup_or_try_init(&p.key, &fresh);
+    /* a reply, or a later packet of a flow whose first packet went through: a note (one call site) */
+    if (reply || (fs && (fs->seen & SEEN_REPORTED) && !(fs->seen & SEEN_DROP))) {
+        note_drop(fs, reply ? KIND_REPLY_DROP : KIND_LATER_DROP, reply ? SEEN_REPLY_DROP : SEEN_LATER_DROP, &p, skb,
+                  dev, reason, ctx->args[1]);
         return 0;
     }
     if (!fs || (fs->seen & (SEEN_DROP | SEEN_REPORTED)))

@@ -78,44 +78,31 @@ static __always_inline void record_entry(struct flowrec *r, const struct packet 
     record_position(r, hook * 2, &before, p->in_ifindex, p->out_ifindex, mark);
 }
 
-/* A later packet of a reported flow leaving by another device than its first packet (the first such,
- * noted once a flow): its flow is named from the packet, as the slow path does. */
-static __always_inline void note_path_change(const struct config *c, const void *skb, const void *state, u64 ctp,
-                                             u32 ifindex)
-{
-    struct packet p = {};
-    const void *net = 0;
-    u8 proto = 0, family = 0;
-    if (parse_packet(skb, &p.pkt, &proto, &family) != 0)
-        return;
-    READ(net, state, OFF_STATE_NET);
-    if (net)
-        READ(p.key.netns, net, OFF_NET_INUM);
-    read_ct(skb, &p, proto);
-    name_flow(&p, proto, family);
-    struct ctseen *cs = seen_ct.lookup(&ctp);
-    if (cs)
-        cs->out_ifindex = 0; /* checked no more */
-    struct flowstate *fs = flows.lookup(&p.key);
-    if (!matches(c, &p.key) || !fs || (fs->seen & SEEN_PATH_CHANGE))
-        return;
-    fs->seen |= SEEN_PATH_CHANGE;
-    struct note n = {.kind = KIND_PATH_CHANGE, .key = p.key, .hook = 4, .ifindex = ifindex};
-    READ(n.mark, skb, OFF_SKB_MARK);
-    send_note(&n);
-}
-
 /* Postrouting, after its chains, for a packet on the fast path: does it leave where its flow's first
- * packet left? Two direct loads when it does. */
-static __always_inline void check_egress(const struct config *c, const void *skb, const void *state,
-                                         struct skipping *skip)
+ * packet left? Two direct loads when it does; else the device it leaves by (checked once a packet). */
+static __always_inline u32 egress_changed(const void *state, struct skipping *skip)
 {
     const char *out = *(const char *const *)((const char *)state + OFF_STATE_OUT);
     u32 ifindex = out ? *(const u32 *)(out + OFF_DEV_IFINDEX) : 0;
-    if (ifindex == skip->out_ifindex)
-        return;
+    if (!ifindex || ifindex == skip->out_ifindex)
+        return 0;
     skip->out_ifindex = 0;
-    note_path_change(c, skb, state, skip->nfct & ~7ULL, ifindex);
+    return ifindex;
+}
+
+/* The first later packet of a reported flow to leave by another device than its first packet (noted
+ * once a flow; its conntrack entry is checked no more). */
+static __always_inline void note_path_change(const struct packet *p, u64 ctp, u32 ifindex)
+{
+    struct ctseen *cs = seen_ct.lookup(&ctp);
+    if (cs)
+        cs->out_ifindex = 0;
+    struct flowstate *fs = flows.lookup(&p->key);
+    if (!fs || (fs->seen & SEEN_PATH_CHANGE))
+        return;
+    fs->seen |= SEEN_PATH_CHANGE;
+    struct note n = {.kind = KIND_PATH_CHANGE, .key = p->key, .hook = 4, .ifindex = ifindex, .mark = p->mark};
+    send_note(&n);
 }
 
 static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
@@ -141,12 +128,17 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
     u64 fingerprint = 0;
     struct ctseen *cs = 0;
     u32 bit = 1u << ((hook & 7) * 2 + pos);
+    u32 changed = 0; /* a packet of a reported flow leaving by another device: this one (the slow path names it) */
     if (ctp) {
         struct skipping *skip = skipped.lookup(&zero);
-        if (skip && skip->skb == (u64)skb && skip->nfct == nfct) {
-            if (hook == 4 && pos == 1 && skip->out_ifindex)
-                check_egress(c, skb, state, skip);
+        if (!skip)
             return 1;
+        if (skip->skb == (u64)skb && skip->nfct == nfct) {
+            if (hook == 4 && pos == 1 && skip->out_ifindex)
+                changed = egress_changed(state, skip);
+            if (!changed)
+                return 1;
+            goto parse;
         }
         u8 info = nfct & 7;
         if (info == 4) { /* IP_CT_RELATED_REPLY: an ICMP error about a flow (its conntrack entry), no answer */
@@ -158,19 +150,20 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
         cs = seen_ct.lookup(&ctp);
         if (cs && cs->fingerprint == fingerprint) {
             if (cs->seen == SEEN_IGNORED || (cs->seen & (info == 3 ? SEEN_REPLY : SEEN_REPORTED))) {
-                if (skip) {
-                    skip->skb = (u64)skb;
-                    skip->nfct = nfct;
-                    skip->out_ifindex = info == 3 || cs->seen == SEEN_IGNORED ? 0 : cs->out_ifindex;
-                    if (hook == 4 && pos == 1 && skip->out_ifindex)
-                        check_egress(c, skb, state, skip);
-                }
-                return 1;
+                skip->skb = (u64)skb;
+                skip->nfct = nfct;
+                skip->out_ifindex = info == 3 || cs->seen == SEEN_IGNORED ? 0 : cs->out_ifindex;
+                if (hook == 4 && pos == 1 && skip->out_ifindex)
+                    changed = egress_changed(state, skip);
+                if (!changed)
+                    return 1;
+                goto parse;
             }
             if (info != 3 && (cs->seen & bit))
                 return 1;
         }
     }
+parse:;
     struct packet p = {};
     const void *net = 0, *in = 0, *out = 0;
     READ(net, state, OFF_STATE_NET);
@@ -197,6 +190,10 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
         return 1;
     }
     READ(p.mark, skb, OFF_SKB_MARK);
+    if (changed) {
+        note_path_change(&p, ctp, changed);
+        return 1;
+    }
 
     if (p.has_ct && p.ctinfo >= 3) { /* IP_CT_IS_REPLY: the reply direction of a flow */
         struct flowstate *fs = flows.lookup(&p.key);
