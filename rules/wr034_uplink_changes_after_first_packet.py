@@ -66,17 +66,15 @@ class UplinkChangesAfterFirstPacket(Check):
             rule = f"rule {rule_text(decision.rule, state)}" if decision and decision.rule else "no rule"
             return f"{path.oif} (mark {decision.query.mark:#x}, {rule})" if decision else path.oif
 
-        masquerade = any(s.rewrite.type == "masquerade" for s in first.explanation.nat)
-        source = first.out_src
         message = (f"{first.src} → {first.dst} ({first.why}): the first packet of a connection leaves by {how(first)}, "
-                   f"its later packets by {how(later)}: what routes them depends on the connection's state, and the "
-                   f"mark is not kept with the connection. ")
-        if masquerade:
-            message += (f"{first.oif}'s MASQUERADE ties the connection to {first.oif}: NAT drops its packets "
-                        f"routed to {later.oif} and ends the connection")
+                   f"its later packets are routed to {how(later)}: what routes them depends on the connection's "
+                   f"state, and the mark is not kept with the connection. ")
+        egress = later.explanation.egress
+        if egress is None:  # NAT dropped them (a masqueraded connection), or a chain did
+            message += f"{first.oif}'s NAT binds the connection: {later.explanation.verdict_reason}"
         else:
-            message += (f"They leave {later.oif} with the source {source} that NAT gave the first packet, which "
-                        f"{later.oif}'s network does not route back")
+            message += (f"They leave {later.oif} with the source {egress.src} that NAT gave the first packet, "
+                        f"which {later.oif}'s network does not route back")
         return self.finding(message, Fix.steps(*_connmark_commands(ctx)), src=first.src, first_dev=first.oif,
                             later_dev=later.oif)
 

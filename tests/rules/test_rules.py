@@ -72,7 +72,8 @@ EXPECT = {
               "ip link set br-lan type bridge nf_call_iptables 1",
               "iptables -t nat -I POSTROUTING -s 192.168.1.0/24 -d 192.168.1.245 -o br-lan -j MASQUERADE"],
     "WR034": ["192.168.1.169 → 8.8.8.8", "leaves by eth0.2 (mark 0x1, rule 100: from all fwmark 0x1 lookup main)",
-              "its later packets by ppp0 (mark 0x0", "NAT drops its packets routed to ppp0",
+              "its later packets are routed to ppp0 (mark 0x0",
+              "NAT drops it: the connection was masqueraded on eth0.2 and this packet leaves by ppp0",
               "iptables -t mangle -I PREROUTING 1 -j CONNMARK --restore-mark",
               "iptables -t mangle -A PREROUTING -j CONNMARK --save-mark"],
 }

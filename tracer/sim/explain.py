@@ -67,9 +67,12 @@ class PacketVariant:
     # A forwarded packet's walk ends after the forward hook (postrouting, NAT and egress left out):
     # for a check that asks only where the packet is routed and whether forward accepts it.
     through_forward_only: bool = False
-    # A later packet's connection mark (ct mark) when no conntrack entry is read: what the
-    # connection's first packet left there (later_packet_of).
+    # A later packet of a connection whose entry is not read (later_packet_of): the ct mark its
+    # first packet left there, the source address its NAT gave, and the device a MASQUERADE bound
+    # it to (nf_nat_oif_changed drops its packets leaving by another one).
     ct_mark: int = 0
+    snat_to: str | None = None
+    masquerade_dev: str | None = None
 
 
 # ----------------------------------------------------------------- host facts
@@ -379,7 +382,10 @@ def later_packet_of(first: Explanation, length: int | None = None) -> PacketVari
     ct mark the first packet's chains left in the connection (CONNMARK --save-mark, ct mark set)."""
     hooks = first.hook_steps
     ct_mark = hooks[-1].traversal.packet.ct_mark if hooks else 0
-    return PacketVariant(ct_state="established", length=length, conntrack=False, ct_mark=ct_mark)
+    snat = [s.rewrite for s in first.nat if s.rewrite.field == "src"]
+    masquerade_dev = first.egress.dev if first.egress and any(r.type == "masquerade" for r in snat) else None
+    return PacketVariant(ct_state="established", length=length, conntrack=False, ct_mark=ct_mark,
+                         snat_to=snat[-1].to if snat else None, masquerade_dev=masquerade_dev)
 
 
 def _icmp_echo(family: int, request: bool) -> int:
@@ -648,6 +654,12 @@ def _postrouting(walk: _Walk, origin: str, packet: PacketView) -> Explanation:
         snat = walk.conntrack_nat("postrouting", "src")
         src = snat.to if snat else walk.conntrack.orig_src
         sport = _reply_port(walk.conntrack.reply_dport, sport)
+    elif walk.variant.ct_state == "established":  # a later packet of a connection: its first's NAT
+        bound = walk.variant.masquerade_dev
+        if bound and oif != bound:
+            return _finish(walk, origin, "dropped", f"NAT drops it: the connection was masqueraded on {bound} and "
+                           f"this packet leaves by {oif} (nf_nat_oif_changed; the connection ends)", NETFILTER_DROP)
+        src = walk.variant.snat_to or src
     configured = result.route.gateway if result.route else None
     if configured and not result.gateway:
         walk.notes.append(f"the route's gateway {configured} is this host's own address: the kernel "

@@ -542,14 +542,15 @@ def compare(doc: dict, state: HostState, simulated: Simulated | None = None) -> 
         differ("leaves via", doc["egress"]["dev"], explanation.egress.dev)
         differ("source on the wire", doc["egress"]["src"], explanation.egress.src)
     if doc.get("path_change") or doc.get("later_drop"):
-        later = _later_egress(state, doc, explanation)
+        later = _later_packets(state, doc, explanation)
         if doc.get("path_change"):
-            differ("later packets leave via", doc["path_change"]["dev"], later)
-        else:
+            differ("later packets leave via", doc["path_change"]["dev"], later.egress.dev if later and later.egress
+                   else None)
+        elif later is None or later.drop_reason != doc["later_drop"]["reason"]:
             drop = doc["later_drop"]
             differences.append(f"later packets: kernel dropped one ({drop['reason']}"
                                f"{', in ' + drop['function'] if drop.get('function') else ''}, leaving "
-                               f"{drop['dev']}), simulation {'leaves via ' + later if later else 'does not drop them'}")
+                               f"{drop['dev']}), simulation: {later.verdict_reason if later else 'no explanation'}")
     nat_types = {s.rewrite.field: s.rewrite.type for s in explanation.nat}
     for entry in doc["nat"]:
         entry["rule_type"] = nat_types.get(entry["field"])  # snat | masquerade | dnat | redirect, per the ruleset
@@ -558,14 +559,13 @@ def compare(doc: dict, state: HostState, simulated: Simulated | None = None) -> 
             "findings": [{"id": i, "severity": severity, "title": title} for i, severity, title in simulated.findings]}
 
 
-def _later_egress(state: HostState, doc: dict, first) -> str | None:
-    """The device the simulation sends the flow's later (established) packets by, `first` the
-    explanation of its first packet."""
+def _later_packets(state: HostState, doc: dict, first):
+    """The simulation's explanation of the flow's later (established) packets, `first` the
+    explanation of its first packet; None when it has none."""
     try:
-        later = explain(state, sim_flow(doc), later_packet_of(first))
+        return explain(state, sim_flow(doc), later_packet_of(first))
     except Exception:  # noqa: BLE001 - as in simulate(): a flow the simulator cannot take
         return None
-    return later.egress.dev if later.egress else None
 
 
 def _expected_drop_reason(explanation) -> str:
