@@ -238,6 +238,24 @@ struct packet {
 
 #define READ(dst, ptr, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (const char *)(ptr) + (off))
 
+/* Each tracepoint probe is compiled twice, from one body: as a BTF-typed tracepoint (tp_btf: its
+ * pointer arguments are typed, the body may load through them directly) and as a raw tracepoint
+ * (every load a helper call), the fallback for kernels that refuse tp_btf. User space loads one
+ * (tracer/trace/kernel.py: load_tracepoint). */
+#define WR_TRACEPOINT(name)                                                                  \
+    static __always_inline int name##_body(const u64 *args, const int btf);                 \
+    int wr_btf__##name(struct bpf_raw_tracepoint_args *ctx) { return name##_body(ctx->args, 1); } \
+    int wr_raw__##name(struct bpf_raw_tracepoint_args *ctx) { return name##_body(ctx->args, 0); } \
+    static __always_inline int name##_body(const u64 *args, const int btf)
+
+/* A tp_btf argument as a pointer to load through: the empty asm hides where it came from from BCC,
+ * which would otherwise turn each load into a helper call as it does for a raw tracepoint's. */
+static __always_inline const char *btf_pointer(u64 arg)
+{
+    asm volatile("" : "+r"(arg));
+    return (const char *)arg;
+}
+
 static __always_inline int same_address(const u32 *a, const u32 *b)
 {
     return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
@@ -355,6 +373,15 @@ static __always_inline void finish_record(struct flowrec *r, struct flowstate *f
     else
         count_lost(DEFERRED_RECORD);
     fs->seen |= SEEN_REPORTED;
+}
+
+/* netns_of_dev, for a BTF-typed device pointer: direct loads. */
+static __always_inline u32 netns_of_btf_dev(const char *dev)
+{
+    if (!dev)
+        return 0;
+    const char *net = *(const char *const *)(dev + OFF_DEV_ND_NET);
+    return net ? *(const u32 *)(net + OFF_NET_INUM) : 0;
 }
 
 static __always_inline u32 netns_of_dev(const void *dev)

@@ -34,20 +34,26 @@ static __always_inline void note_drop(struct flowstate *fs, u32 kind, u32 flag, 
     send_note(&n);
 }
 
-RAW_TRACEPOINT_PROBE(kfree_skb)
+WR_TRACEPOINT(kfree_skb)
 {
-    u32 reason = (u32)ctx->args[2];
+    u32 reason = (u32)args[2];
     if (reason <= WR_REASON_NOT_DROPPED_MAX)
         return 0;
-    const void *skb = (const void *)ctx->args[0];
+    const void *skb = (const void *)args[0];
     int zero = 0;
     struct config *c = config.lookup(&zero);
     if (!c || !(c->flags & F_READY))
         return 0;
     struct packet p = {};
     const void *dev = 0;
-    READ(dev, skb, OFF_SKB_DEV);
-    u32 inum = netns_of_dev(dev);
+    u32 inum = 0;
+    if (btf) { /* every drop of every namespace comes here: the namespace in three loads, no helper call */
+        dev = *(const void *const *)(btf_pointer(args[0]) + OFF_SKB_DEV);
+        inum = netns_of_btf_dev(dev);
+    } else {
+        READ(dev, skb, OFF_SKB_DEV);
+        inum = netns_of_dev(dev);
+    }
     if ((c->flags & F_NETNS) && c->netns != inum)
         return 0;
     u8 proto = 0, family = 0;
@@ -68,7 +74,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
     /* a reply, or a later packet of a flow whose first packet went through: a note (one call site) */
     if (reply || (fs && (fs->seen & SEEN_REPORTED) && !(fs->seen & SEEN_DROP))) {
         note_drop(fs, reply ? KIND_REPLY_DROP : KIND_LATER_DROP, reply ? SEEN_REPLY_DROP : SEEN_LATER_DROP, &p, skb,
-                  dev, reason, ctx->args[1]);
+                  dev, reason, args[1]);
         return 0;
     }
     if (!fs || (fs->seen & (SEEN_DROP | SEEN_REPORTED)))
@@ -83,7 +89,7 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
     record_dropped_arrival(r, fs, skb, &p.pkt, 3, ifindex);
     record_ct(r, &p);
     r->reason = reason;
-    r->location = ctx->args[1];
+    r->location = args[1];
     r->drop_ifindex = ifindex;
     struct routing *cur = routing_packet.lookup(&zero);
     if (cur && cur->skb == (u64)skb)

@@ -3,11 +3,11 @@
  * prerouting-last netfilter probe). The reverse lookup of source validation is marked. Output
  * lookups (a socket's, flowi iif = lo) are kept per CPU for the output probe (keep_pending). */
 
-RAW_TRACEPOINT_PROBE(fib_table_lookup)
+WR_TRACEPOINT(fib_table_lookup)
 {
-    const void *tb = (const void *)ctx->args[0];
-    const void *flp = (const void *)ctx->args[1];
-    const void *nhc = (const void *)ctx->args[2];
+    const void *tb = (const void *)args[0];
+    const void *flp = (const void *)args[1];
+    const void *nhc = (const void *)args[2];
     u32 iif = 0;
     struct routing *cur = 0;
     if (!lookup_wanted(4, (const char *)flp + OFF_FL4_IIF, &cur, &iif))
@@ -15,7 +15,7 @@ RAW_TRACEPOINT_PROBE(fib_table_lookup)
     struct lookup l = {.in_ifindex = iif, .flowi = (u64)flp};
     READ(l.daddr[0], flp, OFF_FL4_DADDR);
     READ(l.saddr[0], flp, OFF_FL4_SADDR);
-    l.err = (s32)ctx->args[3];
+    l.err = (s32)args[3];
 #ifdef WR_FIB_TB_IS_ID
     l.table = (u32)(u64)tb;
 #else

@@ -13,12 +13,12 @@ static __always_inline s32 fib6_error(u8 type)
     }
 }
 
-RAW_TRACEPOINT_PROBE(fib6_table_lookup)
+WR_TRACEPOINT(fib6_table_lookup)
 {
-    const void *net = (const void *)ctx->args[0];
-    const void *res = (const void *)ctx->args[1];
-    const void *table = (const void *)ctx->args[2];
-    const void *flp = (const void *)ctx->args[3];
+    const void *net = (const void *)args[0];
+    const void *res = (const void *)args[1];
+    const void *table = (const void *)args[2];
+    const void *flp = (const void *)args[3];
     u32 iif = 0;
     struct routing *cur = 0;
     if (!lookup_wanted(6, (const char *)flp + OFF_FL6_IIF, &cur, &iif))

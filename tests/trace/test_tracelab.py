@@ -127,3 +127,23 @@ def test_an_icmpv6_error_about_a_forwarded_flow_is_reported_on_it(lab):
     assert (doc["flow"]["family"], doc["flow"]["dport"], doc["egress"]["dev"]) == (6, 33434, "r2")
     assert doc["icmp_errors"] == [{"type": 1, "code": 4, "from": tracelab.INTERNET6, "hook": "prerouting"}]
     assert doc["reply_seen"] is False and doc["reply_drop"] is None
+
+
+@pytest.mark.parametrize("attach", ["tp_btf", "raw_tracepoint"])
+def test_tracepoint_probes_work_as_tp_btf_and_as_raw_tracepoints(lab, attach):
+    """tp_btf where the kernel takes it (this one does); raw tracepoints otherwise, or with
+    `--without tp_btf`: the same table lookups and the same drop either way, IPv4 and IPv6."""
+    without = ["--without", "tp_btf"] if attach == "raw_tracepoint" else []
+    trace = RunningTrace("--netns", lab.ns("router"), "--proto", "icmp", tracelab.SPOOFED, tracelab.INTERNET4,
+                         "--count", "1", "--reply-wait", "0.2", *without).started()
+    assert f"fib ({attach}), fib6 ({attach}), drop ({attach})" in trace.stderr, trace.stderr
+    lab.run("client", ["ping", "-n", "-c1", "-W1", "-I", tracelab.SPOOFED, tracelab.INTERNET4], check=False)
+    docs, summary = trace.finish()
+    (doc,) = docs
+    assert doc["drop"]["reason"] == "IP_RPFILTER" and _tried(doc) == [(LOCAL, "EAGAIN"), (MAIN, "ok")]
+    assert summary["attached_as"] == {"fib": attach, "fib6": attach, "drop": attach}
+    six = RunningTrace("--netns", lab.ns("router"), tracelab.CLIENT6, tracelab.INTERNET6, "--count", "1",
+                       *without).started()
+    lab.run("client", ["ping", "-n", "-6", "-c1", "-W1", tracelab.INTERNET6], check=False)
+    docs, _summary = six.finish()
+    assert _tried(flow_to(docs, tracelab.INTERNET6, ICMPV6)) == [(LOCAL, "EAGAIN"), (POLICY, "ok")]

@@ -23,7 +23,8 @@ from tracer.errors import ExitStatus, Terminated, UsageError
 @click.option("--replay", metavar="RUN_DIR", help="Print the flows of a run directory (no kernel involved).")
 @click.option("--check", "check_only", is_flag=True, help="Say which probes this kernel offers and which are used.")
 @click.option("--without", multiple=True, metavar="PROBE",
-              help="Do not use this probe (netfilter, fib, fib6, drop, conntrack); also WHYROUTE_TRACE_DISABLE.")
+              help="Do not use this probe (netfilter, fib, fib6, drop, conntrack; tp_btf: attach the tracepoint "
+                   "probes as raw tracepoints); also WHYROUTE_TRACE_DISABLE.")
 @click.option("--rules", is_flag=True,
               help="Name the nft rules each hook ran (nftables tracing; adds a table of why-route's own while "
                    "tracing, removed when it ends).")

@@ -182,6 +182,12 @@ class Btf:
     def has_typedef(self, name: str) -> bool:
         return (TYPEDEF, name) in self._by_name
 
+    def typedef_id(self, name: str) -> int:
+        type_id = self._by_name.get((TYPEDEF, name))
+        if type_id is None:
+            raise BtfError(f"the kernel's BTF has no typedef {name}")
+        return type_id
+
     def tracepoint_args(self, name: str) -> list[str]:
         """The kinds ("ptr", "int", …) of a raw tracepoint's arguments (without the leading __data),
         from the typedef btf_trace_<name>: what ctx->args[i] holds on this kernel."""
@@ -257,6 +263,9 @@ class KernelFacts:
 
     def has_typedef(self, name: str) -> bool:
         return self._ask("has_typedef", name)
+
+    def typedef_id(self, name: str) -> int:
+        return self._ask("typedef_id", name)
 
     def tracepoint_args(self, name: str) -> list[str]:
         return self._ask("tracepoint_args", name)

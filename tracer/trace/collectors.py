@@ -4,9 +4,9 @@ event type (tracer.trace.events), and registers its own cleanup on the session's
 
     netfilter   BPF netfilter programs at each IPv4 and IPv6 hook (last priority; prerouting and output
                 first too)                                                          → FlowRecord, notes
-    fib         fib:fib_table_lookup raw tracepoint                                 → FibEvent
-    fib6        fib6:fib6_table_lookup raw tracepoint                               → FibEvent
-    drop        skb:kfree_skb raw tracepoint, reason names from BTF                 → DropEvent
+    fib         fib:fib_table_lookup tracepoint (tp_btf, else raw)                  → FibEvent
+    fib6        fib6:fib6_table_lookup tracepoint (tp_btf, else raw)                → FibEvent
+    drop        skb:kfree_skb tracepoint (tp_btf, else raw), reason names from BTF  → DropEvent
     conntrack   ctnetlink NEW/UPDATE/DESTROY multicast groups                       → ConntrackEvent
 
 The BPF collectors share one BPF object (probes/common.h and each running one's probes/*.c) and its
@@ -25,6 +25,7 @@ from tracer.trace import kernel
 from tracer.trace.btf import BtfError, KernelFacts
 
 DISABLE_ENV = "WHYROUTE_TRACE_DISABLE"  # comma-separated collector names, as --without
+TP_BTF = "tp_btf"  # --without tp_btf: the tracepoint probes attach as raw tracepoints
 
 # Where a first-position program runs: the packet before the chains of input, forward and postrouting
 # is the one the previous hook left (probes/netfilter.c records it from there), so a link less each.
@@ -60,6 +61,7 @@ class Collector:
     def __init__(self, disabled: frozenset[str] = frozenset()):
         self.disabled = disabled
         self.attached: list[str] = []
+        self.kind: str | None = None  # a tracepoint probe's attachment: tp_btf | raw_tracepoint
 
     def can_run(self) -> str | None:
         if self.name in self.disabled:
@@ -115,7 +117,7 @@ class FibCollector(Collector):
     name = "fib"
     part = "fib.c"
     tracepoint = "fib_table_lookup"
-    what = ("fib:fib_table_lookup raw tracepoint (every IPv4 table looked up, in order, with its result; "
+    what = ("fib:fib_table_lookup tracepoint, tp_btf or raw (every IPv4 table looked up, in order, with its result; "
             "a socket's lookups too)")
     event = "fib"
 
@@ -129,21 +131,21 @@ class FibCollector(Collector):
         return None
 
     def attach(self, bpf, undo, netns: str | None) -> None:
-        self.attached.append(f"raw_tracepoint/{self.tracepoint}")
+        _attach_tracepoint(self, bpf, undo, self.tracepoint)
 
 
 class Fib6Collector(FibCollector):
     name = "fib6"
     part = "fib6.c"
     tracepoint = "fib6_table_lookup"
-    what = ("fib6:fib6_table_lookup raw tracepoint (every IPv6 table looked up, in order, with its result; "
+    what = ("fib6:fib6_table_lookup tracepoint, tp_btf or raw (every IPv6 table looked up, in order, with its result; "
             "a socket's lookups too)")
 
 
 class DropCollector(Collector):
     name = "drop"
     part = "drop.c"
-    what = "skb:kfree_skb raw tracepoint (where and why a flow's packet was dropped)"
+    what = "skb:kfree_skb tracepoint, tp_btf or raw (where and why a flow's packet was dropped)"
     event = "drop"
 
     def _can_run(self, btf: KernelFacts) -> str | None:
@@ -156,7 +158,22 @@ class DropCollector(Collector):
         return None
 
     def attach(self, bpf, undo, netns: str | None) -> None:
-        self.attached.append("raw_tracepoint/kfree_skb")
+        _attach_tracepoint(self, bpf, undo, "kfree_skb")
+
+
+def _attach_tracepoint(collector: Collector, bpf, undo, tracepoint: str) -> None:
+    """As a BTF-typed tracepoint where the kernel takes one (its pointer arguments read without a
+    helper call), else as a raw tracepoint; `attached` says which, and why not the first."""
+    btf, _why = _btf()
+    try:
+        type_id = btf.typedef_id(f"btf_trace_{tracepoint}") if btf else None
+    except BtfError:
+        type_id = None
+    fd, kind, why = kernel.attach_tracepoint(bpf, tracepoint, type_id, tp_btf=TP_BTF not in collector.disabled)
+    if fd is not None:
+        undo.callback(os.close, fd)
+    collector.kind = kind
+    collector.attached.append(f"{kind}/{tracepoint}" + (f" ({why})" if why else ""))
 
 
 BPF_COLLECTORS = (NetfilterCollector, FibCollector, Fib6Collector, DropCollector)
@@ -182,10 +199,31 @@ def _fentry_offer(tried: bool) -> Offer:
     return Offer("fentry", False, False, why + "; the fib tracepoint and the rule list give the deciding rule")
 
 
-def other_probes(try_fentry: bool = False) -> list[Offer]:
-    """Probes why-route could use on other kernels, and why it does not here."""
+def _tp_btf_offer(tried: bool, disabled: frozenset[str]) -> Offer:
+    if not tried:
+        return Offer(TP_BTF, None, False, "not tried at trace start (`why-route trace --check` tries it)")
+    btf, why = _btf()
+    if why is None and os.geteuid() != 0:
+        why = "needs root to try"
+    if why is None:
+        try:
+            why = kernel.try_tp_btf(btf.typedef_id("btf_trace_kfree_skb"))
+        except BtfError as error:
+            why = str(error)
+    if why is not None:
+        return Offer(TP_BTF, False, False, why + "; the tracepoint probes attach as raw tracepoints (a helper call "
+                                                  "for each field they read)")
+    if TP_BTF in disabled:
+        return Offer(TP_BTF, True, False, "offered, not used: --without tp_btf (raw tracepoints instead)")
+    return Offer(TP_BTF, True, True, None)
+
+
+def other_probes(try_fentry: bool = False, disabled: frozenset[str] = frozenset()) -> list[Offer]:
+    """Probes why-route could use on other kernels, and why it does not here; and whether the
+    tracepoint probes attach as tp_btf."""
     kprobe = Path("/sys/bus/event_source/devices/kprobe").exists()
     return [
+        _tp_btf_offer(try_fentry, disabled),
         Offer("kprobe", kprobe, False,
               "offered, not needed: the deciding rule is derived from the rule list and the tables looked up"
               if kprobe else "this kernel has no kprobes (CONFIG_KPROBES off); fib_rules_lookup would give the "

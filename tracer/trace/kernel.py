@@ -27,6 +27,8 @@ PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"
 BPF_PROG_TYPE_NETFILTER = 32
 BPF_NETFILTER = 45  # attach type
 BPF_LINK_CREATE = 28
+BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 5, 17
+BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP = 26, 23  # a tp_btf program: type, expected attach type
 NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
 NF_FAMILIES = {"IPv4": NFPROTO_IPV4, "IPv6": NFPROTO_IPV6}
 NF_HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
@@ -296,6 +298,99 @@ def compile_probes(parts: list[str], btf: KernelFacts):
         return bcc.BPF(text=probe_source(parts).encode(), cflags=cflags)
     except Exception as error:  # noqa: BLE001 - BCC raises bare Exception for compile and load errors
         raise KernelError(f"compiling/loading the probes failed: {error}") from None
+
+
+# ------------------------------------------------------------------ tracepoints
+
+class _ProgLoad(ctypes.Structure):
+    """union bpf_attr for BPF_PROG_LOAD, up to attach_btf_id (the rest zero)."""
+
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
+                ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
+                ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
+                ("func_info_cnt", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
+                ("line_info", ctypes.c_uint64), ("line_info_cnt", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32),
+                ("attach_prog_fd", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 64)]
+
+
+class _RawTracepointOpen(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("cookie", ctypes.c_uint64)]
+
+
+def attach_tracepoint(bpf, tracepoint: str, btf_type_id: int | None, *,
+                      tp_btf: bool = True) -> tuple[int | None, str, str | None]:
+    """Attach the probe of `tracepoint` (probes/*.c, WR_TRACEPOINT): as a BTF-typed tracepoint when
+    the kernel takes one — (its link fd, closed by the caller, "tp_btf", None) — else as a raw
+    tracepoint through BCC, which detaches it at cleanup — (None, "raw_tracepoint", why not tp_btf).
+    `btf_type_id`: the typedef btf_trace_<tracepoint> in the kernel's BTF."""
+    why = None
+    if not tp_btf:
+        why = "--without tp_btf"
+    elif btf_type_id is None:
+        why = "no btf_trace_ type in the kernel's BTF"
+    if why is None:
+        try:
+            fd = _tp_btf_link(bpf.dump_func(f"wr_btf__{tracepoint}".encode()), tracepoint, btf_type_id)
+            return fd, "tp_btf", None
+        except OSError as error:
+            why = f"the kernel refused the tp_btf program: {error.strerror}"
+    bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=f"wr_raw__{tracepoint}".encode())
+    return None, "raw_tracepoint", why
+
+
+def _tp_btf_link(insns: bytes, tracepoint: str, btf_type_id: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    prog = _tp_btf_program(insns, tracepoint, btf_type_id)
+    try:
+        opened = _RawTracepointOpen(name=0, prog_fd=prog)  # no name: the program's attach_btf_id says which
+        link = libc.syscall(_SYS_BPF, BPF_RAW_TRACEPOINT_OPEN, ctypes.byref(opened), ctypes.sizeof(opened))
+        if link < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(prog)  # the link holds the program
+    os.set_inheritable(link, False)
+    return link
+
+
+def _tp_btf_program(insns: bytes, tracepoint: str, btf_type_id: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    code = ctypes.create_string_buffer(insns, len(insns))  # (its map references are BCC's map fds)
+    license = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoad(prog_type=BPF_PROG_TYPE_TRACING, insn_cnt=len(insns) // 8, insns=ctypes.addressof(code),
+                     license=ctypes.addressof(license), prog_name=f"wr_{tracepoint}"[:15].encode(),
+                     expected_attach_type=BPF_TRACE_RAW_TP, attach_btf_id=btf_type_id)
+    prog = libc.syscall(_SYS_BPF, BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
+    if prog < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return prog
+
+
+def try_tp_btf(btf_type_id: int | None) -> str | None:
+    """Load (and close at once) probes/tp_btf_check.c as a tp_btf program on skb:kfree_skb: None
+    when this kernel accepts it, else why not. For --check only: never attached."""
+    import bcc
+
+    if btf_type_id is None:
+        return "the kernel's BTF has no btf_trace_kfree_skb type"
+    env, flags = header_flags()
+    os.environ.update(env)
+    try:
+        bpf = bcc.BPF(text=(PROBES_DIR / "tp_btf_check.c").read_text().encode(), cflags=flags)
+    except Exception as error:  # noqa: BLE001 - BCC raises bare Exception
+        return f"the check program did not compile: {error}"
+    try:
+        os.close(_tp_btf_program(bpf.dump_func(b"wr_btf__kfree_skb"), "kfree_skb", btf_type_id))
+    except OSError as error:
+        return f"the kernel refuses tp_btf programs ({error.strerror} when loading one)"
+    finally:
+        bpf.cleanup()
+    return None
 
 
 # ------------------------------------------------------------------ netfilter links

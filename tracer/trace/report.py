@@ -14,7 +14,8 @@ def check_doc(collectors: list[Collector], others: list[Offer]) -> dict:
         offered = why is None or why.startswith(("disabled", "opt-in"))
         probes.append({"name": c.name, "probe": c.what, "offered": offered, "used": why is None, "why": why})
     what = {"kprobe": "kprobe on fib_rules_lookup / fib4_rule_action (the rule itself)",
-            "fentry": "fentry/fexit on fib4_rule_action"}
+            "fentry": "fentry/fexit on fib4_rule_action",
+            "tp_btf": "BTF-typed tracepoints for fib, fib6 and drop (their arguments read without helper calls)"}
     for o in others:
         probes.append({"name": o.name, "probe": what.get(o.name, o.name), "offered": o.offered, "used": o.used,
                        "why": o.why})
@@ -33,9 +34,13 @@ def check_text(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _probes(names: list[str], attached_as: dict[str, str]) -> str:
+    return ", ".join(f"{n} ({attached_as[n]})" if n in attached_as else n for n in names) or "none"
+
+
 def start_line(netns: str | None, what: str, summary) -> str:
     where = f"netns {netns}" if netns else "this host"
-    line = f"why-route trace: {where}, {what}; probes: {', '.join(summary.probes) or 'none'}"
+    line = f"why-route trace: {where}, {what}; probes: {_probes(summary.probes, summary.attached_as)}"
     if summary.unavailable:
         line += "; unavailable: " + "; ".join(f"{n} ({why})" for n, why in summary.unavailable.items())
     return line + " — Ctrl-C to stop"
@@ -43,7 +48,7 @@ def start_line(netns: str | None, what: str, summary) -> str:
 
 def summary_text(doc: dict) -> str:
     text = (f"why-route trace: {doc['flows']} flows, {doc['events']} events, {doc['lost']} lost, "
-            f"{doc['duration']} s; probes: {', '.join(doc['probes']) or 'none'}")
+            f"{doc['duration']} s; probes: {_probes(doc['probes'], doc.get('attached_as', {}))}")
     if doc.get("not_compared"):
         text += f"; {doc['not_compared']} not compared with the simulation (too far behind the kernel)"
     if doc.get("unavailable"):

@@ -89,6 +89,7 @@ class Summary:
     lost_by: dict[str, int] = field(default_factory=dict)  # the ring's failed reservations; each socket's ENOBUFS
     deferred: int = 0  # complete records the ring refused, read from the flow map at the end instead
     probes: list[str] = field(default_factory=list)
+    attached_as: dict[str, str] = field(default_factory=dict)  # a tracepoint probe: tp_btf | raw_tracepoint
     unavailable: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
     first_event_after: float | None = None  # seconds from start to the first event
@@ -97,6 +98,7 @@ class Summary:
     def to_json(self) -> dict:
         return {"type": "summary", "flows": self.flows, "events": self.events, "lost": self.lost,
                 "lost_by": self.lost_by, "deferred": self.deferred, "probes": self.probes,
+                "attached_as": self.attached_as,
                 "unavailable": self.unavailable, "duration": round(self.duration, 3),
                 "first_event_after": None if self.first_event_after is None else round(self.first_event_after, 3),
                 "not_compared": self.not_compared}
@@ -305,7 +307,7 @@ def check(options: TraceOptions, *, try_fentry: bool = False) -> tuple[list[coll
     chosen = [cls(disabled) for cls in collectors_mod.BPF_COLLECTORS]
     chosen.append(ConntrackCollector(disabled))
     chosen.append(NftraceCollector(disabled, wanted=options.rules))
-    return chosen, collectors_mod.other_probes(try_fentry)
+    return chosen, collectors_mod.other_probes(try_fentry, disabled)
 
 
 class Session:
@@ -386,6 +388,8 @@ class Session:
                     self.summary.unavailable[collector.name] = str(error)
                     continue
                 self.summary.probes.append(collector.name)
+                if collector.kind:
+                    self.summary.attached_as[collector.name] = collector.kind
             drainer = Drainer(ring, [source.inbox for source in sources])
             undo.callback(drainer.stop)
             drainer.start()

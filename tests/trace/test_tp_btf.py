@@ -1,0 +1,31 @@
+"""The tp_btf build of a tracepoint probe reads through its BTF-typed arguments directly: BCC turns a
+load through a raw tracepoint's argument into a helper call, and the probes hide the argument's
+origin from it (probes/common.h, btf_pointer). Counted in the compiled programs of this kernel."""
+
+import os
+import struct
+
+import pytest
+
+from tracer.trace import kernel
+from tracer.trace.btf import KernelFacts
+
+BPF_CALL = 0x85
+PROBE_READS = {4, 113}  # bpf_probe_read, bpf_probe_read_kernel
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="compiling and loading probes needs root")
+
+
+def _probe_reads(insns: bytes) -> int:
+    return sum(1 for at in range(0, len(insns), 8)
+               if insns[at] == BPF_CALL and struct.unpack_from("<i", insns, at + 4)[0] in PROBE_READS)
+
+
+def test_the_drop_probe_finds_a_drops_namespace_without_helper_calls_as_tp_btf():
+    bpf = kernel.compile_probes(["netfilter.c", "fib.c", "fib6.c", "drop.c"], KernelFacts.load())
+    try:
+        raw, btf = (_probe_reads(bpf.dump_func(f"wr_{kind}__kfree_skb".encode())) for kind in ("raw", "btf"))
+    finally:
+        bpf.cleanup()
+    # skb->dev, dev->nd_net and net->ns.inum: three helper calls fewer, before any drop is filtered out
+    assert raw - btf == 3, (raw, btf)
