@@ -238,14 +238,13 @@ struct packet {
 
 #define READ(dst, ptr, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (const char *)(ptr) + (off))
 
-/* Each tracepoint probe is compiled twice, from one body: as a BTF-typed tracepoint (tp_btf: its
- * pointer arguments are typed, the body may load through them directly) and as a raw tracepoint
- * (every load a helper call), the fallback for kernels that refuse tp_btf. User space loads one
- * (tracer/trace/kernel.py: load_tracepoint). */
+/* A tracepoint probe, built as a BTF-typed tracepoint (tp_btf, WR_TP_BTF=1: its pointer arguments
+ * are typed, the body may load through them directly) or as a raw tracepoint (WR_TP_BTF=0: every
+ * load a helper call), for kernels that refuse tp_btf. User space decides before compiling and
+ * attaches it (tracer/trace/kernel.py: attach_tracepoint). */
 #define WR_TRACEPOINT(name)                                                                  \
     static __always_inline int name##_body(const u64 *args, const int btf);                 \
-    int wr_btf__##name(struct bpf_raw_tracepoint_args *ctx) { return name##_body(ctx->args, 1); } \
-    int wr_raw__##name(struct bpf_raw_tracepoint_args *ctx) { return name##_body(ctx->args, 0); } \
+    int wr_tp__##name(struct bpf_raw_tracepoint_args *ctx) { return name##_body(ctx->args, WR_TP_BTF); } \
     static __always_inline int name##_body(const u64 *args, const int btf)
 
 /* A tp_btf argument as a pointer to load through: the empty asm hides where it came from from BCC,

@@ -21,11 +21,21 @@ def _probe_reads(insns: bytes) -> int:
                if insns[at] == BPF_CALL and struct.unpack_from("<i", insns, at + 4)[0] in PROBE_READS)
 
 
-def test_the_drop_probe_finds_a_drops_namespace_without_helper_calls_as_tp_btf():
-    bpf = kernel.compile_probes(["netfilter.c", "fib.c", "fib6.c", "drop.c"], KernelFacts.load())
+def _compiled_drop_probe(tp_btf: bool) -> bytes:
+    probes = kernel.compile_probes(["drop.c"], KernelFacts.load(), tp_btf=tp_btf)
     try:
-        raw, btf = (_probe_reads(bpf.dump_func(f"wr_{kind}__kfree_skb".encode())) for kind in ("raw", "btf"))
+        return probes.bpf.dump_func(b"wr_tp__kfree_skb")
     finally:
-        bpf.cleanup()
+        probes.cleanup()
+
+
+def test_the_drop_probe_finds_a_drops_namespace_without_helper_calls_as_tp_btf():
+    raw, btf = _probe_reads(_compiled_drop_probe(False)), _probe_reads(_compiled_drop_probe(True))
     # skb->dev, dev->nd_net and net->ns.inum: three helper calls fewer, before any drop is filtered out
     assert raw - btf == 3, (raw, btf)
+
+
+def test_this_kernel_loads_tp_btf_programs():
+    facts = KernelFacts.load()
+    assert kernel.tp_btf_refused(facts.typedef_id("btf_trace_kfree_skb")) is None
+    assert "no btf_trace_kfree_skb" in kernel.tp_btf_refused(None)

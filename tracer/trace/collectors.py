@@ -161,19 +161,27 @@ class DropCollector(Collector):
         _attach_tracepoint(self, bpf, undo, "kfree_skb")
 
 
-def _attach_tracepoint(collector: Collector, bpf, undo, tracepoint: str) -> None:
-    """As a BTF-typed tracepoint where the kernel takes one (its pointer arguments read without a
-    helper call), else as a raw tracepoint; `attached` says which, and why not the first."""
-    btf, _why = _btf()
-    try:
-        type_id = btf.typedef_id(f"btf_trace_{tracepoint}") if btf else None
-    except BtfError:
-        type_id = None
-    fd, kind, why = kernel.attach_tracepoint(bpf, tracepoint, type_id, tp_btf=TP_BTF not in collector.disabled)
+def tp_btf_wanted(disabled: frozenset[str]) -> tuple[bool, str | None]:
+    """Whether the tracepoint probes are to be built as tp_btf programs, and why not."""
+    if TP_BTF in disabled:
+        return False, f"--without {TP_BTF}"
+    btf, why = _btf()
+    if why is None:
+        try:
+            why = kernel.tp_btf_refused(btf.typedef_id("btf_trace_kfree_skb"))
+        except BtfError as error:
+            why = str(error)
+    return why is None, why
+
+
+def _attach_tracepoint(collector: Collector, probes, undo, tracepoint: str) -> None:
+    """As the probes were built (see tp_btf_wanted): a BTF-typed tracepoint, whose pointer arguments
+    are read without a helper call, or a raw tracepoint; `kind` says which."""
+    fd = kernel.attach_tracepoint(probes, tracepoint)
     if fd is not None:
         undo.callback(os.close, fd)
-    collector.kind = kind
-    collector.attached.append(f"{kind}/{tracepoint}" + (f" ({why})" if why else ""))
+    collector.kind = "tp_btf" if probes.tp_btf else "raw_tracepoint"
+    collector.attached.append(f"{collector.kind}/{tracepoint}")
 
 
 BPF_COLLECTORS = (NetfilterCollector, FibCollector, Fib6Collector, DropCollector)
@@ -199,18 +207,11 @@ def _fentry_offer(tried: bool) -> Offer:
     return Offer("fentry", False, False, why + "; the fib tracepoint and the rule list give the deciding rule")
 
 
-def _tp_btf_offer(tried: bool, disabled: frozenset[str]) -> Offer:
-    if not tried:
-        return Offer(TP_BTF, None, False, "not tried at trace start (`why-route trace --check` tries it)")
-    btf, why = _btf()
-    if why is None and os.geteuid() != 0:
-        why = "needs root to try"
-    if why is None:
-        try:
-            why = kernel.try_tp_btf(btf.typedef_id("btf_trace_kfree_skb"))
-        except BtfError as error:
-            why = str(error)
-    if why is not None:
+def _tp_btf_offer(disabled: frozenset[str]) -> Offer:
+    if os.geteuid() != 0:
+        return Offer(TP_BTF, None, False, "needs root to try")
+    wanted, why = tp_btf_wanted(disabled - {TP_BTF})
+    if not wanted:
         return Offer(TP_BTF, False, False, why + "; the tracepoint probes attach as raw tracepoints (a helper call "
                                                   "for each field they read)")
     if TP_BTF in disabled:
@@ -223,7 +224,7 @@ def other_probes(try_fentry: bool = False, disabled: frozenset[str] = frozenset(
     tracepoint probes attach as tp_btf."""
     kprobe = Path("/sys/bus/event_source/devices/kprobe").exists()
     return [
-        _tp_btf_offer(try_fentry, disabled),
+        _tp_btf_offer(disabled),
         Offer("kprobe", kprobe, False,
               "offered, not needed: the deciding rule is derived from the rule list and the tables looked up"
               if kprobe else "this kernel has no kprobes (CONFIG_KPROBES off); fib_rules_lookup would give the "

@@ -286,18 +286,64 @@ def probe_source(parts: list[str]) -> str:
     return "\n".join((PROBES_DIR / name).read_text() for name in ("common.h", *parts))
 
 
-def compile_probes(parts: list[str], btf: KernelFacts):
-    """The BCC object with the parts (netfilter.c, fib.c, fib6.c, drop.c) compiled in. BCC attaches the
-    raw tracepoint programs while loading them."""
+TRACEPOINTS = {"fib.c": "fib_table_lookup", "fib6.c": "fib6_table_lookup", "drop.c": "kfree_skb"}
+
+
+class Probes:
+    """The compiled probes: BCC's object (its maps by name, `load_func`) and each tracepoint probe
+    loaded — as a tp_btf program (its fd, linked by attach_tracepoint) or, raw, attached by BCC — so
+    that the verifier's work is done while the host's state is collected."""
+
+    def __init__(self, bpf, tp_btf: bool):
+        self.bpf, self.tp_btf = bpf, tp_btf
+        self.programs: dict[str, int] = {}  # tracepoint -> tp_btf program fd
+
+    def __getitem__(self, name: str):
+        return self.bpf[name]
+
+    def load_func(self, *args, **kwargs):
+        return self.bpf.load_func(*args, **kwargs)
+
+    def cleanup(self) -> None:
+        for fd in self.programs.values():
+            os.close(fd)
+        self.programs.clear()
+        self.bpf.cleanup()
+
+
+def compile_probes(parts: list[str], btf: KernelFacts, *, tp_btf: bool = True) -> Probes:
+    """The parts (netfilter.c, fib.c, fib6.c, drop.c) compiled in one BCC object, their tracepoint
+    probes built as tp_btf programs or as raw tracepoints, and loaded."""
     import bcc  # heavy; only here
 
     env, flags = header_flags()
     os.environ.update(env)
-    cflags = [*flags, *offset_defines(btf, parts)]
+    cflags = [*flags, *offset_defines(btf, parts), f"-DWR_TP_BTF={int(tp_btf)}"]
     try:
-        return bcc.BPF(text=probe_source(parts).encode(), cflags=cflags)
+        probes = Probes(bcc.BPF(text=probe_source(parts).encode(), cflags=cflags), tp_btf)
     except Exception as error:  # noqa: BLE001 - BCC raises bare Exception for compile and load errors
         raise KernelError(f"compiling/loading the probes failed: {error}") from None
+    try:
+        for part in parts:
+            if part in TRACEPOINTS:
+                _load_tracepoint(probes, TRACEPOINTS[part], btf)
+    except BaseException:
+        probes.cleanup()
+        raise
+    return probes
+
+
+def _load_tracepoint(probes: Probes, tracepoint: str, btf: KernelFacts) -> None:
+    name = f"wr_tp__{tracepoint}"
+    if not probes.tp_btf:
+        probes.bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=name.encode())
+        return
+    try:
+        probes.programs[tracepoint] = _tp_btf_program(probes.bpf.dump_func(name.encode()), tracepoint,
+                                                      btf.typedef_id(f"btf_trace_{tracepoint}"))
+    except OSError as error:
+        raise KernelError(f"the kernel refused the tp_btf program on {tracepoint} ({error.strerror}); "
+                          "--without tp_btf builds raw tracepoints") from None
 
 
 # ------------------------------------------------------------------ tracepoints
@@ -321,36 +367,20 @@ class _RawTracepointOpen(ctypes.Structure):
                 ("cookie", ctypes.c_uint64)]
 
 
-def attach_tracepoint(bpf, tracepoint: str, btf_type_id: int | None, *,
-                      tp_btf: bool = True) -> tuple[int | None, str, str | None]:
-    """Attach the probe of `tracepoint` (probes/*.c, WR_TRACEPOINT): as a BTF-typed tracepoint when
-    the kernel takes one — (its link fd, closed by the caller, "tp_btf", None) — else as a raw
-    tracepoint through BCC, which detaches it at cleanup — (None, "raw_tracepoint", why not tp_btf).
-    `btf_type_id`: the typedef btf_trace_<tracepoint> in the kernel's BTF."""
-    why = None
-    if not tp_btf:
-        why = "--without tp_btf"
-    elif btf_type_id is None:
-        why = "no btf_trace_ type in the kernel's BTF"
-    if why is None:
-        try:
-            fd = _tp_btf_link(bpf.dump_func(f"wr_btf__{tracepoint}".encode()), tracepoint, btf_type_id)
-            return fd, "tp_btf", None
-        except OSError as error:
-            why = f"the kernel refused the tp_btf program: {error.strerror}"
-    bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=f"wr_raw__{tracepoint}".encode())
-    return None, "raw_tracepoint", why
-
-
-def _tp_btf_link(insns: bytes, tracepoint: str, btf_type_id: int) -> int:
+def attach_tracepoint(probes: Probes, tracepoint: str) -> int | None:
+    """Attach the probe of `tracepoint` (probes/*.c, WR_TRACEPOINT) as it was built: a tp_btf
+    program is linked (the link's fd, closed by the caller); a raw tracepoint BCC attached when it
+    loaded it, and detaches at cleanup (None)."""
+    prog = probes.programs.pop(tracepoint, None)
+    if prog is None:
+        return None
     libc = ctypes.CDLL(None, use_errno=True)
-    prog = _tp_btf_program(insns, tracepoint, btf_type_id)
     try:
         opened = _RawTracepointOpen(name=0, prog_fd=prog)  # no name: the program's attach_btf_id says which
         link = libc.syscall(_SYS_BPF, BPF_RAW_TRACEPOINT_OPEN, ctypes.byref(opened), ctypes.sizeof(opened))
         if link < 0:
             err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+            raise KernelError(f"attaching the tp_btf program on {tracepoint}: {os.strerror(err)}")
     finally:
         os.close(prog)  # the link holds the program
     os.set_inheritable(link, False)
@@ -371,25 +401,20 @@ def _tp_btf_program(insns: bytes, tracepoint: str, btf_type_id: int) -> int:
     return prog
 
 
-def try_tp_btf(btf_type_id: int | None) -> str | None:
-    """Load (and close at once) probes/tp_btf_check.c as a tp_btf program on skb:kfree_skb: None
-    when this kernel accepts it, else why not. For --check only: never attached."""
-    import bcc
+# r0 = 0; exit: the smallest program, to ask whether the kernel loads tp_btf programs at all
+_RETURN_ZERO = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
 
+
+def tp_btf_refused(btf_type_id: int | None) -> str | None:
+    """Whether this kernel loads a tp_btf program (on skb:kfree_skb, `btf_type_id` its btf_trace_
+    typedef): None if it does, else why not. Loaded and closed at once, never attached: asked
+    before the probes are compiled, which are then built for it (or as raw tracepoints)."""
     if btf_type_id is None:
         return "the kernel's BTF has no btf_trace_kfree_skb type"
-    env, flags = header_flags()
-    os.environ.update(env)
     try:
-        bpf = bcc.BPF(text=(PROBES_DIR / "tp_btf_check.c").read_text().encode(), cflags=flags)
-    except Exception as error:  # noqa: BLE001 - BCC raises bare Exception
-        return f"the check program did not compile: {error}"
-    try:
-        os.close(_tp_btf_program(bpf.dump_func(b"wr_btf__kfree_skb"), "kfree_skb", btf_type_id))
+        os.close(_tp_btf_program(_RETURN_ZERO, "kfree_skb", btf_type_id))
     except OSError as error:
         return f"the kernel refuses tp_btf programs ({error.strerror} when loading one)"
-    finally:
-        bpf.cleanup()
     return None
 
 

@@ -335,10 +335,12 @@ class Session:
         # Compiling the probes (BCC, in C++: the GIL is released) while the state is collected
         # (mostly waiting for nft, iptables-save, conntrack) saves a good part of the start.
         compiled: dict = {}
+        tp_btf, _why = collectors_mod.tp_btf_wanted(collectors_mod.disabled_from(options.without))
 
         def compile_in_background() -> None:
             try:
-                compiled["bpf"] = kernel.compile_probes([c.part for c in bpf_parts], KernelFacts.load())
+                compiled["bpf"] = kernel.compile_probes([c.part for c in bpf_parts], KernelFacts.load(),
+                                                        tp_btf=tp_btf)
             except kernel.KernelError as error:
                 compiled["error"] = error
 
