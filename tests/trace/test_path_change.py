@@ -70,12 +70,8 @@ def test_later_packets_leaving_by_another_uplink_are_reported(own_lab):
     lab = own_lab("ultimate")
     _mark_when(lab, "established")
     with _echo_on(lab, "internet2"):
-        trace = RunningTrace("--netns", lab.ns("route"), "--proto", "udp", "--dport", str(PORT), "--count",
-                             "1").started()
-        _send(lab, 40001, [0.01, 0.01])  # the next datagrams come while the flow waits for its reply's fate
-        docs, _summary = trace.finish()
+        doc = _traced_flow(lab, 40001)
         text = _text(lab, 40002)
-    (doc,) = docs
     assert (doc["flow"]["sport"], doc["rule"]["priority"], doc["egress"]["dev"], doc["egress"]["src"]) == (
         40001, 32765, "ppp0", "123.150.232.74")
     assert doc["flow"]["proto"] == UDP and doc["reply_seen"]
@@ -97,11 +93,7 @@ def test_later_packets_dropped_by_nat_on_another_uplink_are_reported(own_lab):
     lab = own_lab("ultimate")
     _mark_when(lab, "new")
     with _echo_on(lab, "internet1"):
-        trace = RunningTrace("--netns", lab.ns("route"), "--proto", "udp", "--dport", str(PORT), "--count",
-                             "1").started()
-        _send(lab, 40003, [0.01, 0.01])
-        docs, _summary = trace.finish()
-    (doc,) = docs
+        doc = _traced_flow(lab, 40003)
     assert (doc["rule"]["priority"], doc["egress"]["dev"], doc["reply_seen"]) == (100, "eth0.2", True)
     assert doc["path_change"] is None
     drop = doc["later_drop"]
@@ -132,11 +124,7 @@ def test_a_flow_printed_before_its_later_packets_changed_way_gets_a_line_of_its_
 def test_later_packets_leaving_where_the_first_did_report_nothing(trace_lab):
     lab = trace_lab("ultimate")
     with _echo_on(lab, "internet2"):
-        trace = RunningTrace("--netns", lab.ns("route"), "--proto", "udp", "--dport", str(PORT), "--count",
-                             "1").started()
-        _send(lab, 40007, [0.01, 0.01])
-        docs, _summary = trace.finish()
-    (doc,) = docs
+        doc = _traced_flow(lab, 40007)
     assert doc["egress"]["dev"] == "ppp0" and doc["reply_seen"]
     assert doc["path_change"] is None and doc["later_drop"] is None
 
@@ -159,6 +147,8 @@ def test_the_fix_of_wr034_keeps_later_packets_on_the_first_uplink(own_lab):
 
 
 def _traced_flow(lab, sport: int) -> dict:
+    """The flow of three datagrams from `sport`, 10 ms apart: the next ones come while the flow waits
+    for its reply's fate."""
     trace = RunningTrace("--netns", lab.ns("route"), "--proto", "udp", "--sport", str(sport), "--count",
                          "1").started()
     _send(lab, sport, [0.01, 0.01])

@@ -111,9 +111,9 @@ class ReplyEvent:
 
 
 @dataclass(frozen=True)
-class ReplyDropEvent:
-    """A reply-direction packet of a flow freed with a drop reason (skb:kfree_skb): the first of the
-    flow's. `icmp`: it was an ICMP error about the flow, (type, code, sender)."""
+class _LaterDrop:
+    """A packet of a flow freed with a drop reason (skb:kfree_skb) after the flow's first packet
+    went through: where (`location`, as `function+0xoffset`) and on which device."""
 
     ts: int
     cpu: int
@@ -122,6 +122,13 @@ class ReplyDropEvent:
     location: int
     dev: str | None
     function: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplyDropEvent(_LaterDrop):
+    """A reply-direction packet of a flow dropped: the first of the flow's. `icmp`: it was an ICMP
+    error about the flow, (type, code, sender)."""
+
     icmp: tuple[int, int, str] | None = None
     kind: str = "reply_drop"
 
@@ -155,18 +162,10 @@ class PathChangeEvent:
 
 
 @dataclass(frozen=True)
-class LaterDropEvent:
-    """A later packet of a flow (its original direction, after the first went through) freed with a
-    drop reason: the first of the flow's. `dev`: the packet's device then (the output device once
-    routed)."""
+class LaterDropEvent(_LaterDrop):
+    """A later packet of a flow's own direction dropped: the first of the flow's. `dev`: the
+    output device once routed."""
 
-    ts: int
-    cpu: int
-    flow: FlowId
-    reason: str
-    location: int
-    dev: str | None
-    function: str | None = None
     kind: str = "later_drop"
 
 
