@@ -13,7 +13,10 @@ in this same run (issue 11):
    `why-route trace` running (every UDP flow): how many flows the router's conntrack created (the
    baseline: nf_conntrack_count in its namespace, before and after), how many of them the trace
    reported, and how many events it lost — 10,000 in 1 s, then 50,000 a second for 5 s (target:
-   every flow reported, lost 0).
+   every flow reported, lost 0). Since the sender's datagrams cross the router in its own context
+   (veth), the sender's rate alone (untraced, as fast as it goes) is measured first, and the
+   kernel time of each probe per new flow (BPF_ENABLE_STATS, probe_costs.py) printed against
+   that datagram's untraced cost.
 4. Start to first event: from starting `why-route trace --count 1` (Python start-up, state
    collection, BTF, probe compilation, load and attach included) to its first flow printed while
    the MacBook pings steadily, N runs: against the 2 s target.
@@ -36,6 +39,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import probe_costs  # noqa: E402
+
 from tracer.lab import builder  # noqa: E402
 
 WHY_ROUTE = str(Path(sys.executable).with_name("why-route"))
@@ -137,25 +143,35 @@ def conntrack_count() -> int:
                               capture_output=True, text=True, check=True).stdout)
 
 
-def new_flows(rate: int, seconds: float) -> tuple[int, int, float, dict, collections.Counter]:
-    """(flows the router's conntrack created, datagrams sent, seconds it took, the trace's summary, the
-    reported flows' verdicts) for `rate` new UDP flows a second during `seconds`."""
-    count = int(rate * seconds)
+def send_new_flows(rate: int, count: int) -> tuple[int, float]:
+    """(datagrams sent, seconds it took): `count` new UDP flows at `rate` a second (as fast as the
+    sender can, when it cannot keep the rate)."""
     sockets = max(1, -(-count // 50_000))
-    subprocess.run(["ip", "netns", "exec", ns("route"), "conntrack", "-F"], capture_output=True)
-    trace = Trace("--proto", "udp", "--reply-wait", "0.2")
-    before = conntrack_count()
-    try:
-        sent = subprocess.run(["ip", "netns", "exec", ns("macbook"), sys.executable, "-c", NEW_FLOWS, str(rate),
-                               str(count), str(sockets)], capture_output=True, text=True, check=True,
-                              timeout=seconds * 10 + 30)
-        created = conntrack_count() - before
-        time.sleep(2)  # the last flows' reply wait
-    finally:
-        summary = trace.stop(timeout=900)  # it prints every flow it has, however many
+    sent = subprocess.run(["ip", "netns", "exec", ns("macbook"), sys.executable, "-c", NEW_FLOWS, str(rate),
+                           str(count), str(sockets)], capture_output=True, text=True, check=True,
+                          timeout=count / 1000 + 30)
     datagrams, took = sent.stdout.split()
+    return int(datagrams), float(took)
+
+
+def new_flows(rate: int, seconds: float) -> tuple[int, int, float, dict, collections.Counter, dict]:
+    """(flows the router's conntrack created, datagrams sent, seconds it took, the trace's summary, the
+    reported flows' verdicts, the kernel time each probe spent {name: (runs, ns)}) for `rate` new UDP
+    flows a second during `seconds`."""
+    count = int(rate * seconds)
     subprocess.run(["ip", "netns", "exec", ns("route"), "conntrack", "-F"], capture_output=True)
-    return created, int(datagrams), float(took), summary, trace.verdicts
+    with probe_costs.run_time_stats():
+        trace = Trace("--proto", "udp", "--reply-wait", "0.2")
+        before, costs_before = conntrack_count(), probe_costs.program_costs()
+        try:
+            datagrams, took = send_new_flows(rate, count)
+            spent = probe_costs.costs_since(costs_before)
+            created = conntrack_count() - before
+            time.sleep(2)  # the last flows' reply wait
+        finally:
+            summary = trace.stop(timeout=900)  # it prints every flow it has, however many
+    subprocess.run(["ip", "netns", "exec", ns("route"), "conntrack", "-F"], capture_output=True)
+    return created, datagrams, took, summary, trace.verdicts, spent
 
 
 class Trace:
@@ -269,9 +285,21 @@ def main() -> int:
             print(f"{'':<34} traces: {sum(s['flows'] for s in summaries)} flows, "
                   f"{sum(s['events'] for s in summaries)} events, {sum(s['lost'] for s in summaries)} lost")
         if "flows" not in skip:
+            # The sender shares this VM's two cores with the router's packet path, which runs in its
+            # context (veth): its own cost per datagram, untraced, is the baseline of the probes' cost.
+            alone, alone_took = send_new_flows(10**6, 100_000)
+            subprocess.run(["ip", "netns", "exec", ns("route"), "conntrack", "-F"], capture_output=True)
+            sender_ns = alone_took / alone * 1e9
+            print(f"{'new UDP flows, no trace':<34} {alone / alone_took:,.0f}/s at most: {sender_ns:,.0f} ns a "
+                  "datagram (sender, router and the hosts behind it)")
             for i, rate in enumerate(args.flow_rates):
                 seconds = args.flow_seconds[min(i, len(args.flow_seconds) - 1)]
-                created, sent, took, summary, verdicts = new_flows(rate, seconds)
+                created, sent, took, summary, verdicts, spent = new_flows(rate, seconds)
+                probes_ns = sum(ns for _, ns in spent.values()) / max(sent, 1)
+                each = ", ".join(f"{name} {ns / max(sent, 1):,.0f} ({runs / max(sent, 1):.1f} runs)"
+                                 for name, (runs, ns) in sorted(spent.items()) if runs)
+                print(f"{'':<34} probes' kernel time per new flow {probes_ns:,.0f} ns, ratio "
+                      f"{probes_ns / sender_ns:.2f} of the untraced datagram's: {each}")
                 reported = summary["flows"]
                 # A flow known from conntrack alone ("confirmed") lacks its kernel path: not reported in full.
                 mark = "ok" if reported == created == verdicts["forwarded"] and summary["lost"] == 0 else "BELOW TARGET"

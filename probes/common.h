@@ -374,13 +374,22 @@ static __always_inline void finish_record(struct flowrec *r, struct flowstate *f
     fs->seen |= SEEN_REPORTED;
 }
 
+/* The inode of a BTF-typed struct net pointer: a direct load. */
+static __always_inline u32 btf_netns(const char *net)
+{
+    return net ? *(const u32 *)(net + OFF_NET_INUM) : 0;
+}
+
 /* netns_of_dev, for a BTF-typed device pointer: direct loads. */
 static __always_inline u32 netns_of_btf_dev(const char *dev)
 {
-    if (!dev)
-        return 0;
-    const char *net = *(const char *const *)(dev + OFF_DEV_ND_NET);
-    return net ? *(const u32 *)(net + OFF_NET_INUM) : 0;
+    return dev ? btf_netns(*(const char *const *)(dev + OFF_DEV_ND_NET)) : 0;
+}
+
+/* ifindex_of, for a BTF-typed device pointer. */
+static __always_inline u32 btf_ifindex(const char *dev)
+{
+    return dev ? *(const u32 *)(dev + OFF_DEV_IFINDEX) : 0;
 }
 
 static __always_inline u32 netns_of_dev(const void *dev)
@@ -423,65 +432,59 @@ static __always_inline int matches(const struct config *c, const struct key *k)
     return 1;
 }
 
+/* The ports (or the ICMP echo id) from the transport header at l4: one read of its first 8 bytes. */
 static __always_inline void read_ports(const char *l4, u8 proto, struct tuple *t)
 {
     t->sport = 0;
     t->dport = 0;
+    u8 l4h[8] = {};
     if (proto == 6 || proto == 17 || proto == 132) {
-        u16 sp = 0, dp = 0;
-        READ(sp, l4, 0);
-        READ(dp, l4, 2);
-        t->sport = bpf_ntohs(sp);
-        t->dport = bpf_ntohs(dp);
+        READ(l4h, l4, 0);
+        t->sport = (u16)l4h[0] << 8 | l4h[1];
+        t->dport = (u16)l4h[2] << 8 | l4h[3];
     } else if (proto == 1 || proto == 58) {
-        u8 type = 0;
-        u16 id = 0;
-        READ(type, l4, 0);
-        READ(id, l4, 4);
+        READ(l4h, l4, 0);
         /* ICMP echo request/reply (8/0), ICMPv6 (128/129): the echo id as sport */
-        if (type == 8 || type == 0 || type == 128 || type == 129)
-            t->sport = bpf_ntohs(id);
+        if (l4h[0] == 8 || l4h[0] == 0 || l4h[0] == 128 || l4h[0] == 129)
+            t->sport = (u16)l4h[4] << 8 | l4h[5];
     }
 }
 
-/* The IP header at skb->head + network_header: family, addresses, protocol, ports. IPv6 extension
- * headers (hop-by-hop, routing, destination options) are skipped, two at most. -1: not a flow. */
-static __always_inline int parse_packet(const void *skb, struct tuple *t, u8 *proto, u8 *family)
+/* The IP header at head + nh (skb->head, skb->network_header): family, addresses, protocol, ports —
+ * the fixed header in one read. IPv6 extension headers (hop-by-hop, routing, destination options)
+ * are skipped, two at most. -1: not a flow. */
+static __always_inline int parse_ip(const char *head, u16 nh, struct tuple *t, u8 *proto, u8 *family)
 {
-    const char *head = 0;
-    u16 nh = 0;
-    u8 vihl = 0;
-    READ(head, skb, OFF_SKB_HEAD);
-    READ(nh, skb, OFF_SKB_NETWORK_HEADER);
     if (!head || nh == 0xFFFF)
         return -1;
     const char *ip = head + nh;
-    READ(vihl, ip, 0);
+    u32 hdr[10] = {}; /* an IPv6 header, or an IPv4 one and what follows */
+    READ(hdr, ip, 0);
+    u8 vihl = hdr[0] & 0xFF;
     __builtin_memset(t->saddr, 0, sizeof(t->saddr));
     __builtin_memset(t->daddr, 0, sizeof(t->daddr));
     if ((vihl >> 4) == 4) {
         *family = 4;
-        READ(*proto, ip, 9);
-        READ(t->saddr[0], ip, 12);
-        READ(t->daddr[0], ip, 16);
+        *proto = (hdr[2] >> 8) & 0xFF;
+        t->saddr[0] = hdr[3];
+        t->daddr[0] = hdr[4];
         read_ports(ip + ((vihl & 0xF) * 4), *proto, t);
         return 0;
     }
     if ((vihl >> 4) != 6)
         return -1;
     *family = 6;
-    READ(t->saddr, ip, 8);
-    READ(t->daddr, ip, 24);
-    u8 next = 0;
-    READ(next, ip, 6);
+    copy_address(t->saddr, &hdr[2]);
+    copy_address(t->daddr, &hdr[6]);
+    u8 next = (hdr[1] >> 16) & 0xFF;
     const char *l4 = ip + 40;
     for (int i = 0; i < 2; i++) {
         if (next != 0 && next != 43 && next != 60)
             break;
-        u8 len = 0;
-        READ(len, l4, 1);
-        READ(next, l4, 0);
-        l4 += (len + 1) * 8;
+        u8 ext[2] = {};
+        READ(ext, l4, 0);
+        next = ext[0];
+        l4 += (ext[1] + 1) * 8;
     }
     *proto = next;
     if (next == 58) {
@@ -492,6 +495,24 @@ static __always_inline int parse_packet(const void *skb, struct tuple *t, u8 *pr
     }
     read_ports(l4, next, t);
     return 0;
+}
+
+/* parse_ip for an skb that is not BTF-typed (a raw tracepoint's): its header fields read by helper. */
+static __always_inline int parse_packet(const void *skb, struct tuple *t, u8 *proto, u8 *family)
+{
+    const char *head = 0;
+    u16 nh = 0;
+    READ(head, skb, OFF_SKB_HEAD);
+    READ(nh, skb, OFF_SKB_NETWORK_HEADER);
+    return parse_ip(head, nh, t, proto, family);
+}
+
+/* parse_ip for a BTF-typed skb (a netfilter program's, a tp_btf argument): direct loads. */
+static __always_inline int parse_btf_packet(const char *skb, struct tuple *t, u8 *proto, u8 *family)
+{
+    const char *head = *(const char *const *)(skb + OFF_SKB_HEAD);
+    u16 nh = *(const u16 *)(skb + OFF_SKB_NETWORK_HEADER);
+    return parse_ip(head, nh, t, proto, family);
 }
 
 /* The ICMP (or ICMPv6) type and code of the packet at skb's network header: an error's. */
@@ -509,13 +530,17 @@ static __always_inline void read_icmp(const void *skb, u8 family, u8 *type, u8 *
     READ(*code, l4, 1);
 }
 
+/* A conntrack tuple in one read of the whole struct nf_conntrack_tuple. */
 static __always_inline void read_ct_tuple(const char *th, struct tuple *t)
 {
+    u32 raw[SIZE_TUPLE / 4] = {};
+    READ(raw, th, 0);
+    const char *at = (const char *)raw;
+    __builtin_memcpy(t->saddr, at + OFF_TUPLE_SRC_U3, sizeof(t->saddr)); /* union nf_inet_addr: IPv4 in the first word */
+    __builtin_memcpy(t->daddr, at + OFF_TUPLE_DST_U3, sizeof(t->daddr));
     u16 sp = 0, dp = 0;
-    READ(t->saddr, th, OFF_TUPLE_SRC_U3); /* union nf_inet_addr: IPv4 in the first word, the rest zero */
-    READ(t->daddr, th, OFF_TUPLE_DST_U3);
-    READ(sp, th, OFF_TUPLE_SRC_U);
-    READ(dp, th, OFF_TUPLE_DST_U);
+    __builtin_memcpy(&sp, at + OFF_TUPLE_SRC_U, sizeof(sp));
+    __builtin_memcpy(&dp, at + OFF_TUPLE_DST_U, sizeof(dp));
     t->sport = bpf_ntohs(sp);
     t->dport = bpf_ntohs(dp);
 }
@@ -531,18 +556,9 @@ static __always_inline u64 ct_fingerprint(const char *ct)
     return ((u64)(saddr[0] ^ saddr[1] ^ saddr[2] ^ saddr[3]) << 32) | ((u32)sport << 16) | dport;
 }
 
-static __always_inline const char *ct_of(const void *skb)
+/* The conntrack entry of skb->_nfct (its value: ctinfo in the low bits): both tuples and the status. */
+static __always_inline const char *read_nfct(u64 nfct, struct packet *p, u8 proto)
 {
-    u64 nfct = 0;
-    READ(nfct, skb, OFF_SKB_NFCT);
-    return (const char *)(nfct & ~7ULL);
-}
-
-/* Conntrack entry of the skb (skb->_nfct): both tuples and the status; ctinfo in the low bits. */
-static __always_inline const char *read_ct(const void *skb, struct packet *p, u8 proto)
-{
-    u64 nfct = 0;
-    READ(nfct, skb, OFF_SKB_NFCT);
     const char *ct = (const char *)(nfct & ~7ULL);
     p->ctinfo = nfct & 7;
     if (!ct)

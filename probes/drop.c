@@ -57,13 +57,21 @@ WR_TRACEPOINT(kfree_skb)
     if ((c->flags & F_NETNS) && c->netns != inum)
         return 0;
     u8 proto = 0, family = 0;
-    if (parse_packet(skb, &p.pkt, &proto, &family) != 0)
-        return 0;
-    read_ct(skb, &p, proto);
+    u64 nfct = 0;
+    if (btf) {
+        if (parse_btf_packet(btf_pointer(args[0]), &p.pkt, &proto, &family) != 0)
+            return 0;
+        nfct = *(const u64 *)(btf_pointer(args[0]) + OFF_SKB_NFCT);
+    } else {
+        if (parse_packet(skb, &p.pkt, &proto, &family) != 0)
+            return 0;
+        READ(nfct, skb, OFF_SKB_NFCT);
+    }
+    read_nfct(nfct, &p, proto);
     int reply = p.has_ct && p.ctinfo >= 3; /* IP_CT_IS_REPLY: a reply (or an ICMP error about the flow) */
     if (reply && p.ctinfo == 4) { /* an ICMP error: its conntrack entry is the flow's, named by the flow's protocol */
-        READ(proto, ct_of(skb), OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE + OFF_TUPLE_DST_PROTONUM);
-        read_ct(skb, &p, proto);
+        READ(proto, (const char *)(nfct & ~7ULL), OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE + OFF_TUPLE_DST_PROTONUM);
+        read_nfct(nfct, &p, proto);
     }
     p.key.netns = inum;
     name_flow(&p, proto, family);

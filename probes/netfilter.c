@@ -38,15 +38,12 @@ static __always_inline void note_icmp_error(const struct config *c, const void *
                                             u8 hook)
 {
     struct packet p = {};
-    const void *net = 0;
     u8 proto = 0, family = 0, flow_proto = 0;
-    if (parse_packet(skb, &p.pkt, &proto, &family) != 0 || (proto != 1 && proto != 58))
+    if (parse_btf_packet((const char *)skb, &p.pkt, &proto, &family) != 0 || (proto != 1 && proto != 58))
         return;
-    READ(net, state, OFF_STATE_NET);
-    if (net)
-        READ(p.key.netns, net, OFF_NET_INUM);
+    p.key.netns = btf_netns(*(const char *const *)((const char *)state + OFF_STATE_NET));
     READ(flow_proto, (const char *)ctp, OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE + OFF_TUPLE_DST_PROTONUM);
-    read_ct(skb, &p, flow_proto);
+    read_nfct(*(const u64 *)((const char *)skb + OFF_SKB_NFCT), &p, flow_proto);
     name_flow(&p, flow_proto, family);
     if (!matches(c, &p.key))
         return;
@@ -82,8 +79,7 @@ static __always_inline void record_entry(struct flowrec *r, const struct packet 
  * packet left? Two direct loads when it does; else the device it leaves by (checked once a packet). */
 static __always_inline u32 egress_changed(const void *state, struct skipping *skip)
 {
-    const char *out = *(const char *const *)((const char *)state + OFF_STATE_OUT);
-    u32 ifindex = out ? *(const u32 *)(out + OFF_DEV_IFINDEX) : 0;
+    u32 ifindex = btf_ifindex(*(const char *const *)((const char *)state + OFF_STATE_OUT));
     if (!ifindex || ifindex == skip->out_ifindex)
         return 0;
     skip->out_ifindex = 0;
@@ -164,23 +160,18 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
         }
     }
 parse:;
+    /* The hook state and the skb by direct loads; the packet's headers and its conntrack entry,
+     * which no typed pointer reaches, by one helper call each part. */
     struct packet p = {};
-    const void *net = 0, *in = 0, *out = 0;
-    READ(net, state, OFF_STATE_NET);
-    READ(in, state, OFF_STATE_IN);
-    READ(out, state, OFF_STATE_OUT);
-    u32 inum = 0;
-    if (net)
-        READ(inum, net, OFF_NET_INUM);
     u8 proto = 0, family = 0;
-    if (parse_packet(skb, &p.pkt, &proto, &family) != 0)
+    if (parse_btf_packet((const char *)skb, &p.pkt, &proto, &family) != 0)
         return 1;
-    p.in_ifindex = ifindex_of(in);
-    p.out_ifindex = ifindex_of(out);
+    p.in_ifindex = btf_ifindex(*(const char *const *)((const char *)state + OFF_STATE_IN));
+    p.out_ifindex = btf_ifindex(*(const char *const *)((const char *)state + OFF_STATE_OUT));
     if ((c->flags & F_IIF) && hook <= 2 && c->iif != p.in_ifindex)
         return 1;
-    read_ct(skb, &p, proto);
-    p.key.netns = inum;
+    read_nfct(nfct, &p, proto);
+    p.key.netns = btf_netns(*(const char *const *)((const char *)state + OFF_STATE_NET));
     name_flow(&p, proto, family);
     if (!matches(c, &p.key)) {
         if (ctp) {
@@ -189,7 +180,7 @@ parse:;
         }
         return 1;
     }
-    READ(p.mark, skb, OFF_SKB_MARK);
+    p.mark = *(const u32 *)((const char *)skb + OFF_SKB_MARK);
     if (changed) {
         note_path_change(&p, ctp, changed);
         return 1;

@@ -29,10 +29,21 @@ def _compiled_drop_probe(tp_btf: bool) -> bytes:
         probes.cleanup()
 
 
-def test_the_drop_probe_finds_a_drops_namespace_without_helper_calls_as_tp_btf():
+def test_the_drop_probe_reads_the_skb_and_a_drops_namespace_without_helper_calls_as_tp_btf():
     raw, btf = _probe_reads(_compiled_drop_probe(False)), _probe_reads(_compiled_drop_probe(True))
-    # skb->dev, dev->nd_net and net->ns.inum: three helper calls fewer, before any drop is filtered out
-    assert raw - btf == 3, (raw, btf)
+    # skb->dev, dev->nd_net and net->ns.inum (before any drop is filtered out), skb->head,
+    # skb->network_header and skb->_nfct: six helper calls fewer
+    assert raw - btf == 6, (raw, btf)
+
+
+def test_the_netfilter_probes_read_a_packet_in_one_helper_call_a_header():
+    probes = kernel.compile_probes(["netfilter.c"], KernelFacts.load())
+    try:
+        reads = _probe_reads(probes.bpf.dump_func(b"wr_hook_last"))
+    finally:
+        probes.cleanup()
+    # the hook state, the devices, the namespace and the skb's fields by direct loads: 80 calls before
+    assert reads <= 30, reads
 
 
 def test_this_kernel_loads_tp_btf_programs():
