@@ -545,15 +545,20 @@ static __always_inline void read_ct_tuple(const char *th, struct tuple *t)
     t->dport = bpf_ntohs(dp);
 }
 
+/* A conntrack entry's identity beside its address (which a new entry can reuse): its original tuple, folded. */
 static __always_inline u64 ct_fingerprint(const char *ct)
 {
-    u32 raw[SIZE_TUPLE / 4] = {}; /* the whole original tuple, read at once */
-    READ(raw, ct + OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE, 0);
-    const u32 *saddr = (const u32 *)((const char *)raw + OFF_TUPLE_SRC_U3);
-    u16 sport = 0, dport = 0;
-    __builtin_memcpy(&sport, (const char *)raw + OFF_TUPLE_SRC_U, sizeof(sport));
-    __builtin_memcpy(&dport, (const char *)raw + OFF_TUPLE_DST_U, sizeof(dport));
-    return ((u64)(saddr[0] ^ saddr[1] ^ saddr[2] ^ saddr[3]) << 32) | ((u32)sport << 16) | dport;
+    struct tuple t = {};
+    read_ct_tuple(ct + OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE, &t);
+    return ((u64)(t.saddr[0] ^ t.saddr[1] ^ t.saddr[2] ^ t.saddr[3]) << 32) | ((u32)t.sport << 16) | t.dport;
+}
+
+/* The protocol of a conntrack entry's flow (an ICMP error's entry is the flow's it is about). */
+static __always_inline u8 ct_protonum(const char *ct)
+{
+    u8 proto = 0;
+    READ(proto, ct, OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE + OFF_TUPLE_DST_PROTONUM);
+    return proto;
 }
 
 /* The conntrack entry of skb->_nfct (its value: ctinfo in the low bits): both tuples and the status. */

@@ -70,7 +70,7 @@ WR_TRACEPOINT(kfree_skb)
     read_nfct(nfct, &p, proto);
     int reply = p.has_ct && p.ctinfo >= 3; /* IP_CT_IS_REPLY: a reply (or an ICMP error about the flow) */
     if (reply && p.ctinfo == 4) { /* an ICMP error: its conntrack entry is the flow's, named by the flow's protocol */
-        READ(proto, (const char *)(nfct & ~7ULL), OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE + OFF_TUPLE_DST_PROTONUM);
+        proto = ct_protonum((const char *)(nfct & ~7ULL));
         read_nfct(nfct, &p, proto);
     }
     p.key.netns = inum;

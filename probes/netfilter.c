@@ -38,11 +38,11 @@ static __always_inline void note_icmp_error(const struct config *c, const void *
                                             u8 hook)
 {
     struct packet p = {};
-    u8 proto = 0, family = 0, flow_proto = 0;
+    u8 proto = 0, family = 0;
     if (parse_btf_packet((const char *)skb, &p.pkt, &proto, &family) != 0 || (proto != 1 && proto != 58))
         return;
     p.key.netns = btf_netns(*(const char *const *)((const char *)state + OFF_STATE_NET));
-    READ(flow_proto, (const char *)ctp, OFF_CT_TUPLEHASH + OFF_TUPLEHASH_TUPLE + OFF_TUPLE_DST_PROTONUM);
+    u8 flow_proto = ct_protonum((const char *)ctp);
     read_nfct(*(const u64 *)((const char *)skb + OFF_SKB_NFCT), &p, flow_proto);
     name_flow(&p, flow_proto, family);
     if (!matches(c, &p.key))
