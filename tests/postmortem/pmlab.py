@@ -95,9 +95,16 @@ def offloads_off(lab, nodes=("route", "macbook", "internet2")) -> None:
                         check=False)
 
 
+# The transfer's two ends run on one CPU: a veth hands a packet to the backlog of the CPU that sent
+# it, so a sender moving between CPUs puts its segments on two backlogs, and on a loaded host they
+# cross the router out of order and the sender re-sends them (spurious, the receiver D-SACKs some).
+# That is the host, not the router under diagnosis; the reordering cases make their own.
+TRANSFER_CPU = str(max(os.sched_getaffinity(0)))
+
+
 def _popen(ns: str, argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(["ip", "netns", "exec", ns, "taskset", "-c", TRANSFER_CPU, *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def start_capture(lab, run_dir: Path, interfaces=("br-lan", "ppp0", "eth0.2"), bpf="tcp or icmp",

@@ -289,6 +289,27 @@ def test_retransmissions_the_receiver_reports_twice_do_not_make_a_connection_slo
     assert conn["retransmissions"]["where"]["to_server"]["beyond_router"] == 0
 
 
+def test_one_d_sack_block_covering_a_run_of_resent_segments_counts_each_of_them(tmp_path):
+    # Seen in the lab on a loaded host: segments delayed on another CPU's backlog, the sender re-sends
+    # the run (RACK), and the receiver's next ACK D-SACKs the whole run in one block. Each copy in
+    # it was not needed; the one segment not covered by any D-SACK is still counted as needed.
+    out, add = _packets()
+    for i in range(20):
+        add(T0 + 0.012 + i * 0.001, True, "PA", 1001 + i * MSS, 5001, b"y" * MSS)
+    add(T0 + 0.035, False, "A", 5001, 1001 + 20 * MSS)
+    for i in range(6):
+        add(T0 + 0.040 + i * 0.001, True, "PA", 1001 + (14 + i) * MSS, 5001, b"y" * MSS)  # again
+    add(T0 + 0.047, False, "A", 5001, 1001 + 20 * MSS,
+        options=[("NOP", None), ("NOP", None), ("SAck", (1001 + 15 * MSS, 1001 + 20 * MSS))])
+    path = tmp_path / "dsack-run.pcap"
+    wrpcap(str(path), out)
+    conn = _postmortem(path)
+    retransmissions = conn["retransmissions"]["dsack-run.pcap"]
+    assert (retransmissions["to_server"], retransmissions["dsacks"]["to_server"]) == (6, 5)
+    assert oracle.disagreements(str(path)) == []
+    assert conn["verdict"] == "ok", conn["reasons"]
+
+
 @pytest.mark.parametrize("after_highest_ns,kind", [(999_999, "out_of_order"), (1_000_000, "to_server"),
                                                     (-1, "to_server")],
                          ids=["1-ns-inside-the-rtt", "exactly-the-rtt", "1-ns-before-the-highest"])

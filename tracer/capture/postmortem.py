@@ -195,7 +195,7 @@ def judge(conn: Connection) -> None:
         needed = h.retransmissions - h.spurious_retransmissions
         if h.data_packets and needed >= 3 and needed > 0.01 * h.data_packets:
             detail = [f"{h.sacked_retrans} of data the receiver had SACKed"] if h.sacked_retrans else []
-            if h.dsacks > h.sacked_retrans:
+            if h.dsacks:
                 detail.append(f"{h.dsacks} the receiver reported receiving twice (D-SACK)")
             if h.late:
                 detail.append(f"{h.late} original(s) arriving late (reordered: IP IDs older than the highest's)")

@@ -53,6 +53,7 @@ ID_BACK_MAX = 1024
 ID_TRUST = 8
 RTT_SAMPLES = 2048
 MAX_SACKED = 32
+MAX_RESENT = 256
 MAX_TS_PENDING = 1024
 SHORT_RUN = 2  # runs of fast segments this short go through Side.segment (cheaper than _Batch._apply)
 BIG = 1280  # IP lengths above this are kept by size (for MTU questions)
@@ -130,8 +131,8 @@ class Half:
         "syn_time", "first_syn", "syn_number", "syns", "fin", "rst", "progress", "wl_time", "wl_since",
         "first", "last", "ev_retrans", "ev_zero", "ev_dup", "big", "big_first", "max_len", "retrans_max",
         "same_seq", "last_retrans_seq", "isn", "ev_data", "zw_since", "zw_time", "ts_rtt", "ts_base", "ts_newest",
-        "ts_pending", "sacked", "sack_high", "sack_holes", "sacked_retrans", "dsacks", "last_id", "high_id",
-        "id_up", "id_other", "late",
+        "ts_pending", "sacked", "sack_high", "sack_holes", "sacked_retrans", "dsacks", "resent", "last_id",
+        "high_id", "id_up", "id_other", "late",
     )
 
     def __init__(self):
@@ -185,7 +186,10 @@ class Half:
         self.sack_high = -1  # the highest SACKed sequence number
         self.sack_holes = 0  # gaps the peer signalled: a SACK block above all acknowledged and SACKed data
         self.sacked_retrans = 0  # retransmissions of data the peer had SACKed: not lost
-        self.dsacks = 0  # D-SACKs (RFC 2883): the peer received a segment of this direction twice
+        # D-SACK (RFC 2883): the peer received data of this direction twice. Counted in retransmitted
+        # segments, since one block reports a whole run of them re-sent by a timer or RACK
+        self.dsacks = 0
+        self.resent: list[list] = []  # [start, end, already counted spurious] of retransmissions, the last MAX_RESENT
         self.last_id = -1  # the IP ID of this direction's last packet (-1: none, IPv6)
         self.high_id = -1  # … of the segment that reached the highest sequence number
         self.id_up = self.id_other = 0  # ID steps: up by 1 … ID_STEP_MAX; neither that nor back a little
@@ -208,7 +212,7 @@ class Half:
         if blocks:
             start, end = blocks[0]
             if end <= acked or (len(blocks) > 1 and blocks[1][0] <= start and end <= blocks[1][1]):
-                self.dsacks += 1
+                self._dsack(start, end)
         for start, end in blocks:
             if end <= start:
                 continue
@@ -226,12 +230,26 @@ class Half:
             kept.sort()
             self.sacked = [r for r in kept if r[1] > acked][-MAX_SACKED:]
 
+    def _dsack(self, start: int, end: int) -> None:
+        """A D-SACK of [start, end): each retransmission inside it was not needed (one not seen here,
+        or a duplicate the network made, counts as one)."""
+        inside = [r for r in self.resent if start <= r[0] and r[1] <= end]
+        self.dsacks += sum(not r[2] for r in inside) if inside else 1
+        if inside:
+            self.resent = [r for r in self.resent if not (start <= r[0] and r[1] <= end)]
+
+    def resend(self, start: int, end: int, counted: bool) -> None:
+        """A retransmission of [start, end) passed; `counted`: already known not needed (SACKed)."""
+        self.resent.append([start, end, counted])
+        if len(self.resent) > MAX_RESENT:
+            del self.resent[0]
+
     @property
     def spurious_retransmissions(self) -> int:
         """Retransmissions the peer shows it did not need — of data it had SACKed, or that it
         reported receiving twice (a segment delayed, not lost, re-sent by a timer or RACK) — and
         originals that arrived late, which tshark counts as retransmissions too."""
-        return min(self.retransmissions, max(self.sacked_retrans, self.dsacks) + self.late)
+        return min(self.retransmissions, self.sacked_retrans + self.dsacks + self.late)
 
     @property
     def ids_in_order(self) -> bool:
@@ -398,6 +416,8 @@ class Side:
             sacked = bool(kind != "ooo" and seglen and not filled and not late and h.was_sacked(s, s + seglen))
             if sacked:
                 h.sacked_retrans += 1  # the peer had it: not lost
+            if kind != "ooo" and not late and seglen:
+                h.resend(s, s + seglen, sacked)
             if kind != "ooo" and not late:
                 if s == h.last_retrans_seq:
                     h.same_seq += 1
