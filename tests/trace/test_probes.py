@@ -4,6 +4,7 @@ nothing is left behind by SIGTERM or SIGKILL."""
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -60,6 +61,29 @@ def test_without_netfilter_links_conntrack_still_gives_the_nat_and_the_reply(tra
     assert doc["reply_seen"] is True
     assert doc["sim"]["agrees"], doc["sim"]["differences"]
     assert "netfilter" not in summary["probes"] and "netfilter" in summary["unavailable"]
+
+
+def _ctnetlink_groups(netns: str) -> set[str]:
+    """The group masks of the NETLINK_NETFILTER sockets subscribed to anything in `netns` (/proc/net/netlink)."""
+    lines = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/netlink"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()[1:]
+    return {fields[3] for fields in map(str.split, lines) if fields[1] == "12" and int(fields[3], 16)}
+
+
+def test_beside_the_netfilter_probe_conntrack_hears_only_updates(trace_lab):
+    # The probe reads each flow's entry itself: a NEW event would cost a netlink message per flow for
+    # nothing. Without the probe, conntrack is the source of the NAT and the flow: every group.
+    lab = trace_lab("ultimate")
+    for env, groups in ((None, {"00000002"}), (DISABLE_NETFILTER, {"00000007"})):
+        trace = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp", "--count", "1", env=env).started()
+        try:
+            assert _ctnetlink_groups(lab.ns("route")) == groups
+            ping_from_macbook(lab)
+            docs, _summary = trace.finish()
+        finally:
+            trace.kill()
+        doc = flow_to(docs, "8.8.8.8", 1)
+        assert [(n["type"], n["to"]) for n in doc["nat"]] == [("snat", "123.150.232.74")] and doc["reply_seen"]
 
 
 def _wait_for_links(expected: int, before: set[str], timeout: float = 5) -> set[str]:

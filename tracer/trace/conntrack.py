@@ -20,7 +20,13 @@ from tracer.trace.events import ConntrackEvent, FlowId, Tuple
 
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE = 0, 2
-GROUPS = (1, 2, 3)  # NFNLGRP_CONNTRACK_NEW, _UPDATE, _DESTROY
+NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
+GROUPS = (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY)
+# With the netfilter probe, which reads each flow's conntrack entry (both tuples, the status) at every
+# hook and notes its first reply, a NEW or DESTROY event adds nothing, and each costs the kernel a
+# netlink message in the packet's path and why-route a parse (about a tenth of what a new flow costs
+# both): only the updates are heard, which say a reply came (a check on the probe's reply note).
+GROUPS_BESIDE_HOOKS = (NFNLGRP_CONNTRACK_UPDATE,)
 NLM_F_CREATE = 0x400
 RECEIVE_BUFFER = 64 << 20
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS = 1, 2, 3
@@ -97,7 +103,8 @@ class ConntrackSource:
 class ConntrackCollector(Collector):
     name = "conntrack"
     part = None
-    what = "ctnetlink events NEW/UPDATE/DESTROY (NAT mapping, replies seen)"
+    what = ("ctnetlink events NEW/UPDATE/DESTROY (NAT mapping, replies seen); beside the netfilter probe, "
+            "UPDATE only (replies seen)")
     event = "conntrack"
 
     def can_run(self) -> str | None:
@@ -109,9 +116,10 @@ class ConntrackCollector(Collector):
             return "conntrack is not loaded (module nf_conntrack), so there are no conntrack events"
         return None
 
-    def open(self, undo, options, state, netns_inode: int) -> ConntrackSource:
+    def open(self, undo, options, state, netns_inode: int, hooks_traced: bool = False) -> ConntrackSource:
         try:
-            sock = netlink.subscribed_socket(options.netns, GROUPS, RECEIVE_BUFFER)
+            sock = netlink.subscribed_socket(options.netns, GROUPS_BESIDE_HOOKS if hooks_traced else GROUPS,
+                                             RECEIVE_BUFFER)
         except OSError as error:
             from tracer.trace.kernel import KernelError
 

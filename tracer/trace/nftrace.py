@@ -248,7 +248,7 @@ class NftraceCollector(Collector):
             return "needs root (CAP_NET_ADMIN)"
         return None
 
-    def open(self, undo, options, state, netns_inode: int) -> NftTraceSource:
+    def open(self, undo, options, state, netns_inode: int, hooks_traced: bool = False) -> NftTraceSource:
         from tracer.trace.kernel import KernelError
 
         try:  # subscribed before the table exists: no traced packet is missed

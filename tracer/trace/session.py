@@ -385,7 +385,8 @@ class Session:
                     if collector.part:
                         collector.attach(bpf, undo, options.netns)
                     else:
-                        sources.append(collector.open(undo, options, state, inode))
+                        sources.append(collector.open(undo, options, state, inode,
+                                                      hooks_traced="netfilter" in self.summary.probes))
                 except kernel.KernelError as error:
                     self.summary.unavailable[collector.name] = str(error)
                     continue
