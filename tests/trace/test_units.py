@@ -215,3 +215,44 @@ def test_kernel_facts_answer_as_the_btf_does_and_the_next_start_reads_them_back(
     assert not again.parsed  # answered from the file
     other_kernel = btf.KernelFacts(data + b"\0", cache_dir=tmp_path)
     assert other_kernel.size("sk_buff") == Btf.load().size("sk_buff") and other_kernel.parsed
+
+
+def test_a_ring_record_decodes_as_its_ctypes_mirror_reads_it():
+    # The decoder unpacks struct flowrec with struct formats (cheaper than ctypes fields); the mirror
+    # of probes/common.h written field by field must come back the same.
+    from types import SimpleNamespace
+
+    from tracer.trace.session import Decoder
+
+    r = kernel.RawRecord(ts=123, cpu=1, kind=kernel.KIND_FLOW, has_ct=1, nlookups=2, complete=1, npositions=3,
+                         ct_status=0x18a, reason=2, drop_ifindex=3, location=0xffffffff81000010)
+    r.key.netns, r.key.proto, r.key.family, r.key.sport, r.key.dport = 4026531840, 17, 4, 40000, 53
+    r.key.saddr, r.key.daddr = kernel.address_bytes("192.168.1.169"), kernel.address_bytes("8.8.8.8")
+    r.orig.saddr, r.orig.daddr, r.orig.sport, r.orig.dport = r.key.saddr, r.key.daddr, 40000, 53
+    r.reply.saddr, r.reply.daddr = kernel.address_bytes("8.8.8.8"), kernel.address_bytes("123.150.232.74")
+    r.reply.sport, r.reply.dport = 53, 40001
+    for n, index in enumerate((1, 5, 9)):  # prerouting last, forward last, postrouting last
+        r.order[n] = index
+        h = r.hooks[index]
+        h.pkt.saddr = kernel.address_bytes("123.150.232.74" if index == 9 else "192.168.1.169")
+        h.pkt.daddr, h.pkt.sport, h.pkt.dport = r.key.daddr, 40001 if index == 9 else 40000, 53
+        h.in_ifindex, h.out_ifindex, h.mark = 2, 0 if index == 1 else 3, 0x10 * n
+    for i, (table, err) in enumerate(((7375, -11), (254, 0))):
+        lookup = r.lookups[i]
+        lookup.flowi, lookup.table, lookup.err, lookup.cpu = 0xabc, table, err, 1
+        lookup.in_ifindex, lookup.out_ifindex = 2, 3
+        lookup.saddr, lookup.daddr, lookup.gw_family = r.key.saddr, r.key.daddr, socket.AF_INET if err == 0 else 0
+        lookup.gw = kernel.address_bytes("10.0.0.1")
+    state = SimpleNamespace(links=[SimpleNamespace(index=2, name="br-lan"), SimpleNamespace(index=3, name="ppp0")])
+    record = Decoder(state, {2: "SKB_DROP_REASON_NETFILTER_DROP"}).decode(bytes(r))
+    assert record.flow == events.FlowId(4026531840, 17, "192.168.1.169", "8.8.8.8", 40000, 53)
+    assert (record.ts, record.cpu, record.complete) == (123, 1, True)
+    assert [(h.hook, h.position, h.iif, h.oif, h.mark) for h in record.hooks] == [
+        ("prerouting", "last", "br-lan", None, 0), ("forward", "last", "br-lan", "ppp0", 0x10),
+        ("postrouting", "last", "br-lan", "ppp0", 0x20)]
+    assert record.hooks[2].packet == events.Tuple("123.150.232.74", "8.8.8.8", 40001, 53)
+    assert record.hooks[0].ct_reply == events.Tuple("8.8.8.8", "123.150.232.74", 53, 40001)
+    assert record.hooks[0].ct_status == 0x18a
+    assert [(e.table_id, e.err, e.dev, e.gateway, e.flowi) for e in record.lookups] == [
+        (7375, -11, "ppp0", None, 0xabc), (254, 0, "ppp0", "10.0.0.1", 0xabc)]
+    assert (record.drop.reason, record.drop.dev, record.drop.location) == ("NETFILTER_DROP", "ppp0", 0xffffffff81000010)

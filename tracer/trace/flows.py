@@ -65,6 +65,12 @@ class TracedFlow:
     complete_ts: int | None = None  # the same, as the kernel stamped it (CLOCK_MONOTONIC ns)
     rules: list = field(default_factory=list)  # NftRuleEvent (--rules), matched by the assembler
     recorded: bool = False  # its FlowRecord was added
+    # (hook, position) → the first of `hooks` there: describe() asks a dozen times a flow
+    _at: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for event in self.hooks:
+            self._at.setdefault((event.hook, event.position), event)
 
     def add(self, event: Event, now: float, hooks_traced: bool = False) -> None:
         """`hooks_traced`: the netfilter probe runs, so the flow is complete when its hook events say
@@ -77,7 +83,7 @@ class TracedFlow:
                 self.add(part, now, hooks_traced)
             self._place_chain_drop()
         elif isinstance(event, HookEvent):
-            self.hooks.append(event)
+            self._append_hook(event)
             if event.position == "last" and event.hook in ("postrouting", "input"):
                 self._complete(event, now)
         elif isinstance(event, FibEvent):
@@ -117,7 +123,11 @@ class TracedFlow:
         following = {"prerouting": ("input" if local else "forward") if decision else None,
                      "forward": "postrouting", "output": "postrouting"}.get(last.hook)
         if following and not self.hook(following, "first"):
-            self.hooks.append(dataclasses.replace(last, hook=following, position="first"))
+            self._append_hook(dataclasses.replace(last, hook=following, position="first"))
+
+    def _append_hook(self, event: HookEvent) -> None:
+        self.hooks.append(event)
+        self._at.setdefault((event.hook, event.position), event)
 
     def _replied(self, now: float) -> None:
         if not self.reply:
@@ -136,7 +146,7 @@ class TracedFlow:
                 or any(e.iif != LOOPBACK for e in self.lookups))  # a socket's lookups: a reply's too
 
     def hook(self, name: str, position: str) -> HookEvent | None:
-        return next((h for h in self.hooks if h.hook == name and h.position == position), None)
+        return self._at.get((name, position))
 
 
 def _errname(err: int) -> str:
@@ -325,8 +335,9 @@ class Describer:
         return compare(doc, self.state, simulated)
 
     def deciding_rule(self, query, tables: list[int], went_on: bool = False):
-        key = (query if self._rules_use_ports.get(query.family) else
-               dataclasses.replace(query, sport=None, dport=None), tuple(tables), went_on)
+        # (describe's query: these fields, the others left at their defaults)
+        ports = (query.sport, query.dport) if self._rules_use_ports.get(query.family) else None
+        key = (query.family, query.dst, query.src, query.iif, query.mark, query.proto, ports, tuple(tables), went_on)
         found = self._rules.get(key)
         if found is None:
             found = self._rules[key] = deciding_rule(self.state, query, tables, went_on)

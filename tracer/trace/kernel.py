@@ -17,6 +17,7 @@ import glob
 import ipaddress
 import mmap
 import os
+import socket
 import struct
 from pathlib import Path
 
@@ -157,6 +158,17 @@ class RawNote(ctypes.Structure):
 
 KIND_OFFSET = RawRecord.kind.offset  # the same in both
 
+# struct flowrec as `struct` formats: a record is decoded with a few unpacks, where reading it through
+# the ctypes mirror costs a microsecond or so a field (tens of thousands of records a second). The
+# mirror stays the reference: the formats are checked against its layout here.
+RECORD_HEAD = struct.Struct("=QQII I16s16sHHBB2x II 16s16sHH 16s16sHH II BBBB10s2x")  # spaced by part
+HOOK_POSITION = struct.Struct("=16s16sHHIII")
+LOOKUP = struct.Struct("=QIiIIII16s16s16sBB6x")
+HOOKS_OFFSET, LOOKUPS_OFFSET = RawRecord.hooks.offset, RawRecord.lookups.offset
+if (RECORD_HEAD.size, HOOK_POSITION.size, LOOKUP.size) != (HOOKS_OFFSET, ctypes.sizeof(_HookPosition),
+                                                          ctypes.sizeof(_Lookup)):
+    raise AssertionError("the struct formats of struct flowrec differ from its ctypes mirror")
+
 
 class Ring:
     """The BPF ring buffer read through its own mmap (as libbpf's consumer does): each read() copies
@@ -206,6 +218,21 @@ def address_bytes(text: str) -> _Address:
 def address_text(raw, family: int) -> str:
     """The text of a probe's address (family 4 or 6)."""
     return _address_text(bytes(raw), family)
+
+
+_TEXTS: dict[int, dict[bytes, str]] = {4: {}, 6: {}}
+
+
+def packed_text(packed: bytes, family: int) -> str:
+    """address_text of a probe's 16 address bytes, remembered (the router's own addresses recur in
+    every record), without lru_cache's cost per call."""
+    texts = _TEXTS[family]
+    text = texts.get(packed)
+    if text is None:
+        if len(texts) >= 65536:
+            texts.clear()
+        text = texts[packed] = socket.inet_ntoa(packed[:4]) if family == 4 else str(ipaddress.IPv6Address(packed))
+    return text
 
 
 @functools.lru_cache(maxsize=65536)  # a flow's addresses recur in each of its events

@@ -137,21 +137,28 @@ def _config(options: TraceOptions, state: HostState, inode: int) -> kernel.Confi
     return cfg
 
 
+class _DeviceNames(dict):
+    """ifindex → the device's name in the state collected at start; a device made since by its number;
+    0 (none) → None."""
+
+    def __init__(self, names: dict[int, str]):
+        super().__init__(names)
+        self[0] = None
+
+    def __missing__(self, index: int) -> str:
+        return str(index)
+
+
 class Decoder:
     """Ring records (bytes of struct flowrec / struct note) → events: one FlowRecord per flow, a
     ReplyEvent per note; interfaces named from the state collected at start."""
 
     def __init__(self, state: HostState, drop_reasons: dict[int, str]):
-        self.names = {link.index: link.name for link in state.links}
+        self.names = _DeviceNames({link.index: link.name for link in state.links})
         self.reasons = drop_reasons
         self.symbols = kernel.KernelSymbols()
+        self._dev = self.names.__getitem__  # a dozen times a record
 
-    def _dev(self, index: int) -> str | None:
-        return self.names.get(index, str(index)) if index else None
-
-    @staticmethod
-    def _tuple(t, family: int) -> Tuple:
-        return Tuple(kernel.address_text(t.saddr, family), kernel.address_text(t.daddr, family), t.sport, t.dport)
 
     @staticmethod
     def _flow(k) -> FlowId:
@@ -162,7 +169,7 @@ class Decoder:
     def decode(self, raw: bytes) -> Event | None:
         (kind,) = _KIND.unpack_from(raw, kernel.KIND_OFFSET)
         if kind == kernel.KIND_FLOW:
-            return self.record(kernel.RawRecord.from_buffer_copy(raw))
+            return self.record(bytes(raw))
         note = kernel.RawNote.from_buffer_copy(raw)
         fid = self._flow(note.key)
         if kind == kernel.KIND_REPLY:
@@ -184,32 +191,47 @@ class Decoder:
     def _reason(self, number: int) -> str:
         return self.reasons.get(number, str(number)).removeprefix("SKB_DROP_REASON_")
 
-    def record(self, r: kernel.RawRecord) -> FlowRecord:
-        fid = self._flow(r.key)
-        family = r.key.family
-        ct_orig = self._tuple(r.orig, family) if r.has_ct else None
-        ct_reply = self._tuple(r.reply, family) if r.has_ct else None
+    def record(self, raw: bytes) -> FlowRecord:
+        """A ring record (struct flowrec) → its FlowRecord, by kernel.RECORD_HEAD and the formats of its parts."""
+        (ts, location, _kind, cpu, netns, src, dst, sport, dport, proto, family, _seen, ct_status,
+         osrc, odst, osport, odport, rsrc, rdst, rsport, rdport, reason, drop_ifindex,
+         has_ct, nlookups, complete, npositions, order) = kernel.RECORD_HEAD.unpack_from(raw)
+        fid = FlowId(netns, proto, kernel.packed_text(src, family), kernel.packed_text(dst, family), sport, dport)
+        tuples: dict[tuple, Tuple] = {}  # a record's positions mostly carry the same tuple
+
+        def tuple_of(key: tuple) -> Tuple:
+            t = tuples.get(key)
+            if t is None:
+                t = tuples[key] = Tuple(kernel.packed_text(key[0], family), kernel.packed_text(key[1], family),
+                                        key[2], key[3])
+            return t
+
+        ct_orig = tuple_of((osrc, odst, osport, odport)) if has_ct else None
+        ct_reply = tuple_of((rsrc, rdst, rsport, rdport)) if has_ct else None
         hooks = []
-        for index in r.order[:r.npositions]:
-            h = r.hooks[index]
-            hooks.append(HookEvent(r.ts, r.cpu, fid, HOOKS[index >> 1], POSITIONS[index & 1],
-                                   self._tuple(h.pkt, family), self._dev(h.in_ifindex), self._dev(h.out_ifindex),
-                                   h.mark, ct_orig, ct_reply, r.ct_status))
+        for index in order[:npositions]:
+            if index >= kernel.POSITIONS:
+                continue
+            psrc, pdst, psport, pdport, in_ifindex, out_ifindex, mark = kernel.HOOK_POSITION.unpack_from(
+                raw, kernel.HOOKS_OFFSET + index * kernel.HOOK_POSITION.size)
+            hooks.append(HookEvent(ts, cpu, fid, HOOKS[index >> 1], POSITIONS[index & 1],
+                                   tuple_of((psrc, pdst, psport, pdport)), self._dev(in_ifindex),
+                                   self._dev(out_ifindex), mark, ct_orig, ct_reply, ct_status))
         lookups = []
-        for lookup in r.lookups[:r.nlookups]:
-            gateway = GATEWAY_FAMILIES.get(lookup.gw_family)
-            lookups.append(FibEvent(r.ts, lookup.cpu, fid, lookup.flowi, lookup.table, lookup.err,
-                                    bool(lookup.reverse), kernel.address_text(lookup.saddr, family),
-                                    kernel.address_text(lookup.daddr, family), self._dev(lookup.in_ifindex),
-                                    lookup.mark, self._dev(lookup.out_ifindex),
-                                    kernel.address_text(lookup.gw, gateway) if gateway else None))
+        for i in range(min(nlookups, kernel.LOOKUPS_MAX)):
+            (flowi, table, err, in_ifindex, out_ifindex, mark, lookup_cpu, lsrc, ldst, gw, gw_family,
+             reverse) = kernel.LOOKUP.unpack_from(raw, kernel.LOOKUPS_OFFSET + i * kernel.LOOKUP.size)
+            gateway = GATEWAY_FAMILIES.get(gw_family)
+            lookups.append(FibEvent(ts, lookup_cpu, fid, flowi, table, err, bool(reverse),
+                                    kernel.packed_text(lsrc, family), kernel.packed_text(ldst, family),
+                                    self._dev(in_ifindex), mark, self._dev(out_ifindex),
+                                    kernel.packed_text(gw, gateway) if gateway else None))
         drop = None
-        if r.reason:
-            reason = self._reason(r.reason)
+        if reason:
             packet = hooks[-1].packet if hooks else Tuple(fid.src, fid.dst, fid.sport, fid.dport)
-            drop = DropEvent(r.ts, r.cpu, fid, reason, r.location, self._dev(r.drop_ifindex), packet,
-                             self.symbols.name(r.location))
-        return FlowRecord(r.ts, r.cpu, fid, tuple(hooks), tuple(lookups), drop, bool(r.complete))
+            drop = DropEvent(ts, cpu, fid, self._reason(reason), location, self._dev(drop_ifindex), packet,
+                             self.symbols.name(location))
+        return FlowRecord(ts, cpu, fid, tuple(hooks), tuple(lookups), drop, bool(complete))
 
 
 _KIND = struct.Struct("=I")
@@ -259,6 +281,8 @@ class Assembler:
             self._waiting[fid] = flow
 
     def _rules_of(self, flow: TracedFlow) -> list[NftRuleEvent]:
+        if not self.rule_events:
+            return []
         tuples = {(flow.id.src, flow.id.dst, flow.id.sport, flow.id.dport)}
         tuples.update((h.packet.src, h.packet.dst, h.packet.sport, h.packet.dport) for h in flow.hooks)
         found = []
@@ -565,7 +589,7 @@ def _unfinished(bpf, decoder: Decoder) -> list[FlowRecord]:
     """The records still in the kernel's map when the trace ends: flows whose first packet's path did
     not end while traced (queued, stolen, or the trace stopped in between), and complete ones the
     ring refused at the time."""
-    return [decoder.record(kernel.RawRecord.from_buffer_copy(bytes(value)))
+    return [decoder.record(bytes(value))
             for _key, value in bpf["records"].items()]
 
 
