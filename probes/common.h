@@ -137,7 +137,7 @@ struct note {
     u8 icmp_type;
     u8 icmp_code;
     u8 icmp_error; /* KIND_REPLY_DROP: the dropped packet was an ICMP error about the flow */
-    u8 pad;
+    u8 after; /* KIND_REPLY_DROP: 1 + the last hook position (hook * 2 + pos) the packet passed, 0 unknown */
     u32 mark;
 };
 #define ICMP_ERRORS_MAX 4 /* noted per flow */
@@ -193,13 +193,14 @@ struct ctseen {
 };
 #define SEEN_IGNORED 0xFFFFFFFFu
 
-/* The packet this CPU last found nothing to do for (its flow reported or not wanted, or a reply
- * already noted): the rest of its hooks return at once (skb and _nfct, ctinfo included, both equal). */
+/* The packet this CPU last found nothing to do for (its flow reported or not wanted, a reply, an
+ * ICMP error about a flow): the rest of its hooks return at once (skb and _nfct, ctinfo included,
+ * both equal), each leaving its position here — where a dropped reply was last seen. */
 struct skipping {
     u64 skb;
     u64 nfct;
     u32 out_ifindex; /* where its flow's first packet left: postrouting checks this one leaves there too */
-    u32 pad;
+    u32 position; /* hook * 2 + pos of the last hook position it reached */
 };
 
 BPF_ARRAY(config, struct config, 1);

@@ -15,17 +15,35 @@ static __always_inline void record_dropped_arrival(struct flowrec *r, struct flo
     record_position(r, hook * 2, pkt, hook == 0 ? ifindex : 0, hook == 0 ? 0 : ifindex, a->mark);
 }
 
+/* Where a reply (or an ICMP error about a flow) was when dropped: 1 + the last hook position it
+ * passed on this CPU (the netfilter probe's skip slot, or its note before prerouting's or output's
+ * chains), 0 unknown. */
+static __always_inline u8 reply_position(const void *skb, u64 nfct)
+{
+    int zero = 0;
+    struct skipping *skip = skipped.lookup(&zero);
+    if (skip && skip->skb == (u64)skb && skip->nfct == nfct && skip->position < POSITIONS)
+        return skip->position + 1;
+#pragma unroll
+    for (u32 slot = 0; slot < 2; slot++) {
+        struct arrival *a = arrivals.lookup(&slot);
+        if (a && a->skb == (u64)skb)
+            return (slot == 0 ? 0 : 3 * 2) + 1; /* prerouting or output, before the chains */
+    }
+    return 0;
+}
+
 /* A packet of a traced flow dropped after its first one was reported — a reply-direction packet (or
  * an ICMP error about the flow: KIND_REPLY_DROP, flag SEEN_REPLY_DROP), or one of the flow's own
  * (KIND_LATER_DROP, SEEN_LATER_DROP): the first such drop of the flow, as a note. */
 static __always_inline void note_drop(struct flowstate *fs, u32 kind, u32 flag, const struct packet *p,
-                                      const void *skb, const void *dev, u32 reason, u64 location)
+                                      const void *skb, u64 nfct, const void *dev, u32 reason, u64 location)
 {
     if (!fs || (fs->seen & flag))
         return;
     fs->seen |= flag;
     struct note n = {.kind = kind, .key = p->key, .reason = reason, .location = location,
-                     .ifindex = ifindex_of(dev)};
+                     .ifindex = ifindex_of(dev), .after = kind == KIND_REPLY_DROP ? reply_position(skb, nfct) : 0};
     if (p->ctinfo == 4) { /* an ICMP error: its sender, type and code too */
         copy_address(n.from, p->pkt.saddr);
         read_icmp(skb, p->key.family, &n.icmp_type, &n.icmp_code);
@@ -82,7 +100,7 @@ WR_TRACEPOINT(kfree_skb)
     /* a reply, or a later packet of a flow whose first packet went through: a note (one call site) */
     if (reply || (fs && (fs->seen & SEEN_REPORTED) && !(fs->seen & SEEN_DROP))) {
         note_drop(fs, reply ? KIND_REPLY_DROP : KIND_LATER_DROP, reply ? SEEN_REPLY_DROP : SEEN_LATER_DROP, &p, skb,
-                  dev, reason, args[1]);
+                  nfct, dev, reason, args[1]);
         return 0;
     }
     if (!fs || (fs->seen & (SEEN_DROP | SEEN_REPORTED)))

@@ -18,6 +18,21 @@ static __always_inline void note_arrival(const void *skb, u8 hook)
         a->skb = (u64)skb;
         a->mark = *(const u32 *)((const char *)skb + OFF_SKB_MARK);
     }
+    /* A new packet at the address of the one skipped last: that one is gone (see reply_position) */
+    int zero = 0;
+    struct skipping *skip = skipped.lookup(&zero);
+    if (skip && skip->skb == (u64)skb)
+        skip->skb = 0;
+}
+
+/* The rest of this packet's hooks take the fast path; `position` is where it is now. */
+static __always_inline void skip_packet(struct skipping *skip, const void *skb, u64 nfct, u32 out_ifindex,
+                                        u32 position)
+{
+    skip->skb = (u64)skb;
+    skip->nfct = nfct;
+    skip->out_ifindex = out_ifindex;
+    skip->position = position;
 }
 
 /* The first position of a new flow at prerouting or output, from the note its packet left there
@@ -125,11 +140,14 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
     struct ctseen *cs = 0;
     u32 bit = 1u << ((hook & 7) * 2 + pos);
     u32 changed = 0; /* a packet of a reported flow leaving by another device: this one (the slow path names it) */
+    u32 position = hook * 2 + pos;
+    struct skipping *skip = 0;
     if (ctp) {
-        struct skipping *skip = skipped.lookup(&zero);
+        skip = skipped.lookup(&zero);
         if (!skip)
             return 1;
         if (skip->skb == (u64)skb && skip->nfct == nfct) {
+            skip->position = position;
             if (hook == 4 && pos == 1 && skip->out_ifindex)
                 changed = egress_changed(state, skip);
             if (!changed)
@@ -140,15 +158,14 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
         if (info == 4) { /* IP_CT_RELATED_REPLY: an ICMP error about a flow (its conntrack entry), no answer */
             if (pos == 1 && (hook == 0 || hook == 3)) /* arrived, or sent by this host: once */
                 note_icmp_error(c, skb, state, ctp, hook);
+            skip_packet(skip, skb, nfct, 0, position);
             return 1;
         }
         fingerprint = ct_fingerprint((const char *)ctp);
         cs = seen_ct.lookup(&ctp);
         if (cs && cs->fingerprint == fingerprint) {
             if (cs->seen == SEEN_IGNORED || (cs->seen & (info == 3 ? SEEN_REPLY : SEEN_REPORTED))) {
-                skip->skb = (u64)skb;
-                skip->nfct = nfct;
-                skip->out_ifindex = info == 3 || cs->seen == SEEN_IGNORED ? 0 : cs->out_ifindex;
+                skip_packet(skip, skb, nfct, info == 3 || cs->seen == SEEN_IGNORED ? 0 : cs->out_ifindex, position);
                 if (hook == 4 && pos == 1 && skip->out_ifindex)
                     changed = egress_changed(state, skip);
                 if (!changed)
@@ -198,6 +215,8 @@ parse:;
                                    .out_ifindex = cs && cs->fingerprint == fingerprint ? cs->out_ifindex : 0};
             seen_ct.update(&ctp, &known);
         }
+        if (skip) /* the first reply too: its later hooks skip, and a drop knows where it was */
+            skip_packet(skip, skb, nfct, 0, position);
         return 1;
     }
     struct flowstate fresh = {};

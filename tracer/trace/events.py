@@ -130,6 +130,8 @@ class ReplyDropEvent(_LaterDrop):
     error about the flow, (type, code, sender)."""
 
     icmp: tuple[int, int, str] | None = None
+    after_hook: str | None = None  # the last hook position the packet passed (None: not known)
+    after_position: str | None = None  # … "first" (before that hook's chains) or "last" (after them)
     kind: str = "reply_drop"
 
 

@@ -95,6 +95,8 @@ class TracedFlow:
             self._replied(now)
         elif isinstance(event, ReplyDropEvent):
             self.reply_drop = self.reply_drop or event
+            if event.icmp is None:  # conntrack named it a reply: one came, though the router dropped it
+                self._replied(now)
         elif isinstance(event, IcmpErrorEvent):
             self.icmp_errors.append(event)
         elif isinstance(event, PathChangeEvent):
@@ -408,7 +410,7 @@ def describe(flow: TracedFlow, state: HostState, describer: Describer | None = N
                     "function": flow.drop.function, "dev": flow.drop.dev,
                     "after_hook": flow.hooks[-1].hook if flow.hooks else None} if flow.drop else None)
     doc["reply_seen"] = flow.reply
-    doc["reply_drop"] = _reply_drop(flow.reply_drop)
+    doc["reply_drop"] = _reply_drop(flow.reply_drop, origin)
     doc["icmp_errors"] = [{"type": e.type, "code": e.code, "from": e.src, "hook": e.hook} for e in flow.icmp_errors]
     doc["path_change"] = _path_change(flow.path_change)
     doc["later_drop"] = _later_drop(flow.later_drop)
@@ -442,11 +444,30 @@ def later_doc(event: PathChangeEvent | LaterDropEvent, first_dev: str | None) ->
             "later_drop": _later_drop(event) if isinstance(event, LaterDropEvent) else None}
 
 
-def _reply_drop(event: ReplyDropEvent | None) -> dict | None:
+# A reply's path through the hooks, by its flow's origin: where it goes after prerouting's chains
+# (a forwarded flow's replies are forwarded, a local flow's delivered), and after the others'.
+_REPLY_NEXT = {"forward": "postrouting", "output": "postrouting"}
+_REPLY_AFTER_PREROUTING = {"forwarded": "forward", "bridged": "forward", "local-out": "input"}
+
+
+def _reply_drop_hook(event: ReplyDropEvent, origin: str) -> str | None:
+    """The hook whose chains dropped the reply (NETFILTER_DROP): the one it was before the chains of,
+    or the next on its way after the last position it passed."""
+    if event.reason != NETFILTER_DROP or event.after_hook is None:
+        return None
+    if event.after_position == "first":
+        return event.after_hook
+    if event.after_hook == "prerouting":
+        return _REPLY_AFTER_PREROUTING.get(origin)
+    return _REPLY_NEXT.get(event.after_hook)
+
+
+def _reply_drop(event: ReplyDropEvent | None, origin: str) -> dict | None:
     if event is None:
         return None
     found = {"reason": event.reason, "location": f"{event.location:#x}", "function": event.function, "dev": event.dev,
-             "icmp_error": None}
+             "after_hook": event.after_hook, "after_position": event.after_position,
+             "hook": _reply_drop_hook(event, origin), "icmp_error": None}
     if event.icmp:
         icmp_type, code, sender = event.icmp
         found["icmp_error"] = {"type": icmp_type, "code": code, "from": sender}
@@ -652,7 +673,9 @@ def text_line(doc: dict) -> str:
     if doc.get("reply_drop"):
         drop = doc["reply_drop"]
         what = "ICMP error" if drop["icmp_error"] else "reply"
-        where = f" (in {drop['function']})" if drop.get("function") else ""
+        where = (f" in {drop['hook']}" if drop.get("hook") else
+                 f" after {drop['after_hook']} ({drop['after_position']})" if drop.get("after_hook") else "")
+        where += f" (in {drop['function']})" if drop.get("function") else ""
         parts.append(f"{what} DROPPED {drop['reason']}{where}")
     sim = doc["sim"]
     if sim["agrees"] is None:

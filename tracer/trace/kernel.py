@@ -152,7 +152,7 @@ class RawNote(ctypes.Structure):
     _fields_ = [("ts", ctypes.c_uint64), ("location", ctypes.c_uint64), ("kind", ctypes.c_uint32),
                 ("cpu", ctypes.c_uint32), ("key", _Key), ("hook", ctypes.c_uint32), ("reason", ctypes.c_uint32),
                 ("ifindex", ctypes.c_uint32), ("from_", _Address), ("icmp_type", ctypes.c_uint8),
-                ("icmp_code", ctypes.c_uint8), ("icmp_error", ctypes.c_uint8), ("pad", ctypes.c_uint8),
+                ("icmp_code", ctypes.c_uint8), ("icmp_error", ctypes.c_uint8), ("after", ctypes.c_uint8),
                 ("mark", ctypes.c_uint32)]
 
 

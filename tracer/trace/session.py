@@ -178,9 +178,12 @@ class Decoder:
         if kind == kernel.KIND_ICMP_ERROR:
             return IcmpErrorEvent(note.ts, note.cpu, fid, note.icmp_type, note.icmp_code, sender, HOOKS[note.hook])
         if kind == kernel.KIND_REPLY_DROP:
+            after = note.after - 1 if 0 < note.after <= kernel.POSITIONS else None
             return ReplyDropEvent(note.ts, note.cpu, fid, self._reason(note.reason), note.location,
                                   self._dev(note.ifindex), self.symbols.name(note.location),
-                                  (note.icmp_type, note.icmp_code, sender) if note.icmp_error else None)
+                                  (note.icmp_type, note.icmp_code, sender) if note.icmp_error else None,
+                                  HOOKS[after >> 1] if after is not None else None,
+                                  POSITIONS[after & 1] if after is not None else None)
         if kind == kernel.KIND_PATH_CHANGE:
             return PathChangeEvent(note.ts, note.cpu, fid, self._dev(note.ifindex), note.mark)
         if kind == kernel.KIND_LATER_DROP:
