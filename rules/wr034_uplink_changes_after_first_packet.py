@@ -1,3 +1,5 @@
+import re
+
 from tracer.checks.base import Check, Fix
 from tracer.checks.context import rule_text
 from tracer.checks.fixes import uses_only_native_nft
@@ -39,7 +41,13 @@ class UplinkChangesAfterFirstPacket(Check):
     before the rules that mark (`meta mark set ct mark`, or
     `iptables -t mangle -I PREROUTING -j CONNMARK --restore-mark`), and
     save it after them (`ct mark set meta mark`, `-j CONNMARK --save-mark`);
-    the rule that marks then needs to match new connections only.
+    the rule that marks then needs to match new connections only. A rule
+    that marks the later packets themselves overwrites whatever the
+    restore brought back: the fix rewrites it in place to match new
+    connections only (`ct state new`, `-m conntrack --ctstate NEW`), or
+    deletes it when it matches by a connection state already (one a new
+    connection is not in, so its mark could only reach later packets).
+    What the later packets show is in place already is not added again.
     """
 
     id = "WR034"
@@ -66,26 +74,85 @@ class UplinkChangesAfterFirstPacket(Check):
             rule = f"rule {rule_text(decision.rule, state)}" if decision and decision.rule else "no rule"
             return f"{path.oif} (mark {decision.query.mark:#x}, {rule})" if decision else path.oif
 
+        remarking = _remarking_rules(later)
+        kept = _restores_mark(later)
         message = (f"{first.src} → {first.dst} ({first.why}): the first packet of a connection leaves by {how(first)}, "
                    f"its later packets are routed to {how(later)}: what routes them depends on the connection's "
-                   f"state, and the mark is not kept with the connection. ")
+                   f"state, and " + ("a rule marks them over the mark restored from the connection. " if kept and
+                                     remarking else "the mark is not kept with the connection. "))
         egress = later.explanation.egress
         if egress is None:  # NAT dropped them (a masqueraded connection), or a chain did
             message += f"{first.oif}'s NAT binds the connection: {later.explanation.verdict_reason}"
         else:
             message += (f"They leave {later.oif} with the source {egress.src} that NAT gave the first packet, "
                         f"which {later.oif}'s network does not route back")
-        return self.finding(message, Fix.steps(*_connmark_commands(ctx)), src=first.src, first_dev=first.oif,
-                            later_dev=later.oif)
+        if remarking:
+            message += (". Later packets are marked by " + "; ".join(f"{c.table} {c.chain} #{r.handle} ({r.action})"
+                                                                   for c, r in remarking)
+                        + ", over what a restore brings back: a marking rule must match new connections only")
+        return self.finding(message, Fix.steps(*_new_only_commands(remarking), *_connmark_commands(ctx, later)),
+                            src=first.src, first_dev=first.oif, later_dev=later.oif)
 
 
-def _connmark_commands(ctx) -> list[str]:
-    """Restore the mark from the connection before prerouting's mangle chains, save it after them."""
+def _prerouting_steps(path):
+    traversal = path.explanation.hook("prerouting")
+    for chain in traversal.chains if traversal else ():
+        for step in chain.steps:
+            if step.matched and step.action:
+                yield chain, step
+
+
+def _is_restore(step) -> bool:
+    """CONNMARK --restore-mark, or nft's `meta mark set ct mark`."""
+    return "from ct mark" in step.action or "mark set ct mark" in step.text
+
+
+def _restores_mark(later) -> bool:
+    return any(_is_restore(step) for _chain, step in _prerouting_steps(later))
+
+
+def _remarking_rules(later) -> list:
+    """The (chain, rule) pairs that set the mark of a later packet in prerouting (not from the
+    connection's mark): whatever a restore brings back, they overwrite."""
+    return [(chain, step) for chain, step in _prerouting_steps(later)
+            if step.action.startswith("mark set") and not _is_restore(step) and step.handle is not None]
+
+
+_CT_STATE = re.compile(r"(--ctstate|--state|\bct state)\s")
+
+
+def _new_only_commands(remarking) -> list[str]:
+    """Each rule rewritten in place to match new connections only (before the restore is inserted:
+    iptables numbers rules by position); one that matches by connection state already, and so by a
+    state a new connection is not in, is deleted: its mark could only ever reach later packets."""
+    commands = []
+    for chain, step in sorted(remarking, key=lambda found: -found[1].handle):  # a deletion renumbers what follows
+        tool = "ip6tables" if chain.family == "ip6" else "iptables"
+        if _CT_STATE.search(step.text):
+            commands.append(f"nft delete rule {chain.family} {chain.table} {chain.chain} handle {step.handle}"
+                            if chain.source == "nft" else f"{tool} -t {chain.table} -D {chain.chain} {step.handle}")
+        elif chain.source == "nft":
+            commands.append(f"nft replace rule {chain.family} {chain.table} {chain.chain} handle {step.handle} "
+                            f"ct state new {step.text}")
+        else:
+            spec = step.text.removeprefix(f"-A {chain.chain} ")
+            commands.append(f"{tool} -t {chain.table} -R {chain.chain} {step.handle} -m conntrack --ctstate NEW {spec}")
+    return commands
+
+
+def _connmark_commands(ctx, later) -> list[str]:
+    """Restore the mark from the connection before prerouting's mangle chains, save it after them
+    (what the later packet shows is there already is left out)."""
+    restored = _restores_mark(later)
+    saved = any(step.action.startswith("ct mark set") for _chain, step in _prerouting_steps(later))
     if uses_only_native_nft(ctx):
-        return ["nft add table ip whyroute_connmark",
-                "nft 'add chain ip whyroute_connmark restore { type filter hook prerouting priority mangle - 1 ; }'",
-                "nft add rule ip whyroute_connmark restore meta mark set ct mark",
-                "nft 'add chain ip whyroute_connmark save { type filter hook prerouting priority mangle + 1 ; }'",
-                "nft add rule ip whyroute_connmark save ct mark set meta mark"]
-    return ["iptables -t mangle -I PREROUTING 1 -j CONNMARK --restore-mark",
-            "iptables -t mangle -A PREROUTING -j CONNMARK --save-mark"]
+        chain = "nft 'add chain ip whyroute_connmark {} {{ type filter hook prerouting priority mangle {} ; }}'"
+        commands = ["nft add table ip whyroute_connmark"]
+        if not restored:
+            commands += [chain.format("restore", "- 1"),
+                         "nft add rule ip whyroute_connmark restore meta mark set ct mark"]
+        if not saved:
+            commands += [chain.format("save", "+ 1"), "nft add rule ip whyroute_connmark save ct mark set meta mark"]
+        return commands if len(commands) > 1 else []
+    return ((["iptables -t mangle -I PREROUTING 1 -j CONNMARK --restore-mark"] if not restored else [])
+            + (["iptables -t mangle -A PREROUTING -j CONNMARK --save-mark"] if not saved else []))

@@ -6,6 +6,9 @@ test, torn down even on failure, nothing left behind."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -192,3 +195,63 @@ def test_wr026_mss_clamp(lab):
     _syn_to_8888(state)
     assert _syn_counters(state) == {"big": 1, "clamped": 1}
     assert not by_id(check(state), "WR026")
+
+
+# 8.8.8.8 sends 100 kB to whoever connects on 8080; the MacBook prints how much it received.
+SERVE = ("import socket; s = socket.create_server(('8.8.8.8', 8080)); s.settimeout(8); c, _ = s.accept(); "
+         "c.sendall(b'x' * 100000); c.close()")
+FETCH = ("import socket; c = socket.create_connection(('8.8.8.8', 8080), timeout=3); n = 0\n"
+         "try:\n    while (b := c.recv(65536)):\n        n += len(b)\nexcept OSError:\n    pass\nprint(n)")
+
+
+def _fetch(state) -> int:
+    server = subprocess.Popen(["ip", "netns", "exec", state.ns("internet2"), sys.executable, "-c", SERVE])
+    try:
+        time.sleep(0.3)
+        got = state.run("macbook", [sys.executable, "-c", FETCH], check=False)
+        return int(got.stdout.strip() or 0)
+    finally:
+        server.kill()
+        server.wait()
+
+
+NFT_REMARK = """
+table ip remark {
+    chain prerouting {
+        type filter hook prerouting priority mangle; policy accept;
+        meta mark set ct mark
+        ip saddr 192.168.1.169 ct state established meta mark set 0x1
+        ct mark set meta mark
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("tool", ["iptables", "nft"])
+def test_wr034_fix_deletes_a_rule_that_marks_established_packets_over_the_restored_mark(lab, tool):
+    # The mark is kept with the connection (restore, save), but a rule between them marks the
+    # connection's established packets for main (eth0.2): its first packet left by ppp0 with ppp0's
+    # source (SNAT), the rest follow main and MASQUERADE on eth0.2 refuses them.
+    state = lab("ultimate")
+    if tool == "nft":
+        state.run("route", ["nft", "-f", "-"], input=NFT_REMARK)
+        handle = json.loads(sh(state, "route", "nft -j list chain ip remark prerouting").stdout)["nftables"][3]
+        expected_fix = f"nft delete rule ip remark prerouting handle {handle['rule']['handle']}"
+        where = f"remark prerouting #{handle['rule']['handle']}"
+    else:
+        for command in ("iptables -t mangle -A PREROUTING -j CONNMARK --restore-mark",
+                        "iptables -t mangle -A PREROUTING -s 192.168.1.169 -m conntrack --ctstate ESTABLISHED "
+                        "-j MARK --set-mark 0x1",
+                        "iptables -t mangle -A PREROUTING -j CONNMARK --save-mark"):
+            sh(state, "route", command)
+        expected_fix, where = "iptables -t mangle -D PREROUTING 2", "mangle PREROUTING #2"
+    sh(state, "route", "ip rule add fwmark 0x1 lookup main priority 100")
+    assert _fetch(state) < 100000
+    (changes,) = by_id(check(state), "WR034")
+    assert "a rule marks them over the mark restored from the connection" in changes.message
+    assert f"marked by {where} (mark set 0x1)" in changes.message, changes.message
+    assert changes.fix == (expected_fix,)  # restore and save are there already
+    sh(state, "route", "conntrack -F")
+    apply(state, changes)
+    assert _fetch(state) == 100000
+    assert not by_id(check(state), "WR034")
