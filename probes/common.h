@@ -315,15 +315,16 @@ static __always_inline void send_note(struct note *n)
  * lost) when the map refuses. */
 static __always_inline struct flowrec *record_of(const struct key *key)
 {
-    struct flowrec *r = records.lookup(key);
+    struct key *k = (struct key *)key; /* BCC's map calls take a key that is not const: they do not write it */
+    struct flowrec *r = records.lookup(k);
     if (r)
         return r;
     int zero = 0;
     struct flowrec *blank = blank_record.lookup(&zero);
     if (!blank)
         return 0;
-    records.update(key, blank);
-    r = records.lookup(key);
+    records.update(k, blank);
+    r = records.lookup(k);
     if (!r) {
         count_lost(LOST_RECORD);
         return 0;
@@ -369,7 +370,7 @@ static __always_inline void finish_record(struct flowrec *r, struct flowstate *f
 {
     r->complete = 1;
     if (send_record(r) == 0)
-        records.delete(key);
+        records.delete((struct key *)key);
     else
         count_lost(DEFERRED_RECORD);
     fs->seen |= SEEN_REPORTED;
@@ -706,7 +707,7 @@ static __always_inline void report_lookup(struct lookup *l, const struct routing
         l->reverse = 1;
     else
         return;
-    struct flowrec *r = records.lookup(&cur->key);
+    struct flowrec *r = records.lookup((struct key *)&cur->key);
     if (!r)
         return;
     u32 n = r->nlookups;

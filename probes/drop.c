@@ -24,12 +24,14 @@ static __always_inline u8 reply_position(const void *skb, u64 nfct)
     struct skipping *skip = skipped.lookup(&zero);
     if (skip && skip->skb == (u64)skb && skip->nfct == nfct && skip->position < POSITIONS)
         return skip->position + 1;
-#pragma unroll
-    for (u32 slot = 0; slot < 2; slot++) {
-        struct arrival *a = arrivals.lookup(&slot);
-        if (a && a->skb == (u64)skb)
-            return (slot == 0 ? 0 : 3 * 2) + 1; /* prerouting or output, before the chains */
-    }
+    u32 slot = ARRIVAL_SLOT(0);
+    struct arrival *a = arrivals.lookup(&slot);
+    if (a && a->skb == (u64)skb)
+        return 0 * 2 + 1; /* before prerouting's chains */
+    slot = ARRIVAL_SLOT(3);
+    a = arrivals.lookup(&slot);
+    if (a && a->skb == (u64)skb)
+        return 3 * 2 + 1; /* before output's chains */
     return 0;
 }
 

@@ -108,7 +108,7 @@ static __always_inline void note_path_change(const struct packet *p, u64 ctp, u3
     struct ctseen *cs = seen_ct.lookup(&ctp);
     if (cs)
         cs->out_ifindex = 0;
-    struct flowstate *fs = flows.lookup(&p->key);
+    struct flowstate *fs = flows.lookup((struct key *)&p->key);
     if (!fs || (fs->seen & SEEN_PATH_CHANGE))
         return;
     fs->seen |= SEEN_PATH_CHANGE;

@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.cli import why_route
 from tests.lab.lab_helpers import leftovers, ping_from_macbook
 from tests.trace.trace_helpers import RunningTrace, flow_to, netfilter_links
@@ -61,6 +63,15 @@ def test_without_netfilter_links_conntrack_still_gives_the_nat_and_the_reply(tra
     assert doc["reply_seen"] is True
     assert doc["sim"]["agrees"], doc["sim"]["differences"]
     assert "netfilter" not in summary["probes"] and "netfilter" in summary["unavailable"]
+
+
+@pytest.mark.parametrize("without", [(), ("--without", "tp_btf")], ids=["tp_btf", "raw_tracepoint"])
+def test_a_start_prints_its_own_lines_only_not_the_compilers(trace_lab, without):
+    lab = trace_lab("ultimate")
+    result = why_route("trace", "--netns", lab.ns("route"), "--duration", "0.01", *without)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith("why-route trace: ") for line in lines), result.stderr
 
 
 def _ctnetlink_groups(netns: str) -> set[str]:

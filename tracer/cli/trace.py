@@ -67,7 +67,7 @@ def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, 
     def started(_collectors, summary):
         print(report.start_line(netns, session.describe_filter(options), summary), file=sys.stderr, flush=True)
 
-    run.run(emit=lambda doc: _print(doc, as_json), on_start=started)
+    run.run(emit=lambda doc: _print(doc, as_json), on_start=started, flush=sys.stdout.flush)
     if isinstance(run.interrupted, Terminated):
         return run.interrupted.exit_status
     if run.interrupted is not None:
@@ -79,9 +79,10 @@ def _print(doc: dict, as_json: bool) -> None:
     from tracer.output import json_out
     from tracer.trace import flows, report
 
+    # Written, not click.echo'd: echo flushes each line, a system call a flow (the session flushes a batch)
     if as_json:
-        click.echo(json_out.dumps(doc, pretty=False))
+        sys.stdout.write(json_out.dumps(doc, pretty=False) + "\n")
     elif doc.get("type") == "summary":
         click.echo(report.summary_text(doc), err=True)
     else:
-        click.echo(flows.text_line(doc))
+        sys.stdout.write(flows.text_line(doc) + "\n")

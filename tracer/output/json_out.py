@@ -46,7 +46,10 @@ def dumps(body: dict, *, pretty: bool = True) -> str:
     doc = {"schema": JSON_SCHEMA_VERSION, **body}
     if pretty:
         return json.dumps(doc, indent=2)
-    return json.dumps(doc, separators=(",", ":"))
+    return _compact(doc)
+
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # made once: a trace encodes a document a flow
 
 
 def source_doc(kind: str, name: str | None, after: str | None = None) -> dict:

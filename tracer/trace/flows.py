@@ -236,6 +236,12 @@ def _nat(flow: TracedFlow) -> list[dict]:
     return found
 
 
+def route_text(state: HostState, family: int, table: int, dst: str) -> str | None:
+    """The route of `table` that answers for `dst`, as `ip route` prints it (None: none does)."""
+    route = fib.longest_match(state, family, table, dst)
+    return fib.route_text(state, route) if route else None
+
+
 def _origin(flow: TracedFlow, state: HostState) -> str:
     names = {h.hook for h in flow.hooks}
     pre = flow.hook("prerouting", "first")
@@ -312,6 +318,7 @@ class Describer:
         self._rules_use_ports = {family: any(r.family == family and (r.sport or r.dport) for r in state.rules)
                                  for family in (4, 6)}
         self._simulated: dict = {}
+        self._routes: dict = {}
         self._ports_matter = ports_may_matter(state)
         self._tracked = {(entry.proto, entry.orig_src, entry.orig_dst) for entry in state.conntrack}
 
@@ -335,6 +342,15 @@ class Describer:
                 self._simulated.clear()
             simulated = self._simulated[key] = simulate(self.state, doc)
         return compare(doc, self.state, simulated)
+
+    def route_text(self, family: int, table: int, dst: str) -> str | None:
+        key = (family, table, dst)
+        text = self._routes.get(key, False)
+        if text is False:
+            if len(self._routes) >= 65536:
+                self._routes.clear()
+            text = self._routes[key] = route_text(self.state, family, table, dst)
+        return text
 
     def deciding_rule(self, query, tables: list[int], went_on: bool = False):
         # (describe's query: these fields, the others left at their defaults)
@@ -394,8 +410,8 @@ def describe(flow: TracedFlow, state: HostState, describer: Describer | None = N
     doc["table"] = state.table_names.get(final.table_id, str(final.table_id)) if final else None
     # The route that answered: a unicast one, or an unreachable/prohibit/blackhole one (not a miss).
     answered = final is not None and final.err != -errno.EAGAIN
-    route = fib.longest_match(state, fid.family, final.table_id, final.dst) if answered else None
-    doc["route"] = fib.route_text(state, route) if route else None
+    route_of = describer.route_text if describer else functools.partial(route_text, state)
+    doc["route"] = route_of(fid.family, final.table_id, final.dst) if answered else None
     doc["route_error"] = _errname(final.err) if final and final.err else None
     doc["gateway"] = final.gateway if final else None
     doc["dev"] = final.dev if final else None

@@ -345,11 +345,13 @@ class Session:
         self.started = time.monotonic()
         self.interrupted: BaseException | None = None
 
-    def run(self, emit, on_start=None) -> None:
+    def run(self, emit, on_start=None, flush=None) -> None:
         """`emit(doc)` for each flow document as it completes, then for the summary's document —
         also after Ctrl-C or SIGTERM (`self.interrupted` then says which), even when the signal
         arrives while `emit` prints. `on_start(collectors, summary)` is called once the probes are
-        attached (the first event may come right after)."""
+        attached (the first event may come right after); `flush()`, if given, after each batch of
+        documents (so that `emit` need not flush each one)."""
+        flush = flush or (lambda: None)
         options = self.options
         if os.geteuid() != 0:
             raise EnvironmentProblem("why-route trace needs root (BPF programs, netfilter links)")
@@ -447,6 +449,7 @@ class Session:
                             emit(doc)
                             if self._enough() or stops.signum is not None:
                                 break
+                        flush()
                         if deadline and now >= deadline:
                             break
                         if len(raw) < BATCH:
@@ -479,7 +482,9 @@ class Session:
         self.summary.duration = time.monotonic() - self.started
         if run_dir:
             (run_dir / "summary.json").write_text(json.dumps(self.summary.to_json(), indent=2) + "\n")
+        flush()  # the flows before the summary (on a terminal, text's goes to stderr)
         emit(self.summary.to_json())
+        flush()
 
     def _enough(self) -> bool:
         return bool(self.options.count) and self.summary.flows >= self.options.count
