@@ -116,8 +116,11 @@ static __always_inline void note_path_change(const struct packet *p, u64 ctp, u3
     send_note(&n);
 }
 
-static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
+/* A hook's program after its chains (inlined into wr_hook_last: written as the entry function
+ * itself, it compiles over the 512-byte stack limit). */
+static __always_inline int on_hook_last(struct nf_ctx *ctx)
 {
+    const u8 pos = 1; /* the position, in the arithmetic of hook * 2 + pos that records share */
     const void *skb = ctx->skb;
     const void *state = ctx->state;
     int zero = 0;
@@ -128,10 +131,6 @@ static __always_inline int on_hook(struct nf_ctx *ctx, u8 pos)
     u8 hook = *((const u8 *)state + OFF_STATE_HOOK);
     if (hook > 4) /* NF_INET_POST_ROUTING is the last (and bounds the record's index for the verifier) */
         return 1;
-    if (pos == 0 && (hook == 0 || hook == 3)) { /* before conntrack: see struct arrival */
-        note_arrival(skb, hook);
-        return 1;
-    }
     /* Fast path: a packet of a flow already reported at this position, or not wanted. The link
      * exists in the traced namespace only: no namespace check is needed before it. */
     u64 nfct = *(const u64 *)((const char *)skb + OFF_SKB_NFCT);
@@ -272,5 +271,19 @@ parse:;
     return 1;
 }
 
-int wr_hook_first(struct nf_ctx *ctx) { return on_hook(ctx, 0); }
-int wr_hook_last(struct nf_ctx *ctx) { return on_hook(ctx, 1); }
+int wr_hook_last(struct nf_ctx *ctx) { return on_hook_last(ctx); }
+
+/* Before the chains of prerouting and output (the only hooks it is attached at), before conntrack:
+ * the packet is only noted (struct arrival). A program of its own, a few instructions long: the
+ * verifier has nothing more to walk, and a start loads it in no time. */
+int wr_hook_first(struct nf_ctx *ctx)
+{
+    int zero = 0;
+    struct config *c = config.lookup(&zero);
+    if (!c || !(c->flags & F_READY))
+        return 1;
+    u8 hook = *((const u8 *)ctx->state + OFF_STATE_HOOK);
+    if (hook == 0 || hook == 3)
+        note_arrival(ctx->skb, hook);
+    return 1;
+}
