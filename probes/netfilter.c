@@ -228,12 +228,17 @@ parse:;
     int arrived = pos == 1 && (hook == 0 || hook == 3) && !(fs->seen & first);
     int entered = pos == 1 && (hook == 1 || hook == 2 || hook == 4) && !(fs->seen & first);
     fs->seen |= bit | (arrived || entered ? first : 0);
-    if (ctp) {
-        struct ctseen known = {.fingerprint = fingerprint, .seen = fs->seen};
-        seen_ct.update(&ctp, &known);
+    if (fs->seen & SEEN_REPORTED) {
+        /* a later packet of a flow already sent takes another way (its first packet's record is out),
+         * or its conntrack entry's note was evicted: noted again, for its next packets' fast path */
+        if (ctp) {
+            struct ctseen known = {.fingerprint = fingerprint, .seen = fs->seen};
+            seen_ct.update(&ctp, &known);
+        }
+        return 1;
     }
-    if (fs->seen & SEEN_REPORTED)
-        return 1; /* a later packet of a flow already sent takes another way: its first packet's record is out */
+    /* A flow on its way is noted for the fast path once, when its first packet's path is complete
+     * (below): the flow state says the rest, a map update a hook less. */
     struct flowrec *r = record_of(&p.key);
     if (!r)
         return 1;
