@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -160,3 +161,24 @@ def test_two_traces_of_one_namespace_both_attach_and_both_see_the_flow(trace_lab
     for trace in (first, second):
         docs, _summary = trace.finish()
         assert flow_to(docs, "8.8.8.8", 1)["rule"]["priority"] == 32765
+
+
+# 2,000 new UDP flows from the MacBook, one a destination port (internet2 drops them unanswered).
+MANY_FLOWS = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              "for port in range(20000, 22000):\n    s.sendto(b'x', ('8.8.8.8', port))")
+
+
+def test_a_trace_whose_printing_is_held_up_bounds_its_backlog_and_counts_what_it_dropped(own_lab):
+    # Nobody reads the trace's output until finish(): after a pipe's worth of lines it blocks
+    # writing, while its drain thread keeps emptying the kernel's ring into at most --backlog records.
+    lab = own_lab("ultimate")
+    lab.run("internet2", ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "20000:21999", "-j", "DROP"])
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "udp", "--reply-wait", "0", "--duration", "3",
+                         "--backlog", "100").started()
+    lab.run("macbook", [sys.executable, "-c", MANY_FLOWS])
+    time.sleep(1)
+    docs, summary = trace.finish()
+    flows = [d for d in docs if d["type"] == "flow" and 20000 <= d["flow"]["dport"] < 22000]
+    dropped = summary["lost_by"]["backlog"]
+    assert dropped > 0 and summary["lost"] == dropped, summary
+    assert len(flows) + dropped == 2000, (len(flows), summary)  # each flow printed or counted, none both

@@ -256,3 +256,14 @@ def test_a_ring_record_decodes_as_its_ctypes_mirror_reads_it():
     assert [(e.table_id, e.err, e.dev, e.gateway, e.flowi) for e in record.lookups] == [
         (7375, -11, "ppp0", None, 0xabc), (254, 0, "ppp0", "10.0.0.1", 0xabc)]
     assert (record.drop.reason, record.drop.dev, record.drop.location) == ("NETFILTER_DROP", "ppp0", 0xffffffff81000010)
+
+
+def test_the_default_backlog_is_what_a_quarter_of_the_available_memory_holds(tmp_path):
+    from tracer.trace import session
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        1024000 kB\nMemAvailable:     409600 kB\n")  # 400 MiB
+    assert session.default_backlog(str(meminfo)) == 400 * 2**20 // 4 // session.RECORD_MEMORY  # 51,200
+    meminfo.write_text("MemAvailable:      10240 kB\n")  # a small router: the floor
+    assert session.default_backlog(str(meminfo)) == session.BACKLOG_RANGE[0]
+    assert session.default_backlog(str(tmp_path / "absent")) == session.BACKLOG_RANGE[0]

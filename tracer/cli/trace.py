@@ -30,8 +30,11 @@ from tracer.errors import ExitStatus, Terminated, UsageError
                    "tracing, removed when it ends).")
 @click.option("--reply-wait", type=float, default=1.0, show_default=True, metavar="S",
               help="How long a flow waits for its reply before it is printed.")
+@click.option("--backlog", type=click.IntRange(min=1), metavar="N",
+              help="Flow records held while printing falls behind (default: what a quarter of the available "
+                   "memory holds); beyond, they are dropped and counted as lost.")
 def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, run_dir, replay, check_only,
-          without, reply_wait, rules):
+          without, reply_wait, rules, backlog):
     """Watch new flows take their decisions in the kernel, next to the simulation.
 
     \b
@@ -61,7 +64,7 @@ def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, 
     options = session.TraceOptions(src=src and flow.src, dst=dst and flow.dst, proto=flow.proto,
                                    sport=flow.sport, dport=flow.dport, iif=iif, netns=netns, duration=duration,
                                    count=count, run_dir=run_dir, without=tuple(without), reply_wait=reply_wait,
-                                   rules=rules)
+                                   rules=rules, backlog=backlog)
     run = session.Session(options)
 
     def started(_collectors, summary):

@@ -79,6 +79,7 @@ class TraceOptions:
     without: tuple[str, ...] = ()
     reply_wait: float = 1.0  # seconds a complete flow waits for its reply before it is printed
     rules: bool = False  # --rules: nftables tracing (adds a table of ours while tracing)
+    backlog: int | None = None  # --backlog: ring records held while why-route catches up (None: by memory)
 
 
 @dataclass
@@ -102,6 +103,23 @@ class Summary:
                 "unavailable": self.unavailable, "duration": round(self.duration, 3),
                 "first_event_after": None if self.first_event_after is None else round(self.first_event_after, 3),
                 "not_compared": self.not_compared}
+
+
+# bytes a held ring record takes: 1,360 of data, about 1.5 KB with the bytes object and the deque; a margin
+RECORD_MEMORY = 2048
+BACKLOG_RANGE = (10_000, 2_000_000)
+
+
+def default_backlog(meminfo: str = "/proc/meminfo") -> int:
+    """How many ring records to hold while describing falls behind: what a quarter of the memory
+    available now holds, within BACKLOG_RANGE. Beyond it records are dropped and counted (lost_by
+    backlog), rather than the trace growing until the router runs out of memory."""
+    try:
+        with open(meminfo) as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return BACKLOG_RANGE[0]
+    return max(BACKLOG_RANGE[0], min(BACKLOG_RANGE[1], available // 4 // RECORD_MEMORY))
 
 
 def netns_inode(name: str | None) -> int:
@@ -422,7 +440,7 @@ class Session:
                 self.summary.probes.append(collector.name)
                 if collector.kind:
                     self.summary.attached_as[collector.name] = collector.kind
-            drainer = Drainer(ring, [source.inbox for source in sources])
+            drainer = Drainer(ring, [source.inbox for source in sources], options.backlog or default_backlog())
             undo.callback(drainer.stop)
             drainer.start()
             assembler.hooks_traced = "netfilter" in self.summary.probes
@@ -471,6 +489,8 @@ class Session:
             self.summary.deferred = sum(record.complete for record in left)
             self.summary.lost_by = {**_lost(bpf, self.summary.deferred),
                                     **{source.name: source.lost for source in sources}}
+            if drainer.dropped:
+                self.summary.lost_by["backlog"] = drainer.dropped
             self.summary.lost = sum(self.summary.lost_by.values())
         # Detached: the rest is printing.
         for doc in assembler.ready(time.monotonic(), final=True):
@@ -559,15 +579,22 @@ class Drainer:
     a backlog of flows, or blocked writing them to a slow reader): neither the ring nor a socket's
     buffer may overflow meanwhile (the kernel would lose their events)."""
 
-    def __init__(self, ring: kernel.Ring | None, inboxes: list):
+    def __init__(self, ring: kernel.Ring | None, inboxes: list, limit: int = BACKLOG_RANGE[1]):
         self.ring, self.inboxes = ring, inboxes
         self.records: collections.deque[bytes] = collections.deque()
+        self.limit = limit  # records held at most; the ring's records beyond are dropped and counted
+        self.dropped = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drainer", daemon=True)
 
     def drain(self) -> None:
         if self.ring is not None:
-            self.records.extend(self.ring.read())
+            taken = self.ring.read()  # (read whatever the room: the kernel's ring must not fill)
+            room = max(0, self.limit - len(self.records))
+            if len(taken) > room:
+                self.dropped += len(taken) - room
+                del taken[room:]
+            self.records.extend(taken)
         for inbox in self.inboxes:
             inbox.drain()
 
