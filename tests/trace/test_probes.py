@@ -168,17 +168,20 @@ MANY_FLOWS = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRA
               "for port in range(20000, 22000):\n    s.sendto(b'x', ('8.8.8.8', port))")
 
 
-def test_a_trace_whose_printing_is_held_up_bounds_its_backlog_and_counts_what_it_dropped(own_lab):
+@pytest.mark.parametrize("rules", [False, True], ids=["records", "and-rule-events"])
+def test_a_trace_whose_printing_is_held_up_bounds_its_backlog_and_counts_what_it_dropped(own_lab, rules):
     # Nobody reads the trace's output until finish(): after a pipe's worth of lines it blocks
-    # writing, while its drain thread keeps emptying the kernel's ring into at most --backlog records.
+    # writing, while its drain thread keeps emptying the kernel's ring into at most --backlog records
+    # (and, with --rules, the nftables trace socket into as many bytes as those records take).
     lab = own_lab("ultimate")
     lab.run("internet2", ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "20000:21999", "-j", "DROP"])
     trace = RunningTrace("--netns", lab.ns("route"), "--proto", "udp", "--reply-wait", "0", "--duration", "3",
-                         "--backlog", "100").started()
+                         "--backlog", "100", *(["--rules"] if rules else [])).started()
     lab.run("macbook", [sys.executable, "-c", MANY_FLOWS])
     time.sleep(1)
     docs, summary = trace.finish()
     flows = [d for d in docs if d["type"] == "flow" and 20000 <= d["flow"]["dport"] < 22000]
-    dropped = summary["lost_by"]["backlog"]
-    assert dropped > 0 and summary["lost"] == dropped, summary
-    assert len(flows) + dropped == 2000, (len(flows), summary)  # each flow printed or counted, none both
+    lost_by = {cause: count for cause, count in summary["lost_by"].items() if count}
+    assert set(lost_by) == ({"backlog", "rules_backlog"} if rules else {"backlog"}), summary
+    assert summary["lost"] == sum(lost_by.values()), summary
+    assert len(flows) + lost_by["backlog"] == 2000, (len(flows), summary)  # each flow printed or counted, none both

@@ -263,7 +263,29 @@ def test_the_default_backlog_is_what_a_quarter_of_the_available_memory_holds(tmp
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:        1024000 kB\nMemAvailable:     409600 kB\n")  # 400 MiB
-    assert session.default_backlog(str(meminfo)) == 400 * 2**20 // 4 // session.RECORD_MEMORY  # 51,200
+    # a quarter of 400 MiB, 4 KB a record: its own 2 KB, and as much again for the sockets' datagrams
+    assert session.default_backlog(str(meminfo)) == 25_600
     meminfo.write_text("MemAvailable:      10240 kB\n")  # a small router: the floor
     assert session.default_backlog(str(meminfo)) == session.BACKLOG_RANGE[0]
     assert session.default_backlog(str(tmp_path / "absent")) == session.BACKLOG_RANGE[0]
+
+
+def test_a_socket_inbox_holds_at_most_its_limit_and_counts_the_messages_it_dropped():
+    import socket
+    import struct
+
+    from tracer.trace import netlink
+
+    def datagram(messages: int) -> bytes:  # empty netlink messages: a 16-byte header each
+        return b"".join(struct.pack("=IHHII", 16, 0, 0, seq, 0) for seq in range(messages))
+
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reader, writer:
+        inbox = netlink.Inbox(reader, limit=100)
+        for _ in range(3):
+            writer.send(datagram(3))  # 48 bytes each: two fit in 100, the third's 3 messages do not
+        inbox.drain()
+        assert (len(inbox.take()), inbox.dropped) == (2, 3)
+        writer.send(datagram(2))  # taken: room again
+        inbox.drain()
+        assert (inbox.take(), inbox.dropped) == ([datagram(2)], 3)

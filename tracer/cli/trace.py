@@ -31,8 +31,9 @@ from tracer.errors import ExitStatus, Terminated, UsageError
 @click.option("--reply-wait", type=float, default=1.0, show_default=True, metavar="S",
               help="How long a flow waits for its reply before it is printed.")
 @click.option("--backlog", type=click.IntRange(min=1), metavar="N",
-              help="Flow records held while printing falls behind (default: what a quarter of the available "
-                   "memory holds); beyond, they are dropped and counted as lost.")
+              help="Flow records (and 2 KB of socket messages each) held while printing falls behind "
+                   "(default: what a quarter of the available memory holds); beyond, they are dropped "
+                   "and counted as lost.")
 def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, run_dir, replay, check_only,
           without, reply_wait, rules, backlog):
     """Watch new flows take their decisions in the kernel, next to the simulation.

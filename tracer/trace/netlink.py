@@ -33,6 +33,18 @@ def messages(data: bytes) -> Iterator[tuple[int, int, int, int, dict[int, bytes]
         pos += (length + 3) & ~3
 
 
+def message_count(data: bytes) -> int:
+    """How many netlink messages a datagram holds (their headers walked, nothing parsed)."""
+    pos = count = 0
+    while pos + NLMSG_HEADER <= len(data):
+        length = struct.unpack_from("=I", data, pos)[0]
+        if length < NLMSG_HEADER:
+            break
+        count += 1
+        pos += (length + 3) & ~3
+    return count
+
+
 def subscribed_socket(netns: str | None, groups: tuple[int, ...], receive_buffer: int) -> socket.socket:
     """A non-blocking NETLINK_NETFILTER socket in `netns`, member of `groups`, with a receive buffer of
     `receive_buffer` bytes (forced past rmem_max: we are root). Raises OSError."""
@@ -62,11 +74,16 @@ DATAGRAM_MAX = 1 << 17
 class Inbox:
     """The datagrams a socket received, copied out by drain() (the session's drain thread, every few
     milliseconds, so that the socket's buffer does not overflow while the main loop is busy) and
-    handed over by take(). Each ENOBUFS (the kernel dropped messages) counts one overflow."""
+    handed over by take(). Each ENOBUFS (the kernel dropped messages) counts one overflow. At most
+    `limit` bytes are held between two take()s: the messages of a datagram beyond are dropped and
+    counted (`dropped`), rather than held until the router runs out of memory."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, limit: int = 1 << 30):
         self.sock = sock
-        self.overflows = 0
+        self.limit = limit
+        self.overflows = self.dropped = 0
+        # bytes appended by drain() and removed by take(): each written by one thread only, no lock
+        self._appended = self._taken = 0
         self._datagrams: collections.deque[bytes] = collections.deque()
         self._buffer = ctypes.create_string_buffer(DATAGRAM_MAX)
 
@@ -75,7 +92,12 @@ class Inbox:
         while True:
             size = _LIBC.recv(fd, buffer, DATAGRAM_MAX, MSG_DONTWAIT)
             if size >= 0:
-                self._datagrams.append(ctypes.string_at(buffer, size))
+                datagram = ctypes.string_at(buffer, size)
+                if self._appended - self._taken + size > self.limit:
+                    self.dropped += message_count(datagram)
+                else:
+                    self._datagrams.append(datagram)
+                    self._appended += size
                 continue
             code = ctypes.get_errno()
             if code == errno.ENOBUFS:
@@ -89,4 +111,5 @@ class Inbox:
         taken = []
         while self._datagrams:
             taken.append(self._datagrams.popleft())
+        self._taken += sum(map(len, taken))
         return taken

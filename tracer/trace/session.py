@@ -107,6 +107,8 @@ class Summary:
 
 # bytes a held ring record takes: 1,360 of data, about 1.5 KB with the bytes object and the deque; a margin
 RECORD_MEMORY = 2048
+# the memory a backlog's record accounts for: its own, and as much again shared by the sockets' datagrams
+BACKLOG_MEMORY = 2 * RECORD_MEMORY
 BACKLOG_RANGE = (10_000, 2_000_000)
 
 
@@ -119,7 +121,7 @@ def default_backlog(meminfo: str = "/proc/meminfo") -> int:
             available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError, IndexError):
         return BACKLOG_RANGE[0]
-    return max(BACKLOG_RANGE[0], min(BACKLOG_RANGE[1], available // 4 // RECORD_MEMORY))
+    return max(BACKLOG_RANGE[0], min(BACKLOG_RANGE[1], available // 4 // BACKLOG_MEMORY))
 
 
 def netns_inode(name: str | None) -> int:
@@ -440,7 +442,8 @@ class Session:
                 self.summary.probes.append(collector.name)
                 if collector.kind:
                     self.summary.attached_as[collector.name] = collector.kind
-            drainer = Drainer(ring, [source.inbox for source in sources], options.backlog or default_backlog())
+            drainer = Drainer(ring, {source.name: source.inbox for source in sources},
+                              options.backlog or default_backlog())
             undo.callback(drainer.stop)
             drainer.start()
             assembler.hooks_traced = "netfilter" in self.summary.probes
@@ -489,8 +492,7 @@ class Session:
             self.summary.deferred = sum(record.complete for record in left)
             self.summary.lost_by = {**_lost(bpf, self.summary.deferred),
                                     **{source.name: source.lost for source in sources}}
-            if drainer.dropped:
-                self.summary.lost_by["backlog"] = drainer.dropped
+            self.summary.lost_by.update(drainer.dropped())
             self.summary.lost = sum(self.summary.lost_by.values())
         # Detached: the rest is printing.
         for doc in assembler.ready(time.monotonic(), final=True):
@@ -579,11 +581,13 @@ class Drainer:
     a backlog of flows, or blocked writing them to a slow reader): neither the ring nor a socket's
     buffer may overflow meanwhile (the kernel would lose their events)."""
 
-    def __init__(self, ring: kernel.Ring | None, inboxes: list, limit: int = BACKLOG_RANGE[1]):
+    def __init__(self, ring: kernel.Ring | None, inboxes: dict, limit: int = BACKLOG_RANGE[1]):
         self.ring, self.inboxes = ring, inboxes
         self.records: collections.deque[bytes] = collections.deque()
         self.limit = limit  # records held at most; the ring's records beyond are dropped and counted
-        self.dropped = 0
+        for inbox in inboxes.values():  # the sockets' datagrams share as many bytes as the records take
+            inbox.limit = limit * RECORD_MEMORY // len(inboxes)
+        self._ring_dropped = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drainer", daemon=True)
 
@@ -592,11 +596,18 @@ class Drainer:
             taken = self.ring.read()  # (read whatever the room: the kernel's ring must not fill)
             room = max(0, self.limit - len(self.records))
             if len(taken) > room:
-                self.dropped += len(taken) - room
+                self._ring_dropped += len(taken) - room
                 del taken[room:]
             self.records.extend(taken)
-        for inbox in self.inboxes:
+        for inbox in self.inboxes.values():
             inbox.drain()
+
+    def dropped(self) -> dict[str, int]:
+        """What was dropped because the backlog was full, where anything was: ring records
+        (`backlog`), each source's netlink messages (`<source>_backlog`)."""
+        counts = {"backlog": self._ring_dropped,
+                  **{f"{name}_backlog": inbox.dropped for name, inbox in self.inboxes.items()}}
+        return {key: count for key, count in counts.items() if count}
 
     def _run(self) -> None:
         while not self._stopping.is_set():
