@@ -16,8 +16,8 @@ from tracer.errors import ExitStatus, Terminated, UsageError
 @click.option("--dport", help="Destination port (original direction).")
 @click.option("--iif", help="Only flows arriving on this interface.")
 @click.option("--netns", metavar="NAME", help="Trace this network namespace (default: the host's).")
-@click.option("--duration", type=float, metavar="S", help="Stop after S seconds.")
-@click.option("--count", type=int, metavar="N", help="Stop after N flows.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N flows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per flow, then a summary object.")
 @click.option("-o", "run_dir", metavar="RUN_DIR", help="Also write events, the start snapshot and the summary here.")
 @click.option("--replay", metavar="RUN_DIR", help="Print the flows of a run directory (no kernel involved).")
@@ -28,7 +28,7 @@ from tracer.errors import ExitStatus, Terminated, UsageError
 @click.option("--rules", is_flag=True,
               help="Name the nft rules each hook ran (nftables tracing; adds a table of why-route's own while "
                    "tracing, removed when it ends).")
-@click.option("--reply-wait", type=float, default=1.0, show_default=True, metavar="S",
+@click.option("--reply-wait", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="S",
               help="How long a flow waits for its reply before it is printed.")
 @click.option("--backlog", type=click.IntRange(min=1), metavar="N",
               help="Flow records (and 2 KB of socket messages each) held while printing falls behind "

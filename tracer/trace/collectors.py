@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer import netns as netns_mod
+from tracer.errors import UsageError
 from tracer.trace import kernel
 from tracer.trace.btf import BtfError, KernelFacts
 
@@ -233,7 +234,16 @@ def other_probes(try_fentry: bool = False, disabled: frozenset[str] = frozenset(
     ]
 
 
+# what --without and WHYROUTE_TRACE_DISABLE may name: each collector, and tp_btf
+DISABLE_NAMES = ("netfilter", "fib", "fib6", "drop", "conntrack", "rules", TP_BTF)
+
+
 def disabled_from(without: tuple[str, ...] = ()) -> frozenset[str]:
-    names = set(without)
-    names.update(n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip())
-    return frozenset(names)
+    """The probes left out; a UsageError names one that does not exist (a typo would leave it in)."""
+    from_env = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+    for names, where in ((set(without), "--without"), (from_env, DISABLE_ENV)):
+        unknown = sorted(names - set(DISABLE_NAMES))
+        if unknown:
+            raise UsageError(f"{where}: no probe named {', '.join(map(repr, unknown))} "
+                             f"(probes: {', '.join(DISABLE_NAMES)})")
+    return frozenset(set(without) | from_env)

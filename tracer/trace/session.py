@@ -378,6 +378,7 @@ class Session:
         from tracer.collect.live import collect_state
 
         inode = netns_inode(options.netns)
+        run_dir = _run_dir(options.run_dir) if options.run_dir else None  # before the probes: fail early
         collectors, _others = check(options)
         usable = [c for c in collectors if c.can_run() is None]
         bpf_parts = [c for c in usable if c.part]
@@ -406,13 +407,14 @@ class Session:
         if not usable:
             raise EnvironmentProblem("no probe can run here: " + "; ".join(
                 f"{n}: {why}" for n, why in self.summary.unavailable.items()))
-        run_dir = Path(options.run_dir) if options.run_dir else None
         events_file = None
         with netns_mod.Teardown() as undo:
             if run_dir:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                snapshot.save(state, str(run_dir / "snapshot.json"))
-                events_file = undo.enter_context(open(run_dir / "events.jsonl", "w"))
+                try:
+                    snapshot.save(state, str(run_dir / "snapshot.json"))
+                    events_file = undo.enter_context(open(run_dir / "events.jsonl", "w"))
+                except OSError as error:
+                    raise UsageError(f"cannot write the run directory {run_dir}: {error.strerror}") from None
             facts = KernelFacts.load()
             decoder = Decoder(state, {v: k for k, v in facts.enum("skb_drop_reason").items()})
             facts.save()  # the next start reads these answers instead of parsing the BTF
@@ -629,6 +631,18 @@ class Drainer:
         while self.records and len(taken) < most:
             taken.append(self.records.popleft())
         return taken
+
+
+def _run_dir(name: str) -> Path:
+    """-o RUN_DIR, made if need be; a UsageError if it cannot be."""
+    path = Path(name)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot make the run directory {name}: {error.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write the run directory {name}: read-only")
+    return path
 
 
 def _unfinished(bpf, decoder: Decoder) -> list[FlowRecord]:
