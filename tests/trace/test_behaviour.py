@@ -1,8 +1,11 @@
 """Filters, namespaces, drops, a disagreement with the simulation made on purpose, run directories."""
 
 import json
+import shutil
 
-from tests.helpers.cli import why_route
+import pytest
+
+from tests.helpers.cli import REPO_ROOT, why_route
 from tests.lab.lab_helpers import ping_from_macbook
 from tests.trace.trace_helpers import RunningTrace, flow_to, tcp_connect
 
@@ -90,6 +93,38 @@ def test_run_directory_replays_the_same_flows_without_the_host(trace_lab, tmp_pa
 def test_replay_of_a_missing_directory_is_a_usage_error(tmp_path):
     result = why_route("trace", "--replay", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "cannot read the run directory" in result.stderr
+
+
+def test_replay_of_an_edited_event_names_its_line_and_field(tmp_path):
+    shutil.copy(REPO_ROOT / "tests/explain/fixtures/ultimate-route.json", tmp_path / "snapshot.json")
+    flow = {"netns": 1, "proto": 1, "src": "192.168.1.169", "dst": "8.8.8.8", "sport": 7, "dport": 0}
+    reply = {"kind": "reply", "ts": 1, "cpu": 0, "flow": flow, "hook": "prerouting"}
+    (tmp_path / "events.jsonl").write_text(json.dumps(reply) + "\n" + json.dumps({**reply, "cpu": "0"}) + "\n")
+    result = why_route("trace", "--replay", str(tmp_path))
+    assert result.returncode == 2, result
+    assert result.stderr == f"why-route: error: {tmp_path}/events.jsonl line 2: reply.cpu: int expected, not '0'\n"
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--duration", "-1"], "Invalid value for '--duration': -1.0 is not in the range x>0"),
+    (["--duration", "0"], "Invalid value for '--duration': 0.0 is not in the range x>0"),
+    (["--count", "0"], "Invalid value for '--count': 0 is not in the range x>=1"),
+    (["--reply-wait", "-3"], "Invalid value for '--reply-wait': -3.0 is not in the range x>=0"),
+    (["-o", "{file}/run", "--duration", "1"], "cannot make the run directory {file}/run: Not a directory"),
+    (["--without", "netfliter", "--duration", "1"], "--without: no probe named 'netfliter' (probes: netfilter,"),
+])
+def test_bad_trace_options_get_one_line_and_exit_2_before_anything_is_attached(tmp_path, args, said):
+    file = tmp_path / "file"
+    file.write_text("")
+    result = why_route("trace", *(arg.format(file=file) for arg in args))
+    assert result.returncode == 2 and said.format(file=file) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "Ctrl-C to stop" not in result.stderr
+
+
+def test_a_probe_the_environment_disables_by_a_wrong_name_is_refused_not_ignored():
+    result = why_route("trace", "--check", env={"WHYROUTE_TRACE_DISABLE": "fib,dorp"})
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.startswith("why-route: error: WHYROUTE_TRACE_DISABLE: no probe named 'dorp'"), result.stderr
 
 
 

@@ -81,6 +81,30 @@ def test_events_survive_json():
         events.from_json({**events.to_json(record), "hooks": [events.to_json(fib)]})
 
 
+@pytest.mark.parametrize(("change", "said"), [
+    (lambda e: [e], "an event is a JSON object, not list"),
+    (lambda e: {**e, "flow": {**e["flow"], "src": "192.168.1"}}, r"record.flow.src: not an IP address: '192.168.1'"),
+    (lambda e: {**e, "lookups": [{**e["lookups"][0], "err": "-11"}]}, r"record.lookups\[0\].err: int expected"),
+    (lambda e: {**e, "hooks": [{**e["hooks"][0], "mark": True}]}, r"record.hooks\[0\].mark: int expected"),
+    (lambda e: {**e, "hooks": [{**e["hooks"][0], "hook": "postroute"}]}, "none of prerouting, input"),
+    (lambda e: {**e, "hooks": [{**e["hooks"][0], "ct_reply": None}]}, "ct_orig and ct_reply go together"),
+    (lambda e: {**e, "hooks": {}}, "record.hooks: a list expected, not {}"),
+    (lambda e: {**e, "drop": [1]}, "record.drop: an object expected"),
+])
+def test_a_recorded_event_that_is_not_as_written_is_refused_with_where_and_why(change, said):
+    """--replay reads files users keep, copy and edit: what is not an event says which field and why
+    (the run's replay then stops with that line), rather than failing later in the description."""
+    flow = events.FlowId(1, 1, "192.168.1.169", "8.8.8.8", 7, 0)
+    packet = events.Tuple("192.168.1.169", "8.8.8.8", 7, 0)
+    hook = events.HookEvent(1, 0, flow, "prerouting", "first", packet, "br-lan", None, 0, packet,
+                            events.Tuple("8.8.8.8", "123.150.232.74", 7, 0), 0x198)
+    fib = events.FibEvent(2, 0, flow, 0xFFFF, 7375, 0, False, "192.168.1.169", "8.8.8.8", "br-lan", 0, "ppp0", None)
+    written = events.to_json(events.FlowRecord(4, 1, flow, (hook,), (fib,), None, True))
+    assert events.from_json(json.loads(json.dumps(written))).hooks == (hook,)
+    with pytest.raises(ValueError, match=said):
+        events.from_json(json.loads(json.dumps(change(written))))
+
+
 def _tuple6(src: str, dst: str, echo_id: int) -> bytes:
     ip = _nla(3, socket.inet_pton(socket.AF_INET6, src)) + _nla(4, socket.inet_pton(socket.AF_INET6, dst))
     proto = _nla(1, bytes([58])) + _nla(7, struct.pack("!H", echo_id))  # CTA_PROTO_ICMPV6_ID

@@ -14,6 +14,10 @@ a flow is identified by its FlowKey-like `FlowId`: the conntrack original tuple 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
+import types
+import typing
 from dataclasses import dataclass
 
 from tracer.vocab import family_of
@@ -223,8 +227,6 @@ Event = (HookEvent | FibEvent | DropEvent | ReplyEvent | ReplyDropEvent | IcmpEr
          | LaterDropEvent | ConntrackEvent | NftRuleEvent | FlowRecord)
 KINDS = {cls.kind: cls for cls in (HookEvent, FibEvent, DropEvent, ReplyEvent, ReplyDropEvent, IcmpErrorEvent,
                                    PathChangeEvent, LaterDropEvent, ConntrackEvent, NftRuleEvent, FlowRecord)}
-_NESTED = {"flow": FlowId, "packet": Tuple, "ct_orig": Tuple, "ct_reply": Tuple, "orig": Tuple, "reply": Tuple}
-_NESTED_EVENTS = {"hooks": HookEvent, "lookups": FibEvent}  # a record's parts, each an event's JSON
 
 
 def to_json(event: Event) -> dict:
@@ -232,30 +234,75 @@ def to_json(event: Event) -> dict:
 
 
 def from_json(data: dict) -> Event:
-    """An event from its JSON object (raises ValueError on an unknown kind or missing field)."""
+    """An event from its JSON object. Raises ValueError when it is not one as to_json writes it: an
+    unknown kind, a missing field, a value of another type, an address or hook name that is none."""
+    if not isinstance(data, dict):
+        raise ValueError(f"an event is a JSON object, not {type(data).__name__}")
     cls = KINDS.get(data.get("kind"))
     if cls is None:
         raise ValueError(f"unknown event kind {data.get('kind')!r}")
+    return _build(cls, data, cls.kind)
+
+
+def _build(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: an object expected, not {data!r}")
+    kind = getattr(cls, "kind", None)
+    if data.get("kind", kind) != kind:
+        raise ValueError(f"{where}: not a {kind} event: {data.get('kind')!r}")
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
             if f.default is dataclasses.MISSING:
-                raise ValueError(f"{cls.kind} event without {f.name}")
+                raise ValueError(f"{where} without {f.name}")
             continue
-        value = data[f.name]
-        if cls is FlowRecord and f.name in _NESTED_EVENTS:
-            value = tuple(_part(part, _NESTED_EVENTS[f.name]) for part in value)
-        elif cls is FlowRecord and f.name == "drop":
-            value = None if value is None else _part(value, DropEvent)
-        elif (nested := _NESTED.get(f.name)) and value is not None:
-            value = nested(**value)
-        elif f.name == "icmp" and value is not None:
-            value = tuple(value)
-        values[f.name] = value
+        # an nft chain's hook may be any the family has (ingress, a bridge's): not checked by name
+        name = "chain_hook" if cls is NftRuleEvent and f.name == "hook" else f.name
+        values[f.name] = _value(_hints(cls)[f.name], data[f.name], name, f"{where}.{f.name}")
+    if (values.get("ct_orig") is None) != (values.get("ct_reply") is None):
+        raise ValueError(f"{where}: ct_orig and ct_reply go together")
     return cls(**values)
 
 
-def _part(data, cls) -> Event:
-    if not isinstance(data, dict) or data.get("kind") != cls.kind:
-        raise ValueError(f"a record's part is not a {cls.kind} event: {data!r}")
-    return from_json(data)
+_ADDRESS_FIELDS = frozenset({"src", "dst", "gateway"})
+_NAMES = {"hook": HOOKS, "after_hook": HOOKS, "position": POSITIONS, "after_position": POSITIONS}
+
+
+def _value(hint, value, name: str, where: str):
+    """`value` as the field typed `hint` holds it, or ValueError."""
+    if isinstance(hint, types.UnionType):
+        if value is None and type(None) in hint.__args__:
+            return None
+        (hint,) = [arg for arg in hint.__args__ if arg is not type(None)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if args[-1] is Ellipsis:
+            if not isinstance(value, list):
+                raise ValueError(f"{where}: a list expected, not {value!r}")
+            args = (args[0],) * len(value)
+        elif not isinstance(value, list) or len(value) != len(args):
+            raise ValueError(f"{where}: a list of {len(args)} expected, not {value!r}")
+        return tuple(_value(kind, item, name, f"{where}[{i}]")
+                     for i, (kind, item) in enumerate(zip(args, value, strict=True)))
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"{where}: {hint.__name__} expected, not {value!r}")
+    if hint is str and name in _ADDRESS_FIELDS and not _is_address(value):
+        raise ValueError(f"{where}: not an IP address: {value!r}")
+    if hint is str and value not in _NAMES.get(name, (value,)):
+        raise ValueError(f"{where}: none of {', '.join(_NAMES[name])}: {value!r}")
+    return value
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
