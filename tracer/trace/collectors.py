@@ -234,16 +234,20 @@ def other_probes(try_fentry: bool = False, disabled: frozenset[str] = frozenset(
     ]
 
 
-# what --without and WHYROUTE_TRACE_DISABLE may name: each collector, and tp_btf
-DISABLE_NAMES = ("netfilter", "fib", "fib6", "drop", "conntrack", "rules", TP_BTF)
+def _disabled_by_env() -> set[str]:
+    return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
 
 
 def disabled_from(without: tuple[str, ...] = ()) -> frozenset[str]:
-    """The probes left out; a UsageError names one that does not exist (a typo would leave it in)."""
-    from_env = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
-    for names, where in ((set(without), "--without"), (from_env, DISABLE_ENV)):
-        unknown = sorted(names - set(DISABLE_NAMES))
+    return frozenset(set(without) | _disabled_by_env())
+
+
+def refuse_unknown(without: tuple[str, ...], probes: list[str]) -> None:
+    """A UsageError for a name --without or WHYROUTE_TRACE_DISABLE gives that is none of `probes` nor
+    tp_btf: a typo would leave that probe in."""
+    names = [*probes, TP_BTF]
+    for given, where in ((set(without), "--without"), (_disabled_by_env(), DISABLE_ENV)):
+        unknown = sorted(given - set(names))
         if unknown:
             raise UsageError(f"{where}: no probe named {', '.join(map(repr, unknown))} "
-                             f"(probes: {', '.join(DISABLE_NAMES)})")
-    return frozenset(set(without) | from_env)
+                             f"(probes: {', '.join(names)})")

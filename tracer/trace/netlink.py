@@ -21,28 +21,27 @@ SO_RCVBUFFORCE = 33
 NLMSG_HEADER, NFGENMSG = 16, 4
 
 
-def messages(data: bytes) -> Iterator[tuple[int, int, int, int, dict[int, bytes]]]:
-    """(subsystem, message type, flags, nfgenmsg family, attributes) of each nfnetlink message of a datagram."""
+def _frames(data: bytes, least: int) -> Iterator[tuple[int, int, int, int]]:
+    """(offset, length, type, flags) of each netlink message of a datagram while `least` bytes of one fit."""
     pos = 0
-    while pos + NLMSG_HEADER + NFGENMSG <= len(data):
-        length, kind, flags, _seq, _pid = struct.unpack_from("=IHHII", data, pos)
+    while pos + least <= len(data):
+        length, kind, flags = struct.unpack_from("=IHH", data, pos)
         if length < NLMSG_HEADER:
             break
+        yield pos, length, kind, flags
+        pos += (length + 3) & ~3
+
+
+def messages(data: bytes) -> Iterator[tuple[int, int, int, int, dict[int, bytes]]]:
+    """(subsystem, message type, flags, nfgenmsg family, attributes) of each nfnetlink message of a datagram."""
+    for pos, length, kind, flags in _frames(data, NLMSG_HEADER + NFGENMSG):
         family = data[pos + NLMSG_HEADER]
         yield kind >> 8, kind & 0xFF, flags, family, attributes(data, pos + NLMSG_HEADER + NFGENMSG, pos + length)
-        pos += (length + 3) & ~3
 
 
 def message_count(data: bytes) -> int:
     """How many netlink messages a datagram holds (their headers walked, nothing parsed)."""
-    pos = count = 0
-    while pos + NLMSG_HEADER <= len(data):
-        length = struct.unpack_from("=I", data, pos)[0]
-        if length < NLMSG_HEADER:
-            break
-        count += 1
-        pos += (length + 3) & ~3
-    return count
+    return sum(1 for _ in _frames(data, NLMSG_HEADER))
 
 
 def subscribed_socket(netns: str | None, groups: tuple[int, ...], receive_buffer: int) -> socket.socket:

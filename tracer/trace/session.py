@@ -354,6 +354,7 @@ def check(options: TraceOptions, *, try_fentry: bool = False) -> tuple[list[coll
     chosen = [cls(disabled) for cls in collectors_mod.BPF_COLLECTORS]
     chosen.append(ConntrackCollector(disabled))
     chosen.append(NftraceCollector(disabled, wanted=options.rules))
+    collectors_mod.refuse_unknown(options.without, [c.name for c in chosen])
     return chosen, collectors_mod.other_probes(try_fentry, disabled)
 
 
