@@ -91,7 +91,9 @@ struct lookup {
     u32 gw[4];
     u8 gw_family;
     u8 reverse;        /* the source-validation lookup */
-    u8 pad[6];
+    u8 rule_known;     /* rule_pref is the kernel's: probes/fib_rule.c saw the rule take this lookup */
+    u8 pad;
+    u32 rule_pref;
 };
 #define LOOKUPS_MAX 8
 
@@ -692,11 +694,37 @@ static __always_inline int lookup_wanted(u8 family, const void *iif_field, struc
     return *iif == LOOPBACK_IFINDEX && (own >= 0 ? own : own_socket_lookup());
 }
 
+/* The ip rule whose table lookup comes next on this CPU (probes/fib_rule.c, on kernels that let it
+ * attach): the kernel calls the rule's action, which looks its table up at once, with the same flowi. */
+struct rule_now {
+    u64 flowi;
+    u32 table;
+    u32 pref;
+};
+BPF_PERCPU_ARRAY(rules_now, struct rule_now, 1);
+
+/* fib probes: the rule of lookup `l`, if the rule probe saw it on this CPU for the same flowi and
+ * table. Taken once: one rule, one lookup (a rule whose table does not exist looks nothing up, and a
+ * softirq's lookup between a process's rule and its lookup leaves the flowi different). */
+static __always_inline void stamp_rule(struct lookup *l)
+{
+    int zero = 0;
+    struct rule_now *now = rules_now.lookup(&zero);
+    if (!now || now->flowi != l->flowi)
+        return;
+    now->flowi = 0;
+    if (now->table != l->table)
+        return;
+    l->rule_known = 1;
+    l->rule_pref = now->pref;
+}
+
 /* fib probes: `l` is one table lookup (addresses, table, result, nexthop). The armed packet's goes
  * into its flow's record (marked when it is the reverse, source-validation, lookup); a socket's is kept. */
 static __always_inline void report_lookup(struct lookup *l, const struct routing *cur, u8 family)
 {
     l->cpu = bpf_get_smp_processor_id();
+    stamp_rule(l);
     if (!cur) {
         keep_pending(l, family);
         return;

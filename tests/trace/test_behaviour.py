@@ -168,7 +168,8 @@ def test_a_packet_without_a_route_is_dropped_with_the_routing_error(own_lab):
     lab.run("macbook", ["ping", "-n", "-c", "1", "-W", "1", "203.0.113.9"], check=False)
     docs, _summary = trace.finish()
     doc = flow_to(docs, "203.0.113.9", 1)
-    assert doc["tables_tried"][-1] == {"table_id": 7375, "table": "sunusroute", "result": "EHOSTUNREACH"}
+    assert doc["tables_tried"][-1] == {"table_id": 7375, "table": "sunusroute", "result": "EHOSTUNREACH",
+                                         "rule": None}
     assert doc["route_error"] == "EHOSTUNREACH" and doc["verdict"] == "dropped"
     assert doc["drop"]["reason"], doc["drop"]
     assert doc["rule"]["priority"] == 32765

@@ -68,7 +68,7 @@ def test_events_survive_json():
                             "br-lan", "ppp0", 0, events.Tuple("192.168.1.169", "8.8.8.8", 7, 0),
                             events.Tuple("8.8.8.8", "123.150.232.74", 7, 0), 0x198)
     fib = events.FibEvent(2, 0, flow, 0xFFFF, 7375, 0, False, "192.168.1.169", "8.8.8.8", "br-lan", 0, "ppp0",
-                          "123.150.232.1")
+                          "123.150.232.1", 32765)
     drop = events.DropEvent(3, 1, flow, "NETFILTER_DROP", 0xFFFFFFFF81A00260, "br-lan", hook.packet, "nf_hook_slow+0x9")
     record = events.FlowRecord(4, 1, flow, (hook,), (fib,), drop, True)
     reply_drop = events.ReplyDropEvent(5, 0, flow, "IP_RPFILTER", 0x10, "ppp0", None, (3, 3, "8.8.8.8"))
@@ -178,8 +178,9 @@ def test_nftrace_packet_headers_name_the_flow():
     assert nftrace.packet_flow(b"\x00" * 8, b"", 3) is None
 
 
-def _forwarded_ping(ts: int, dst: str = "8.8.8.8", echo_id: int = 7) -> list:
-    """The events of the MacBook's ping through the seed router (ultimate), as the probes report them."""
+def _forwarded_ping(ts: int, dst: str = "8.8.8.8", echo_id: int = 7, rules: tuple = (None, None)) -> list:
+    """The events of the MacBook's ping through the seed router (ultimate), as the probes report them;
+    `rules`: the priorities the rule probe named on the two lookups (None: no rule probe)."""
     flow = events.FlowId(1, 1, "192.168.1.169", dst, echo_id, 0)
     orig, reply = events.Tuple("192.168.1.169", dst, echo_id, 0), events.Tuple(dst, "123.150.232.74", echo_id, 0)
     hooks = [events.HookEvent(ts, 0, flow, hook, position, orig if hook != "postrouting" or position == "first"
@@ -187,14 +188,14 @@ def _forwarded_ping(ts: int, dst: str = "8.8.8.8", echo_id: int = 7) -> list:
                               None if hook == "prerouting" else "ppp0", 0, orig, reply, 0x188)
              for hook in ("prerouting", "forward", "postrouting") for position in ("first", "last")]
     lookups = [events.FibEvent(ts, 0, flow, 0xFF, table, err, False, "192.168.1.169", dst, "br-lan", 0,
-                               "ppp0" if table == 7375 else None, "123.150.232.1" if table == 7375 else None)
-               for table, err in ((255, -11), (7375, 0))]
+                               "ppp0" if table == 7375 else None, "123.150.232.1" if table == 7375 else None, rule)
+               for (table, err), rule in zip(((255, -11), (7375, 0)), rules, strict=True)]
     return [*hooks[:2], *lookups, *hooks[2:]]
 
 
-def _described(describer, ts: int, dst: str, echo_id: int) -> dict:
+def _described(describer, ts: int, dst: str, echo_id: int, rules: tuple = (None, None)) -> dict:
     flow = flows.TracedFlow(events.FlowId(1, 1, "192.168.1.169", dst, echo_id, 0))
-    for event in _forwarded_ping(ts, dst, echo_id):
+    for event in _forwarded_ping(ts, dst, echo_id, rules):
         flow.add(event, 0.0, hooks_traced=True)
     return describer(flow, reply_wait=1.0)
 
@@ -213,6 +214,26 @@ def test_flows_described_far_behind_the_kernel_are_compared_only_from_an_explana
     assert other["sim"]["agrees"] is None and "not compared" in other["sim"]["note"]
     assert other["rule"]["priority"] == 32765  # the kernel's side is still described
     assert describer.not_compared == 1
+
+
+def test_the_rule_the_kernel_named_decides_and_a_derivation_that_differs_is_kept_beside_it():
+    state = snapshot.load(str(FIXTURES / "ultimate-route.json"))
+    now = time.monotonic_ns()
+    derived = _described(flows.Describer(state), now, "8.8.8.8", 7)
+    assert derived["rule"]["source"] == "derived" and [t["rule"] for t in derived["tables_tried"]] == [None, None]
+    assert "rule 32765 table" in flows.text_line(derived)
+    seen = _described(flows.Describer(state), now, "8.8.8.8", 7, rules=(0, 32765))
+    assert seen["rule"] == {"priority": 32765, "source": "kernel",
+                            "text": "32765: from 192.168.1.169 lookup sunusroute"}, seen["rule"]
+    assert [t["rule"] for t in seen["tables_tried"]] == [0, 32765] and seen["sim"]["agrees"] is True
+    assert "rule 32765 (kernel) table sunusroute" in flows.text_line(seen)
+    # The kernel names a rule the rule list at trace start does not have (added since): it stands,
+    # the derivation is kept, and the simulation differs.
+    other = _described(flows.Describer(state), now, "8.8.8.8", 7, rules=(0, 32000))
+    assert other["rule"] == {"priority": 32000, "source": "kernel", "text": None, "derived_priority": 32765,
+                             "note": "not in the rule list at trace start"}, other["rule"]
+    assert other["sim"]["agrees"] is False
+    assert "rule: kernel 32000, simulation 32765" in other["sim"]["differences"]
 
 
 def test_ports_may_matter_when_anything_could_read_them():
@@ -264,6 +285,7 @@ def test_a_ring_record_decodes_as_its_ctypes_mirror_reads_it():
     for i, (table, err) in enumerate(((7375, -11), (254, 0))):
         lookup = r.lookups[i]
         lookup.flowi, lookup.table, lookup.err, lookup.cpu = 0xabc, table, err, 1
+        lookup.rule_known, lookup.rule_pref = i, 32766  # the rule probe named the second lookup's rule
         lookup.in_ifindex, lookup.out_ifindex = 2, 3
         lookup.saddr, lookup.daddr, lookup.gw_family = r.key.saddr, r.key.daddr, socket.AF_INET if err == 0 else 0
         lookup.gw = kernel.address_bytes("10.0.0.1")
@@ -279,6 +301,7 @@ def test_a_ring_record_decodes_as_its_ctypes_mirror_reads_it():
     assert record.hooks[0].ct_status == 0x18a
     assert [(e.table_id, e.err, e.dev, e.gateway, e.flowi) for e in record.lookups] == [
         (7375, -11, "ppp0", None, 0xabc), (254, 0, "ppp0", "10.0.0.1", 0xabc)]
+    assert [e.rule for e in record.lookups] == [None, 32766]
     assert (record.drop.reason, record.drop.dev, record.drop.location) == ("NETFILTER_DROP", "ppp0", 0xffffffff81000010)
 
 

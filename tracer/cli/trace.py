@@ -23,8 +23,9 @@ from tracer.errors import ExitStatus, Terminated, UsageError
 @click.option("--replay", metavar="RUN_DIR", help="Print the flows of a run directory (no kernel involved).")
 @click.option("--check", "check_only", is_flag=True, help="Say which probes this kernel offers and which are used.")
 @click.option("--without", multiple=True, metavar="PROBE",
-              help="Do not use this probe (netfilter, fib, fib6, drop, conntrack; tp_btf: attach the tracepoint "
-                   "probes as raw tracepoints); also WHYROUTE_TRACE_DISABLE.")
+              help="Do not use this probe (netfilter, fib, fib6, drop, fib_rule, conntrack; tp_btf: attach the "
+                   "tracepoint probes as raw tracepoints; fentry: the rule probe as a kprobe); also "
+                   "WHYROUTE_TRACE_DISABLE.")
 @click.option("--rules", is_flag=True,
               help="Name the nft rules each hook ran (nftables tracing; adds a table of why-route's own while "
                    "tracing, removed when it ends).")
@@ -51,7 +52,7 @@ def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, 
     from tracer.output import json_out
 
     if check_only:
-        collectors, others = session.check(session.TraceOptions(without=tuple(without)), try_fentry=True)
+        collectors, others = session.check(session.TraceOptions(without=tuple(without)))
         doc = report.check_doc(collectors, others)
         click.echo(json_out.dumps(doc, pretty=False) if as_json else report.check_text(doc))
         return ExitStatus.SUCCESS

@@ -50,7 +50,7 @@ class _Type:
 
 
 # Only these kinds are looked up by name; the rest are decoded when a member refers to them.
-_NAMED = (STRUCT, UNION, ENUM, ENUM64, TYPEDEF)
+_NAMED = (STRUCT, UNION, ENUM, ENUM64, TYPEDEF, FUNC)
 
 
 class Btf:
@@ -188,6 +188,13 @@ class Btf:
             raise BtfError(f"the kernel's BTF has no typedef {name}")
         return type_id
 
+    def func_id(self, name: str) -> int:
+        """The type id of a kernel function (what an fentry program names as its attach_btf_id)."""
+        type_id = self._by_name.get((FUNC, name))
+        if type_id is None:
+            raise BtfError(f"the kernel's BTF has no function {name}")
+        return type_id
+
     def tracepoint_args(self, name: str) -> list[str]:
         """The kinds ("ptr", "int", …) of a raw tracepoint's arguments (without the leading __data),
         from the typedef btf_trace_<name>: what ctx->args[i] holds on this kernel."""
@@ -266,6 +273,9 @@ class KernelFacts:
 
     def typedef_id(self, name: str) -> int:
         return self._ask("typedef_id", name)
+
+    def func_id(self, name: str) -> int:
+        return self._ask("func_id", name)
 
     def tracepoint_args(self, name: str) -> list[str]:
         return self._ask("tracepoint_args", name)

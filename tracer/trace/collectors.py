@@ -7,6 +7,7 @@ event type (tracer.trace.events), and registers its own cleanup on the session's
     fib         fib:fib_table_lookup tracepoint (tp_btf, else raw)                  → FibEvent
     fib6        fib6:fib6_table_lookup tracepoint (tp_btf, else raw)                → FibEvent
     drop        skb:kfree_skb tracepoint (tp_btf, else raw), reason names from BTF  → DropEvent
+    fib_rule    fentry, else kprobe, on fib4_rule_action / fib6_rule_action         → FibEvent.rule
     conntrack   ctnetlink NEW/UPDATE/DESTROY multicast groups                       → ConntrackEvent
 
 The BPF collectors share one BPF object (probes/common.h and each running one's probes/*.c) and its
@@ -27,6 +28,7 @@ from tracer.trace.btf import BtfError, KernelFacts
 
 DISABLE_ENV = "WHYROUTE_TRACE_DISABLE"  # comma-separated collector names, as --without
 TP_BTF = "tp_btf"  # --without tp_btf: the tracepoint probes attach as raw tracepoints
+FENTRY = "fentry"  # --without fentry: the rule probe attaches as a kprobe
 
 # Where a first-position program runs: the packet before the chains of input, forward and postrouting
 # is the one the previous hook left (probes/netfilter.c records it from there), so a link less each.
@@ -79,6 +81,10 @@ class Collector:
 
     def attach(self, bpf, undo, netns: str | None) -> None:
         """Attach (BCC already attached raw tracepoints when loading); cleanup goes on `undo`."""
+
+    def attach_as(self) -> str | None:
+        """For --check: the way it will attach, where it has a choice."""
+        return None
 
 
 class NetfilterCollector(Collector):
@@ -185,7 +191,87 @@ def _attach_tracepoint(collector: Collector, probes, undo, tracepoint: str) -> N
     collector.attached.append(f"{collector.kind}/{tracepoint}")
 
 
-BPF_COLLECTORS = (NetfilterCollector, FibCollector, Fib6Collector, DropCollector)
+KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+RULE_ACTIONS = ((4, "fib4_rule_action"), (6, "fib6_rule_action"))
+
+
+class RuleCollector(Collector):
+    """The ip rule of each table lookup in the kernel's own word: the rule's action function, entered
+    just before its table is looked up. Best first: fentry (a trampoline), else a kprobe (a trap);
+    without either the rule is derived from the rule list and the tables looked up (flows.py)."""
+
+    name = "fib_rule"
+    part = "fib_rule.c"
+    what = ("fentry, else kprobe, on fib4_rule_action / fib6_rule_action (the ip rule of each table looked up, "
+            "from the kernel; without it, derived from the rule list and the tables looked up)")
+    event = "fib"
+
+    def __init__(self, disabled: frozenset[str] = frozenset()):
+        super().__init__(disabled)
+        self._kinds: tuple[list[str], str | None] | None = None
+
+    def _can_run(self, btf: KernelFacts) -> str | None:
+        needed = [n for n in ("netfilter", "fib") if n in self.disabled]
+        if needed:
+            return (f"needs the {' and '.join(needed)} probe{'s' if len(needed) > 1 else ''}: the rule is "
+                    "named on the table lookups of a traced packet")
+        return self.kinds(btf)[1]
+
+    def kinds(self, btf: KernelFacts) -> tuple[list[str], str | None]:
+        """The ways this kernel lets the probe attach, best first, and why there is none."""
+        if self._kinds is None:
+            function = RULE_ACTIONS[0][1]
+            try:
+                func_id: int | None = btf.func_id(function)
+            except BtfError:
+                func_id = None
+            refused = f"--without {FENTRY}" if FENTRY in self.disabled else kernel.fentry_refused(function, func_id)
+            kinds = ([] if refused else ["fentry"]) + (["kprobe"] if KPROBE_PMU.exists() and func_id else [])
+            why = None if kinds else (
+                f"{refused}, and {'it has no kprobes (CONFIG_KPROBES off)' if func_id else 'no kprobe either'}: "
+                "the rule is derived from the rule list and the tables looked up")
+            self._kinds = kinds, why
+        return self._kinds
+
+    def attach_as(self) -> str | None:
+        btf, _why = _btf()
+        return self.kinds(btf)[0][0] if btf and self.can_run() is None else None
+
+    def attach(self, bpf, undo, netns: str | None) -> None:
+        btf = KernelFacts.load()
+        kinds, _why = self.kinds(btf)
+        failures = []
+        for kind in kinds:
+            try:
+                for family, function in RULE_ACTIONS:
+                    if family == 4 or "fib6.c" in bpf.parts:
+                        self._attach_one(kind, bpf, undo, family, function, btf)
+            except kernel.KernelError as error:
+                failures.append(str(error))
+                self.attached.clear()
+                continue
+            self.kind = kind
+            return
+        raise kernel.KernelError("; ".join(failures) or "no way to attach")
+
+    def _attach_one(self, kind: str, bpf, undo, family: int, function: str, btf: KernelFacts) -> None:
+        program = f"wr_rule{family}_{kind}"
+        if kind == "fentry":
+            try:
+                func_id = btf.func_id(function)
+            except BtfError as error:
+                raise kernel.KernelError(str(error)) from None
+            undo.callback(os.close, kernel.attach_fentry(bpf, program, function, func_id))
+        else:
+            try:
+                bpf.bpf.attach_kprobe(event=function.encode(), fn_name=program.encode())
+            except Exception as error:  # noqa: BLE001 - BCC raises bare Exception
+                raise kernel.KernelError(f"kprobe on {function}: {error}") from None
+            undo.callback(bpf.bpf.detach_kprobe, event=function.encode())
+        self.attached.append(f"{kind}/{function}")
+
+
+BPF_COLLECTORS = (NetfilterCollector, FibCollector, Fib6Collector, DropCollector, RuleCollector)
 
 
 @dataclass(frozen=True)
@@ -196,16 +282,6 @@ class Offer:
     offered: bool | None  # None: not tried
     used: bool
     why: str
-
-
-def _fentry_offer(tried: bool) -> Offer:
-    if not tried:
-        return Offer("fentry", None, False, "not tried at trace start (`why-route trace --check` tries it)")
-    why = kernel.try_fentry() if os.geteuid() == 0 else "needs root to try"
-    if why is None:
-        return Offer("fentry", True, False, "offered, not needed: the fib tracepoint and the rule list give the "
-                                            "deciding rule")
-    return Offer("fentry", False, False, why + "; the fib tracepoint and the rule list give the deciding rule")
 
 
 def _tp_btf_offer(disabled: frozenset[str]) -> Offer:
@@ -220,18 +296,9 @@ def _tp_btf_offer(disabled: frozenset[str]) -> Offer:
     return Offer(TP_BTF, True, True, None)
 
 
-def other_probes(try_fentry: bool = False, disabled: frozenset[str] = frozenset()) -> list[Offer]:
-    """Probes why-route could use on other kernels, and why it does not here; and whether the
-    tracepoint probes attach as tp_btf."""
-    kprobe = Path("/sys/bus/event_source/devices/kprobe").exists()
-    return [
-        _tp_btf_offer(disabled),
-        Offer("kprobe", kprobe, False,
-              "offered, not needed: the deciding rule is derived from the rule list and the tables looked up"
-              if kprobe else "this kernel has no kprobes (CONFIG_KPROBES off); fib_rules_lookup would give the "
-              "rule directly, here it is derived from the rule list and the tables looked up"),
-        _fentry_offer(try_fentry),
-    ]
+def other_probes(disabled: frozenset[str] = frozenset()) -> list[Offer]:
+    """Whether the tracepoint probes attach as tp_btf, and why not."""
+    return [_tp_btf_offer(disabled)]
 
 
 def _disabled_by_env() -> set[str]:
@@ -244,8 +311,8 @@ def disabled_from(without: tuple[str, ...] = ()) -> frozenset[str]:
 
 def refuse_unknown(without: tuple[str, ...], probes: list[str]) -> None:
     """A UsageError for a name --without or WHYROUTE_TRACE_DISABLE gives that is none of `probes` nor
-    tp_btf: a typo would leave that probe in."""
-    names = [*probes, TP_BTF]
+    tp_btf nor fentry: a typo would leave that probe in."""
+    names = [*probes, TP_BTF, FENTRY]
     for given, where in ((set(without), "--without"), (_disabled_by_env(), DISABLE_ENV)):
         unknown = sorted(given - set(names))
         if unknown:

@@ -85,6 +85,7 @@ class FibEvent:
     mark: int
     dev: str | None
     gateway: str | None
+    rule: int | None = None  # the priority of the ip rule whose lookup this is, when the rule probe saw it
     kind: str = "fib"
 
 

@@ -217,6 +217,19 @@ def deciding_rule(state: HostState, query, tables: list[int], went_on: bool = Fa
     return None, None, walk
 
 
+def _seen_rule(state: HostState, family: int, lookup: FibEvent, derived) -> dict:
+    """The rule the kernel named on the deciding lookup (the rule probe), as the rule list at trace
+    start has it; `derived` (what the rule list and the tables looked up gave) is kept if it differs."""
+    rule = next((r for r in state.rules if r.family == family and r.priority == lookup.rule
+                 and r.action == "lookup" and r.table == lookup.table_id), None)
+    doc = {"priority": lookup.rule, "text": fib.rule_text(state, rule) if rule else None, "source": "kernel"}
+    if rule is None:
+        doc["note"] = "not in the rule list at trace start"
+    if derived is None or derived.priority != lookup.rule:
+        doc["derived_priority"] = derived.priority if derived else None
+    return doc
+
+
 def _nat(flow: TracedFlow) -> list[dict]:
     """The NAT mapping from the conntrack tuples as the packet left (or as last seen)."""
     tuples = [(h.ct_orig, h.ct_reply) for h in flow.hooks if h.ct_orig is not None]
@@ -388,7 +401,7 @@ def describe(flow: TracedFlow, state: HostState, describer: Describer | None = N
         doc["flow"]["icmp_id"] = fid.sport
     decision = _decision_lookups(flow)
     doc["tables_tried"] = [{"table_id": e.table_id, "table": state.table_names.get(e.table_id, str(e.table_id)),
-                            "result": _errname(e.err)} for e in decision]
+                            "result": _errname(e.err), "rule": e.rule} for e in decision]
     routed = flow.hook("prerouting", "last")
     final = decision[-1] if decision else None
     rule = rule_text = None
@@ -401,10 +414,14 @@ def describe(flow: TracedFlow, state: HostState, describer: Describer | None = N
         query = RouteQuery(family=fid.family, dst=dst, src=fid.src, iif=iif, mark=mark,
                            proto=fid.proto, sport=fid.sport if ports else None, dport=fid.dport if ports else None)
         derive = describer.deciding_rule if describer else functools.partial(deciding_rule, state)
-        rule, rule_text, walk = derive(query, [e.table_id for e in decision], final.err == -errno.EAGAIN)
+        went_on = final.err == -errno.EAGAIN
+        rule, rule_text, walk = derive(query, [e.table_id for e in decision], went_on)
         if rule is not None and rule.action != "lookup":
             final = None  # the rule itself refused the packet: no table decided
-    doc["rule"] = {"priority": rule.priority, "text": rule_text} if rule else None
+        elif final.rule is not None and not went_on:
+            doc["rule"] = _seen_rule(state, fid.family, final, rule)
+    if "rule" not in doc:
+        doc["rule"] = {"priority": rule.priority, "text": rule_text, "source": "derived"} if rule else None
     doc["rules_matched"] = walk
     doc["table_id"] = final.table_id if final else None
     doc["table"] = state.table_names.get(final.table_id, str(final.table_id)) if final else None
@@ -659,7 +676,8 @@ def text_line(doc: dict) -> str:
     parts = [f"{proto} {ends}", f"iif {f['iif']}" if f["iif"] else "", f"[{doc['origin']}]"]
     if doc["tables_tried"]:
         tried = ", ".join(f"{t['table']} {t['result']}" for t in doc["tables_tried"])
-        rule = f"rule {doc['rule']['priority']}" if doc["rule"] else "rule ?"
+        rule = (f"rule {doc['rule']['priority']}{' (kernel)' if doc['rule'].get('source') == 'kernel' else ''}"
+                if doc["rule"] else "rule ?")
         table = f"table {doc['table']} ({doc['table_id']})" if doc["table_id"] is not None else "(no table)"
         parts.append(f"{rule} {table} [tried: {tried}]")
         skipped = [f"rule {r['priority']} → {r['table']}: {r['result']}" for r in doc.get("rules_matched", ())

@@ -29,7 +29,7 @@ BPF_PROG_TYPE_NETFILTER = 32
 BPF_NETFILTER = 45  # attach type
 BPF_LINK_CREATE = 28
 BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 5, 17
-BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP = 26, 23  # a tp_btf program: type, expected attach type
+BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP, BPF_TRACE_FENTRY = 26, 23, 24  # tp_btf, fentry: type, attach types
 NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
 NF_FAMILIES = {"IPv4": NFPROTO_IPV4, "IPv6": NFPROTO_IPV6}
 NF_HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
@@ -86,6 +86,11 @@ FIB6_OFFSETS = (
     ("OFF_NH6_GW", "fib6_nh", "nh_common.nhc_gw"),
     ("OFF_NH6_GW_FAMILY", "fib6_nh", "nh_common.nhc_gw_family"),
 )
+# Only when probes/fib_rule.c is compiled in.
+RULE_OFFSETS = (
+    ("OFF_RULE_PREF", "fib_rule", "pref"),
+    ("OFF_RULE_TABLE", "fib_rule", "table"),
+)
 
 
 class KernelError(EnvironmentProblem):
@@ -127,7 +132,8 @@ class _Lookup(ctypes.Structure):
     _fields_ = [("flowi", ctypes.c_uint64), ("table", ctypes.c_uint32), ("err", ctypes.c_int32),
                 ("in_ifindex", ctypes.c_uint32), ("out_ifindex", ctypes.c_uint32), ("mark", ctypes.c_uint32),
                 ("cpu", ctypes.c_uint32), ("saddr", _Address), ("daddr", _Address), ("gw", _Address),
-                ("gw_family", ctypes.c_uint8), ("reverse", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 6)]
+                ("gw_family", ctypes.c_uint8), ("reverse", ctypes.c_uint8), ("rule_known", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8), ("rule_pref", ctypes.c_uint32)]
 
 
 POSITIONS, LOOKUPS_MAX = 10, 8
@@ -163,7 +169,7 @@ KIND_OFFSET = RawRecord.kind.offset  # the same in both
 # mirror stays the reference: the formats are checked against its layout here.
 RECORD_HEAD = struct.Struct("=QQII I16s16sHHBB2x II 16s16sHH 16s16sHH II BBBB10s2x")  # spaced by part
 HOOK_POSITION = struct.Struct("=16s16sHHIII")
-LOOKUP = struct.Struct("=QIiIIII16s16s16sBB6x")
+LOOKUP = struct.Struct("=QIiIIII16s16s16sBBBxI")
 HOOKS_OFFSET, LOOKUPS_OFFSET = RawRecord.hooks.offset, RawRecord.lookups.offset
 if (RECORD_HEAD.size, HOOK_POSITION.size, LOOKUP.size) != (HOOKS_OFFSET, ctypes.sizeof(_HookPosition),
                                                           ctypes.sizeof(_Lookup)):
@@ -295,7 +301,7 @@ def header_flags() -> tuple[dict[str, str], list[str]]:
 
 
 def offset_defines(btf: KernelFacts, parts: list[str]) -> list[str]:
-    offsets = OFFSETS + (FIB6_OFFSETS if "fib6.c" in parts else ())
+    offsets = OFFSETS + (FIB6_OFFSETS if "fib6.c" in parts else ()) + (RULE_OFFSETS if "fib_rule.c" in parts else ())
     defines = [f"-D{macro}={btf.offset(struct, path)}" for macro, struct, path in offsets]
     defines.append(f"-DSIZE_TUPLEHASH={btf.size('nf_conntrack_tuple_hash')}")
     defines.append(f"-DSIZE_TUPLE={btf.size('nf_conntrack_tuple')}")
@@ -321,8 +327,8 @@ class Probes:
     loaded — as a tp_btf program (its fd, linked by attach_tracepoint) or, raw, attached by BCC — so
     that the verifier's work is done while the host's state is collected."""
 
-    def __init__(self, bpf, tp_btf: bool):
-        self.bpf, self.tp_btf = bpf, tp_btf
+    def __init__(self, bpf, tp_btf: bool, parts: tuple[str, ...] = ()):
+        self.bpf, self.tp_btf, self.parts = bpf, tp_btf, parts
         self.programs: dict[str, int] = {}  # tracepoint -> tp_btf program fd
 
     def __getitem__(self, name: str):
@@ -339,7 +345,7 @@ class Probes:
 
 
 def compile_probes(parts: list[str], btf: KernelFacts, *, tp_btf: bool = True) -> Probes:
-    """The parts (netfilter.c, fib.c, fib6.c, drop.c) compiled in one BCC object, their tracepoint
+    """The parts (netfilter.c, fib.c, fib6.c, drop.c, fib_rule.c) compiled in one BCC object, their tracepoint
     probes built as tp_btf programs or as raw tracepoints, and loaded."""
     import bcc  # heavy; only here
 
@@ -347,7 +353,7 @@ def compile_probes(parts: list[str], btf: KernelFacts, *, tp_btf: bool = True) -
     os.environ.update(env)
     cflags = [*flags, *offset_defines(btf, parts), f"-DWR_TP_BTF={int(tp_btf)}"]
     try:
-        probes = Probes(bcc.BPF(text=probe_source(parts).encode(), cflags=cflags), tp_btf)
+        probes = Probes(bcc.BPF(text=probe_source(parts).encode(), cflags=cflags), tp_btf, tuple(parts))
     except Exception as error:  # noqa: BLE001 - BCC raises bare Exception for compile and load errors
         raise KernelError(f"compiling/loading the probes failed: {error}") from None
     try:
@@ -407,20 +413,22 @@ def attach_tracepoint(probes: Probes, tracepoint: str) -> int | None:
         link = libc.syscall(_SYS_BPF, BPF_RAW_TRACEPOINT_OPEN, ctypes.byref(opened), ctypes.sizeof(opened))
         if link < 0:
             err = ctypes.get_errno()
-            raise KernelError(f"attaching the tp_btf program on {tracepoint}: {os.strerror(err)}")
+            raise KernelError(f"linking the program on {tracepoint}: {os.strerror(err)}")
     finally:
         os.close(prog)  # the link holds the program
     os.set_inheritable(link, False)
     return link
 
 
-def _tp_btf_program(insns: bytes, tracepoint: str, btf_type_id: int) -> int:
+def _tp_btf_program(insns: bytes, tracepoint: str, btf_type_id: int, attach_type: int = BPF_TRACE_RAW_TP) -> int:
+    """A BPF_PROG_TYPE_TRACING program from BCC's instructions: a tp_btf one (`btf_type_id` the
+    tracepoint's btf_trace_ typedef) or an fentry one (BPF_TRACE_FENTRY, the function's id)."""
     libc = ctypes.CDLL(None, use_errno=True)
     code = ctypes.create_string_buffer(insns, len(insns))  # (its map references are BCC's map fds)
     license = ctypes.create_string_buffer(b"GPL")
     attr = _ProgLoad(prog_type=BPF_PROG_TYPE_TRACING, insn_cnt=len(insns) // 8, insns=ctypes.addressof(code),
                      license=ctypes.addressof(license), prog_name=f"wr_{tracepoint}"[:15].encode(),
-                     expected_attach_type=BPF_TRACE_RAW_TP, attach_btf_id=btf_type_id)
+                     expected_attach_type=attach_type, attach_btf_id=btf_type_id)
     prog = libc.syscall(_SYS_BPF, BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
     if prog < 0:
         err = ctypes.get_errno()
@@ -484,26 +492,25 @@ def netfilter_link_near(prog_fd: int, hook: str, priority: int, step: int, pf: i
     raise AssertionError("unreachable")
 
 
-def try_fentry() -> str | None:
-    """Load (and close at once) probes/fentry_check.c: None when this kernel accepts fentry
-    programs, else why not in plain words. For --check only: never attached during a trace."""
-    import bcc
-
-    env, flags = header_flags()
-    os.environ.update(env)
-    saved = os.dup(2)
+def fentry_refused(function: str, btf_func_id: int | None) -> str | None:
+    """Whether this kernel loads an fentry program on `function` (`btf_func_id` its BTF id): None if
+    it does, else why not. The smallest program, loaded and closed at once, never attached."""
+    if btf_func_id is None:
+        return f"the kernel's BTF has no function {function}"
     try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)  # BCC and libbpf print the verifier's refusal on stderr
-            try:
-                bpf = bcc.BPF(text=(PROBES_DIR / "fentry_check.c").read_text().encode(), cflags=flags)
-            except Exception as error:  # noqa: BLE001 - BCC raises bare Exception
-                text = str(error)
-                if "super-user" in text or "not permitted" in text.lower():
-                    return "the kernel refuses fentry programs (EPERM when loading one)"
-                return f"fentry program not loaded: {text}"
-            bpf.cleanup()
-            return None
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        os.close(_tp_btf_program(_RETURN_ZERO, function, btf_func_id, BPF_TRACE_FENTRY))
+    except OSError as error:
+        code = errno.errorcode.get(error.errno, error.strerror)
+        return f"the kernel refuses fentry programs ({code} when loading one)"
+    return None
+
+
+def attach_fentry(probes: Probes, name: str, function: str, btf_func_id: int) -> int:
+    """Load the compiled program `name` as an fentry program on `function` and link it: the link's
+    fd (closing it detaches)."""
+    try:
+        prog = _tp_btf_program(probes.bpf.dump_func(name.encode()), function, btf_func_id, BPF_TRACE_FENTRY)
+    except OSError as error:
+        raise KernelError(f"the kernel refused the fentry program on {function} ({error.strerror})") from None
+    probes.programs[function] = prog
+    return attach_tracepoint(probes, function)

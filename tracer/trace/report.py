@@ -12,10 +12,9 @@ def check_doc(collectors: list[Collector], others: list[Offer]) -> dict:
     for c in collectors:
         why = c.can_run()
         offered = why is None or why.startswith(("disabled", "opt-in"))
-        probes.append({"name": c.name, "probe": c.what, "offered": offered, "used": why is None, "why": why})
-    what = {"kprobe": "kprobe on fib_rules_lookup / fib4_rule_action (the rule itself)",
-            "fentry": "fentry/fexit on fib4_rule_action",
-            "tp_btf": "BTF-typed tracepoints for fib, fib6 and drop (their arguments read without helper calls)"}
+        probes.append({"name": c.name, "probe": c.what, "offered": offered, "used": why is None, "why": why,
+                       "as": c.attach_as() if why is None else None})
+    what = {"tp_btf": "BTF-typed tracepoints for fib, fib6 and drop (their arguments read without helper calls)"}
     for o in others:
         probes.append({"name": o.name, "probe": what.get(o.name, o.name), "offered": o.offered, "used": o.used,
                        "why": o.why})
@@ -26,7 +25,7 @@ def check_text(doc: dict) -> str:
     lines = [f"why-route trace: probes on kernel {doc['kernel']}"]
     width = max(len(p["name"]) for p in doc["probes"])
     for p in doc["probes"]:
-        state = ("used" if p["used"] else "not tried" if p["offered"] is None
+        state = (f"used ({p['as']})" if p.get("as") else "used" if p["used"] else "not tried" if p["offered"] is None
                  else "offered, not used" if p["offered"] else "unavailable")
         lines.append(f"  {p['name']:<{width}}  {state:<17}  {p['probe']}")
         if p["why"]:

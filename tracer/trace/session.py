@@ -243,12 +243,14 @@ class Decoder:
         lookups = []
         for i in range(min(nlookups, kernel.LOOKUPS_MAX)):
             (flowi, table, err, in_ifindex, out_ifindex, mark, lookup_cpu, lsrc, ldst, gw, gw_family,
-             reverse) = kernel.LOOKUP.unpack_from(raw, kernel.LOOKUPS_OFFSET + i * kernel.LOOKUP.size)
+             reverse, rule_known, rule_pref) = kernel.LOOKUP.unpack_from(raw, kernel.LOOKUPS_OFFSET
+                                                                         + i * kernel.LOOKUP.size)
             gateway = GATEWAY_FAMILIES.get(gw_family)
             lookups.append(FibEvent(ts, lookup_cpu, fid, flowi, table, err, bool(reverse),
                                     kernel.packed_text(lsrc, family), kernel.packed_text(ldst, family),
                                     self._dev(in_ifindex), mark, self._dev(out_ifindex),
-                                    kernel.packed_text(gw, gateway) if gateway else None))
+                                    kernel.packed_text(gw, gateway) if gateway else None,
+                                    rule_pref if rule_known else None))
         drop = None
         if reason:
             packet = hooks[-1].packet if hooks else Tuple(fid.src, fid.dst, fid.sport, fid.dport)
@@ -346,16 +348,15 @@ class Assembler:
             yield doc
 
 
-def check(options: TraceOptions, *, try_fentry: bool = False) -> tuple[list[collectors_mod.Collector],
-                                                                       list[collectors_mod.Offer]]:
-    """The collectors (each with can_run()) and the other probes, for --check (which also tries to
-    load an fentry program) and the start line."""
+def check(options: TraceOptions) -> tuple[list[collectors_mod.Collector], list[collectors_mod.Offer]]:
+    """The collectors (each with can_run()) and how the tracepoint probes attach, for --check and the
+    start line."""
     disabled = collectors_mod.disabled_from(options.without)
     chosen = [cls(disabled) for cls in collectors_mod.BPF_COLLECTORS]
     chosen.append(ConntrackCollector(disabled))
     chosen.append(NftraceCollector(disabled, wanted=options.rules))
     collectors_mod.refuse_unknown(options.without, [c.name for c in chosen])
-    return chosen, collectors_mod.other_probes(try_fentry, disabled)
+    return chosen, collectors_mod.other_probes(disabled)
 
 
 class Session:
@@ -450,7 +451,7 @@ class Session:
             undo.callback(drainer.stop)
             drainer.start()
             assembler.hooks_traced = "netfilter" in self.summary.probes
-            for routing in ("fib", "fib6"):
+            for routing in ("fib", "fib6", "fib_rule"):
                 if "netfilter" not in self.summary.probes and routing in self.summary.probes:
                     # Nothing arms the routing probe: it would see no packet.
                     self.summary.probes.remove(routing)
