@@ -131,7 +131,7 @@ class FibCollector(Collector):
     def _can_run(self, btf: KernelFacts) -> str | None:
         if not _has_tracepoint(btf, self.tracepoint):
             return f"the kernel has no {self.what.split()[0]} tracepoint"
-        if "netfilter" in self.disabled:
+        if NetfilterCollector(self.disabled).can_run() is not None:
             return ("needs the netfilter probe: the prerouting-last program tells which packet is being "
                     "routed, the output one which socket lookup was a new flow's (the tracepoint "
                     "carries no packet)")
@@ -211,7 +211,8 @@ class RuleCollector(Collector):
         self._kinds: tuple[list[str], str | None] | None = None
 
     def _can_run(self, btf: KernelFacts) -> str | None:
-        needed = [n for n in ("netfilter", "fib") if n in self.disabled]
+        needed = [n for n, cls in (("netfilter", NetfilterCollector), ("fib", FibCollector))
+                  if cls(self.disabled).can_run() is not None]
         if needed:
             return (f"needs the {' and '.join(needed)} probe{'s' if len(needed) > 1 else ''}: the rule is "
                     "named on the table lookups of a traced packet")
