@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES="iproute2 nftables iptables ipset conntrack tcpdump tshark ethtool procps iputils-ping
-  python3-venv python3-pip python3-matplotlib python3-numpy python3-bpfcc bpfcc-tools linux-headers-amd64 iperf3"
+  python3-venv python3-pip python3-matplotlib python3-numpy python3-bpfcc bpfcc-tools linux-headers-amd64 iperf3
+  qemu-system-x86 zstd"
 
 missing=()
 for pkg in $APT_PACKAGES; do

@@ -23,6 +23,20 @@ def test_only_the_filtered_flow_is_reported(trace_lab):
     assert summary["flows"] == 1
 
 
+@pytest.mark.parametrize(("lag", "agrees", "not_compared"), [("0", None, 1), ("inf", True, 0)])
+def test_compare_lag_bounds_how_late_a_flow_is_still_compared(trace_lab, lag, agrees, not_compared):
+    # 0: every flow is described some time after its fate, so none is compared; inf: each is.
+    lab = trace_lab("ultimate")
+    trace = RunningTrace("--netns", lab.ns("route"), "--proto", "icmp", "--count", "1", "--reply-wait", "0.2",
+                         "--compare-lag", lag).started()
+    ping_from_macbook(lab)
+    docs, summary = trace.finish()
+    sim = flow_to(docs, "8.8.8.8", ICMP)["sim"]
+    assert (sim["agrees"], summary["not_compared"]) == (agrees, not_compared), (sim, summary)
+    if agrees is None:
+        assert sim["note"].startswith("not compared: why-route fell more than 0 s behind the kernel"), sim
+
+
 def test_flows_of_other_namespaces_never_leak_in(trace_lab):
     lab = trace_lab("ultimate")
     trace = RunningTrace("--netns", lab.ns("route"), "--duration", "4").started()
@@ -110,6 +124,7 @@ def test_replay_of_an_edited_event_names_its_line_and_field(tmp_path):
     (["--duration", "0"], "Invalid value for '--duration': 0.0 is not in the range x>0"),
     (["--count", "0"], "Invalid value for '--count': 0 is not in the range x>=1"),
     (["--reply-wait", "-3"], "Invalid value for '--reply-wait': -3.0 is not in the range x>=0"),
+    (["--compare-lag", "-1"], "Invalid value for '--compare-lag': -1.0 is not in the range x>=0"),
     (["-o", "{file}/run", "--duration", "1"], "cannot make the run directory {file}/run: Not a directory"),
     (["--without", "netfliter", "--duration", "1"], "--without: no probe named 'netfliter' (probes: netfilter,"),
 ])

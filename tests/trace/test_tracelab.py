@@ -54,8 +54,7 @@ def test_local_flows_carry_the_lookups_their_socket_made(lab):
     """The DNS rule sends the router's own queries out by isp2: its table lookups happen in sendto(),
     before the packet reaches the first hook, and are reported with the flow."""
     trace = RunningTrace("--netns", lab.ns("router"), "--proto", "udp", "--dport", "53", "--count", "2").started()
-    for address in (tracelab.INTERNET4, tracelab.INTERNET6):
-        tracelab.send_udp(lab, "router", address, 53)
+    tracelab.send_udp(lab, "router", 53, tracelab.INTERNET4, tracelab.INTERNET6)
     docs, _summary = trace.finish()
     for address, source, gateway in ((tracelab.INTERNET4, "203.0.113.1", "203.0.113.2"),
                                      (tracelab.INTERNET6, "2001:db8:3::1", "2001:db8:3::2")):
@@ -104,7 +103,7 @@ def test_a_drop_in_a_prerouting_chain_still_reports_the_hook_it_happened_in(lab)
     try:
         trace = RunningTrace("--netns", lab.ns("router"), "--dport", "9999", "--proto", "udp", "--count", "1",
                              "--reply-wait", "0.2").started()
-        tracelab.send_udp(lab, "client", tracelab.INTERNET4, 9999)
+        tracelab.send_udp(lab, "client", 9999, tracelab.INTERNET4)
         docs, _summary = trace.finish()
     finally:
         lab.run("router", ["nft", "delete", "table", "inet", "early"])
@@ -121,7 +120,7 @@ def test_an_icmpv6_error_about_a_forwarded_flow_is_reported_on_it(lab):
     (ICMPv6 type 1 code 4) comes back through the router, which conntrack relates to the flow."""
     trace = RunningTrace("--netns", lab.ns("router"), tracelab.CLIENT6, tracelab.INTERNET6, "--proto", "udp",
                          "--dport", "33434", "--count", "1").started()
-    tracelab.send_udp(lab, "client", tracelab.INTERNET6, 33434)
+    tracelab.send_udp(lab, "client", 33434, tracelab.INTERNET6)
     docs, _summary = trace.finish()
     doc = flow_to(docs, tracelab.INTERNET6, UDP)
     assert (doc["flow"]["family"], doc["flow"]["dport"], doc["egress"]["dev"]) == (6, 33434, "r2")

@@ -74,8 +74,9 @@ def up(prefix: str) -> builder.LabState:
     return lab
 
 
-def send_udp(lab: builder.LabState, node: str, address: str, port: int) -> None:
-    """One UDP datagram from an unbound socket (its route lookup happens in sendto)."""
-    family = "AF_INET6" if ":" in address else "AF_INET"
-    lab.run(node, ["python3", "-c", f"import socket; socket.socket(socket.{family}, socket.SOCK_DGRAM)"
-                                    f".sendto(b'q', ({address!r}, {port}))"])
+def send_udp(lab: builder.LabState, node: str, port: int, *addresses: str) -> None:
+    """One UDP datagram to each address from an unbound socket (its route lookup happens in sendto),
+    all from one process: the flows start together, without a process start between them."""
+    sends = "".join(f"socket.socket(socket.{'AF_INET6' if ':' in a else 'AF_INET'}, socket.SOCK_DGRAM)"
+                    f".sendto(b'q', ({a!r}, {port}));" for a in addresses)
+    lab.run(node, ["python3", "-c", "import socket;" + sends])

@@ -35,8 +35,11 @@ from tracer.errors import ExitStatus, Terminated, UsageError
               help="Flow records (and 2 KB of socket messages each) held while printing falls behind "
                    "(default: what a quarter of the available memory holds); beyond, they are dropped "
                    "and counted as lost.")
+@click.option("--compare-lag", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              metavar="S", help="Compare a flow with the simulation only if it is described within S seconds of "
+                                "when it could have been (raise it on a slow machine; inf: always compare).")
 def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, run_dir, replay, check_only,
-          without, reply_wait, rules, backlog):
+          without, reply_wait, rules, backlog, compare_lag):
     """Watch new flows take their decisions in the kernel, next to the simulation.
 
     \b
@@ -66,7 +69,7 @@ def trace(addresses, proto, sport, dport, iif, netns, duration, count, as_json, 
     options = session.TraceOptions(src=src and flow.src, dst=dst and flow.dst, proto=flow.proto,
                                    sport=flow.sport, dport=flow.dport, iif=iif, netns=netns, duration=duration,
                                    count=count, run_dir=run_dir, without=tuple(without), reply_wait=reply_wait,
-                                   rules=rules, backlog=backlog)
+                                   rules=rules, backlog=backlog, compare_lag=compare_lag)
     run = session.Session(options)
 
     def started(_collectors, summary):

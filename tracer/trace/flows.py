@@ -448,10 +448,12 @@ def describe(flow: TracedFlow, state: HostState, describer: Describer | None = N
     doc["path_change"] = _path_change(flow.path_change)
     doc["later_drop"] = _later_drop(flow.later_drop)
     sim = describer.sim(doc, compared) if describer else compare(doc, state) if compared else None
+    lag = describer.compare_lag if describer else COMPARE_LAG_SECONDS
     doc["sim"] = sim or {
         "agrees": None, "differences": [], "verdict": None, "rule": None, "findings": [],
-        "note": f"not compared: why-route fell more than {COMPARE_LAG_SECONDS:g} s behind the kernel (too many new "
-                "flows a second for the comparison, a millisecond or more each)"}
+        "note": f"not compared: why-route fell more than {lag:g}"
+                " s behind the kernel (too many new flows a second for the comparison, a millisecond or more each;"
+                " --compare-lag)"}
     return doc
 
 

@@ -80,6 +80,7 @@ class TraceOptions:
     reply_wait: float = 1.0  # seconds a complete flow waits for its reply before it is printed
     rules: bool = False  # --rules: nftables tracing (adds a table of ours while tracing)
     backlog: int | None = None  # --backlog: ring records held while why-route catches up (None: by memory)
+    compare_lag: float = COMPARE_LAG_SECONDS  # --compare-lag: a flow described later is not compared
 
 
 @dataclass
@@ -420,7 +421,7 @@ class Session:
             facts = KernelFacts.load()
             decoder = Decoder(state, {v: k for k, v in facts.enum("skb_drop_reason").items()})
             facts.save()  # the next start reads these answers instead of parsing the BTF
-            assembler = Assembler(state, options.reply_wait)
+            assembler = Assembler(state, options.reply_wait, options.compare_lag)
             pending: list[Event] = []
             bpf = ring = None
             if bpf_parts:
