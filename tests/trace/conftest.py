@@ -3,8 +3,10 @@ fresh one for a test that changes its lab; and no `why-route trace` a test start
 
 import pytest
 
-from tests.lab.lab_helpers import LabsByVariant, missing_requirements
+from tests.lab.lab_helpers import LabsByVariant, leftovers, missing_requirements, new_prefix
+from tests.trace import tracelab
 from tests.trace.trace_helpers import STARTED_TRACES
+from tracer.lab import builder
 
 MISSING = missing_requirements()
 
@@ -29,6 +31,15 @@ def own_lab(kernel_lab):
     labs = LabsByVariant("r")
     yield labs
     labs.close()
+
+
+@pytest.fixture(scope="module")
+def router_lab(kernel_lab):
+    """The tracelab topology (tests/trace/tracelab.py), one for the test module."""
+    state = tracelab.up(new_prefix("r"))
+    yield state
+    builder.down(state.prefix)
+    assert not leftovers(state.prefix)
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import why_route
-from tests.lab.lab_helpers import leftovers, new_prefix, ping_from_macbook
+from tests.lab.lab_helpers import ping_from_macbook
 from tests.trace import tracelab
 from tests.trace.trace_helpers import RunningTrace, flow_to
-from tracer.lab import builder
 
 ICMP, UDP, ICMPV6 = 1, 17, 58
 KINDS = {"fentry": (), "kprobe": ("--without", "fentry")}
@@ -32,11 +31,8 @@ def _probing(function: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def lab(kernel_lab):
-    state = tracelab.up(new_prefix("g"))
-    yield state
-    builder.down(state.prefix)
-    assert not leftovers(state.prefix)
+def lab(router_lab):
+    return router_lab
 
 
 def test_check_says_the_rule_probe_is_used_and_how():

@@ -4,21 +4,16 @@ packet dropped by strict rp_filter — each compared with the simulation."""
 
 import pytest
 
-from tests.lab.lab_helpers import leftovers, new_prefix
 from tests.trace import tracelab
 from tests.trace.trace_helpers import RunningTrace, flow_to
-from tracer.lab import builder
 
 ICMP, UDP, ICMPV6 = 1, 17, 58
 LOCAL, MAIN, POLICY = 255, 254, tracelab.POLICY_TABLE
 
 
 @pytest.fixture(scope="module")
-def lab(kernel_lab):
-    state = tracelab.up(new_prefix("r"))
-    yield state
-    builder.down(state.prefix)
-    assert not leftovers(state.prefix)
+def lab(router_lab):
+    return router_lab
 
 
 def _tried(doc):
