@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests import kernel_vm  # noqa: E402
 
-RULE_PROBE = re.compile(r"wr_(?:fib4_rule_ac|rule4_kprobe) ([\d,]+) \(([\d.]+) runs\)")
+RULE_PROBE = re.compile(r"wr_rule4_(?:fentry|kprobe) ([\d,]+) \(([\d.]+) runs\)")
 PROBES = re.compile(r"probes' kernel time per new flow ([\d,]+) ns")
 DATAGRAM = re.compile(r"no trace .* at most: ([\d,]+) ns a datagram")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import gzip
 import hashlib
 import lzma
 import os
@@ -31,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 CACHE_ROOT = Path("/var/cache/why-route")
@@ -47,6 +46,7 @@ KVM_CREATE_VM = 0xAE01  # _IO(KVMIO, 0x01)
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 GUEST_RESULTS = "/run/why-route"  # where the guest mounts the per-run results export
+GUEST_CPUS, GUEST_MEMORY_MB = 2, 3072
 CONSOLE_TAIL = 4000  # characters of serial console quoted in a GuestError
 
 _apt_updated = False
@@ -211,15 +211,10 @@ def _extract_pvh(image: Path, target: Path) -> None:
     Booting the ELF skips SeaBIOS and the decompressor: seconds of each boot under TCG.
     """
     payload = _payload(image)
-    if payload is None:
+    if payload is None or not payload.startswith(b"\x28\xb5\x2f\xfd") or not shutil.which("zstd"):
         return
-    if payload.startswith(b"\xfd7zXZ\x00"):
-        elf = lzma.LZMADecompressor().decompress(payload)
-    elif payload.startswith(b"\x28\xb5\x2f\xfd") and shutil.which("zstd"):
-        # Debian's 6.12 is CONFIG_KERNEL_ZSTD; the build appends the size (4 bytes) after the frame.
-        elf = subprocess.run(["zstd", "-dcq"], input=payload[:-4], capture_output=True, check=False).stdout
-    else:
-        return
+    # Debian's 6.12 is CONFIG_KERNEL_ZSTD; the build appends the size (4 bytes) after the frame.
+    elf = subprocess.run(["zstd", "-dcq"], input=payload[:-4], capture_output=True, check=False).stdout
     # The Xen PHYS32_ENTRY note (type 18) is what qemu needs to boot an x86 ELF (CONFIG_PVH).
     if elf[:4] != b"\x7fELF" or not re.search(rb"\x04\0\0\0[\x04\x08]\0\0\0\x12\0\0\0Xen\0", elf):
         return
@@ -358,14 +353,8 @@ def _module_order(moddir: Path, wanted: tuple[str, ...]) -> list[Path]:
 
 
 def _read_module(path: Path) -> bytes:
-    # busybox insmod wants a plain ELF; Debian's 6.1 ships plain .ko, later kernels .ko.xz.
-    if path.suffix == ".xz":
-        return lzma.decompress(path.read_bytes())
-    if path.suffix == ".gz":
-        return gzip.decompress(path.read_bytes())
-    if path.suffix == ".zst":
-        return subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
-    return path.read_bytes()
+    # busybox insmod wants a plain ELF; Debian ships .ko.xz (CONFIG_MODULE_COMPRESS_XZ).
+    return lzma.decompress(path.read_bytes()) if path.suffix == ".xz" else path.read_bytes()
 
 
 def _cpio(entries: list[tuple[str, int, bytes, int]]) -> bytes:
@@ -438,27 +427,22 @@ def run(
     command: list[str] | str,
     *,
     timeout: float = 300,
-    memory_mb: int = 3072,
-    cpus: int = 2,
     cwd: str | os.PathLike[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    accel: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Boot the guest, run `command` there as root, power off; return its exit code and output.
 
     A list is run as argv, a string by /bin/sh. The command starts in `cwd` (default: the host's
     current directory, as the guest sees the same tree) with PATH, PYTHONDONTWRITEBYTECODE=1, HOME
-    and LANG set, plus `env`. `accel` is "kvm" or "tcg" (default: accelerator()). Raises
+    and LANG set. KVM is used where it can run a stock kernel, else TCG (accelerator()). Raises
     GuestTimeout past `timeout` seconds (boot included) and GuestError when the guest ends without
     an exit code; both quote the tail of the serial console.
     """
     kernel = ensure_kernel()
     initrd = ensure_initramfs()
     workdir = os.path.abspath(cwd if cwd is not None else os.getcwd())
-    script = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
-    script += f"cd {shlex.quote(workdir)} || exit 125\n"
+    script = f"cd {shlex.quote(workdir)} || exit 125\n"
     script += f"exec {shlex.join(command)}\n" if isinstance(command, list) else command + "\n"
-    if (accel or accelerator()) == "kvm":
+    if accelerator() == "kvm":
         accel_args = ["-enable-kvm", "-cpu", "host"]
     else:
         accel_args = ["-accel", "tcg,thread=multi", "-cpu", "max"]
@@ -471,7 +455,7 @@ def run(
         console = tmp / "console.log"
         qemu_log = tmp / "qemu.log"
         argv = [
-            QEMU, *accel_args, "-smp", str(cpus), "-m", str(memory_mb),
+            QEMU, *accel_args, "-smp", str(GUEST_CPUS), "-m", str(GUEST_MEMORY_MB),
             "-nographic", "-nodefaults", "-no-reboot", "-nic", "none", "-monitor", "none",
             "-serial", f"file:{console}",
             "-kernel", str(kernel), "-initrd", str(initrd),

@@ -16,6 +16,7 @@ maps: the flow table, the filter, the ring buffer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from dataclasses import dataclass
@@ -243,14 +244,16 @@ class RuleCollector(Collector):
         kinds, _why = self.kinds(btf)
         failures = []
         for kind in kinds:
-            try:
-                for family, function in RULE_ACTIONS:
-                    if family == 4 or "fib6.c" in bpf.parts:
-                        self._attach_one(kind, bpf, undo, family, function, btf)
-            except kernel.KernelError as error:
-                failures.append(str(error))
-                self.attached.clear()
-                continue
+            with contextlib.ExitStack() as attempt:  # a kind that attaches for one family only leaves nothing
+                try:
+                    for family, function in RULE_ACTIONS:
+                        if family == 4 or "fib6.c" in bpf.parts:
+                            self._attach_one(kind, bpf, attempt, family, function, btf)
+                except kernel.KernelError as error:
+                    failures.append(str(error))
+                    self.attached.clear()
+                    continue
+                undo.push(attempt.pop_all())
             self.kind = kind
             return
         raise kernel.KernelError("; ".join(failures) or "no way to attach")

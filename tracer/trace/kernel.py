@@ -372,7 +372,7 @@ def _load_tracepoint(probes: Probes, tracepoint: str, btf: KernelFacts) -> None:
         probes.bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=name.encode())
         return
     try:
-        probes.programs[tracepoint] = _tracing_program(probes.bpf.dump_func(name.encode()), tracepoint,
+        probes.programs[tracepoint] = _tracing_program(probes.bpf.dump_func(name.encode()), f"wr_{tracepoint}",
                                                       btf.typedef_id(f"btf_trace_{tracepoint}"))
     except OSError as error:
         raise KernelError(f"the kernel refused the tp_btf program on {tracepoint} ({error.strerror}); "
@@ -420,14 +420,14 @@ def attach_tracepoint(probes: Probes, tracepoint: str) -> int | None:
     return link
 
 
-def _tracing_program(insns: bytes, tracepoint: str, btf_type_id: int, attach_type: int = BPF_TRACE_RAW_TP) -> int:
+def _tracing_program(insns: bytes, name: str, btf_type_id: int, attach_type: int = BPF_TRACE_RAW_TP) -> int:
     """A BPF_PROG_TYPE_TRACING program from BCC's instructions: a tp_btf one (`btf_type_id` the
     tracepoint's btf_trace_ typedef) or an fentry one (BPF_TRACE_FENTRY, the function's id)."""
     libc = ctypes.CDLL(None, use_errno=True)
     code = ctypes.create_string_buffer(insns, len(insns))  # (its map references are BCC's map fds)
     license = ctypes.create_string_buffer(b"GPL")
     attr = _ProgLoad(prog_type=BPF_PROG_TYPE_TRACING, insn_cnt=len(insns) // 8, insns=ctypes.addressof(code),
-                     license=ctypes.addressof(license), prog_name=f"wr_{tracepoint}"[:15].encode(),
+                     license=ctypes.addressof(license), prog_name=name[:15].encode(),
                      expected_attach_type=attach_type, attach_btf_id=btf_type_id)
     prog = libc.syscall(_SYS_BPF, BPF_PROG_LOAD, ctypes.byref(attr), ctypes.sizeof(attr))
     if prog < 0:
@@ -447,7 +447,7 @@ def tp_btf_refused(btf_type_id: int | None) -> str | None:
     if btf_type_id is None:
         return "the kernel's BTF has no btf_trace_kfree_skb type"
     try:
-        os.close(_tracing_program(_RETURN_ZERO, "kfree_skb", btf_type_id))
+        os.close(_tracing_program(_RETURN_ZERO, "wr_kfree_skb", btf_type_id))
     except OSError as error:
         return f"the kernel refuses tp_btf programs ({error.strerror} when loading one)"
     return None
@@ -498,7 +498,7 @@ def fentry_refused(function: str, btf_func_id: int | None) -> str | None:
     if btf_func_id is None:
         return f"the kernel's BTF has no function {function}"
     try:
-        os.close(_tracing_program(_RETURN_ZERO, function, btf_func_id, BPF_TRACE_FENTRY))
+        os.close(_tracing_program(_RETURN_ZERO, f"wr_{function}", btf_func_id, BPF_TRACE_FENTRY))
     except OSError as error:
         code = errno.errorcode.get(error.errno, error.strerror)
         return f"the kernel refuses fentry programs ({code} when loading one)"
@@ -509,7 +509,7 @@ def attach_fentry(probes: Probes, name: str, function: str, btf_func_id: int) ->
     """Load the compiled program `name` as an fentry program on `function` and link it: the link's
     fd (closing it detaches)."""
     try:
-        prog = _tracing_program(probes.bpf.dump_func(name.encode()), function, btf_func_id, BPF_TRACE_FENTRY)
+        prog = _tracing_program(probes.bpf.dump_func(name.encode()), name, btf_func_id, BPF_TRACE_FENTRY)
     except OSError as error:
         raise KernelError(f"the kernel refused the fentry program on {function} ({error.strerror})") from None
     probes.programs[function] = prog
