@@ -60,7 +60,7 @@ def test_timestamps_see_the_queue_when_retransmissions_hide_it_from_data_ack_pai
     assert (f"TCP timestamps to the server: min 10.0 / median {stamps['median']:.1f} / p95 {stamps['p95']:.1f} ms "
             f"({stamps['samples']} samples)") in texts
     assert any(t.startswith("data/ACK pairs to the server: ") for t in texts)
-    assert (f"the data/ACK pairs miss it: {conn.first.h[0].retransmissions} retransmitted segment(s) give no sample "
+    assert (f"the data/ACK pairs miss it: {conn.first.h[0].resends} retransmitted segment(s) give no sample "
             "(Karn's rule); timestamps do") in texts
 
 

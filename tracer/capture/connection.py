@@ -153,14 +153,14 @@ class Connection:
             ev = [(n, t, self.names[0], f"{kind} of seq {s}, {length} bytes")
                   for n, t, s, length, _ipl, kind, _f in hu.ev_retrans if kind != "ooo"]
             before = sum(1 for g in hu.gaps if g[4] is not None)
-            return Loss(direction, 0, max(0, hu.retransmissions - hu.filled - hu.spurious_retransmissions), before, ev)
+            return Loss(direction, 0, max(0, hu.resends - hu.filled - hu.spurious_retransmissions), before, ev)
         # A hole is a real loss only once the sender repairs it: a hole never repaired is a packet
         # the capture missed (it reached the receiver). A loss before the router repairs holes on
         # both sides; one inside it, only on the leaving side.
         repaired_down = [g for g in hd.gaps if g[4] is not None]
         repaired_up = sum(1 for g in hu.gaps if g[4] is not None)
         inside = max(0, len(repaired_down) - repaired_up)
-        beyond = max(0, hd.retransmissions - hd.filled - hd.spurious_retransmissions)
+        beyond = max(0, hd.resends - hd.filled - hd.spurious_retransmissions)
         evidence = []
         name_down, name_up = self.name_of(down), self.name_of(up)
         for start, stop, number, t, filled in repaired_down[:10]:

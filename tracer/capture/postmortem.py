@@ -192,15 +192,18 @@ def judge(conn: Connection) -> None:
         h = first.h[d]
         # the retransmissions the receiver did not need (SACKed or D-SACKed: late, not lost) and
         # the late originals do not make a connection slow, though tshark counts them all
-        needed = h.retransmissions - h.spurious_retransmissions
+        needed = h.resends - h.spurious_retransmissions
         if h.data_packets and needed >= 3 and needed > 0.01 * h.data_packets:
-            detail = [f"{h.sacked_retrans} of data the receiver had SACKed"] if h.sacked_retrans else []
+            detail = [f"{h.early} within the RTT of the highest segment, which tshark calls out-of-order (IP IDs "
+                      "newer than the highest's)"] if h.early else []
+            if h.sacked_retrans:
+                detail.append(f"{h.sacked_retrans} of data the receiver had SACKed")
             if h.dsacks:
                 detail.append(f"{h.dsacks} the receiver reported receiving twice (D-SACK)")
             if h.late:
                 detail.append(f"{h.late} original(s) arriving late (reordered: IP IDs older than the highest's)")
-            share = 100.0 * h.retransmissions / h.data_packets
-            reasons.append(f"{h.retransmissions} retransmissions {what} ({share:.1f}% of {h.data_packets} segments"
+            share = 100.0 * h.resends / h.data_packets
+            reasons.append(f"{h.resends} retransmissions {what} ({share:.1f}% of {h.data_packets} segments"
                            f"{''.join(', ' + d for d in detail)})")
         closed = h.zero_window_time(conn.capture_end)
         if h.zero_windows and closed >= max(0.05, 0.05 * (conn.end - conn.start)):
@@ -341,6 +344,7 @@ def connection_dict(conn: Connection, ctx_mtu=None) -> dict:
             "sacked": {"to_server": side.h[0].sacked_retrans, "to_client": side.h[1].sacked_retrans},
             "dsacks": {"to_server": side.h[0].dsacks, "to_client": side.h[1].dsacks},
             "reordered": {"to_server": side.h[0].late, "to_client": side.h[1].late},
+            "early": {"to_server": side.h[0].early, "to_client": side.h[1].early},
             "sack_holes": {"to_server": side.h[0].sack_holes, "to_client": side.h[1].sack_holes}}
         out["dup_acks"][name] = {"from_server": side.h[1].dupacks, "from_client": side.h[0].dupacks}
         out["zero_windows"][name] = {"from_server": side.h[1].zero_windows, "from_client": side.h[0].zero_windows}

@@ -132,7 +132,7 @@ class Half:
         "first", "last", "ev_retrans", "ev_zero", "ev_dup", "big", "big_first", "max_len", "retrans_max",
         "same_seq", "last_retrans_seq", "isn", "ev_data", "zw_since", "zw_time", "ts_rtt", "ts_base", "ts_newest",
         "ts_pending", "sacked", "sack_high", "sack_holes", "sacked_retrans", "dsacks", "resent", "last_id",
-        "high_id", "id_up", "id_other", "late",
+        "high_id", "id_up", "id_other", "late", "early",
     )
 
     def __init__(self):
@@ -194,6 +194,7 @@ class Half:
         self.high_id = -1  # … of the segment that reached the highest sequence number
         self.id_up = self.id_other = 0  # ID steps: up by 1 … ID_STEP_MAX; neither that nor back a little
         self.late = 0  # "retransmissions" that are originals arriving late (their IP ID is older)
+        self.early = 0  # "out-of-order" segments that are re-sent (their IP ID is newer): see `resends`
 
     def zero_window_time(self, end: float) -> float:
         return self.zw_time + (end - self.zw_since if self.zw_since is not None else 0.0)
@@ -245,11 +246,18 @@ class Half:
             del self.resent[0]
 
     @property
+    def resends(self) -> int:
+        """Segments sent again: tshark's retransmissions, and the ones it calls out-of-order (sent
+        within the RTT of the highest segment) whose IP ID is newer than the highest segment's —
+        re-sent, not reordered: on a LAN a sender repairs a loss within that time."""
+        return self.retransmissions + self.early
+
+    @property
     def spurious_retransmissions(self) -> int:
         """Retransmissions the peer shows it did not need — of data it had SACKed, or that it
         reported receiving twice (a segment delayed, not lost, re-sent by a timer or RACK) — and
         originals that arrived late, which tshark counts as retransmissions too."""
-        return min(self.retransmissions, self.sacked_retrans + self.dsacks + self.late)
+        return min(self.resends, self.sacked_retrans + self.dsacks + self.late)
 
     @property
     def ids_in_order(self) -> bool:
@@ -394,6 +402,9 @@ class Side:
                   and nxt != end):
                 kind = "ooo"
                 h.ooo += 1
+                if ip_id >= 0 and h.high_id >= 0 and 0 < (ip_id - h.high_id) & 0xFFFF < 0x8000 and h.ids_in_order:
+                    kind = "retrans (early)"
+                    h.early += 1
             else:
                 kind = "retrans"
                 h.retrans += 1
@@ -403,7 +414,7 @@ class Side:
             filled = False
             for i, gap in enumerate(h.gaps):
                 if gap[0] <= s < gap[1]:
-                    if late:  # the hole was reordering, not loss: what this original covers is no hole
+                    if late or kind == "ooo":  # reordering, not loss: what this original covers is no hole
                         _close_hole(h.gaps, i, s, s + seglen)
                         break
                     if gap[4] is None:  # a repair of this hole (a hole may take several segments)

@@ -67,8 +67,8 @@ class QueueingDelay(Suspect):
                     f"{worst['p95'] * 1000:.1f} ms ({label})")
             evidence = [(None, None, name, f"{source} {towards}: {rtt_text(summary)}")
                         for source, summary in measured if summary]
-            if [source for source, _ in growing] == [SOURCES[1][1]] and side.h[d].retransmissions:
-                evidence.append((None, None, name, f"the data/ACK pairs miss it: {side.h[d].retransmissions} "
+            if [source for source, _ in growing] == [SOURCES[1][1]] and side.h[d].resends:
+                evidence.append((None, None, name, f"the data/ACK pairs miss it: {side.h[d].resends} "
                                  "retransmitted segment(s) give no sample (Karn's rule); timestamps do"))
             near = (conn.first.handshake or {}).get("to_client")
             echoes = rtt_summary(conn.first.h[1].ts_rtt) if d == 0 else None  # the client's echoes
