@@ -264,6 +264,13 @@ class Half:
         """Whether this direction's IP IDs count its packets in sending order."""
         return self.id_up >= ID_TRUST and self.id_other * ID_TRUST <= self.id_up
 
+    def sent_before_highest(self, ip_id: int) -> bool | None:
+        """Whether the segment numbered `ip_id` was sent before the one that reached the highest
+        sequence number (an original arriving late) or after it (a re-send); None: the IDs do not say."""
+        if ip_id < 0 or self.high_id < 0 or not self.ids_in_order or ip_id == self.high_id:
+            return None
+        return 0 < (self.high_id - ip_id) & 0xFFFF < 0x8000
+
     def was_sacked(self, start: int, end: int) -> bool:
         return any(r[0] <= start and end <= r[1] for r in self.sacked)
 
@@ -402,15 +409,14 @@ class Side:
                   and nxt != end):
                 kind = "ooo"
                 h.ooo += 1
-                if ip_id >= 0 and h.high_id >= 0 and 0 < (ip_id - h.high_id) & 0xFFFF < 0x8000 and h.ids_in_order:
+                if h.sent_before_highest(ip_id) is False:
                     kind = "retrans (early)"
                     h.early += 1
             else:
                 kind = "retrans"
                 h.retrans += 1
         if kind is not None:
-            late = (kind != "ooo" and ip_id >= 0 and h.high_id >= 0 and 0 < (h.high_id - ip_id) & 0xFFFF < 0x8000
-                    and h.ids_in_order)
+            late = kind != "ooo" and h.sent_before_highest(ip_id) is True
             filled = False
             for i, gap in enumerate(h.gaps):
                 if gap[0] <= s < gap[1]:
